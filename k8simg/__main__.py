@@ -1,0 +1,3 @@
+from k8simg.cli import main
+
+main()

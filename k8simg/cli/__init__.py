@@ -1,0 +1,36 @@
+"""The ``k8simg`` command line: parse, call the library, print.
+
+Every :class:`~k8simg.errors.K8simgError` is turned into a clean message and its exit code
+here, once.
+"""
+
+import click
+
+from k8simg import __version__
+from k8simg.cli import config_cmd, init_cmd, pki_cmd
+from k8simg.errors import K8simgError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except K8simgError as e:
+            err = click.ClickException(str(e))
+            err.exit_code = e.exit_code
+            raise err from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="k8simg")
+def cli():
+    """Immutable Kubernetes node images and clusters for OpenStack."""
+
+
+cli.add_command(init_cmd.init)
+cli.add_command(config_cmd.config)
+cli.add_command(pki_cmd.pki)
+
+
+def main():
+    cli(prog_name="k8simg")

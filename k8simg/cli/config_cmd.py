@@ -1,0 +1,26 @@
+import click
+
+from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option
+from k8simg.plan import api_vip, initial_nodes
+
+
+@click.group()
+def config():
+    """Check and inspect the cluster definition."""
+
+
+@config.command()
+@cluster_argument
+@output_option
+def validate(cluster, output):
+    """Validate CLUSTER's cluster.yaml, reporting every problem at once."""
+    cfg = cluster_dir(cluster).load()
+    nodes = initial_nodes(cfg)
+    if output == "json":
+        emit_json({"valid": True, "name": cfg.name, "topology": cfg.topology,
+                   "api_vip": str(api_vip(cfg)),
+                   "nodes": [{"name": n.name, "role": n.role, "address": str(n.address)}
+                             for n in nodes]})
+    else:
+        click.echo(f"{cfg.name}: valid ({cfg.topology}, {len(nodes)} nodes, "
+                   f"Kubernetes {cfg.kubernetes_version})")

@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import click
+
+from k8simg.cli.options import emit_json, output_option, progress
+from k8simg.cluster import init_cluster
+from k8simg.errors import ConfigError
+
+
+@click.command()
+@click.argument("path", type=click.Path(file_okay=False), metavar="NAME")
+@click.option("--cloud", default="local", show_default=True,
+              help='"local", or the name of a cloud in clouds.yaml.')
+@click.option("--ssh-public-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="An OpenSSH public key file for the bastion (repeatable).")
+@click.option("--kubernetes-version", help="One of the pinned versions (default: the newest).")
+@output_option
+def init(path, cloud, ssh_keys, kubernetes_version, output):
+    """Create the cluster directory NAME with a commented cluster.yaml."""
+    keys = []
+    for f in ssh_keys:
+        try:
+            keys.append(Path(f).read_text().strip())
+        except OSError as e:
+            raise ConfigError(f, [("", f"cannot read: {e.strerror}")]) from None
+    cd = init_cluster(path, cloud=cloud, ssh_keys=keys, kubernetes_version=kubernetes_version)
+    progress(f"wrote {cd.config_path}; edit it, then run `k8simg pki init {path}`")
+    if output == "json":
+        emit_json({"cluster": str(cd.path), "config": str(cd.config_path)})
+    else:
+        click.echo(cd.config_path)

@@ -1,0 +1,29 @@
+"""Options and output helpers shared by every command group."""
+
+import json
+import sys
+
+import click
+
+from k8simg.cluster import ClusterDir
+
+output_option = click.option(
+    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="Result format on stdout; json is for CI.")
+
+cluster_argument = click.argument("cluster", type=click.Path(file_okay=True, dir_okay=True),
+                                  metavar="CLUSTER")
+
+
+def cluster_dir(path: str) -> ClusterDir:
+    return ClusterDir.at(path)
+
+
+def progress(msg: str) -> None:
+    """Progress goes to stderr, so stdout carries only results."""
+    click.echo(msg, err=True)
+
+
+def emit_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")

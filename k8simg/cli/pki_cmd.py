@@ -1,0 +1,102 @@
+import click
+
+from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
+from k8simg.errors import K8simgError
+from k8simg.pki import report
+from k8simg.pki.manager import utcnow
+
+
+class ExpiringError(K8simgError):
+    exit_code = 3
+
+
+@click.group()
+def pki():
+    """The cluster's certificates, keys and kubeconfigs."""
+
+
+@pki.command("init")
+@cluster_argument
+@output_option
+def init(cluster, output):
+    """Generate every missing key, certificate and kubeconfig; never overwrite one."""
+    cd = cluster_dir(cluster)
+    p = cd.pki(progress=progress)
+    result = p.ensure()
+    kubeconfigs = p.write_kubeconfigs(cd.kubeconfig_dir)
+    for ident in result.stale:
+        progress(f"warning: {ident} lacks SANs the cluster now needs; "
+                 f"run `k8simg pki renew {cluster} {ident}`")
+    if output == "json":
+        emit_json({"pki": str(cd.pki_dir), "created": result.created,
+                   "existing": result.existing, "stale": result.stale,
+                   "kubeconfigs": [str(k) for k in kubeconfigs]})
+    else:
+        click.echo(f"{len(result.created)} created, {len(result.existing)} existing, "
+                   f"{len(result.stale)} stale in {cd.pki_dir}")
+
+
+@pki.command()
+@cluster_argument
+@output_option
+def show(cluster, output):
+    """List every certificate with subject, SANs, issuer and expiry."""
+    p = cluster_dir(cluster).pki()
+    now = utcnow()
+    records = p.records()
+    if output == "json":
+        emit_json({"certificates": report.as_json(records, now), "missing": p.missing(),
+                   "problems": [{"file": f, "problem": m} for f, m in p.verify()]})
+        return
+    for r in records:
+        click.echo(f"{r.instance.display}\n  file:    {r.file}\n  subject: {r.subject}\n"
+                   f"  issuer:  {r.issuer}\n  expires: {r.not_after.isoformat()}")
+        if r.sans:
+            click.echo(f"  SANs:    {', '.join(r.sans)}")
+    for ident in p.missing():
+        click.echo(f"{ident}: missing")
+    for f, m in p.verify():
+        click.echo(f"problem: {f}: {m}")
+
+
+@pki.command("check-expiration")
+@cluster_argument
+@click.option("--days", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Fail when anything expires within this many days.")
+@output_option
+def check_expiration(cluster, days, output):
+    """Print the expiry table; exit 3 when anything expires within --days."""
+    p = cluster_dir(cluster).pki()
+    now = utcnow()
+    problems = p.verify()
+    if problems:
+        from k8simg.errors import PkiError
+        raise PkiError(problems)
+    records = p.records()
+    soon = report.expiring(records, now, days)
+    if output == "json":
+        emit_json({"days": days, "certificates": report.as_json(records, now),
+                   "expiring": [r.instance.id for r in soon], "missing": p.missing()})
+    else:
+        click.echo(report.expiration_table(records, now))
+    if p.missing():
+        raise K8simgError(f"missing: {', '.join(p.missing())}; run `k8simg pki init`")
+    if soon:
+        raise ExpiringError(f"{len(soon)} certificate(s) expire within {days} days: "
+                            + ", ".join(r.instance.id for r in soon))
+
+
+@pki.command()
+@cluster_argument
+@click.argument("names", nargs=-1)
+@output_option
+def renew(cluster, names, output):
+    """Reissue leaf certificates (all, or NAMES) from the existing CAs, keeping their keys."""
+    cd = cluster_dir(cluster)
+    p = cd.pki(progress=progress)
+    renewed = p.renew(list(names) or None)
+    p.write_kubeconfigs(cd.kubeconfig_dir)
+    if output == "json":
+        emit_json({"renewed": renewed})
+    else:
+        click.echo(f"renewed {len(renewed)} certificate(s)")

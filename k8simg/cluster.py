@@ -1,0 +1,74 @@
+"""The cluster directory: the cluster's whole state, and the only place secrets are written.
+
+    <cluster>/cluster.yaml        the definition (k8simg init)
+    <cluster>/pki/                every key and certificate (k8simg pki init)
+    <cluster>/kubeconfigs/        admin.conf, super-admin.conf, ... and nodes/<node>/kubelet.conf
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.config import ClusterConfig, load_config, parse_config, render_template
+from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_write
+from k8simg.pki import Pki, PkiContext
+from k8simg.plan import initial_nodes
+
+CONFIG_FILE = "cluster.yaml"
+
+
+@dataclass(frozen=True)
+class ClusterDir:
+    path: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> "ClusterDir":
+        """Accept the directory or its ``cluster.yaml``."""
+        p = Path(path)
+        if p.name == CONFIG_FILE and p.is_file():
+            p = p.parent
+        return cls(p)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.path / "pki"
+
+    @property
+    def kubeconfig_dir(self) -> Path:
+        return self.path / "kubeconfigs"
+
+    def load(self) -> ClusterConfig:
+        """The validated definition.
+
+        :raises ConfigError: when it is missing or invalid.
+        """
+        return load_config(self.config_path)
+
+    def pki_context(self, cfg: ClusterConfig | None = None) -> PkiContext:
+        cfg = cfg or self.load()
+        return PkiContext(cfg, tuple(initial_nodes(cfg)))
+
+    def pki(self, cfg: ClusterConfig | None = None, **kw) -> Pki:
+        return Pki(self.pki_dir, self.pki_context(cfg), **kw)
+
+
+def init_cluster(path: str | Path, *, cloud: str = "local", ssh_keys: list[str] | None = None,
+                 kubernetes_version: str | None = None) -> ClusterDir:
+    """Create a cluster directory with a commented, valid ``cluster.yaml``.
+
+    :raises K8simgError: when the directory already holds a cluster definition.
+    :raises ConfigError: when the arguments make an invalid definition (nothing is written).
+    """
+    cd = ClusterDir(Path(path))
+    if cd.config_path.exists():
+        raise K8simgError(f"{cd.config_path} already exists; not overwriting it")
+    kw = {"kubernetes_version": kubernetes_version} if kubernetes_version else {}
+    text = render_template(cd.path.resolve().name, cloud=cloud, ssh_keys=ssh_keys, **kw)
+    parse_config(text, str(cd.config_path))  # validate before anything is written
+    cd.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(cd.config_path, text, 0o600)
+    return cd

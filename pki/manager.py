@@ -1,0 +1,316 @@
+"""The cluster PKI on disk: create what is missing, check what exists, renew, report expiry.
+
+Layout, as kubeadm's ``/etc/kubernetes/pki``::
+
+    ca.crt ca.key front-proxy-ca.* front-proxy-client.* apiserver-kubelet-client.*
+    apiserver-etcd-client.* sa.key sa.pub etcd/ca.* etcd/healthcheck-client.*
+    kubeconfig/<identity>.*                     client identities of the kubeconfigs
+    nodes/<node>/apiserver.*  nodes/<node>/etcd/{server,peer}.*  nodes/<node>/kubelet-client.*
+
+Nothing is ever overwritten by :meth:`Pki.ensure`; every file is written atomically and every
+key 0600.
+"""
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from k8simg.errors import PkiError
+from k8simg.fsutil import atomic_write
+from k8simg.pki import certs as table
+from k8simg.pki.certs import CertInstance, PkiContext
+from k8simg.pki.keys import (KeyFactory, PrivateKey, generate_key, key_pem, load_key,
+                             public_pem, same_public_key)
+from k8simg.pki.kubeconfig import kubeconfig
+from k8simg.pki.x509 import Subject, cert_sans, issue, signed_by
+
+Clock = Callable[[], dt.datetime]
+Progress = Callable[[str], None]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def pair_paths(root: Path, path: str) -> tuple[Path, Path]:
+    """The one place that knows the ``<dir>/<name>.crt|.key`` convention."""
+    return root / f"{path}.crt", root / f"{path}.key"
+
+
+@dataclass
+class Loaded:
+    cert: x509.Certificate | None = None
+    key: PrivateKey | None = None
+
+
+@dataclass
+class EnsureResult:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # exist, but lack SANs the plan now needs
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """What ``pki show`` and ``pki check-expiration`` print for one certificate."""
+
+    instance: CertInstance
+    file: str
+    subject: str
+    issuer: str
+    not_after: dt.datetime
+    sans: tuple[str, ...]
+    signer: str | None
+
+    def residual(self, now: dt.datetime) -> dt.timedelta:
+        return self.not_after - now
+
+
+class Pki:
+    """The PKI of one cluster, rooted at ``root`` (``<cluster>/pki``).
+
+    :param ctx: the cluster-dependent inputs of the table.
+    :param clock: injected for deterministic tests.
+    :param keygen: injected key factory (tests reuse keys to stay fast).
+    """
+
+    def __init__(self, root: Path, ctx: PkiContext, *, clock: Clock = utcnow,
+                 keygen: KeyFactory = generate_key, progress: Progress | None = None):
+        self.root = Path(root)
+        self.ctx = ctx
+        self.clock = clock
+        self.keygen = keygen
+        self.progress = progress or (lambda _msg: None)
+        self.algorithm = ctx.config.pki.key_algorithm
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def paths(self, inst: CertInstance) -> tuple[Path, Path]:
+        return pair_paths(self.root, inst.path)
+
+    def _rel(self, p: Path) -> str:
+        return str(p.relative_to(self.root))
+
+    def _load(self, inst: CertInstance, problems: list) -> Loaded:
+        crt, key = self.paths(inst)
+        out = Loaded()
+        if crt.exists():
+            try:
+                out.cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            except ValueError as e:
+                problems.append((self._rel(crt), f"not a PEM certificate ({e})"))
+        if key.exists():
+            try:
+                out.key = load_key(key.read_bytes())
+            except (ValueError, TypeError) as e:
+                problems.append((self._rel(key), f"not a usable private key ({e})"))
+        if crt.exists() and not key.exists():
+            problems.append((self._rel(crt), "certificate without its key"))
+        if out.cert and out.key and not same_public_key(out.cert.public_key(), out.key.public_key()):
+            problems.append((self._rel(key), f"does not match {crt.name}"))
+        return out
+
+    def _check_all(self) -> tuple[dict[str, Loaded], list[tuple[str, str]]]:
+        problems: list[tuple[str, str]] = []
+        loaded = {}
+        for inst in table.instances(self.ctx):
+            got = self._load(inst, problems)
+            loaded[inst.id] = got
+            spec = inst.spec
+            if got.cert is None:
+                continue
+            if spec.is_ca:
+                bc = _basic_constraints(got.cert)
+                if not (bc and bc.ca):
+                    problems.append((self._rel(self.paths(inst)[0]), "is not a CA certificate"))
+                continue
+            ca = loaded[spec.ca].cert
+            ca_file = f"{table.BY_NAME[spec.ca].path}.crt"
+            if ca is None:
+                problems.append((self._rel(self.paths(inst)[0]), f"its CA {ca_file} is missing"))
+            elif not signed_by(got.cert, ca):
+                problems.append((self._rel(self.paths(inst)[0]), f"does not chain to {ca_file}"))
+        self._check_sa(problems)
+        return loaded, problems
+
+    def _check_sa(self, problems: list) -> None:
+        key, pub = self.root / "sa.key", self.root / "sa.pub"
+        if pub.exists() and not key.exists():
+            problems.append(("sa.pub", "public key without sa.key"))
+        if key.exists():
+            try:
+                k = load_key(key.read_bytes())
+            except (ValueError, TypeError) as e:
+                problems.append(("sa.key", f"not a usable private key ({e})"))
+                return
+            if pub.exists():
+                try:
+                    p = serialization.load_pem_public_key(pub.read_bytes())
+                except ValueError as e:
+                    problems.append(("sa.pub", f"not a PEM public key ({e})"))
+                    return
+                if not same_public_key(p, k.public_key()):
+                    problems.append(("sa.pub", "does not match sa.key"))
+
+    def verify(self) -> list[tuple[str, str]]:
+        """Every inconsistency of the PKI on disk, as ``(file, message)``; missing files are not."""
+        return self._check_all()[1]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _issue(self, inst: CertInstance, key: PrivateKey, signer) -> x509.Certificate:
+        cfg = self.ctx.config.pki
+        days = cfg.ca_validity_days if inst.spec.is_ca else cfg.cert_validity_days
+        return issue(Subject(inst.cn, inst.spec.orgs), inst.spec.usages, key, now=self.clock(),
+                     days=days, sans=inst.sans(self.ctx), signer=signer)
+
+    def _write(self, inst: CertInstance, cert: x509.Certificate, key: PrivateKey | None) -> None:
+        crt_path, key_path = self.paths(inst)
+        if key is not None:  # key first: a crash in between leaves a key that is reused next time
+            atomic_write(key_path, key_pem(key), 0o600)
+        atomic_write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+    def ensure(self) -> EnsureResult:
+        """Create every missing key and certificate; never touch one that exists.
+
+        A key whose certificate is missing (an interrupted run) is reused.
+
+        :raises PkiError: listing every inconsistency, before anything is written.
+        """
+        loaded, problems = self._check_all()
+        if problems:
+            raise PkiError(problems)
+        result = EnsureResult()
+        for inst in table.instances(self.ctx):
+            got = loaded[inst.id]
+            if got.cert is not None:
+                result.existing.append(inst.id)
+                if not inst.spec.is_ca and _missing_sans(got.cert, inst.sans(self.ctx)):
+                    result.stale.append(inst.id)
+                continue
+            self.progress(f"generating {inst.display}")
+            new_key = got.key is None
+            key = got.key or self.keygen(self.algorithm)
+            signer = None
+            if not inst.spec.is_ca:
+                ca = loaded[inst.spec.ca]
+                signer = (ca.cert, ca.key)
+            cert = self._issue(inst, key, signer)
+            self._write(inst, cert, key if new_key else None)
+            loaded[inst.id] = Loaded(cert, key)
+            result.created.append(inst.id)
+        if self._ensure_sa():
+            result.created.append(table.SA_KEY)
+        else:
+            result.existing.append(table.SA_KEY)
+        return result
+
+    def _ensure_sa(self) -> bool:
+        key_path, pub_path = self.root / "sa.key", self.root / "sa.pub"
+        created = False
+        if not key_path.exists():
+            self.progress("generating service-account key pair")
+            key = self.keygen(self.algorithm)
+            atomic_write(key_path, key_pem(key), 0o600)
+            created = True
+        else:
+            key = load_key(key_path.read_bytes())
+        if not pub_path.exists():
+            atomic_write(pub_path, public_pem(key), 0o644)
+        return created
+
+    def renew(self, names: list[str] | None = None) -> list[str]:
+        """Reissue leaf certificates from the existing CAs, keeping their keys.
+
+        Subjects and SANs are derived from the table again, so a renewal also picks up a new
+        API address. The key is kept, so a renewal is one atomic write per certificate.
+
+        :param names: table names (``apiserver``) or instance ids (``apiserver@node``); all
+            leaves when ``None``.
+        :returns: the ids renewed.
+        :raises PkiError: for an unknown name, a CA, or an inconsistent PKI.
+        """
+        all_leaves = [i for i in table.instances(self.ctx) if not i.spec.is_ca]
+        if names:
+            unknown = [n for n in names if n not in table.BY_NAME
+                       and n not in {i.id for i in all_leaves}]
+            cas = [n for n in names if n in table.BY_NAME and table.BY_NAME[n].is_ca]
+            if unknown or cas:
+                raise PkiError([(n, "no such certificate") for n in unknown]
+                               + [(n, "is a CA: CAs are not renewed in place") for n in cas])
+            chosen = [i for i in all_leaves if i.spec.name in names or i.id in names]
+        else:
+            chosen = all_leaves
+        loaded, problems = self._check_all()
+        missing = [(i.path + ".crt", "missing: run `k8simg pki init` first")
+                   for i in chosen if loaded[i.id].cert is None]
+        if problems or missing:
+            raise PkiError(problems + missing)
+        for inst in chosen:
+            self.progress(f"renewing {inst.display}")
+            ca = loaded[inst.spec.ca]
+            key = loaded[inst.id].key
+            self._write(inst, self._issue(inst, key, (ca.cert, ca.key)), None)
+        return [i.id for i in chosen]
+
+    # -- kubeconfigs -------------------------------------------------------------------------
+
+    def kubeconfig_server(self, inst: CertInstance) -> str:
+        name = inst.spec.name
+        if name in ("controller-manager", "scheduler"):
+            return f"https://127.0.0.1:{self.ctx.config.api.port}"  # their own master's API
+        if name == "kubelet":
+            return self.ctx.internal_api_server_url
+        return self.ctx.api_server_url
+
+    def write_kubeconfigs(self, out_dir: Path) -> list[Path]:
+        """(Re)write every kubeconfig, credentials embedded, 0600. They are derived files."""
+        ca_pem = (self.root / "ca.crt").read_bytes()
+        written = []
+        for inst in table.instances(self.ctx):
+            if not inst.spec.kubeconfig:
+                continue
+            crt, key = self.paths(inst)
+            text = kubeconfig(self.ctx.config.name, self.kubeconfig_server(inst), inst.cn,
+                              ca_pem=ca_pem, cert_pem=crt.read_bytes(), key_pem=key.read_bytes())
+            dest = out_dir / (f"nodes/{inst.node.name}/" if inst.node else "") / inst.spec.kubeconfig
+            if not dest.exists() or dest.read_text() != text:
+                atomic_write(dest, text, 0o600)
+            written.append(dest)
+        return written
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def records(self) -> list[CertRecord]:
+        """Every certificate that exists on disk, in table order."""
+        out = []
+        for inst in table.instances(self.ctx):
+            crt, _ = self.paths(inst)
+            if not crt.exists():
+                continue
+            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            sans = cert_sans(cert)
+            out.append(CertRecord(
+                instance=inst, file=self._rel(crt), subject=cert.subject.rfc4514_string(),
+                issuer=cert.issuer.rfc4514_string(), not_after=cert.not_valid_after_utc,
+                sans=tuple(sans.dns) + tuple(str(i) for i in sans.ips), signer=inst.spec.ca))
+        return out
+
+    def missing(self) -> list[str]:
+        return [i.id for i in table.instances(self.ctx) if not self.paths(i)[0].exists()]
+
+
+def _basic_constraints(cert: x509.Certificate):
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _missing_sans(cert: x509.Certificate, want) -> bool:
+    have = cert_sans(cert)
+    return not (set(want.dns) <= set(have.dns) and set(want.ips) <= set(have.ips))
