@@ -101,9 +101,10 @@ def address_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
     if cfg.dedicated_etcd:
         counts["etcd"] = ("etcd.count", cfg.etcd.count)
     for role, (path, count) in counts.items():
-        span = _span(cfg, role)
-        # Half the range stays free so that rolling replacements get fresh addresses.
-        if count > span // 2:
+        # One address stays free for the surge node of a rolling replacement: indices only
+        # grow, so the live nodes are a window of count + 1 consecutive indices.
+        limit = _span(cfg, role) - 1
+        if count > limit:
             problems.append((path, f"{count} {role}s do not fit network.node_cidr "
-                                   f"{cfg.network.node_cidr} (at most {span // 2})"))
+                                   f"{cfg.network.node_cidr} (at most {limit})"))
     return problems

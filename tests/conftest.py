@@ -1,0 +1,75 @@
+import datetime as dt
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from k8simg.cluster import ClusterDir, init_cluster
+from k8simg.pki.keys import generate_key
+from tests.support import kubectl_binary
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """No test may reach a real cloud through the environment."""
+    for var in list(os.environ):
+        if var.startswith("OS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml")
+
+
+@pytest.fixture
+def clock():
+    return lambda: NOW
+
+
+@pytest.fixture(scope="session")
+def key_pool():
+    """A key factory that hands out a few keys per algorithm in turn.
+
+    Reusing keys keeps the RSA-4096 tests fast; the code under test treats keys as opaque.
+    Tests that are about distinct keys use :func:`generate_key` instead.
+    """
+    pools: dict[str, itertools.cycle] = {}
+
+    def factory(algorithm: str):
+        if algorithm not in pools:
+            pools[algorithm] = itertools.cycle([generate_key(algorithm) for _ in range(3)])
+        return next(pools[algorithm])
+
+    return factory
+
+
+def write_cluster(path: Path, **overrides) -> ClusterDir:
+    """A cluster directory from ``k8simg init`` with top-level or dotted overrides applied."""
+    cd = init_cluster(path)
+    y = YAML()
+    doc = y.load(cd.config_path.read_text())
+    for dotted, value in overrides.items():
+        node = doc
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    with cd.config_path.open("w") as f:
+        y.dump(doc, f)
+    return cd
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    counter = itertools.count()
+
+    def make(name: str | None = None, **overrides) -> ClusterDir:
+        return write_cluster(tmp_path / (name or f"c{next(counter)}"), **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def kubectl(pytestconfig) -> Path:
+    return kubectl_binary(Path(pytestconfig.cache.mkdir("kubectl-v1.35")))

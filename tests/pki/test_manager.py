@@ -1,0 +1,204 @@
+import datetime as dt
+import json
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+
+from k8simg.cli import cli
+from k8simg.errors import PkiError
+from k8simg.pki import certs as table
+from k8simg.pki.keys import generate_key, key_pem
+from tests.conftest import NOW
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generates_the_whole_set_with_safe_modes(make_cluster, clock):
+    cd = make_cluster()
+    p = cd.pki(clock=clock)
+    result = p.ensure()
+    ids = [i.id for i in table.instances(p.ctx)]
+    assert result.created == ids + ["sa"]
+    assert len(ids) == 3 + 3 * 3 + 8 + 5  # CAs, per-master x3, shared leaves, kubelets
+    for path in cd.pki_dir.rglob("*"):
+        if path.is_file():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o600 if path.suffix == ".key" else 0o644), path
+    kubeconfigs = p.write_kubeconfigs(cd.kubeconfig_dir)
+    assert {k.name for k in kubeconfigs} == {"admin.conf", "super-admin.conf",
+                                             "controller-manager.conf", "scheduler.conf",
+                                             "kubelet.conf"}
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in kubeconfigs)
+    assert p.verify() == []
+    assert not list(cd.path.rglob("*.tmp"))
+
+
+def test_init_never_overwrites(make_cluster, clock):
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    before = snapshot(cd.pki_dir)
+    result = cd.pki(clock=clock).ensure()
+    assert result.created == [] and len(before) == 2 * len(result.existing)  # pairs
+    assert snapshot(cd.pki_dir) == before
+
+
+def test_fills_in_only_what_is_missing(make_cluster, clock):
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    (cd.pki_dir / "nodes/c0-worker-1/kubelet-client.crt").unlink()
+    (cd.pki_dir / "nodes/c0-worker-1/kubelet-client.key").unlink()
+    (cd.pki_dir / "sa.pub").unlink()
+    before = snapshot(cd.pki_dir)
+    result = cd.pki(clock=clock).ensure()
+    assert result.created == ["kubelet@c0-worker-1"]
+    after = snapshot(cd.pki_dir)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) - set(before) == {"nodes/c0-worker-1/kubelet-client.crt",
+                                        "nodes/c0-worker-1/kubelet-client.key", "sa.pub"}
+
+
+def test_interrupted_run_reuses_the_orphan_key(make_cluster, clock):
+    """A crash between writing a key and its certificate must not wedge the PKI."""
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    crt = cd.pki_dir / "front-proxy-client.crt"
+    key_bytes = (cd.pki_dir / "front-proxy-client.key").read_bytes()
+    crt.unlink()
+    assert cd.pki(clock=clock).ensure().created == ["front-proxy-client"]
+    assert (cd.pki_dir / "front-proxy-client.key").read_bytes() == key_bytes
+    assert cd.pki(clock=clock).verify() == []
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    ("swap-key", "apiserver-etcd-client.key", "does not match apiserver-etcd-client.crt"),
+    ("foreign-leaf", "etcd/healthcheck-client.crt", "does not chain to etcd/ca.crt"),
+    ("drop-key", "apiserver-kubelet-client.crt", "certificate without its key"),
+    ("garbage", "ca.crt", "not a PEM certificate"),
+    ("drop-ca", "front-proxy-client.crt", "its CA front-proxy-ca.crt is missing"),
+    ("sa-mismatch", "sa.pub", "does not match sa.key"),
+])
+def test_inconsistent_pki_is_reported_not_used(make_cluster, clock, damage, file, message):
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    other = make_cluster()
+    other.pki(clock=clock).ensure()
+    root = cd.pki_dir
+    if damage == "swap-key":
+        (root / file).write_bytes(key_pem(generate_key("ecdsa-p256")))
+    elif damage == "foreign-leaf":
+        (root / file).write_bytes((other.pki_dir / file).read_bytes())
+    elif damage == "drop-key":
+        (root / file).with_suffix(".key").unlink()
+    elif damage == "garbage":
+        (root / file).write_text("not a cert")
+    elif damage == "drop-ca":
+        (root / "front-proxy-ca.crt").unlink()
+        (root / "front-proxy-ca.key").unlink()
+    elif damage == "sa-mismatch":
+        (root / "sa.pub").write_bytes((other.pki_dir / "sa.pub").read_bytes())
+    before = snapshot(root)
+    with pytest.raises(PkiError) as e:
+        cd.pki(clock=clock).ensure()
+    assert (file, message) in [(f, m[:len(message)]) for f, m in e.value.problems]
+    assert snapshot(root) == before  # nothing written
+    r = CliRunner().invoke(cli, ["pki", "init", str(cd.path)])
+    assert r.exit_code == 1 and f"{file}: {message}" in r.output
+
+
+def test_renew_keeps_keys_and_refreshes_sans(make_cluster, clock):
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    crt = cd.pki_dir / "nodes/c0-master-0/apiserver.crt"
+    old = x509.load_pem_x509_certificate(crt.read_bytes())
+    key_before = (cd.pki_dir / "nodes/c0-master-0/apiserver.key").read_bytes()
+    # The operator adds a name; existing certs are then stale until renewed.
+    text = cd.config_path.read_text().replace("extra_sans: []", "extra_sans: [api.example.com]")
+    cd.config_path.write_text(text)
+    later = lambda: NOW + dt.timedelta(days=100)  # noqa: E731
+    result = cd.pki(clock=later).ensure()
+    assert result.stale == ["apiserver@c0-master-0", "apiserver@c0-master-1",
+                            "apiserver@c0-master-2"]
+    renewed = cd.pki(clock=later).renew(["apiserver@c0-master-0"])
+    assert renewed == ["apiserver@c0-master-0"]
+    new = x509.load_pem_x509_certificate(crt.read_bytes())
+    assert new.serial_number != old.serial_number
+    assert new.not_valid_after_utc - old.not_valid_after_utc == dt.timedelta(days=100)
+    sans = new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "api.example.com" in sans.get_values_for_type(x509.DNSName)
+    assert (cd.pki_dir / "nodes/c0-master-0/apiserver.key").read_bytes() == key_before
+    assert cd.pki(clock=later).verify() == []
+    assert cd.pki(clock=later).ensure().stale == ["apiserver@c0-master-1", "apiserver@c0-master-2"]
+
+
+def test_renew_refuses_cas_and_unknown_names(make_cluster, clock):
+    cd = make_cluster()
+    cd.pki(clock=clock).ensure()
+    with pytest.raises(PkiError) as e:
+        cd.pki(clock=clock).renew(["ca", "nope"])
+    assert e.value.problems == [("nope", "no such certificate"),
+                                ("ca", "is a CA: CAs are not renewed in place")]
+
+
+def test_leaf_never_outlives_its_ca(make_cluster, clock):
+    cd = make_cluster(pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 30,
+                           "cert_validity_days": 365})
+    cd.pki(clock=clock).ensure()
+    ca = x509.load_pem_x509_certificate((cd.pki_dir / "ca.crt").read_bytes())
+    leaf = x509.load_pem_x509_certificate((cd.pki_dir / "apiserver-kubelet-client.crt").read_bytes())
+    assert leaf.not_valid_after_utc == ca.not_valid_after_utc == NOW + dt.timedelta(days=30)
+    assert leaf.not_valid_before_utc == NOW - dt.timedelta(minutes=5)
+
+
+def test_check_expiration_cli(make_cluster):
+    cd = make_cluster(pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 3650,
+                           "cert_validity_days": 20})
+    runner = CliRunner()
+    r = runner.invoke(cli, ["pki", "check-expiration", str(cd.path)])
+    assert r.exit_code == 1 and "missing:" in r.output
+    assert runner.invoke(cli, ["pki", "init", str(cd.path)]).exit_code == 0
+    r = runner.invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "10"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["CERTIFICATE", "EXPIRES", "RESIDUAL", "TIME", "CERTIFICATE",
+                                "AUTHORITY"]
+    admin = next(line for line in lines if line.startswith("admin.conf"))
+    assert admin.split()[-2:] == ["19d", "ca"]
+    assert any(line.startswith("etcd-ca ") and line.split()[-1] == "9y" for line in lines)
+    r = runner.invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30", "-o", "json"])
+    assert r.exit_code == 3
+    out = json.loads(r.stdout)
+    assert len(out["expiring"]) == 22 and "ca" not in out["expiring"]
+    assert "22 certificate(s) expire within 30 days" in r.stderr
+
+
+def test_show_lists_subjects_sans_and_no_secrets(make_cluster):
+    cd = make_cluster()
+    runner = CliRunner()
+    r = runner.invoke(cli, ["pki", "init", str(cd.path), "-o", "json"])
+    assert r.exit_code == 0
+    r = runner.invoke(cli, ["pki", "show", str(cd.path), "-o", "json"])
+    out = json.loads(r.stdout)
+    api = next(c for c in out["certificates"] if c["id"] == "apiserver@c0-master-1")
+    assert api["subject"] == "CN=kube-apiserver" and api["issuer"] == "CN=kubernetes"
+    assert "10.0.0.11" in api["sans"] and "kubernetes.default.svc.cluster.local" in api["sans"]
+    assert out["problems"] == [] and out["missing"] == []
+    text = runner.invoke(cli, ["pki", "show", str(cd.path)]).output
+    assert "PRIVATE KEY" not in text and "PRIVATE KEY" not in r.output
+    assert "CN=system:node:c0-worker-0,O=system:nodes" in text
+
+
+def test_cli_entry_point_runs_as_module(make_cluster):
+    import subprocess
+    import sys
+    cd = make_cluster()
+    r = subprocess.run([sys.executable, "-m", "k8simg", "pki", "init", str(cd.path)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 0, r.stderr
+    assert "generating ca" in r.stderr and r.stdout.startswith("26 created")
+    assert "PRIVATE" not in r.stdout + r.stderr

