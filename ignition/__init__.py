@@ -1,0 +1,1 @@
+"""Each node's whole first-boot configuration, as an Ignition config."""
