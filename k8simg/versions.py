@@ -45,3 +45,37 @@ RELEASES: dict[str, Release] = {
 }
 
 DEFAULT_KUBERNETES_VERSION = "1.35.2"
+
+# Sidecars and helpers that move independently of the Kubernetes release.
+_CSI_ATTACHER = "v4.8.1"
+_CSI_PROVISIONER = "v5.2.0"
+_CSI_RESIZER = "v1.13.2"
+_CSI_NODE_DRIVER_REGISTRAR = "v2.13.0"
+_FLANNEL_CNI_PLUGIN = "v1.7.1-flannel1"
+
+
+def images(release: Release) -> dict[str, str]:
+    """Every container image a node of ``release`` runs, by role in the cluster.
+
+    The bake pulls exactly these (and verifies their digests); the rendered manifests name
+    exactly these, so a node never pulls anything at run time.
+    """
+    k8s, cpo, sig = f"v{release.kubernetes}", f"v{release.cloud_provider_openstack}", \
+        "registry.k8s.io/sig-storage"
+    return {
+        "apiserver": f"registry.k8s.io/kube-apiserver:{k8s}",
+        "controller_manager": f"registry.k8s.io/kube-controller-manager:{k8s}",
+        "scheduler": f"registry.k8s.io/kube-scheduler:{k8s}",
+        "kube_proxy": f"registry.k8s.io/kube-proxy:{k8s}",
+        "pause": f"registry.k8s.io/pause:{release.pause}",
+        "coredns": f"registry.k8s.io/coredns/coredns:v{release.coredns}",
+        "flannel": f"ghcr.io/flannel-io/flannel:v{release.flannel}",
+        "flannel_cni_plugin": f"ghcr.io/flannel-io/flannel-cni-plugin:{_FLANNEL_CNI_PLUGIN}",
+        "ingress_nginx": f"registry.k8s.io/ingress-nginx/controller:v{release.ingress_nginx}",
+        "openstack_ccm": f"registry.k8s.io/provider-os/openstack-cloud-controller-manager:{cpo}",
+        "cinder_csi": f"registry.k8s.io/provider-os/cinder-csi-plugin:{cpo}",
+        "csi_attacher": f"{sig}/csi-attacher:{_CSI_ATTACHER}",
+        "csi_provisioner": f"{sig}/csi-provisioner:{_CSI_PROVISIONER}",
+        "csi_resizer": f"{sig}/csi-resizer:{_CSI_RESIZER}",
+        "csi_node_driver_registrar": f"{sig}/csi-node-driver-registrar:{_CSI_NODE_DRIVER_REGISTRAR}",
+    }

@@ -1,0 +1,80 @@
+"""Reading rendered Ignition configs back: decoded files, units, Kubernetes objects."""
+
+import base64
+import gzip
+import json
+import re
+import urllib.parse
+from pathlib import Path
+
+import yaml
+
+from k8simg.ignition.render import ADDONS
+
+
+def decode_source(contents: dict) -> bytes:
+    source = contents["source"]
+    header, _, payload = source.partition(",")
+    data = base64.b64decode(payload) if header.endswith(";base64") else \
+        urllib.parse.unquote_to_bytes(payload)
+    if contents.get("compression") == "gzip":
+        data = gzip.decompress(data)
+    return data
+
+
+def files(doc: dict) -> dict[str, tuple[int, bytes]]:
+    """path -> (mode, content) of every file in the config."""
+    return {f["path"]: (f.get("mode", 0o644), decode_source(f["contents"]))
+            for f in doc.get("storage", {}).get("files", [])}
+
+
+def units(doc: dict) -> dict[str, str]:
+    """name -> contents for every unit, whether inline or written as a file."""
+    out = {}
+    by_path = files(doc)
+    for u in doc.get("systemd", {}).get("units", []):
+        text = u.get("contents")
+        if text is None and f"/etc/systemd/system/{u['name']}" in by_path:
+            text = by_path[f"/etc/systemd/system/{u['name']}"][1].decode()
+        out[u["name"]] = text
+    return out
+
+
+def kube_objects(doc: dict) -> list[tuple[str, dict]]:
+    """Every Kubernetes object in the config: static pods and add-ons, with their file."""
+    out = []
+    for path, (_, data) in files(doc).items():
+        if path.startswith("/etc/kubernetes/manifests/") or path == ADDONS:
+            out += [(path, o) for o in yaml.safe_load_all(data) if o]
+    return out
+
+
+PEM_RE = re.compile(rb"-----BEGIN ([A-Z ]+)-----\n.*?-----END \1-----\n", re.S)
+
+
+def normalised(doc: dict) -> str:
+    """A stable, reviewable view of a config for golden files.
+
+    File contents are decoded; PEM blocks (which change with every key) become placeholders;
+    the add-on stream becomes one YAML document per object.
+    """
+    view = json.loads(json.dumps(doc))
+    for f in view.get("storage", {}).get("files", []):
+        data = decode_source(f["contents"])
+        data = PEM_RE.sub(lambda m: b"<" + m.group(1) + b">\n", data)
+        data = re.sub(rb"(certificate-authority-data|client-certificate-data|client-key-data): \S+",
+                      rb"\1: <base64>", data)
+        text = data.decode()
+        if f["path"] == ADDONS:
+            text = yaml.safe_dump_all([o for o in yaml.safe_load_all(text) if o], sort_keys=False)
+        f["contents"] = {"compression": f["contents"].get("compression"), "text": text}
+    return yaml.safe_dump(view, sort_keys=False, width=100, allow_unicode=True)
+
+
+def materialise(doc: dict, root: Path) -> None:
+    """Write a config's files under ``root`` as Ignition would under /."""
+    for path, (mode, data) in files(doc).items():
+        dest = root / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        dest.chmod(mode)

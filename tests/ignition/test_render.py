@@ -1,0 +1,263 @@
+import json
+import re
+import stat
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from k8simg.cli import cli
+from k8simg.errors import RenderError
+from k8simg.ignition.document import dumps
+from k8simg.ignition.render import USER_DATA_LIMIT, render_node, render_user_data, write_all
+from tests.ignition.conftest import CREDENTIAL, ED25519
+from tests.ignition.support import files, kube_objects, units
+
+MASTER_TARGET, WORKER_TARGET = 24 * 1024, 8 * 1024
+
+
+def validate(path):
+    r = subprocess.run(["ignition-validate", str(path)], capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("topology", ["single", "one-master", "ha3", "ha5", "ha3-etcd3"])
+@pytest.mark.parametrize("algorithm", ["ecdsa-p256", "ecdsa-p384"])
+@pytest.mark.parametrize("cloud", ["local", "openstack"])
+def test_every_config_passes_ignition_validate(rendered_cluster, tmp_path, topology, algorithm,
+                                               cloud):
+    cd, ctx = rendered_cluster(topology, algorithm, cloud)
+    sizes = write_all(ctx, tmp_path / "out")
+    roles = {n.role for n in ctx.nodes}
+    assert len(sizes) == len(ctx.nodes)
+    for node in ctx.nodes:
+        code, out = validate(tmp_path / "out" / f"{node.name}.ign")
+        assert code == 0 and out.strip() == "", f"{node.name}: {out}"
+    assert roles == ({"master", "bastion"} | ({"worker"} if topology != "single" else set())
+                     | ({"etcd"} if topology == "ha3-etcd3" else set()))
+
+
+def test_ignition_validate_catches_a_broken_config(rendered_cluster, tmp_path):
+    """The validator is really looking: a relative path and a bad mode are refused."""
+    _, ctx = rendered_cluster()
+    doc = render_node(ctx, ctx.nodes[0])
+    doc["storage"]["files"][0]["path"] = "etc/relative"
+    (tmp_path / "bad.ign").write_bytes(dumps(doc))
+    code, out = validate(tmp_path / "bad.ign")
+    assert code != 0 and "path not absolute" in out
+
+
+def test_master_has_the_control_plane(rendered_cluster):
+    _, ctx = rendered_cluster("ha3", cloud="openstack")
+    master = ctx.nodes[1]
+    doc = render_node(ctx, master)
+    f = files(doc)
+    for path in ["/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/pki/ca.key",
+                 "/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/sa.key",
+                 "/etc/kubernetes/pki/etcd/server.key", "/etc/kubernetes/pki/etcd/peer.crt",
+                 "/etc/kubernetes/manifests/kube-apiserver.yaml",
+                 "/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/super-admin.conf",
+                 "/var/lib/kubelet/config.yaml", "/etc/containerd/config.toml"]:
+        assert path in f, path
+    # This master's own certificates, not another's.
+    api = f["/etc/kubernetes/pki/apiserver.crt"][1]
+    assert api == (ctx.pki.root / f"nodes/{master.name}/apiserver.crt").read_bytes()
+    # Keys 0600; kubeconfigs reference the files instead of embedding them.
+    for path, (mode, data) in f.items():
+        if b"PRIVATE KEY" in data or path.endswith(".conf") and b"client-key" in data:
+            assert mode == 0o600, path
+    kc = f["/etc/kubernetes/controller-manager.conf"][1].decode()
+    assert "client-certificate: /etc/kubernetes/pki/kubeconfig/controller-manager.crt" in kc
+    assert "-data" not in kc
+    u = units(doc)
+    etcd = u["k8simg-etcd.service"]
+    assert f"--name={master.name}" in etcd and "--initial-cluster-state=new" in etcd
+    assert ("--initial-cluster=c0-master-0=https://10.0.0.10:2380,c0-master-1=https://10.0.0.11"
+            ":2380,c0-master-2=https://10.0.0.12:2380") in etcd.replace("ha3", "c0")
+    assert "--client-cert-auth=true" in etcd and "--peer-client-cert-auth=true" in etcd
+    pods = {o["metadata"]["name"]: o for p, o in kube_objects(doc) if o["kind"] == "Pod"}
+    cmd = pods["kube-apiserver"]["spec"]["containers"][0]["command"]
+    assert "--etcd-servers=https://10.0.0.10:2379,https://10.0.0.11:2379,https://10.0.0.12:2379" in cmd
+    assert f"--advertise-address={master.address}" in cmd
+    assert pods["kube-apiserver"]["spec"]["containers"][0]["image"] == \
+        "registry.k8s.io/kube-apiserver:v1.35.2"
+    kcm = pods["kube-controller-manager"]["spec"]["containers"][0]["command"]
+    assert "--cloud-provider=external" in kcm and "--allocate-node-cidrs=true" in kcm
+    assert "--cluster-cidr=10.244.0.0/16" in kcm
+    dropin = next(x for x in doc["systemd"]["units"] if x["name"] == "kubelet.service")
+    assert "--cloud-provider=external" in dropin["dropins"][0]["contents"]
+    # The container-storage volume: formatted by Ignition, mounted before the runtimes.
+    assert doc["storage"]["filesystems"] == [{"device": "/dev/vdb", "format": "ext4",
+                                              "label": "k8s-storage", "wipeFilesystem": False,
+                                              "path": "/var/lib/k8simg"}]
+    assert "Before=containerd.service docker.service" in u["var-lib-containerd.mount"]
+    assert "What=/var/lib/k8simg/docker" in u["var-lib-docker.mount"]
+    addons = {(o["kind"], o["metadata"]["name"]) for p, o in kube_objects(doc)
+              if p == "/etc/k8simg/addons.yaml"}
+    for obj in [("DaemonSet", "kube-proxy"), ("Deployment", "coredns"),
+                ("DaemonSet", "kube-flannel-ds"), ("DaemonSet", "ingress-nginx-controller"),
+                ("DaemonSet", "openstack-cloud-controller-manager"),
+                ("Deployment", "csi-cinder-controllerplugin"), ("Secret", "cloud-config"),
+                ("ClusterRoleBinding", "kubeadm:cluster-admins"),
+                ("ClusterRoleBinding", "kubeadm:node-autoapprove-certificate-rotation")]:
+        assert obj in addons, obj
+    applier = u["k8simg-addons.service"]
+    assert "apply --server-side" in applier and "until " in applier
+
+
+def test_local_cloud_has_no_cloud_provider(rendered_cluster):
+    _, ctx = rendered_cluster("ha3")
+    doc = render_node(ctx, ctx.nodes[0])
+    names = {o["metadata"]["name"] for _, o in kube_objects(doc)}
+    assert "openstack-cloud-controller-manager" not in names and "cloud-config" not in names
+    assert "--cloud-provider" not in json.dumps(doc)
+
+
+def test_worker_gets_only_what_it_needs(rendered_cluster):
+    _, ctx = rendered_cluster("ha3", cloud="openstack")
+    worker = next(n for n in ctx.nodes if n.role == "worker")
+    doc = render_node(ctx, worker)
+    assert set(files(doc)) == {
+        "/etc/hostname", "/etc/modules-load.d/k8simg.conf", "/etc/sysctl.d/90-k8simg.conf",
+        "/etc/containerd/config.toml", "/etc/kubernetes/pki/ca.crt",
+        "/var/lib/kubelet/pki/kubelet-client-current.pem", "/etc/kubernetes/kubelet.conf",
+        "/var/lib/kubelet/config.yaml"}
+    kc = files(doc)["/etc/kubernetes/kubelet.conf"][1].decode()
+    assert "server: https://10.0.0.5:6443" in kc  # through the load balancer
+    assert CREDENTIAL["application_credential_secret"] not in json.dumps(doc)
+    dropin = next(x for x in doc["systemd"]["units"] if x["name"] == "kubelet.service")
+    assert "--node-labels=k8simg.io/role=worker" in dropin["dropins"][0]["contents"]
+
+
+def test_dedicated_etcd_nodes(rendered_cluster):
+    _, ctx = rendered_cluster("ha3-etcd3")
+    etcd0 = next(n for n in ctx.nodes if n.role == "etcd")
+    doc = render_node(ctx, etcd0)
+    f = files(doc)
+    assert not any("kubelet" in p or "manifests" in p for p in f)
+    assert {p for p in f if p.endswith(".key")} == {"/etc/kubernetes/pki/etcd/server.key",
+                                                     "/etc/kubernetes/pki/etcd/peer.key"}
+    assert "--initial-cluster=ha3etcd3-etcd-0=https://10.0.0.50:2380" in units(doc)[
+        "k8simg-etcd.service"]
+    master = render_node(ctx, ctx.nodes[0])
+    assert "k8simg-etcd.service" not in units(master)
+    assert "/etc/kubernetes/pki/etcd/server.key" not in files(master)
+    pod = next(o for _, o in kube_objects(master) if o["metadata"]["name"] == "kube-apiserver")
+    assert ("--etcd-servers=https://10.0.0.50:2379,https://10.0.0.51:2379,https://10.0.0.52:2379"
+            in pod["spec"]["containers"][0]["command"])
+    assert doc["storage"]["filesystems"][0]["label"] == "etcd-data"
+
+
+def test_bastion_has_keys_and_no_secrets(rendered_cluster):
+    _, ctx = rendered_cluster("ha3", cloud="openstack")
+    bastion = next(n for n in ctx.nodes if n.role == "bastion")
+    doc = render_node(ctx, bastion)
+    assert doc["passwd"]["users"] == [{"name": "k8simg", "sshAuthorizedKeys": [ED25519],
+                                       "groups": ["sudo"]}]
+    assert set(files(doc)) == {"/etc/hostname"}
+
+
+def test_replacement_joins_the_existing_cluster(rendered_cluster):
+    from k8simg.ignition.render import RenderContext
+    from k8simg.pki import Pki, PkiContext
+    from k8simg.plan import make_node
+    cd, ctx = rendered_cluster("ha3")
+    new = make_node(ctx.config, "master", 3)
+    nodes = [n for n in ctx.nodes if n.name != "ha3-master-0"] + [new]
+    pki = Pki(cd.pki_dir, PkiContext(ctx.config, tuple(nodes)))
+    pki.ensure()
+    rctx = RenderContext(ctx.config, pki, nodes, None, frozenset({new.name}))
+    etcd = units(render_node(rctx, new))["k8simg-etcd.service"]
+    assert str(new.address) == "10.0.0.13"
+    assert "--initial-cluster-state=existing" in etcd
+    assert "ha3-master-3=https://10.0.0.13:2380" in etcd and "ha3-master-0=" not in etcd
+
+
+def test_private_keys_only_where_they_belong(rendered_cluster):
+    """No worker or bastion config carries any private key but the node's own kubelet key."""
+    _, ctx = rendered_cluster("ha3", cloud="openstack")
+    all_keys = {p.read_bytes().strip(): str(p.relative_to(ctx.pki.root))
+                for p in ctx.pki.root.rglob("*.key")}
+    scanned = 0
+    for node in ctx.nodes:
+        if node.role not in ("worker", "bastion"):
+            continue
+        blob = json.dumps(render_node(ctx, node)).encode()
+        contents = b"".join(data for _, data in files(render_node(ctx, node)).values())
+        found = re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\n.*?-----END [A-Z ]*PRIVATE KEY-----",
+                           contents, re.S)
+        own_file = ctx.pki.root / f"nodes/{node.name}/kubelet-client.key"
+        own = own_file.read_bytes().strip() if node.role == "worker" else None
+        for key in found:
+            assert key.strip() == own, f"{node.name} carries {all_keys.get(key.strip(), 'a key')}"
+        assert len(found) == (1 if node.role == "worker" else 0)
+        assert b"PRIVATE KEY" not in blob  # nothing unencoded either
+        scanned += 1
+    assert scanned == 3
+
+
+def test_the_scan_would_catch_a_leak(rendered_cluster, monkeypatch):
+    """Guard for the test above: a worker given the CA key is caught by the same logic."""
+    from k8simg.ignition import render as r
+    _, ctx = rendered_cluster("ha3")
+    monkeypatch.setitem(r.ROLES, "worker", r.ROLES["worker"] + [
+        lambda ign, ctx, node: ign.file("/etc/kubernetes/pki/ca.key",
+                                        (ctx.pki.root / "ca.key").read_bytes(), 0o600)])
+    worker = next(n for n in ctx.nodes if n.role == "worker")
+    keys = [d for d in files(render_node(ctx, worker)).values() if b"PRIVATE KEY" in d[1]]
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("cloud", ["local", "openstack"])
+def test_sizes_fit_nova(rendered_cluster, cloud):
+    _, ctx = rendered_cluster("ha5", cloud=cloud)
+    for node in ctx.nodes:
+        size = len(render_user_data(ctx, node))
+        assert size <= USER_DATA_LIMIT
+        if node.role == "worker":
+            assert size <= WORKER_TARGET, (node.name, size)
+
+
+def test_oversized_config_is_refused_before_anything_is_written(rendered_cluster, tmp_path):
+    _, ctx = rendered_cluster("ha3", algorithm="rsa-4096")
+    with pytest.raises(RenderError) as e:
+        write_all(ctx, tmp_path / "out")
+    assert re.search(r"ha3-master-0: Ignition config is \d{5} bytes \(\d{5,6} as base64\); "
+                     r"Nova accepts at most 49149 \(65535 as base64\)", str(e.value))
+    assert not (tmp_path / "out").exists()
+
+
+def test_openstack_without_credential_is_a_clear_error(rendered_cluster):
+    cd, _ = rendered_cluster("ha3", cloud="openstack")
+    (cd.path / "openstack/application-credential.json").unlink()
+    from k8simg.ignition.render import render_context
+    ctx = render_context(cd)
+    with pytest.raises(RenderError, match="openstack/application-credential.json"):
+        render_node(ctx, ctx.nodes[0])
+
+
+def test_render_needs_a_complete_pki(make_cluster):
+    cd = make_cluster()
+    r = CliRunner().invoke(cli, ["render", str(cd.path), "--all"])
+    assert r.exit_code == 1 and "run `k8simg pki init" in r.output
+
+
+def test_render_cli_writes_0600_files_and_prints_no_secret(rendered_cluster, tmp_path):
+    cd, ctx = rendered_cluster("ha3", cloud="openstack")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["render", str(cd.path), "--all", "-o", "json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out["nodes"]) == {n.name for n in ctx.nodes}
+    for info in out["nodes"].values():
+        mode = stat.S_IMODE((tmp_path / info["file"]).stat().st_mode)
+        assert mode == 0o600
+    assert "PRIVATE" not in r.output and CREDENTIAL["application_credential_secret"] not in r.output
+    r = runner.invoke(cli, ["render", str(cd.path), "--node", "ha3-master-0"])
+    assert r.exit_code == 2 and "--out FILE" in r.output
+    r = runner.invoke(cli, ["render", str(cd.path), "--node", "nope", "--out", "x.ign"])
+    assert r.exit_code == 1 and "no node 'nope'" in r.output
+    dest = tmp_path / "m0.ign"
+    r = runner.invoke(cli, ["render", str(cd.path), "--node", "ha3-master-0", "--out", str(dest)])
+    assert r.exit_code == 0 and r.stdout.strip() == str(dest)
+    assert json.loads(dest.read_bytes())["ignition"]["version"] == "3.3.0"
