@@ -33,7 +33,7 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture
-def rendered_cluster(make_cluster, key_pool, clock):
+def rendered_cluster(make_cluster, key_pool):
     """Build a cluster directory with PKI (and credential for OpenStack) and its render context."""
 
     def build(topology="ha3", algorithm="ecdsa-p256", cloud="local", **extra):
@@ -47,8 +47,8 @@ def rendered_cluster(make_cluster, key_pool, clock):
         cd = make_cluster(topology.replace("-", "")[:8] or None, **overrides)
         # ECDSA keys are cheap: real, distinct keys (the secret scan relies on it). Only the
         # slow RSA sizes reuse pooled keys.
-        cd.pki(clock=clock, keygen=key_pool if algorithm.startswith("rsa") else generate_key
-               ).ensure()
+        # The real clock: some of these certificates meet real etcd and TLS peers.
+        cd.pki(keygen=key_pool if algorithm.startswith("rsa") else generate_key).ensure()
         if cloud != "local":
             path = cd.path / CloudCredential.FILE
             path.parent.mkdir()

@@ -68,7 +68,19 @@ def normalised(doc: dict) -> str:
         if f["path"] == ADDONS:
             text = yaml.safe_dump_all([o for o in yaml.safe_load_all(text) if o], sort_keys=False)
         f["contents"] = {"compression": f["contents"].get("compression"), "text": text}
-    return yaml.safe_dump(view, sort_keys=False, width=100, allow_unicode=True)
+    return yaml.dump(view, Dumper=_LiteralDumper, sort_keys=False, width=100, allow_unicode=True)
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so golden diffs read like the files themselves."""
+
+
+def _str(dumper, value):
+    style = "|" if "\n" in value and not value.startswith(" ") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str)
 
 
 def materialise(doc: dict, root: Path) -> None:
