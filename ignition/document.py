@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 SPEC_VERSION = "3.3.0"
 DEFAULT_FILE_MODE = 0o644
-# {"path":"/etc/systemd/system/","contents":{"source":"","compression":"gzip"}},
-_FILE_ENTRY_OVERHEAD = 75
 
 # Characters a data URL may carry unescaped (RFC 2397 over RFC 3986 "uric").
 _SAFE = "/+=:;,._-~!$&'()*@"
@@ -68,22 +66,15 @@ class Ignition:
 
     def unit(self, name: str, contents: str | None = None, enabled: bool | None = True,
              dropins: dict[str, str] | None = None) -> None:
-        """Add (and by default enable) a systemd unit.
+        """Add a systemd unit, or (without ``contents``) enable one the image provides.
 
-        Unit contents cannot be compressed inline, so a long unit is written as a gzipped file
-        in /etc/systemd/system instead when that is smaller; Ignition enables it all the same
-        (through its preset file), since the file is in place before systemd applies presets.
+        Ignition enables units by writing a preset file; systemd applies it on first boot.
         """
         u: dict = {"name": name}
         if enabled is not None:
             u["enabled"] = enabled
         if contents is not None:
-            source, compression = data_url(contents.encode())
-            as_file = len(source) + _FILE_ENTRY_OVERHEAD + len(name)
-            if compression and as_file < len(json.dumps(contents)):
-                self.file(f"/etc/systemd/system/{name}", contents)
-            else:
-                u["contents"] = contents
+            u["contents"] = contents
         if dropins:
             u["dropins"] = [{"name": n, "contents": c} for n, c in dropins.items()]
         self.units.append(u)

@@ -2,11 +2,14 @@
 
 A role is a list of snippets; a snippet adds files and units to the node's :class:`Ignition`.
 Values derived from the cluster (etcd's initial cluster, the DNS service IP, node addresses)
-are computed here in Python; templates only place them.
+are computed here in Python; templates only place them. Generic machinery (unit files, runtime
+settings, cluster-independent add-ons) is in the image (:mod:`k8simg.ignition.image`); configs
+enable it and supply what is particular to the cluster and the node.
 """
 
 import ipaddress
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,9 @@ from k8simg.cluster import ClusterDir
 from k8simg.config import ClusterConfig
 from k8simg.errors import RenderError
 from k8simg.ignition.document import Ignition, dumps
+from k8simg.ignition.image import (ADDONS_DIR, ADDONS_ENV, ETCD_ENV, KUBECONFIGS, KUBELET_ENV,
+                                   PKI, STORAGE_BINDS, STORAGE_LABEL, STORAGE_ROOT,
+                                   WORKER_LABEL, mount_unit_name)
 from k8simg.pki import Pki
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance
@@ -29,17 +35,10 @@ from k8simg.versions import RELEASES, images
 NOVA_USER_DATA_BASE64_LIMIT = 65535
 USER_DATA_LIMIT = NOVA_USER_DATA_BASE64_LIMIT // 4 * 3
 
-PKI = "/etc/kubernetes/pki"
 KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
-ADDONS = "/etc/k8simg/addons.yaml"
-CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
+ADDON_VALUES = "/etc/k8simg/addons.yaml"
 STORAGE_DEVICE = "/dev/vdb"  # the second virtio disk: the Cinder volume deploy attaches at boot
-WORKER_LABEL = ("k8simg.io/role", "worker")
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-KUBECONFIGS = {"controller_manager": "/etc/kubernetes/controller-manager.conf",
-               "scheduler": "/etc/kubernetes/scheduler.conf",
-               "super_admin": "/etc/kubernetes/super-admin.conf",
-               "kubelet": "/etc/kubernetes/kubelet.conf"}
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader("k8simg.ignition", "templates"),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -55,7 +54,7 @@ class CloudCredential:
     """The OpenStack application credential the in-cluster cloud integrations use.
 
     Kept in the cluster directory as ``openstack/application-credential.json`` (deploy creates
-    it); it is rendered only into the masters' add-ons.
+    it); it is rendered only into the masters' add-on values.
     """
 
     auth_url: str
@@ -111,12 +110,8 @@ class RenderContext:
             "dns_service_ip": dns_service_ip(self.config),
             "service_cidr": str(net.service_cidr),
             "pod_cidr": str(net.pod_cidr),
-            "cni_bin_dir": CNI_BIN_DIR,
             "internal_api_url": f"https://{api_vip(self.config)}:{self.config.api.port}",
             "external_cloud_provider": not self.config.is_local,
-            "addons_path": ADDONS,
-            "worker_label_key": WORKER_LABEL[0],
-            "worker_label_value": WORKER_LABEL[1],
         }
 
 
@@ -133,9 +128,16 @@ def etcd_client_urls(members: list[Node]) -> str:
     return ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in members)
 
 
+def env_file(values: dict[str, str]) -> str:
+    """A systemd EnvironmentFile; values are quoted so that spaces survive."""
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
 # -- snippets ----------------------------------------------------------------------------------
 
-def _instance(ctx: RenderContext, name: str, node: Node | None = None) -> CertInstance:
+Snippet = Callable[[Ignition, "RenderContext", Node], None]
+
+def _instance(name: str, node: Node | None = None) -> CertInstance:
     spec = table.BY_NAME[name]
     return CertInstance(spec, node if spec.scope is not table.Scope.CLUSTER else None)
 
@@ -151,15 +153,15 @@ def _node_path(inst: CertInstance) -> str:
 
 
 def put_pki(ign: Ignition, ctx: RenderContext, node: Node, name: str, key: bool = True) -> None:
-    inst = _instance(ctx, name, node)
-    ign.file(_node_path(inst) + ".crt", _pem(ctx, inst, "crt"), 0o644, compress=False)
+    inst = _instance(name, node)
+    ign.file(_node_path(inst) + ".crt", _pem(ctx, inst, "crt"), compress=False)
     if key:
         ign.file(_node_path(inst) + ".key", _pem(ctx, inst, "key"), 0o600, compress=False)
 
 
 def node_kubeconfig(ctx: RenderContext, name: str, node: Node, server: str) -> str:
     """A kubeconfig that references the certificate files already on the node."""
-    inst = _instance(ctx, name, node)
+    inst = _instance(name, node)
     if name == "kubelet":
         cert = key = KUBELET_CLIENT
     else:
@@ -169,42 +171,25 @@ def node_kubeconfig(ctx: RenderContext, name: str, node: Node, server: str) -> s
 
 
 def base(ign: Ignition, ctx: RenderContext, node: Node) -> None:
-    ign.file("/etc/hostname", node.name + "\n", compress=False, overwrite=True)  # the image has one
+    ign.file("/etc/hostname", node.name + "\n", compress=False, overwrite=True)  # image has one
 
 
-def kernel(ign: Ignition, ctx: RenderContext, node: Node) -> None:
-    ign.file("/etc/modules-load.d/k8simg.conf", template("modules.conf.j2"), compress=False)
-    ign.file("/etc/sysctl.d/90-k8simg.conf", template("sysctl.conf.j2"))
+def storage(binds: list[str]) -> Snippet:
+    """Format the attached volume on first boot; enable the image's mounts of it."""
 
+    def snippet(ign: Ignition, ctx: RenderContext, node: Node) -> None:
+        # With a path, Ignition mounts the new filesystem in its files stage, so the bind
+        # sources below are created on the volume itself.
+        ign.filesystem(STORAGE_DEVICE, "ext4", STORAGE_LABEL, STORAGE_ROOT)
+        ign.unit(mount_unit_name(STORAGE_ROOT))
+        for where in binds:
+            ign.directory(f"{STORAGE_ROOT}/{STORAGE_BINDS[where]}", 0o711)
+            ign.unit(mount_unit_name(where))
 
-def volume(ign: Ignition, label: str, mountpoint: str, binds: dict[str, str]) -> None:
-    """Format the attached volume on first boot and mount it (plus bind mounts) at boot."""
-    ign.filesystem(STORAGE_DEVICE, "ext4", label, mountpoint)
-    main_unit = _mount_unit_name(mountpoint)
-    ign.unit(main_unit, template("storage.mount.j2", what=f"/dev/disk/by-label/{label}",
-                                 where=mountpoint, type="ext4", options="", requires=""))
-    for where, sub in binds.items():
-        ign.directory(f"{mountpoint}/{sub}", 0o711)
-        ign.unit(_mount_unit_name(where), template(
-            "storage.mount.j2", what=f"{mountpoint}/{sub}", where=where, type="none",
-            options="bind", requires=main_unit))
-
-
-def _mount_unit_name(path: str) -> str:
-    # systemd-escape --path, for the plain paths used here.
-    return path.strip("/").replace("-", "\\x2d").replace("/", "-") + ".mount"
-
-
-def container_storage(ign: Ignition, ctx: RenderContext, node: Node) -> None:
-    volume(ign, "k8s-storage", "/var/lib/k8simg",
-           {"/var/lib/containerd": "containerd", "/var/lib/docker": "docker"})
+    return snippet
 
 
 def runtime(ign: Ignition, ctx: RenderContext, node: Node) -> None:
-    c = ctx.common()
-    # Debian's containerd package ships a config of its own.
-    ign.file("/etc/containerd/config.toml", template("containerd-config.toml.j2", **c),
-             overwrite=True)
     ign.unit("containerd.service")
 
 
@@ -213,29 +198,31 @@ def kubelet(ign: Ignition, ctx: RenderContext, node: Node) -> None:
     # A master's kubelet talks to its own API server; workers go through the load balancer.
     server = (f"https://{node.address}:{ctx.config.api.port}" if node.role == "master"
               else c["internal_api_url"])
-    inst = _instance(ctx, "kubelet", node)
-    ign.file(f"{PKI}/ca.crt", _pem(ctx, _instance(ctx, "ca"), "crt"), compress=False)
+    inst = _instance("kubelet", node)
+    ign.file(f"{PKI}/ca.crt", _pem(ctx, _instance("ca"), "crt"), compress=False)
     ign.file(KUBELET_CLIENT, _pem(ctx, inst, "crt") + _pem(ctx, inst, "key"), 0o600,
              compress=False)
     ign.file(KUBECONFIGS["kubelet"], node_kubeconfig(ctx, "kubelet", node, server), 0o600)
-    ign.file("/var/lib/kubelet/config.yaml", template("kubelet-config.yaml.j2", **c))
-    labels = f"{WORKER_LABEL[0]}={node.role}"
-    ign.unit("kubelet.service", dropins={"10-k8simg.conf": template(
-        "kubelet-dropin.conf.j2", node=node, node_labels=labels, **c)})
+    ign.file("/var/lib/kubelet/config.yaml", template("node/kubelet-config.yaml.j2", **c))
+    args = [f"--node-ip={node.address}", f"--hostname-override={node.name}",
+            f"--node-labels={WORKER_LABEL[0]}={node.role}"]
+    if c["external_cloud_provider"]:
+        args.append("--cloud-provider=external")
+    ign.file(KUBELET_ENV, env_file({"KUBELET_ARGS": " ".join(args)}), compress=False)
+    ign.unit("kubelet.service")
 
 
 def control_plane(ign: Ignition, ctx: RenderContext, node: Node) -> None:
     c = ctx.common()
-    ca = _instance(ctx, "ca")
-    ign.file(f"{PKI}/ca.key", _pem(ctx, ca, "key"), 0o600, compress=False)  # CSR signing
+    ign.file(f"{PKI}/ca.key", _pem(ctx, _instance("ca"), "key"), 0o600,
+             compress=False)  # the controller-manager signs kubelet CSRs with it
     put_pki(ign, ctx, node, "front-proxy-ca", key=False)
     put_pki(ign, ctx, node, "etcd-ca", key=False)  # the API server verifies etcd with it
     for name in ("apiserver", "apiserver-kubelet-client", "front-proxy-client",
                  "apiserver-etcd-client", "controller-manager", "scheduler", "super-admin"):
         put_pki(ign, ctx, node, name)
-    sa_dir = ctx.pki.root
-    ign.file(f"{PKI}/sa.key", (sa_dir / "sa.key").read_bytes(), 0o600, compress=False)
-    ign.file(f"{PKI}/sa.pub", (sa_dir / "sa.pub").read_bytes(), compress=False)
+    # The API server takes the public half from the private key file, so sa.pub stays home.
+    ign.file(f"{PKI}/sa.key", (ctx.pki.root / "sa.key").read_bytes(), 0o600, compress=False)
     local = f"https://{node.address}:{ctx.config.api.port}"
     for key, name in (("controller_manager", "controller-manager"), ("scheduler", "scheduler"),
                       ("super_admin", "super-admin")):
@@ -243,9 +230,11 @@ def control_plane(ign: Ignition, ctx: RenderContext, node: Node) -> None:
     members = etcd_client_urls(ctx.etcd_nodes)
     for pod in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         ign.file(f"/etc/kubernetes/manifests/{pod}.yaml",
-                 template(f"{pod}.yaml.j2", node=node, etcd_client_urls=members, **c))
-    ign.file(ADDONS, render_addons(ctx), 0o600)  # holds the cloud credential
-    ign.unit("k8simg-addons.service", template("k8simg-addons.service.j2", **c))
+                 template(f"node/{pod}.yaml.j2", node=node, etcd_client_urls=members, **c))
+    ign.file(ADDON_VALUES, render_addon_values(ctx), 0o600)  # may hold the cloud credential
+    sources = [f"-f {ADDONS_DIR}/{s}" for s in addon_sets(ctx)] + [f"-f {ADDON_VALUES}"]
+    ign.file(ADDONS_ENV, env_file({"ADDONS": " ".join(sources)}))
+    ign.unit("k8simg-addons.service")
 
 
 def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
@@ -253,32 +242,32 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
         put_pki(ign, ctx, node, "etcd-ca", key=False)
     put_pki(ign, ctx, node, "etcd-server")
     put_pki(ign, ctx, node, "etcd-peer")
-    etcd = {
-        "data_dir": "/var/lib/etcd",
-        "pki": f"{PKI}/etcd",
-        "client_url": f"https://{node.address}:{ETCD_CLIENT_PORT}",
-        "listen_client_urls": f"https://{node.address}:{ETCD_CLIENT_PORT}",
-        "peer_url": f"https://{node.address}:{ETCD_PEER_PORT}",
-        "initial_cluster": etcd_initial_cluster(ctx.etcd_nodes),
-        "initial_cluster_state": "existing" if node.name in ctx.joining else "new",
-        "token": ctx.config.name,
-    }
-    ign.unit("k8simg-etcd.service", template("etcd.service.j2", node=node, etcd=etcd))
-
-
-def etcd_storage(ign: Ignition, ctx: RenderContext, node: Node) -> None:
-    volume(ign, "etcd-data", "/var/lib/k8simg", {"/var/lib/etcd": "etcd"})
+    client = f"https://{node.address}:{ETCD_CLIENT_PORT}"
+    peer = f"https://{node.address}:{ETCD_PEER_PORT}"
+    # etcd reads ETCD_<FLAG> variables; the image's unit carries the fixed TLS flags.
+    ign.file(ETCD_ENV, env_file({
+        "ETCD_NAME": node.name,
+        "ETCD_LISTEN_CLIENT_URLS": client,
+        "ETCD_ADVERTISE_CLIENT_URLS": client,
+        "ETCD_LISTEN_PEER_URLS": peer,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
+        "ETCD_INITIAL_CLUSTER": etcd_initial_cluster(ctx.etcd_nodes),
+        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.name in ctx.joining else "new",
+        "ETCD_INITIAL_CLUSTER_TOKEN": ctx.config.name,
+    }))
+    ign.unit("k8simg-etcd.service")
 
 
 def operator_access(ign: Ignition, ctx: RenderContext, node: Node) -> None:
     ign.user("k8simg", list(ctx.config.bastion.ssh_authorized_keys), ["sudo"])
 
 
-Snippet = Callable[[Ignition, RenderContext, Node], None]
+container_storage = storage(["/var/lib/containerd", "/var/lib/docker"])
+etcd_storage = storage(["/var/lib/etcd"])
 
 ROLES: dict[str, list[Snippet]] = {
-    "master": [base, kernel, container_storage, runtime, kubelet, control_plane, etcd_member],
-    "worker": [base, kernel, container_storage, runtime, kubelet],
+    "master": [base, container_storage, runtime, kubelet, control_plane, etcd_member],
+    "worker": [base, container_storage, runtime, kubelet],
     "etcd": [base, etcd_storage, etcd_member],
     "bastion": [base, operator_access],
 }
@@ -293,32 +282,21 @@ def role_snippets(ctx: RenderContext, node: Node) -> list[Snippet]:
 
 # -- add-ons ----------------------------------------------------------------------------------
 
-ADDON_TEMPLATES = ["00-rbac", "10-kube-proxy", "20-coredns", "30-flannel", "40-ingress-nginx",
-                   "50-openstack-cloud-controller-manager", "60-cinder-csi"]
-OPENSTACK_ADDONS = {"50-openstack-cloud-controller-manager", "60-cinder-csi"}
+def addon_sets(ctx: RenderContext) -> list[str]:
+    """The image's add-on folders this cluster applies: no cloud integration on the local cloud."""
+    return ["core"] if ctx.config.is_local else ["core", "openstack"]
 
 
-def addon_names(ctx: RenderContext) -> list[str]:
-    if ctx.config.is_local:  # no cloud to integrate with on the local QEMU cloud
-        return [n for n in ADDON_TEMPLATES if n not in OPENSTACK_ADDONS]
-    return ADDON_TEMPLATES
-
-
-def render_addons(ctx: RenderContext) -> str:
-    """Every add-on manifest, as one multi-document YAML stream."""
-    names = addon_names(ctx)
+def render_addon_values(ctx: RenderContext) -> str:
+    """The cluster-dependent add-on objects, as one compact multi-document stream."""
     if not ctx.config.is_local and ctx.credential is None:
         raise RenderError(f"cloud {ctx.config.cloud!r} needs an application credential in "
                           f"{CloudCredential.FILE} for the cloud controller manager and Cinder "
                           "CSI; `k8simg deploy` creates it")
-    c = ctx.common()
-    docs = []
-    for n in names:
-        text = template(f"addons/{n}.yaml.j2", openstack=ctx.credential, **c)
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    # One compact JSON document per line (JSON is YAML, so kubectl reads the stream as is):
-    # about a tenth smaller than the templates' YAML after gzip.
-    return "".join("---\n" + json.dumps(d, separators=(",", ":")) + "\n" for d in docs)
+    text = template("node/addons-values.yaml.j2", openstack=ctx.credential, **ctx.common())
+    # One compact JSON document each (JSON is YAML, so kubectl reads the stream as is).
+    return "".join("---\n" + json.dumps(d, separators=(",", ":")) + "\n"
+                   for d in yaml.safe_load_all(text) if d)
 
 
 # -- the document -----------------------------------------------------------------------------

@@ -43,8 +43,9 @@ def rendered_cluster(make_cluster, key_pool):
         overrides["cloud"] = cloud
         overrides["bastion"] = {"enabled": True, "flavor": "b", "ssh_authorized_keys": [ED25519],
                                 "allowed_cidrs": ["0.0.0.0/0"]}
+        name = extra.pop("name", topology.replace("-", ""))  # the directory names the cluster
         overrides.update(extra)
-        cd = make_cluster(topology.replace("-", "")[:8] or None, **overrides)
+        cd = make_cluster(name, **overrides)
         # ECDSA keys are cheap: real, distinct keys (the secret scan relies on it). Only the
         # slow RSA sizes reuse pooled keys.
         # The real clock: some of these certificates meet real etcd and TLS peers.

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from k8simg.ignition.render import ADDONS
+from k8simg.ignition.image import image_files
+from k8simg.ignition.render import ADDON_VALUES
 
 
 def decode_source(contents: dict) -> bytes:
@@ -28,23 +29,44 @@ def files(doc: dict) -> dict[str, tuple[int, bytes]]:
             for f in doc.get("storage", {}).get("files", [])}
 
 
-def units(doc: dict) -> dict[str, str]:
-    """name -> contents for every unit, whether inline or written as a file."""
+def node_view(doc: dict, kubernetes_version: str) -> dict[str, tuple[int, bytes]]:
+    """What the node's filesystem holds after first boot: the image's files under the config's."""
+    view = {p: (m, t.encode()) for p, (m, t) in image_files(kubernetes_version).items()}
+    view.update(files(doc))
+    return view
+
+
+def enabled_units(doc: dict) -> list[str]:
+    return [u["name"] for u in doc.get("systemd", {}).get("units", []) if u.get("enabled")]
+
+
+def unit_text(doc: dict, name: str, kubernetes_version: str) -> str:
+    """A unit's contents, whether the config carries it or the image does."""
+    inline = next((u.get("contents") for u in doc.get("systemd", {}).get("units", [])
+                   if u["name"] == name), None)
+    if inline:
+        return inline
+    return node_view(doc, kubernetes_version)[f"/etc/systemd/system/{name}"][1].decode()
+
+
+def env_values(doc: dict, path: str) -> dict[str, str]:
+    """The variables of an EnvironmentFile in the config."""
+    import shlex
     out = {}
-    by_path = files(doc)
-    for u in doc.get("systemd", {}).get("units", []):
-        text = u.get("contents")
-        if text is None and f"/etc/systemd/system/{u['name']}" in by_path:
-            text = by_path[f"/etc/systemd/system/{u['name']}"][1].decode()
-        out[u["name"]] = text
+    for line in files(doc)[path][1].decode().splitlines():
+        key, _, value = line.partition("=")
+        out[key] = " ".join(shlex.split(value))
     return out
 
 
-def kube_objects(doc: dict) -> list[tuple[str, dict]]:
-    """Every Kubernetes object in the config: static pods and add-ons, with their file."""
+def kube_objects(doc: dict, kubernetes_version: str | None = None) -> list[tuple[str, dict]]:
+    """Every Kubernetes object in the config (static pods, add-on values) with its file;
+    with ``kubernetes_version``, also the image's add-on manifests the config applies."""
     out = []
-    for path, (_, data) in files(doc).items():
-        if path.startswith("/etc/kubernetes/manifests/") or path == ADDONS:
+    view = node_view(doc, kubernetes_version) if kubernetes_version else files(doc)
+    for path, (_, data) in view.items():
+        if (path.startswith("/etc/kubernetes/manifests/") or path == ADDON_VALUES
+                or path.startswith("/usr/share/k8simg/addons/")):
             out += [(path, o) for o in yaml.safe_load_all(data) if o]
     return out
 
@@ -65,7 +87,7 @@ def normalised(doc: dict) -> str:
         data = re.sub(rb"(certificate-authority-data|client-certificate-data|client-key-data): \S+",
                       rb"\1: <base64>", data)
         text = data.decode()
-        if f["path"] == ADDONS:
+        if f["path"] == ADDON_VALUES:
             text = yaml.safe_dump_all([o for o in yaml.safe_load_all(text) if o], sort_keys=False)
         f["contents"] = {"compression": f["contents"].get("compression"), "text": text}
     return yaml.dump(view, Dumper=_LiteralDumper, sort_keys=False, width=100, allow_unicode=True)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from k8simg.ignition.render import render_node
-from tests.ignition.support import materialise, units
+from tests.ignition.support import env_values, materialise, unit_text
 from tests.support import etcd_available, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
@@ -34,14 +34,16 @@ def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):
             root = tmp_path / node.name
             doc = render_node(ctx, node)
             materialise(doc, root)
-            args = exec_start(units(doc)["k8simg-etcd.service"])
+            # The image's unit with the config's environment file, as systemd would run it.
+            args = exec_start(unit_text(doc, "k8simg-etcd.service", ctx.config.kubernetes_version))
+            env = env_values(doc, "/etc/k8simg/etcd.env")
             assert args[0] == "/usr/bin/etcd"
+            assert env["ETCD_LISTEN_CLIENT_URLS"] == f"https://{node.address}:2379"
             rebased = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
                                   .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
                                   for a in args[1:]]
-            assert f"--listen-client-urls=https://{node.address}:2379" in rebased
             log = open(tmp_path / f"{node.name}.log", "w")
-            start(rebased, stdout=log, stderr=subprocess.STDOUT)
+            start(rebased, stdout=log, stderr=subprocess.STDOUT, env=env)
             eps.append(f"https://{node.address}:2379")
 
         def etcdctl(*args, endpoints=eps):

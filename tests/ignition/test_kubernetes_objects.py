@@ -16,7 +16,7 @@ def schema_version(kubernetes: str) -> str:
 @pytest.mark.parametrize("version", sorted(RELEASES))
 def test_static_pods_and_addons_validate_strictly(rendered_cluster, version):
     _, ctx = rendered_cluster("ha3", cloud="openstack", kubernetes_version=version)
-    objects = kube_objects(render_node(ctx, ctx.nodes[0]))
+    objects = kube_objects(render_node(ctx, ctx.nodes[0]), version)
     kinds = {o["kind"] for _, o in objects}
     assert {"Pod", "DaemonSet", "Deployment", "ConfigMap", "Service", "ClusterRole",
             "ClusterRoleBinding", "Secret", "CSIDriver", "StorageClass", "IngressClass",

@@ -11,7 +11,8 @@ from k8simg.errors import RenderError
 from k8simg.ignition.document import dumps
 from k8simg.ignition.render import USER_DATA_LIMIT, render_node, render_user_data, write_all
 from tests.ignition.conftest import CREDENTIAL, ED25519
-from tests.ignition.support import files, kube_objects, units
+from k8simg.ignition.image import image_units
+from tests.ignition.support import enabled_units, env_values, files, kube_objects, unit_text
 
 MASTER_TARGET, WORKER_TARGET = 24 * 1024, 8 * 1024
 
@@ -49,6 +50,7 @@ def test_ignition_validate_catches_a_broken_config(rendered_cluster, tmp_path):
 
 def test_master_has_the_control_plane(rendered_cluster):
     _, ctx = rendered_cluster("ha3", cloud="openstack")
+    version = ctx.config.kubernetes_version
     master = ctx.nodes[1]
     doc = render_node(ctx, master)
     f = files(doc)
@@ -57,7 +59,7 @@ def test_master_has_the_control_plane(rendered_cluster):
                  "/etc/kubernetes/pki/etcd/server.key", "/etc/kubernetes/pki/etcd/peer.crt",
                  "/etc/kubernetes/manifests/kube-apiserver.yaml",
                  "/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/super-admin.conf",
-                 "/var/lib/kubelet/config.yaml", "/etc/containerd/config.toml"]:
+                 "/var/lib/kubelet/config.yaml", "/etc/k8simg/etcd.env"]:
         assert path in f, path
     # This master's own certificates, not another's.
     api = f["/etc/kubernetes/pki/apiserver.crt"][1]
@@ -69,12 +71,14 @@ def test_master_has_the_control_plane(rendered_cluster):
     kc = f["/etc/kubernetes/controller-manager.conf"][1].decode()
     assert "client-certificate: /etc/kubernetes/pki/kubeconfig/controller-manager.crt" in kc
     assert "-data" not in kc
-    u = units(doc)
-    etcd = u["k8simg-etcd.service"]
-    assert f"--name={master.name}" in etcd and "--initial-cluster-state=new" in etcd
-    assert ("--initial-cluster=c0-master-0=https://10.0.0.10:2380,c0-master-1=https://10.0.0.11"
-            ":2380,c0-master-2=https://10.0.0.12:2380") in etcd.replace("ha3", "c0")
-    assert "--client-cert-auth=true" in etcd and "--peer-client-cert-auth=true" in etcd
+    etcd = env_values(doc, "/etc/k8simg/etcd.env")
+    assert etcd["ETCD_NAME"] == master.name and etcd["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert etcd["ETCD_INITIAL_CLUSTER"] == (
+        "ha3-master-0=https://10.0.0.10:2380,ha3-master-1=https://10.0.0.11:2380,"
+        "ha3-master-2=https://10.0.0.12:2380")
+    assert etcd["ETCD_LISTEN_CLIENT_URLS"] == "https://10.0.0.11:2379"
+    unit = unit_text(doc, "k8simg-etcd.service", version)
+    assert "--client-cert-auth=true" in unit and "--peer-client-cert-auth=true" in unit
     pods = {o["metadata"]["name"]: o for p, o in kube_objects(doc) if o["kind"] == "Pod"}
     cmd = pods["kube-apiserver"]["spec"]["containers"][0]["command"]
     assert "--etcd-servers=https://10.0.0.10:2379,https://10.0.0.11:2379,https://10.0.0.12:2379" in cmd
@@ -84,33 +88,57 @@ def test_master_has_the_control_plane(rendered_cluster):
     kcm = pods["kube-controller-manager"]["spec"]["containers"][0]["command"]
     assert "--cloud-provider=external" in kcm and "--allocate-node-cidrs=true" in kcm
     assert "--cluster-cidr=10.244.0.0/16" in kcm
-    dropin = next(x for x in doc["systemd"]["units"] if x["name"] == "kubelet.service")
-    assert "--cloud-provider=external" in dropin["dropins"][0]["contents"]
+    kubelet = env_values(doc, "/etc/k8simg/kubelet.env")["KUBELET_ARGS"]
+    assert kubelet == ("--node-ip=10.0.0.11 --hostname-override=ha3-master-1 "
+                       "--node-labels=k8simg.io/role=master --cloud-provider=external")
     # The container-storage volume: formatted by Ignition, mounted before the runtimes.
     assert doc["storage"]["filesystems"] == [{"device": "/dev/vdb", "format": "ext4",
                                               "label": "k8s-storage", "wipeFilesystem": False,
                                               "path": "/var/lib/k8simg"}]
-    assert "Before=containerd.service docker.service" in u["var-lib-containerd.mount"]
-    assert "What=/var/lib/k8simg/docker" in u["var-lib-docker.mount"]
-    addons = {(o["kind"], o["metadata"]["name"]) for p, o in kube_objects(doc)
-              if p == "/etc/k8simg/addons.yaml"}
+    assert set(enabled_units(doc)) == {
+        "var-lib-k8simg.mount", "var-lib-containerd.mount", "var-lib-docker.mount",
+        "containerd.service", "kubelet.service", "k8simg-addons.service", "k8simg-etcd.service"}
+    mount = unit_text(doc, "var-lib-containerd.mount", version)
+    assert "What=/var/lib/k8simg/containerd" in mount and "Before=containerd.service" in mount
+    assert "RequiresMountsFor=/var/lib/containerd" in unit_text(
+        doc, "containerd.service.d/10-k8simg-storage.conf", version)
+    addons = {(o["kind"], o["metadata"]["name"]) for p, o in kube_objects(doc, version)
+              if "addons" in p}
     for obj in [("DaemonSet", "kube-proxy"), ("Deployment", "coredns"),
                 ("DaemonSet", "kube-flannel-ds"), ("DaemonSet", "ingress-nginx-controller"),
                 ("DaemonSet", "openstack-cloud-controller-manager"),
                 ("Deployment", "csi-cinder-controllerplugin"), ("Secret", "cloud-config"),
+                ("ConfigMap", "kube-proxy"), ("Service", "kube-dns"),
                 ("ClusterRoleBinding", "kubeadm:cluster-admins"),
                 ("ClusterRoleBinding", "kubeadm:node-autoapprove-certificate-rotation")]:
         assert obj in addons, obj
-    applier = u["k8simg-addons.service"]
-    assert "apply --server-side" in applier and "until " in applier
+    assert env_values(doc, "/etc/k8simg/addons.env")["ADDONS"] == (
+        "-f /usr/share/k8simg/addons/core -f /usr/share/k8simg/addons/openstack "
+        "-f /etc/k8simg/addons.yaml")
+    applier = unit_text(doc, "k8simg-addons.service", version)
+    assert "apply --server-side" in applier and "until " in applier and "$ADDONS" in applier
+
+
+def test_every_enabled_unit_exists(rendered_cluster):
+    """A config may only enable units that it carries or that the image provides."""
+    _, ctx = rendered_cluster("ha3-etcd3", cloud="openstack")
+    provided = image_units(ctx.config.kubernetes_version) | {"containerd.service",
+                                                             "kubelet.service"}
+    for node in ctx.nodes:
+        doc = render_node(ctx, node)
+        inline = {u["name"] for u in doc.get("systemd", {}).get("units", []) if "contents" in u}
+        for name in enabled_units(doc):
+            assert name in provided | inline, f"{node.name} enables unknown {name}"
 
 
 def test_local_cloud_has_no_cloud_provider(rendered_cluster):
     _, ctx = rendered_cluster("ha3")
     doc = render_node(ctx, ctx.nodes[0])
     names = {o["metadata"]["name"] for _, o in kube_objects(doc)}
-    assert "openstack-cloud-controller-manager" not in names and "cloud-config" not in names
+    assert "cloud-config" not in names and "kube-proxy" in names
     assert "--cloud-provider" not in json.dumps(doc)
+    assert env_values(doc, "/etc/k8simg/addons.env")["ADDONS"] == (
+        "-f /usr/share/k8simg/addons/core -f /etc/k8simg/addons.yaml")
 
 
 def test_worker_gets_only_what_it_needs(rendered_cluster):
@@ -118,15 +146,15 @@ def test_worker_gets_only_what_it_needs(rendered_cluster):
     worker = next(n for n in ctx.nodes if n.role == "worker")
     doc = render_node(ctx, worker)
     assert set(files(doc)) == {
-        "/etc/hostname", "/etc/modules-load.d/k8simg.conf", "/etc/sysctl.d/90-k8simg.conf",
-        "/etc/containerd/config.toml", "/etc/kubernetes/pki/ca.crt",
+        "/etc/hostname", "/etc/kubernetes/pki/ca.crt", "/etc/k8simg/kubelet.env",
         "/var/lib/kubelet/pki/kubelet-client-current.pem", "/etc/kubernetes/kubelet.conf",
         "/var/lib/kubelet/config.yaml"}
     kc = files(doc)["/etc/kubernetes/kubelet.conf"][1].decode()
     assert "server: https://10.0.0.5:6443" in kc  # through the load balancer
     assert CREDENTIAL["application_credential_secret"] not in json.dumps(doc)
-    dropin = next(x for x in doc["systemd"]["units"] if x["name"] == "kubelet.service")
-    assert "--node-labels=k8simg.io/role=worker" in dropin["dropins"][0]["contents"]
+    assert "--node-labels=k8simg.io/role=worker" in env_values(
+        doc, "/etc/k8simg/kubelet.env")["KUBELET_ARGS"]
+    assert "k8simg-etcd.service" not in enabled_units(doc)
 
 
 def test_dedicated_etcd_nodes(rendered_cluster):
@@ -137,15 +165,17 @@ def test_dedicated_etcd_nodes(rendered_cluster):
     assert not any("kubelet" in p or "manifests" in p for p in f)
     assert {p for p in f if p.endswith(".key")} == {"/etc/kubernetes/pki/etcd/server.key",
                                                      "/etc/kubernetes/pki/etcd/peer.key"}
-    assert "--initial-cluster=ha3etcd3-etcd-0=https://10.0.0.50:2380" in units(doc)[
-        "k8simg-etcd.service"]
+    assert env_values(doc, "/etc/k8simg/etcd.env")["ETCD_INITIAL_CLUSTER"].startswith(
+        "ha3etcd3-etcd-0=https://10.0.0.50:2380,")
+    assert set(enabled_units(doc)) == {"var-lib-k8simg.mount", "var-lib-etcd.mount",
+                                       "k8simg-etcd.service"}
     master = render_node(ctx, ctx.nodes[0])
-    assert "k8simg-etcd.service" not in units(master)
+    assert "k8simg-etcd.service" not in enabled_units(master)
     assert "/etc/kubernetes/pki/etcd/server.key" not in files(master)
     pod = next(o for _, o in kube_objects(master) if o["metadata"]["name"] == "kube-apiserver")
     assert ("--etcd-servers=https://10.0.0.50:2379,https://10.0.0.51:2379,https://10.0.0.52:2379"
             in pod["spec"]["containers"][0]["command"])
-    assert doc["storage"]["filesystems"][0]["label"] == "etcd-data"
+    assert doc["storage"]["directories"] == [{"path": "/var/lib/k8simg/etcd", "mode": 0o711}]
 
 
 def test_bastion_has_keys_and_no_secrets(rendered_cluster):
@@ -167,10 +197,11 @@ def test_replacement_joins_the_existing_cluster(rendered_cluster):
     pki = Pki(cd.pki_dir, PkiContext(ctx.config, tuple(nodes)))
     pki.ensure()
     rctx = RenderContext(ctx.config, pki, nodes, None, frozenset({new.name}))
-    etcd = units(render_node(rctx, new))["k8simg-etcd.service"]
+    etcd = env_values(render_node(rctx, new), "/etc/k8simg/etcd.env")
     assert str(new.address) == "10.0.0.13"
-    assert "--initial-cluster-state=existing" in etcd
-    assert "ha3-master-3=https://10.0.0.13:2380" in etcd and "ha3-master-0=" not in etcd
+    assert etcd["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    assert "ha3-master-3=https://10.0.0.13:2380" in etcd["ETCD_INITIAL_CLUSTER"]
+    assert "ha3-master-0=" not in etcd["ETCD_INITIAL_CLUSTER"]
 
 
 def test_private_keys_only_where_they_belong(rendered_cluster):
@@ -209,13 +240,22 @@ def test_the_scan_would_catch_a_leak(rendered_cluster, monkeypatch):
 
 
 @pytest.mark.parametrize("cloud", ["local", "openstack"])
-def test_sizes_fit_nova(rendered_cluster, cloud):
+def test_ecdsa_sizes_meet_the_targets(rendered_cluster, cloud):
     _, ctx = rendered_cluster("ha5", cloud=cloud)
     for node in ctx.nodes:
         size = len(render_user_data(ctx, node))
-        assert size <= USER_DATA_LIMIT
-        if node.role == "worker":
-            assert size <= WORKER_TARGET, (node.name, size)
+        target = {"master": MASTER_TARGET, "worker": WORKER_TARGET}.get(node.role, 1024)
+        assert size <= target, (node.name, size)
+
+
+def test_rsa_2048_fits_even_with_the_longest_names(rendered_cluster):
+    """RSA-2048 must fit Nova: a 40-character cluster name (the most the schema allows) and
+    an OpenStack cluster, whose masters carry the cloud credential too."""
+    name = "a" * 38 + "zz"
+    _, ctx = rendered_cluster("ha5", algorithm="rsa-2048", cloud="openstack", name=name)
+    sizes = {n.role: len(render_user_data(ctx, n)) for n in ctx.nodes}
+    assert sizes["master"] <= USER_DATA_LIMIT
+    assert sizes["worker"] <= WORKER_TARGET + 4096
 
 
 def test_oversized_config_is_refused_before_anything_is_written(rendered_cluster, tmp_path):

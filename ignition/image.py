@@ -1,0 +1,97 @@
+"""The first-boot machinery every k8simg image carries, the same for every cluster.
+
+A node's Ignition config holds only what is particular to its cluster and to itself (names,
+addresses, keys, cluster values) and enables units that the image already has. That split is
+what keeps a master's config within Nova's user_data limit even with RSA keys: generic unit
+files, runtime settings and the cluster-independent add-on manifests are baked once per
+release (``k8simg bake`` writes :func:`image_files` into the image) instead of travelling with
+every node.
+"""
+
+from k8simg.versions import RELEASES, images
+
+PKI = "/etc/kubernetes/pki"
+ENV_DIR = "/etc/k8simg"
+ETCD_ENV = f"{ENV_DIR}/etcd.env"
+KUBELET_ENV = f"{ENV_DIR}/kubelet.env"
+ADDONS_ENV = f"{ENV_DIR}/addons.env"
+ADDONS_DIR = "/usr/share/k8simg/addons"
+CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
+STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
+STORAGE_ROOT = "/var/lib/k8simg"
+WORKER_LABEL = ("k8simg.io/role", "worker")
+KUBECONFIGS = {"controller_manager": "/etc/kubernetes/controller-manager.conf",
+               "scheduler": "/etc/kubernetes/scheduler.conf",
+               "super_admin": "/etc/kubernetes/super-admin.conf",
+               "kubelet": "/etc/kubernetes/kubelet.conf"}
+
+# Bind mounts of the storage volume, by the path they provide.
+STORAGE_BINDS = {"/var/lib/containerd": "containerd", "/var/lib/docker": "docker",
+                 "/var/lib/etcd": "etcd"}
+ADDON_SETS = {"core": ["00-rbac", "10-kube-proxy", "20-coredns", "30-flannel",
+                       "40-ingress-nginx"],
+              "openstack": ["50-openstack-cloud-controller-manager", "60-cinder-csi"]}
+
+
+def mount_unit_name(path: str) -> str:
+    """``systemd-escape --path --suffix=mount`` for the plain paths used here."""
+    return path.strip("/").replace("-", "\\x2d").replace("/", "-") + ".mount"
+
+
+def _render(name: str, **context) -> str:
+    from k8simg.ignition.render import template  # one Jinja environment for both
+
+    return template(name, **context)
+
+
+def addon_manifests(kubernetes_version: str) -> dict[str, str]:
+    """``<set>/<name>.yaml`` -> the cluster-independent add-on manifests of a release."""
+    ctx = {"images": images(RELEASES[kubernetes_version]), "cni_bin_dir": CNI_BIN_DIR,
+           "worker_label_key": WORKER_LABEL[0], "worker_label_value": WORKER_LABEL[1]}
+    return {f"{s}/{n}.yaml": _render(f"image/addons/{s}/{n}.yaml.j2", **ctx)
+            for s, names in ADDON_SETS.items() for n in names}
+
+
+def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
+    """Every file the image carries for node configs to rely on: path -> (mode, text).
+
+    Units are installed, never enabled: a node's config enables what its role runs.
+    """
+    rel = RELEASES[kubernetes_version]
+    ctx = {"pki": PKI, "etcd_env": ETCD_ENV, "kubelet_env": KUBELET_ENV,
+           "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
+           "cni_bin_dir": CNI_BIN_DIR}
+    unit_dir = "/etc/systemd/system"
+    files = {
+        f"{unit_dir}/k8simg-etcd.service": (0o644, _render("image/k8simg-etcd.service.j2", **ctx)),
+        f"{unit_dir}/kubelet.service.d/10-k8simg.conf":
+            (0o644, _render("image/kubelet-dropin.conf.j2", **ctx)),
+        f"{unit_dir}/k8simg-addons.service": (0o644, _render("image/k8simg-addons.service.j2",
+                                                             **ctx)),
+        "/etc/containerd/config.toml": (0o644, _render("image/containerd-config.toml.j2", **ctx)),
+        "/etc/sysctl.d/90-k8simg.conf": (0o644, _render("image/sysctl.conf.j2")),
+        "/etc/modules-load.d/k8simg.conf": (0o644, _render("image/modules.conf.j2")),
+    }
+    # The runtimes never start on the root disk when the volume is missing.
+    for svc, path in (("containerd", "/var/lib/containerd"), ("docker", "/var/lib/docker")):
+        files[f"{unit_dir}/{svc}.service.d/10-k8simg-storage.conf"] = (
+            0o644, f"[Unit]\nRequiresMountsFor={path}\n")
+    volume = mount_unit_name(STORAGE_ROOT)
+    files[f"{unit_dir}/{volume}"] = (0o644, _render(
+        "image/storage.mount.j2", what=f"/dev/disk/by-label/{STORAGE_LABEL}", where=STORAGE_ROOT,
+        type="ext4", options="", requires="",
+        before="containerd.service docker.service k8simg-etcd.service"))
+    for where, sub in STORAGE_BINDS.items():
+        files[f"{unit_dir}/{mount_unit_name(where)}"] = (0o644, _render(
+            "image/storage.mount.j2", what=f"{STORAGE_ROOT}/{sub}", where=where, type="none",
+            options="bind", requires=volume,
+            before="containerd.service docker.service k8simg-etcd.service"))
+    for name, text in addon_manifests(kubernetes_version).items():
+        files[f"{ADDONS_DIR}/{name}"] = (0o644, text)
+    return files
+
+
+def image_units(kubernetes_version: str) -> set[str]:
+    """Names of the units the image provides (for checking what node configs enable)."""
+    return {p.rsplit("/", 1)[1] for p in image_files(kubernetes_version)
+            if p.startswith("/etc/systemd/system/") and p.count("/") == 4}
