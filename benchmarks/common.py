@@ -1,8 +1,8 @@
 """Benchmark plumbing: results go to stdout as a table and to benchmarks/results/<name>.json."""
 
 import json
-import platform
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ def report(name: str, rows: list[dict]) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     cols = list(rows[0])
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     sys.stdout.flush()

@@ -16,18 +16,28 @@ from pathlib import Path
 
 import jinja2
 import yaml
-
-from k8simg.cluster import ClusterDir
-from k8simg.config import ClusterConfig
-from k8simg.errors import RenderError
 from k8simg.ignition.document import Ignition, dumps
-from k8simg.ignition.image import (ADDONS_DIR, ADDONS_ENV, ETCD_ENV, KUBECONFIGS, KUBELET_ENV,
-                                   PKI, STORAGE_BINDS, STORAGE_LABEL, STORAGE_ROOT,
-                                   WORKER_LABEL, mount_unit_name)
+from k8simg.ignition.image import (
+    ADDONS_DIR,
+    ADDONS_ENV,
+    ETCD_ENV,
+    KUBECONFIGS,
+    KUBELET_ENV,
+    PKI,
+    STORAGE_BINDS,
+    STORAGE_LABEL,
+    STORAGE_ROOT,
+    WORKER_LABEL,
+    mount_unit_name,
+)
 from k8simg.pki import Pki
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance
 from k8simg.pki.kubeconfig import kubeconfig
+
+from k8simg.cluster import ClusterDir
+from k8simg.config import ClusterConfig
+from k8simg.errors import RenderError
 from k8simg.plan import Node, api_vip, etcd_members
 from k8simg.versions import RELEASES, images
 

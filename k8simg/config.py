@@ -158,10 +158,12 @@ def semantic_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
             if cidrs[a].overlaps(cidrs[b]):
                 problems.append((b, f"{cidrs[b]} overlaps {a} {cidrs[a]}"))
     if net.node_cidr.prefixlen > 24:
-        problems.append(("network.node_cidr", f"needs at least a /24 for the address plan, got /{net.node_cidr.prefixlen}"))
+        problems.append(("network.node_cidr",
+                         f"needs at least a /24 for the address plan, got /{net.node_cidr.prefixlen}"))
     if net.service_cidr.prefixlen < 12:
         # kube-apiserver refuses service ranges with more than 20 host bits.
-        problems.append(("network.service_cidr", f"kube-apiserver allows at most a /12, got /{net.service_cidr.prefixlen}"))
+        problems.append(("network.service_cidr",
+                         f"kube-apiserver allows at most a /12, got /{net.service_cidr.prefixlen}"))
     if net.pod_cidr.prefixlen > 24 or 2 ** (24 - net.pod_cidr.prefixlen) < m + w:
         problems.append(("network.pod_cidr", f"{net.pod_cidr} has too few /24 node ranges for {m + w} nodes"))
     # Import here: plan imports this module for the type.

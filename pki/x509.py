@@ -8,13 +8,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from k8simg.pki.certs import SANs
 from k8simg.pki.keys import PrivateKey, signature_hash
 
 # kubeadm backdates NotBefore so that nodes whose clocks lag a little accept fresh certificates
 # (kubeadm constants.CertificateBackdate).
 BACKDATE = dt.timedelta(minutes=5)
+
+NO_SANS = SANs()
 
 _EKU = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
@@ -31,7 +32,7 @@ class Subject:
 
 
 def issue(subject: Subject, usages: tuple[str, ...], key: PrivateKey, *, now: dt.datetime,
-          days: int, sans: SANs = SANs(),
+          days: int, sans: SANs = NO_SANS,
           signer: tuple[x509.Certificate, PrivateKey] | None = None) -> x509.Certificate:
     """Issue a certificate for ``key``: self-signed when ``signer`` is ``None``.
 

@@ -4,8 +4,7 @@ import click
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
 from k8simg.errors import K8simgError
-from k8simg.ignition.render import (USER_DATA_LIMIT, render_context, render_user_data,
-                                    write_all)
+from k8simg.ignition.render import USER_DATA_LIMIT, render_context, render_user_data, write_all
 
 
 @click.command()

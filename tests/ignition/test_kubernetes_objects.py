@@ -1,9 +1,9 @@
 """Every Kubernetes object a node config carries, against the official schemas, strictly."""
 
-import pytest
 import kubernetes_validate
-
+import pytest
 from k8simg.ignition.render import render_node
+
 from k8simg.versions import RELEASES
 from tests.ignition.support import kube_objects
 

@@ -3,7 +3,6 @@
 import subprocess
 
 import pytest
-
 from k8simg.pki import certs as table
 from k8simg.pki.keys import ALGORITHMS
 

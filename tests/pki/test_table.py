@@ -1,7 +1,15 @@
 import dataclasses
 
-from k8simg.pki.certs import (BY_NAME, CLUSTER_ADMINS, MASTERS_GROUP, NODES_GROUP, TABLE, Scope,
-                              cas, table_problems)
+from k8simg.pki.certs import (
+    BY_NAME,
+    CLUSTER_ADMINS,
+    MASTERS_GROUP,
+    NODES_GROUP,
+    TABLE,
+    Scope,
+    cas,
+    table_problems,
+)
 
 
 def test_table_is_sound():
