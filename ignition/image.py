@@ -64,6 +64,7 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
     unit_dir = "/etc/systemd/system"
     files = {
         f"{unit_dir}/k8simg-etcd.service": (0o644, _render("image/k8simg-etcd.service.j2", **ctx)),
+        f"{unit_dir}/kubelet.service": (0o644, _render("image/kubelet.service.j2")),
         f"{unit_dir}/kubelet.service.d/10-k8simg.conf":
             (0o644, _render("image/kubelet-dropin.conf.j2", **ctx)),
         f"{unit_dir}/k8simg-addons.service": (0o644, _render("image/k8simg-addons.service.j2",

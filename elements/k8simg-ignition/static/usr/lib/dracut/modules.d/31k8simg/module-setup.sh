@@ -1,0 +1,31 @@
+#!/bin/bash
+# k8simg's fixes for Debian's 30ignition module under dracut 059.
+# A dracut module, not a diskimage-builder phase script:
+# dib-lint: disable=setu sete setpipefail dibdebugtrace
+
+check() {
+    return 0
+}
+
+depends() {
+    echo ignition
+}
+
+install() {
+    # 30ignition links its units with ln_r "../unit", which dracut 059 resolves against the
+    # initramfs root and leaves dangling: no Ignition stage would ever run. Link them again.
+    local dir unit
+    for dir in "$initdir$systemdsystemunitdir"/ignition-*.target.requires; do
+        [ -d "$dir" ] || continue
+        for unit in "$dir"/*; do
+            ln -sfn "../$(basename "$unit")" "$unit"
+        done
+    done
+    # Debian's Ignition relabels the files it writes with setfiles; the image runs without
+    # SELinux, so relabelling is a no-op.
+    inst_script "$moddir/setfiles" /usr/sbin/setfiles
+    # ignition-fetch waits for a config source forever; give it a deadline so a node without
+    # a config drive fails visibly on its console.
+    inst_simple "$moddir/ignition-fetch-timeout.conf" \
+        "$systemdsystemunitdir/ignition-fetch.service.d/10-k8simg-timeout.conf"
+}
