@@ -11,12 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import report  # noqa: E402
+from k8simg.cluster import ClusterDir, init_cluster  # noqa: E402
 from k8simg.ignition.document import dumps  # noqa: E402
 from k8simg.ignition.render import NOVA_USER_DATA_BASE64_LIMIT, render_context, render_node  # noqa: E402
 from k8simg.pki.keys import ALGORITHMS  # noqa: E402
-
-from benchmarks.common import report  # noqa: E402
-from k8simg.cluster import ClusterDir, init_cluster  # noqa: E402
 
 TOPOLOGIES = ("single", "1+2", "ha3+2", "ha5+2", "ha3+2 etcd3")
 

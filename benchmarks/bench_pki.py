@@ -12,10 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from k8simg.pki.keys import ALGORITHMS  # noqa: E402
-
 from benchmarks.common import report  # noqa: E402
 from k8simg.cluster import ClusterDir, init_cluster  # noqa: E402
+from k8simg.pki.keys import ALGORITHMS  # noqa: E402
 
 
 def run(algorithm: str, workdir: Path) -> tuple[float, int]:

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import jinja2
 import yaml
+
+from k8simg.cluster import ClusterDir
+from k8simg.config import ClusterConfig
+from k8simg.errors import RenderError
 from k8simg.ignition.document import Ignition, dumps
 from k8simg.ignition.image import (
     ADDONS_DIR,
@@ -34,10 +38,6 @@ from k8simg.pki import Pki
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance
 from k8simg.pki.kubeconfig import kubeconfig
-
-from k8simg.cluster import ClusterDir
-from k8simg.config import ClusterConfig
-from k8simg.errors import RenderError
 from k8simg.plan import Node, api_vip, etcd_members
 from k8simg.versions import RELEASES, images
 

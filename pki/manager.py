@@ -18,6 +18,9 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from k8simg.errors import PkiError
+from k8simg.fsutil import atomic_write
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance, PkiContext
 from k8simg.pki.keys import (
@@ -31,9 +34,6 @@ from k8simg.pki.keys import (
 )
 from k8simg.pki.kubeconfig import kubeconfig
 from k8simg.pki.x509 import Subject, cert_sans, issue, signed_by
-
-from k8simg.errors import PkiError
-from k8simg.fsutil import atomic_write
 
 Clock = Callable[[], dt.datetime]
 Progress = Callable[[str], None]

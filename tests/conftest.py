@@ -4,10 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-from k8simg.pki.keys import generate_key
 from ruamel.yaml import YAML
 
 from k8simg.cluster import ClusterDir, init_cluster
+from k8simg.pki.keys import generate_key
 from tests.support import kubectl_binary
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)

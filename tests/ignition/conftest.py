@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from k8simg.ignition.render import CloudCredential, render_context
 from k8simg.pki.keys import generate_key
 

@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 import yaml
+
 from k8simg.ignition.image import image_files
 from k8simg.ignition.render import ADDON_VALUES
 

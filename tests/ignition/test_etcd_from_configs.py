@@ -8,8 +8,8 @@ import shlex
 import subprocess
 
 import pytest
-from k8simg.ignition.render import render_node
 
+from k8simg.ignition.render import render_node
 from tests.ignition.support import env_values, materialise, unit_text
 from tests.support import etcd_available, processes, wait_until
 

@@ -7,8 +7,8 @@ them and still fails once; review the diff and commit it.
 from pathlib import Path
 
 import pytest
-from k8simg.ignition.render import render_node
 
+from k8simg.ignition.render import render_node
 from tests.ignition.support import normalised
 
 GOLDEN = Path(__file__).parent / "golden"

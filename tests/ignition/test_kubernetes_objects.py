@@ -2,8 +2,8 @@
 
 import kubernetes_validate
 import pytest
-from k8simg.ignition.render import render_node
 
+from k8simg.ignition.render import render_node
 from k8simg.versions import RELEASES
 from tests.ignition.support import kube_objects
 

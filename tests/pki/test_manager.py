@@ -6,11 +6,11 @@ import stat
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from k8simg.pki import certs as table
-from k8simg.pki.keys import generate_key, key_pem
 
 from k8simg.cli import cli
 from k8simg.errors import PkiError
+from k8simg.pki import certs as table
+from k8simg.pki.keys import generate_key, key_pem
 from tests.conftest import NOW
 
 

@@ -3,6 +3,7 @@
 import subprocess
 
 import pytest
+
 from k8simg.pki import certs as table
 from k8simg.pki.keys import ALGORITHMS
 
