@@ -117,3 +117,19 @@ def test_artifacts_directory(tmp_path):
     (src / "kubelet.sha256").write_text("not a digest")
     with pytest.raises(ArtifactError, match="kubelet.sha256: not a SHA-256 checksum file"):
         fetch(kubernetes_artifacts(VERSION)[:1], tmp_path / "out4", artifacts_dir=src)
+
+
+def test_bake_offline_stops_naming_what_it_could_not_fetch(tmp_path):
+    """Without artifacts and without the network, the bake stops before building anything."""
+    from click.testing import CliRunner
+
+    from k8simg.bake import BakeRequest, bake
+    from k8simg.cli import cli
+    with pytest.raises(ArtifactError, match=r"cannot fetch http://127.0.0.1:9/v1.35.2/bin/linux/"
+                                            r"amd64/kubelet.sha256"):
+        bake(BakeRequest(kubernetes_version=VERSION, output_dir=tmp_path / "out",
+                         release_base_url="http://127.0.0.1:9"))
+    assert not list((tmp_path / "out").iterdir())
+    r = CliRunner().invoke(cli, ["bake", "--artifacts", str(tmp_path), "--output-dir",
+                                 str(tmp_path / "out2")])
+    assert r.exit_code == 1 and "kubelet" in r.output and "is missing from the artifacts" in r.output

@@ -1,0 +1,139 @@
+"""One QEMU virtual machine the way Nova boots a k8simg node: a qcow2 overlay on the image, a
+config drive (ISO labelled ``config-2``) carrying the node's Ignition config as user_data, a
+second disk as the container-storage volume, and the serial console logged to a file.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.errors import K8simgError
+
+
+class VmError(K8simgError):
+    pass
+
+
+def _need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        raise VmError(f"{tool} not found: install the Debian package {package}")
+    return path
+
+
+def config_drive(dest: Path, name: str, user_data: bytes, instance_id: str | None = None,
+                 network_data: dict | None = None) -> Path:
+    """Write an OpenStack config drive ISO: openstack/latest/{meta_data,network_data}.json
+    and user_data, labelled ``config-2``."""
+    tool = _need("genisoimage", "genisoimage")
+    root = dest.with_suffix(".d")
+    latest = root / "openstack" / "latest"
+    latest.mkdir(parents=True, exist_ok=True)
+    meta = {"uuid": instance_id or str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), "name": name,
+            "hostname": name, "launch_index": 0, "availability_zone": "local"}
+    (latest / "meta_data.json").write_text(json.dumps(meta))
+    (latest / "network_data.json").write_text(json.dumps(network_data or {
+        "links": [], "networks": [], "services": []}))
+    (latest / "user_data").write_bytes(user_data)
+    os.chmod(latest / "user_data", 0o600)
+    subprocess.run([tool, "-quiet", "-o", str(dest), "-V", "config-2", "-J", "-R", str(root)],
+                   check=True, capture_output=True)
+    shutil.rmtree(root)
+    return dest
+
+
+def overlay(base: Path, dest: Path) -> Path:
+    """A copy-on-write qcow2 on top of ``base``: the node writes there, never to the image."""
+    tool = _need("qemu-img", "qemu-utils")
+    subprocess.run([tool, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(Path(base).resolve()), str(dest)], check=True, capture_output=True)
+    return dest
+
+
+def blank_disk(dest: Path, size_gb: int) -> Path:
+    tool = _need("qemu-img", "qemu-utils")
+    subprocess.run([tool, "create", "-q", "-f", "qcow2", str(dest), f"{size_gb}G"],
+                   check=True, capture_output=True)
+    return dest
+
+
+def kvm_usable() -> bool:
+    """KVM where it boots a normal kernel; this is checked by the caller's environment."""
+    return os.environ.get("K8SIMG_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@dataclass
+class Vm:
+    """A running (or finished) VM; ``console`` is its serial log."""
+
+    name: str
+    process: subprocess.Popen
+    console: Path
+
+    def log(self) -> str:
+        try:
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, marker: str, timeout: float, poll: float = 1.0) -> str:
+        """Wait until ``marker`` appears on the console; the console text up to now.
+
+        :raises VmError: on timeout or if QEMU exits first, with the console's last lines.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if marker in text:
+                return text
+            if self.process.poll() is not None:
+                break
+            time.sleep(poll)
+        tail = "\n".join(self.log().splitlines()[-30:])
+        state = "exited" if self.process.poll() is not None else f"no {marker!r} after {timeout:.0f} s"
+        raise VmError(f"{self.name}: {state}; last console lines:\n{tail}")
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise VmError(f"{self.name}: still running after {timeout:.0f} s") from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait()
+
+
+def boot(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
+         volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
+         extra_args: list[str] | None = None) -> Vm:
+    """Start QEMU (software emulation unless KVM is known to work) with no network."""
+    qemu = _need("qemu-system-x86_64", "qemu-system-x86")
+    args = [qemu, "-name", name, "-machine", "q35", "-m", str(memory_mb), "-smp", str(cpus),
+            "-nographic", "-no-reboot", "-serial", f"file:{console}", "-monitor", "none",
+            "-nic", "none",
+            "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
+    args += ["-accel", "kvm", "-cpu", "host"] if kvm_usable() else ["-accel", "tcg", "-cpu", "max"]
+    if volume is not None:
+        args += ["-drive", f"file={volume},if=virtio,format=qcow2,cache=unsafe"]
+    if config_iso is not None:
+        args += ["-drive", f"file={config_iso},media=cdrom,readonly=on"]
+    args += extra_args or []
+    with open(Path(console).with_suffix(".qemu.log"), "w") as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    return Vm(name, proc, console)

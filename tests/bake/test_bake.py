@@ -1,0 +1,53 @@
+"""A real bake (slow tier): the image is built with diskimage-builder and read back, and
+booted under QEMU with only a config drive."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.bake.conftest import image_root_files
+
+pytestmark = pytest.mark.slow
+
+
+def test_manifest_lists_every_component(baked_image):
+    image, manifest_path, _ = baked_image
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["image"]["sha256"] == subprocess.run(
+        ["sha256sum", str(image)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert set(manifest["kubernetes_binaries"]) == {"kubelet", "kubectl", "kubeadm"}
+    for entry in manifest["kubernetes_binaries"].values():
+        assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) and entry["source"].startswith(
+            "http://127.0.0.1:")
+    for pkg in ("containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
+                "etcd-client", "ignition", "dracut", "linux-image-amd64"):
+        assert manifest["packages"][pkg], pkg
+    assert manifest["elements"] == ["debian-minimal", "vm", "block-device-mbr", "k8simg-node",
+                                    "k8simg-ignition"]
+
+
+def test_files_are_in_the_image(baked_image, tmp_path):
+    image, manifest_path, _ = baked_image
+    manifest = json.loads(manifest_path.read_text())
+    got = image_root_files(image, tmp_path, [
+        "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
+        "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge", "/usr/sbin/dockerd",
+        "/etc/systemd/system/k8simg-etcd.service", "/etc/containerd/config.toml",
+        "/usr/share/k8simg/addons/core/30-flannel.yaml", "/boot/ignition.firstboot",
+        "/etc/systemd/system-preset/80-k8simg.preset", "/usr/bin/cloud-init",
+        "/etc/systemd/system/multi-user.target.wants/etcd.service", "/boot/grub/grub.cfg"])
+    assert b"KUBERNETES_VERSION=1.35.2" in got["/etc/k8simg-release"]
+    assert b"TEST STAND-IN for kubelet" in got["/usr/bin/kubelet"]
+    import hashlib
+    assert hashlib.sha256(got["/usr/bin/kubectl"]).hexdigest() == \
+        manifest["kubernetes_binaries"]["kubectl"]["sha256"]
+    for p in ("/usr/bin/etcd", "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge",
+              "/usr/sbin/dockerd", "/etc/systemd/system/k8simg-etcd.service",
+              "/usr/share/k8simg/addons/core/30-flannel.yaml", "/boot/ignition.firstboot"):
+        assert got[p] is not None, p
+    assert b"SystemdCgroup = true" in got["/etc/containerd/config.toml"]
+    assert got["/usr/bin/cloud-init"] is None  # no cloud-init
+    assert got["/etc/systemd/system/multi-user.target.wants/etcd.service"] is None  # disabled
+    assert b"$ignition_firstboot" in got["/boot/grub/grub.cfg"]

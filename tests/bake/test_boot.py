@@ -1,0 +1,136 @@
+"""Boot the baked image under QEMU (software emulation, no network) with a config drive
+holding a rendered single-node config, and read the result from the serial console."""
+
+import re
+
+import pytest
+
+from k8simg.ignition.document import data_url, dumps
+from k8simg.ignition.render import render_context, render_node
+from k8simg.local import vm as qemu
+from tests.conftest import write_cluster
+
+pytestmark = pytest.mark.slow
+
+REPORT = r"""#!/bin/bash
+# Test-only: report what first boot produced on the serial console, then power off.
+exec > /dev/ttyS0 2>&1
+echo "K8SIMG-REPORT-BEGIN"
+echo "cmdline: $(cat /proc/cmdline)"
+echo "firstboot-flag: $([ -e /boot/ignition.firstboot ] && echo present || echo absent)"
+if [ -e /etc/k8simg/test-marker ]; then echo "marker: present"; rm -f /etc/k8simg/test-marker
+else echo "marker: absent"; fi
+for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.key \
+         /etc/kubernetes/pki/etcd/server.key /etc/k8simg/etcd.env \
+         /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/super-admin.conf; do
+    echo "file: $f $(stat -c %a "$f" 2>/dev/null || echo missing)"
+done
+echo "hostname: $(hostname)"
+for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
+         k8simg-addons.service docker.service etcd.service; do
+    echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
+done
+echo "mount: $(findmnt -n -o SOURCE,FSTYPE /var/lib/k8simg)"
+pki=/etc/kubernetes/pki
+for i in $(seq 1 60); do
+    out=$(ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
+          --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
+          endpoint health 2>&1) && break
+    sleep 2
+done
+echo "etcd: $out"
+echo "K8SIMG-REPORT-END"
+systemctl poweroff
+"""
+
+
+def add_test_units(doc: dict, etcd_ip: str) -> dict:
+    """The rendered config plus a marker file and the report unit (test-only)."""
+    files = doc["storage"]["files"]
+    source, _ = data_url(b"written by Ignition\n", compress=False)
+    files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
+    script, compression = data_url(REPORT.replace("$ETCD_IP", etcd_ip).encode())
+    entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
+             "contents": {"source": script}}
+    if compression:
+        entry["contents"]["compression"] = compression
+    files.append(entry)
+    doc["systemd"]["units"].append({"name": "k8simg-test-report.service", "enabled": True,
+                                    "contents": (
+        "[Unit]\nAfter=multi-user.target k8simg-etcd.service containerd.service\n"
+        "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
+        "[Install]\nWantedBy=multi-user.target\n")})
+    return doc
+
+
+def report(console: str, nth: int) -> dict:
+    blocks = re.findall(r"K8SIMG-REPORT-BEGIN(.*?)K8SIMG-REPORT-END", console, re.S)
+    assert len(blocks) >= nth, console[-3000:]
+    out: dict = {"file": {}, "unit": {}}
+    # The serial getty's login prompt may land in the middle of a line: find the keys.
+    keys = r"(cmdline|firstboot-flag|marker|file|hostname|unit|mount|etcd): (.*)$"
+    for ln in blocks[nth - 1].splitlines():
+        m = re.search(keys, ln.strip())
+        if not m:
+            continue
+        key, value = m.groups()
+        if key in ("file", "unit"):
+            name, _, rest = value.partition(" ")
+            out[key][name] = rest.strip()
+        else:
+            out[key] = value.strip()
+    return out
+
+
+def test_boots_with_only_a_config_drive(baked_image, tmp_path):
+    image, _, _ = baked_image
+    cd = write_cluster(tmp_path / "solo", topology="single",
+                       masters={"count": 1, "flavor": "m", "volume_size_gb": 25},
+                       workers={"count": 0, "flavor": "w", "volume_size_gb": 50},
+                       # A loopback node subnet: etcd binds its planned address with no network.
+                       network={"node_cidr": "127.77.0.0/24", "service_cidr": "10.96.0.0/12",
+                                "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local",
+                                "dns_nameservers": []})
+    cd.pki().ensure()
+    ctx = render_context(cd)
+    master = ctx.nodes[0]
+    user_data = dumps(add_test_units(render_node(ctx, master), str(master.address)))
+    iso = qemu.config_drive(tmp_path / "config.iso", master.name, user_data)
+    disk = qemu.overlay(image, tmp_path / "root.qcow2")
+    volume = qemu.blank_disk(tmp_path / "volume.qcow2", 2)
+
+    first = qemu.boot(master.name, disk, tmp_path / "console-1.log", config_iso=iso,
+                      volume=volume)
+    try:
+        first.wait_for("K8SIMG-REPORT-END", timeout=900)
+        first.wait_exit(timeout=180)
+    finally:
+        first.stop()
+    r = report(first.log(), 1)
+    assert "ignition.firstboot" in r["cmdline"]
+    assert r["marker"] == "present"
+    assert r["hostname"] == master.name
+    assert r["file"]["/etc/kubernetes/pki/apiserver.key"] == "600"
+    assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
+    assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
+    assert r["file"]["/etc/kubernetes/manifests/kube-apiserver.yaml"] == "644"
+    assert r["unit"]["containerd.service"] == "enabled active"
+    assert r["unit"]["k8simg-etcd.service"] == "enabled active"
+    assert r["unit"]["var-lib-containerd.mount"] == "enabled active"
+    assert r["unit"]["etcd.service"].split()[0] in ("disabled", "")  # Debian's own etcd stays off
+    assert r["mount"] == "/dev/vdb ext4"
+    assert f"https://{master.address}:2379 is healthy" in r["etcd"]
+
+    second = qemu.boot(master.name, disk, tmp_path / "console-2.log", config_iso=iso,
+                       volume=volume)
+    try:
+        second.wait_for("K8SIMG-REPORT-END", timeout=900)
+        second.wait_exit(timeout=180)
+    finally:
+        second.stop()
+    r2 = report(second.log(), 1)
+    assert "ignition.firstboot" not in r2["cmdline"]
+    assert r2["firstboot-flag"] == "absent"
+    assert r2["marker"] == "absent"  # Ignition did not run again to write it back
+    assert r2["unit"]["k8simg-etcd.service"] == "enabled active"
+    assert f"https://{master.address}:2379 is healthy" in r2["etcd"]
