@@ -1,0 +1,102 @@
+"""Bake and boot numbers: cold and warm bake time, image size, and time from power-on to a
+configured node (Ignition's files stage done; the first unit of the node's config running).
+
+    python benchmarks/bench_bake.py [--skip-cold]
+
+Cold bakes use an empty diskimage-builder cache (debootstrap from the mirror); warm bakes
+reuse ~/.cache/image-create. Boots run under QEMU's software emulation, as in the tests.
+Artifacts: kubelet and kubeadm are the tests' labelled stand-ins; kubectl is real.
+"""
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import report  # noqa: E402
+from k8simg.bake import BakeRequest, bake  # noqa: E402
+from k8simg.ignition.document import dumps  # noqa: E402
+from k8simg.ignition.render import render_context, render_node  # noqa: E402
+from k8simg.local import vm as qemu  # noqa: E402
+from k8simg.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
+from tests.bake.conftest import artifacts_tree, serve  # noqa: E402
+from tests.bake.test_boot import add_test_units  # noqa: E402
+from tests.conftest import write_cluster  # noqa: E402
+from tests.support import kubectl_binary  # noqa: E402
+
+
+def timed_bake(out: Path, base_url: str, cache: str | None) -> tuple[float, Path]:
+    env = {"DIB_IMAGE_CACHE": cache} if cache else {}
+    start = time.perf_counter()
+    result = bake(BakeRequest(kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=out,
+                              release_base_url=base_url, extra_env=env),
+                  progress=lambda m: print(m, file=sys.stderr, flush=True))
+    return time.perf_counter() - start, result.image
+
+
+def timed_boot(image: Path, work: Path) -> dict:
+    cd = write_cluster(work / "solo", topology="single",
+                       masters={"count": 1, "flavor": "m", "volume_size_gb": 25},
+                       workers={"count": 0, "flavor": "w", "volume_size_gb": 50},
+                       network={"node_cidr": "127.77.0.0/24", "service_cidr": "10.96.0.0/12",
+                                "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local",
+                                "dns_nameservers": []})
+    cd.pki().ensure()
+    ctx = render_context(cd)
+    node = ctx.nodes[0]
+    iso = qemu.config_drive(work / "cfg.iso", node.name,
+                            dumps(add_test_units(render_node(ctx, node), str(node.address))))
+    disk = qemu.overlay(image, work / "root.qcow2")
+    vol = qemu.blank_disk(work / "vol.qcow2", 2)
+    marks = {"files_done": "Finished ignition-files.service",
+             "etcd_started": "Started k8simg-etcd.service",
+             "report_done": "K8SIMG-REPORT-END"}
+    start = time.monotonic()
+    vm = qemu.boot(node.name, disk, work / "console.log", config_iso=iso, volume=vol)
+    seen = {}
+    try:
+        while len(seen) < len(marks) and time.monotonic() - start < 1200:
+            text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", vm.log())
+            for key, marker in marks.items():
+                if key not in seen and marker in text:
+                    seen[key] = round(time.monotonic() - start, 1)
+            time.sleep(0.5)
+    finally:
+        vm.stop()
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--skip-cold", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        tree = artifacts_tree(work / "release", kubectl_binary(work), DEFAULT_KUBERNETES_VERSION)
+        server, thread = serve(tree)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            if not args.skip_cold:
+                secs, _ = timed_bake(work / "cold", url, str(work / "dib-cache"))
+                rows.append({"what": "bake, cold (empty DIB cache)", "value": f"{secs:.0f} s"})
+            secs, image = timed_bake(work / "warm", url, None)
+            rows.append({"what": "bake, warm", "value": f"{secs:.0f} s"})
+            rows.append({"what": "image size (qcow2)",
+                         "value": f"{image.stat().st_size / (1 << 20):.0f} MiB"})
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        (work / "boot").mkdir()
+        for key, secs in timed_boot(image, work / "boot").items():
+            rows.append({"what": f"power-on to {key.replace('_', ' ')}", "value": f"{secs} s"})
+    report("bake", rows)
+
+
+if __name__ == "__main__":
+    main()
