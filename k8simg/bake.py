@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -181,11 +182,21 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
-            for line in proc.stdout:
-                log.write(line)
-                if re.search(r"Running hooks from|Converting image|^.*ERROR", line):
-                    progress("  " + line.split("| ", 1)[-1].strip())
-            rc = proc.wait()
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if re.search(r"Running hooks from|Converting image|^.*ERROR", line):
+                        progress("  " + line.split("| ", 1)[-1].strip())
+                rc = proc.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, a CI timeout): let diskimage-builder run its own
+                # cleanup, which unmounts the chroot and detaches its loop devices.
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
         if rc != 0:
             tail = "".join(log_path.read_text().splitlines(True)[-25:])
             raise BakeError(f"disk-image-create failed (exit {rc}); last lines of "
