@@ -8,7 +8,6 @@ steps run through the stand-ins in ``k8simg/hooks``.
 """
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -223,7 +222,3 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
     return BakeResult(image, manifest_path, digest, seconds)
-
-
-def manifest_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

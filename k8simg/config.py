@@ -265,11 +265,10 @@ def render_template(name: str, cloud: str = "local", ssh_keys: list[str] | None 
                     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> str:
     """The commented ``cluster.yaml`` that ``k8simg init`` writes: every default, explained."""
     d = ClusterConfig(name="x")
-    keys = ssh_keys or []
     out = StringIO()
     y = YAML()
     y.default_flow_style = False
-    y.dump({"ssh_authorized_keys": keys} if keys else {"ssh_authorized_keys": []}, out)
+    y.dump({"ssh_authorized_keys": ssh_keys or []}, out)
     keys_yaml = "\n".join("  " + line for line in out.getvalue().rstrip().splitlines())
     known = ", ".join(sorted(RELEASES))
     return f"""\

@@ -37,10 +37,6 @@ class Node:
     index: int
     address: IPv4Address
 
-    @property
-    def runs_etcd(self) -> bool:
-        return self.role == "etcd"
-
 
 def _span(cfg: ClusterConfig, role: str) -> int:
     base, span = _RANGES[role]

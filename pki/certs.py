@@ -245,10 +245,6 @@ def cas() -> list[CertSpec]:
     return [s for s in TABLE if s.is_ca]
 
 
-def leaves() -> list[CertSpec]:
-    return [s for s in TABLE if not s.is_ca]
-
-
 def table_problems(table: tuple[CertSpec, ...] = TABLE) -> list[str]:
     """The table's own invariants; an empty list when it is sound."""
     problems, seen, paths = [], {}, set()

@@ -1,7 +1,7 @@
 import click
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
-from k8simg.errors import K8simgError
+from k8simg.errors import K8simgError, PkiError
 from k8simg.pki import report
 from k8simg.pki.manager import utcnow
 
@@ -70,7 +70,6 @@ def check_expiration(cluster, days, output):
     now = utcnow()
     problems = p.verify()
     if problems:
-        from k8simg.errors import PkiError
         raise PkiError(problems)
     records = p.records()
     soon = report.expiring(records, now, days)
