@@ -19,13 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
 from k8simg.bake import BakeRequest, bake  # noqa: E402
-from k8simg.ignition.document import dumps  # noqa: E402
-from k8simg.ignition.render import render_context, render_node  # noqa: E402
-from k8simg.local import vm as qemu  # noqa: E402
 from k8simg.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from tests.bake.conftest import artifacts_tree, serve  # noqa: E402
-from tests.bake.test_boot import add_test_units  # noqa: E402
-from tests.conftest import write_cluster  # noqa: E402
+from tests.bake.test_boot import single_node_machine  # noqa: E402
 from tests.support import kubectl_binary  # noqa: E402
 
 
@@ -39,24 +35,12 @@ def timed_bake(out: Path, base_url: str, cache: str | None) -> tuple[float, Path
 
 
 def timed_boot(image: Path, work: Path) -> dict:
-    cd = write_cluster(work / "solo", topology="single",
-                       masters={"count": 1, "flavor": "m", "volume_size_gb": 25},
-                       workers={"count": 0, "flavor": "w", "volume_size_gb": 50},
-                       network={"node_cidr": "127.77.0.0/24", "service_cidr": "10.96.0.0/12",
-                                "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local",
-                                "dns_nameservers": []})
-    cd.pki().ensure()
-    ctx = render_context(cd)
-    node = ctx.nodes[0]
-    iso = qemu.config_drive(work / "cfg.iso", node.name,
-                            dumps(add_test_units(render_node(ctx, node), str(node.address))))
-    disk = qemu.overlay(image, work / "root.qcow2")
-    vol = qemu.blank_disk(work / "vol.qcow2", 2)
+    _, boot = single_node_machine(image, work)
     marks = {"files_done": "Finished ignition-files.service",
              "etcd_started": "Started k8simg-etcd.service",
              "report_done": "K8SIMG-REPORT-END"}
     start = time.monotonic()
-    vm = qemu.boot(node.name, disk, work / "console.log", config_iso=iso, volume=vol)
+    vm = boot(work / "console.log")
     seen = {}
     try:
         while len(seen) < len(marks) and time.monotonic() - start < 1200:

@@ -82,31 +82,46 @@ def report(console: str, nth: int) -> dict:
     return out
 
 
-def test_boots_with_only_a_config_drive(baked_image, tmp_path):
-    image, _, _ = baked_image
-    cd = write_cluster(tmp_path / "solo", topology="single",
+def single_node_machine(image, work):
+    """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
+    config drive with its rendered config plus the report unit. The node subnet is a
+    loopback range, so etcd binds its planned address with no network.
+
+    :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
+    """
+    cd = write_cluster(work / "solo", topology="single",
                        masters={"count": 1, "flavor": "m", "volume_size_gb": 25},
                        workers={"count": 0, "flavor": "w", "volume_size_gb": 50},
-                       # A loopback node subnet: etcd binds its planned address with no network.
                        network={"node_cidr": "127.77.0.0/24", "service_cidr": "10.96.0.0/12",
                                 "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local",
                                 "dns_nameservers": []})
     cd.pki().ensure()
     ctx = render_context(cd)
-    master = ctx.nodes[0]
-    user_data = dumps(add_test_units(render_node(ctx, master), str(master.address)))
-    iso = qemu.config_drive(tmp_path / "config.iso", master.name, user_data)
-    disk = qemu.overlay(image, tmp_path / "root.qcow2")
-    volume = qemu.blank_disk(tmp_path / "volume.qcow2", 2)
+    node = ctx.nodes[0]
+    user_data = dumps(add_test_units(render_node(ctx, node), str(node.address)))
+    iso = qemu.config_drive(work / "config.iso", node.name, user_data)
+    disk = qemu.overlay(image, work / "root.qcow2")
+    volume = qemu.blank_disk(work / "volume.qcow2", 2)
+    return node, lambda console: qemu.boot(node.name, disk, console, config_iso=iso,
+                                           volume=volume)
 
-    first = qemu.boot(master.name, disk, tmp_path / "console-1.log", config_iso=iso,
-                      volume=volume)
+
+def boot_to_report(boot, console) -> dict:
+    """Boot once, wait for the report and the power-off, and parse the report."""
+    vm = boot(console)
     try:
-        first.wait_for("K8SIMG-REPORT-END", timeout=900)
-        first.wait_exit(timeout=180)
+        vm.wait_for("K8SIMG-REPORT-END", timeout=900)
+        vm.wait_exit(timeout=180)
     finally:
-        first.stop()
-    r = report(first.log(), 1)
+        vm.stop()
+    return report(vm.log(), 1)
+
+
+def test_boots_with_only_a_config_drive(baked_image, tmp_path):
+    image, _, _ = baked_image
+    master, boot = single_node_machine(image, tmp_path)
+
+    r = boot_to_report(boot, tmp_path / "console-1.log")
     assert "ignition.firstboot" in r["cmdline"]
     assert r["marker"] == "present"
     assert r["hostname"] == master.name
@@ -121,14 +136,7 @@ def test_boots_with_only_a_config_drive(baked_image, tmp_path):
     assert r["mount"] == "/dev/vdb ext4"
     assert f"https://{master.address}:2379 is healthy" in r["etcd"]
 
-    second = qemu.boot(master.name, disk, tmp_path / "console-2.log", config_iso=iso,
-                       volume=volume)
-    try:
-        second.wait_for("K8SIMG-REPORT-END", timeout=900)
-        second.wait_exit(timeout=180)
-    finally:
-        second.stop()
-    r2 = report(second.log(), 1)
+    r2 = boot_to_report(boot, tmp_path / "console-2.log")  # the same disk, booted again
     assert "ignition.firstboot" not in r2["cmdline"]
     assert r2["firstboot-flag"] == "absent"
     assert r2["marker"] == "absent"  # Ignition did not run again to write it back
