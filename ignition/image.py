@@ -8,6 +8,7 @@ release (``k8simg bake`` writes :func:`image_files` into the image) instead of t
 every node.
 """
 
+from k8simg.images import IMAGES_DIR, LIST_FILE
 from k8simg.versions import RELEASES, images
 
 PKI = "/etc/kubernetes/pki"
@@ -16,6 +17,7 @@ ETCD_ENV = f"{ENV_DIR}/etcd.env"
 KUBELET_ENV = f"{ENV_DIR}/kubelet.env"
 ADDONS_ENV = f"{ENV_DIR}/addons.env"
 ADDONS_DIR = "/usr/share/k8simg/addons"
+IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
 STORAGE_ROOT = "/var/lib/k8simg"
@@ -60,7 +62,8 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
     rel = RELEASES[kubernetes_version]
     ctx = {"pki": PKI, "etcd_env": ETCD_ENV, "kubelet_env": KUBELET_ENV,
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
-           "cni_bin_dir": CNI_BIN_DIR}
+           "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
+           "importer": IMAGE_IMPORTER}
     unit_dir = "/etc/systemd/system"
     files = {
         f"{unit_dir}/k8simg-etcd.service": (0o644, _render("image/k8simg-etcd.service.j2", **ctx)),
@@ -69,6 +72,9 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
             (0o644, _render("image/kubelet-dropin.conf.j2", **ctx)),
         f"{unit_dir}/k8simg-addons.service": (0o644, _render("image/k8simg-addons.service.j2",
                                                              **ctx)),
+        f"{unit_dir}/k8simg-images.service": (0o644, _render("image/k8simg-images.service.j2",
+                                                             **ctx)),
+        IMAGE_IMPORTER: (0o755, _render("image/import-images.sh.j2", **ctx)),
         "/etc/containerd/config.toml": (0o644, _render("image/containerd-config.toml.j2", **ctx)),
         "/etc/sysctl.d/90-k8simg.conf": (0o644, _render("image/sysctl.conf.j2")),
         "/etc/modules-load.d/k8simg.conf": (0o644, _render("image/modules.conf.j2")),

@@ -24,9 +24,21 @@ from k8simg.artifacts import RELEASE_BASE_URL, fetch, kubernetes_artifacts, sha2
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.ignition.image import image_files
-from k8simg.versions import RELEASES, images
+from k8simg.images import BakedImage, ImageSpec, collect
+from k8simg.versions import RELEASES, image_specs
 
-ELEMENTS_DIR = Path(__file__).resolve().parent.parent / "elements"
+
+def _elements_dir() -> Path:
+    """The elements: installed as ``k8simg.elements`` (a wheel), else beside the package."""
+    import importlib.util
+
+    found = importlib.util.find_spec("k8simg.elements")
+    if found and found.submodule_search_locations:
+        return Path(next(iter(found.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "elements"
+
+
+ELEMENTS_DIR = _elements_dir()
 HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
 BASE_ELEMENTS = ["debian-minimal", "vm", "block-device-mbr"]
 K8SIMG_ELEMENTS = ["k8simg-node", "k8simg-ignition"]
@@ -41,8 +53,15 @@ class BakeError(K8simgError):
 class BakeRequest:
     """What to bake.
 
-    :param without_kubernetes: bake an image with no Kubernetes binaries, said so in its
-        manifest and /etc/k8simg-release (for demos and infrastructure tests).
+    :param without_kubernetes: bake an image with no Kubernetes binaries and no Kubernetes
+        container images, said so in its manifest and /etc/k8simg-release (for demos and
+        infrastructure tests).
+    :param extra_images: more images to preload (the operator's own, pinned or not).
+    :param registry_mirrors: source registry -> mirror to pull from instead
+        (``http://`` for a mirror without TLS).
+    :param extra_elements: more diskimage-builder elements (site CA certificates, agents),
+        found in ``elements_paths``.
+    :param image_cache: pulled image archives kept by digest across bakes.
     """
 
     kubernetes_version: str
@@ -52,6 +71,11 @@ class BakeRequest:
     release_base_url: str = RELEASE_BASE_URL
     name: str = "k8simg"
     image_size_gb: int = 4
+    extra_images: tuple[ImageSpec, ...] = ()
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
+    extra_elements: tuple[str, ...] = ()
+    elements_paths: tuple[Path, ...] = ()
+    image_cache: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,17 +124,26 @@ def has_device_mapper() -> bool:
         return False
 
 
-def release_text(req: BakeRequest, binaries: dict[str, dict]) -> str:
+def release_text(req: BakeRequest, binaries: dict[str, dict],
+                 baked_images: list[BakedImage]) -> str:
     lines = [f"K8SIMG_VERSION={__version__}", f"KUBERNETES_VERSION={req.kubernetes_version}"]
     if req.without_kubernetes:
         lines.append(f"KUBERNETES_BINARIES={NO_KUBERNETES!r}")
     else:
         lines += [f"{n.upper()}_SHA256={b['sha256']}" for n, b in binaries.items()]
+    lines.append(f"CONTAINER_IMAGES={len(baked_images)}")
     return "\n".join(lines) + "\n"
 
 
-def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]) -> dict:
-    """Lay out what the elements install; returns the binaries' manifest entries."""
+def image_list(req: BakeRequest) -> list[ImageSpec]:
+    """The images a bake of ``req`` carries."""
+    base = [] if req.without_kubernetes else image_specs(RELEASES[req.kubernetes_version])
+    return base + list(req.extra_images)
+
+
+def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
+          ) -> tuple[dict, list[BakedImage]]:
+    """Lay out what the elements install; returns the binaries' and the images' records."""
     binaries: dict[str, dict] = {}
     if not req.without_kubernetes:
         arts = kubernetes_artifacts(req.kubernetes_version, base_url=req.release_base_url)
@@ -118,13 +151,20 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]) -> d
                        progress=progress):
             binaries[f.name] = {"version": req.kubernetes_version, "sha256": f.sha256,
                                 "source": f.source}
+    baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
+                           mirrors=req.registry_mirrors, cache_dir=req.image_cache,
+                           progress=progress)
     for path, (mode, text) in image_files(req.kubernetes_version).items():
         dest = staging / "rootfs" / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text)
         dest.chmod(mode)
-    (staging / "k8simg-release").write_text(release_text(req, binaries))
-    return binaries
+    (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images))
+    return binaries, baked_images
+
+
+def elements(req: BakeRequest) -> list[str]:
+    return [*BASE_ELEMENTS, *K8SIMG_ELEMENTS, *req.extra_elements]
 
 
 def _dpkg_versions(manifest_dir: Path) -> dict[str, str]:
@@ -153,14 +193,14 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     base = out_dir / f"{req.name}-{req.kubernetes_version}"
     with tempfile.TemporaryDirectory(prefix="k8simg-bake.") as tmp:
         staging = Path(tmp) / "staging"
-        binaries = stage(req, staging, progress)
+        binaries, baked_images = stage(req, staging, progress)
         main, security = apt_mirrors()
         env = {**os.environ,
                "DIB_RELEASE": "bookworm", "DIB_DEBIAN_MIRROR": main,
                "DIB_DEBIAN_SECURITY_MIRROR": security,
                "DIB_DEBIAN_COMPONENTS": "main",
                "DIB_K8SIMG_STAGING": str(staging),
-               "ELEMENTS_PATH": str(ELEMENTS_DIR),
+               "ELEMENTS_PATH": os.pathsep.join(map(str, [ELEMENTS_DIR, *req.elements_paths])),
                "DIB_IMAGE_SIZE": str(req.image_size_gb),
                "DIB_SKIP_GRUB_PACKAGE_INSTALL": "True",  # k8simg-ignition installs grub-pc
                "PYTHONUNBUFFERED": "1",  # diskimage-builder's log filter: progress as it happens
@@ -176,7 +216,7 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
         log_path = out_dir / f"{base.name}.bake.log"
         cmd = [str(dib), *(["-x"] if os.environ.get("K8SIMG_BAKE_TRACE") else []),
                "-o", str(base), "-t", "qcow2", "--no-tmpfs",
-               *BASE_ELEMENTS, *K8SIMG_ELEMENTS]
+               *elements(req)]
         progress(f"running {' '.join(cmd)} (log: {log_path})")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
@@ -203,7 +243,6 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     image = Path(f"{base}.qcow2")
     digest = sha256_file(image)
     packages = _dpkg_versions(Path(f"{base}.d"))
-    rel = RELEASES[req.kubernetes_version]
     manifest = {
         "k8simg_version": __version__,
         "kubernetes_version": req.kubernetes_version,
@@ -212,9 +251,11 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
             "containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
             "etcd-client", "ignition", "dracut", "linux-image-amd64", "systemd", "chrony",
             "conntrack", "socat", "ethtool", "ipset")},
-        "container_images": {k: {"ref": v, "digest": None, "included": False}
-                             for k, v in images(rel).items()},
-        "elements": BASE_ELEMENTS + K8SIMG_ELEMENTS,
+        "container_images": [
+            {"key": b.key, "ref": b.ref, "digest": b.digest, "digest_source": b.digest_source,
+             "source": b.source, "archive": b.path.name} for b in baked_images]
+        if baked_images or not req.without_kubernetes else NO_KUBERNETES,
+        "elements": elements(req),
         "built_at": start.isoformat(timespec="seconds"),
         "image": {"file": image.name, "sha256": digest, "bytes": image.stat().st_size},
     }

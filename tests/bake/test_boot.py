@@ -1,6 +1,7 @@
 """Boot the baked image under QEMU (software emulation, no network) with a config drive
 holding a rendered single-node config, and read the result from the serial console."""
 
+import json
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from k8simg.ignition.document import data_url, dumps
 from k8simg.ignition.render import render_context, render_node
 from k8simg.local import vm as qemu
+from tests.bake.conftest import BUSYBOX
 from tests.conftest import write_cluster
 
 pytestmark = pytest.mark.slow
@@ -27,10 +29,16 @@ for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.
 done
 echo "hostname: $(hostname)"
 for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
-         k8simg-addons.service docker.service etcd.service; do
+         k8simg-addons.service docker.service etcd.service k8simg-images.service; do
     echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
 done
 echo "mount: $(findmnt -n -o SOURCE,FSTYPE /var/lib/k8simg)"
+while read -r _archive ref _digest; do
+    got=$(ctr -n k8s.io images list "name==$ref" | awk 'NR == 2 { print $3 }')
+    echo "image: $ref ${got:-missing}"
+done < /usr/share/k8simg/images/images.list
+out=$(timeout 300 ctr -n k8s.io run --rm $BUSYBOX k8simg-test /bin/busybox echo container-ran 2>&1)
+echo "container: $(echo $out | tail -c 300)"
 pki=/etc/kubernetes/pki
 for i in $(seq 1 60); do
     out=$(ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
@@ -49,7 +57,8 @@ def add_test_units(doc: dict, etcd_ip: str) -> dict:
     files = doc["storage"]["files"]
     source, _ = data_url(b"written by Ignition\n", compress=False)
     files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
-    script, compression = data_url(REPORT.replace("$ETCD_IP", etcd_ip).encode())
+    script, compression = data_url(
+        REPORT.replace("$ETCD_IP", etcd_ip).replace("$BUSYBOX", BUSYBOX).encode())
     entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
              "contents": {"source": script}}
     if compression:
@@ -57,7 +66,8 @@ def add_test_units(doc: dict, etcd_ip: str) -> dict:
     files.append(entry)
     doc["systemd"]["units"].append({"name": "k8simg-test-report.service", "enabled": True,
                                     "contents": (
-        "[Unit]\nAfter=multi-user.target k8simg-etcd.service containerd.service\n"
+        "[Unit]\nAfter=multi-user.target k8simg-etcd.service containerd.service "
+        "k8simg-images.service\nWants=k8simg-images.service\n"
         "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
         "[Install]\nWantedBy=multi-user.target\n")})
     return doc
@@ -66,15 +76,15 @@ def add_test_units(doc: dict, etcd_ip: str) -> dict:
 def report(console: str, nth: int) -> dict:
     blocks = re.findall(r"K8SIMG-REPORT-BEGIN(.*?)K8SIMG-REPORT-END", console, re.S)
     assert len(blocks) >= nth, console[-3000:]
-    out: dict = {"file": {}, "unit": {}}
+    out: dict = {"file": {}, "unit": {}, "image": {}}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
-    keys = r"(cmdline|firstboot-flag|marker|file|hostname|unit|mount|etcd): (.*)$"
+    keys = r"(cmdline|firstboot-flag|marker|file|hostname|unit|mount|etcd|image|container): (.*)$"
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
         if not m:
             continue
         key, value = m.groups()
-        if key in ("file", "unit"):
+        if key in ("file", "unit", "image"):
             name, _, rest = value.partition(" ")
             out[key][name] = rest.strip()
         else:
@@ -118,7 +128,9 @@ def boot_to_report(boot, console) -> dict:
 
 
 def test_boots_with_only_a_config_drive(baked_image, tmp_path):
-    image, _, _ = baked_image
+    image, manifest_path, _ = baked_image
+    baked = {i["ref"]: i["digest"] for i in json.loads(manifest_path.read_text())[
+        "container_images"]}
     master, boot = single_node_machine(image, tmp_path)
 
     r = boot_to_report(boot, tmp_path / "console-1.log")
@@ -135,6 +147,10 @@ def test_boots_with_only_a_config_drive(baked_image, tmp_path):
     assert r["unit"]["etcd.service"].split()[0] in ("disabled", "")  # Debian's own etcd stays off
     assert r["mount"] == "/dev/vdb ext4"
     assert f"https://{master.address}:2379 is healthy" in r["etcd"]
+    # Every baked image is in containerd under its manifest name and digest, and runs
+    assert r["unit"]["k8simg-images.service"] == "static active"
+    assert r["image"] == baked
+    assert r["container"].endswith("container-ran"), r["container"]
 
     r2 = boot_to_report(boot, tmp_path / "console-2.log")  # the same disk, booted again
     assert "ignition.firstboot" not in r2["cmdline"]

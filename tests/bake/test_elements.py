@@ -54,3 +54,21 @@ def test_element_conventions(element):
             assert re.match(r"[1-9]0-|[1-9][0-9]-", script.name), script
             assert os.access(script, os.X_OK)
             assert "set -x" not in script.read_text().split("fi\n", 1)[-1]
+
+
+TEST_ELEMENTS = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
+
+
+@pytest.mark.parametrize("element", K8SIMG_ELEMENTS)
+def test_every_element_has_a_test_element(element):
+    assert [t for t in TEST_ELEMENTS if t.parent.parent.name == element]
+
+
+@pytest.mark.parametrize("case", TEST_ELEMENTS, ids=lambda p: p.name)
+def test_test_elements_check_their_element(case):
+    """Each case depends on the element it tests and holds an executable check that fails
+    the build (the slow tier bakes with every case, see tests/bake/conftest.py)."""
+    assert case.parent.parent.name in (case / "element-deps").read_text().split()
+    assert (case / "README.rst").read_text().startswith("=" * len(case.name))
+    checks = [s for phase in ("post-install.d", "finalise.d") for s in (case / phase).glob("*")]
+    assert checks and all(os.access(s, os.X_OK) and "exit 1" in s.read_text() for s in checks)
