@@ -73,3 +73,36 @@ def make_cluster(tmp_path):
 @pytest.fixture(scope="session")
 def kubectl(pytestconfig) -> Path:
     return kubectl_binary(Path(pytestconfig.cache.mkdir("kubectl-v1.35")))
+
+
+@pytest.fixture(scope="session")
+def test_cloud(tmp_path_factory):
+    """The real OpenStack test cloud (tests/cloud), started once per session, stopped at the
+    end whatever happened. Its tests are in the slow tier; it is never skipped quietly: when
+    it cannot run here the test fails and says why."""
+    from tests.cloud.testcloud import TestCloud, available
+
+    why = available()
+    if why:
+        pytest.fail(f"the OpenStack test cloud cannot start: {why}")
+    cloud = TestCloud(tmp_path_factory.mktemp("cloud", numbered=True) / "run")
+    try:
+        cloud.start()
+        yield cloud
+    finally:
+        cloud.stop()
+
+
+@pytest.fixture
+def os_cloud(test_cloud, tmp_path, monkeypatch):
+    """clouds.yaml for the test cloud in effect (``k8simg-test``: a project member;
+    ``k8simg-test-admin``), as an operator would have it."""
+    path = test_cloud.clouds_yaml(tmp_path / "clouds.yaml")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    return "k8simg-test"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the OpenStack test cloud run last, so that the cloud (started for the first
+    of them, stopped at the end of the session) never shares the machine with QEMU boots."""
+    items.sort(key=lambda item: "test_cloud" in getattr(item, "fixturenames", ()))

@@ -7,7 +7,7 @@ here, once.
 import click
 
 from k8simg import __version__
-from k8simg.cli import bake_cmd, config_cmd, init_cmd, pki_cmd, render_cmd
+from k8simg.cli import bake_cmd, config_cmd, image_cmd, init_cmd, pki_cmd, render_cmd
 from k8simg.errors import K8simgError
 
 
@@ -32,6 +32,7 @@ cli.add_command(config_cmd.config)
 cli.add_command(pki_cmd.pki)
 cli.add_command(render_cmd.render)
 cli.add_command(bake_cmd.bake)
+cli.add_command(image_cmd.image)
 
 
 def main():

@@ -5,7 +5,8 @@ import click
 
 from k8simg.bake import BakeRequest
 from k8simg.bake import bake as run_bake
-from k8simg.cli.options import emit_json, output_option, progress
+from k8simg.cli.image_cmd import upload_manifest
+from k8simg.cli.options import cloud_option, emit_json, output_option, progress
 from k8simg.images import ImageError, parse_spec
 from k8simg.versions import DEFAULT_KUBERNETES_VERSION, RELEASES
 
@@ -55,9 +56,12 @@ def _images(_ctx, _param, values: tuple[str, ...]):
               help="A folder of extra elements. Repeatable.")
 @click.option("--output-dir", default="images", show_default=True,
               type=click.Path(file_okay=False))
+@click.option("--upload", is_flag=True,
+              help="Then upload it to Glance (idempotent on the image's checksum).")
+@cloud_option
 @output_option
 def bake(kubernetes_version, artifacts_dir, without_kubernetes, extra_images, mirrors,
-         extra_elements, elements_path, output_dir, output):
+         extra_elements, elements_path, output_dir, upload, cloud, output):
     """Bake a node image (qcow2 plus manifest) with diskimage-builder."""
     result = run_bake(BakeRequest(
         kubernetes_version=kubernetes_version, output_dir=Path(output_dir),
@@ -67,8 +71,13 @@ def bake(kubernetes_version, artifacts_dir, without_kubernetes, extra_images, mi
         elements_paths=tuple(Path(p).resolve() for p in elements_path),
         image_cache=image_cache()), progress=progress)
     progress(f"baked in {result.seconds:.0f} s")
+    out = {"image": str(result.image), "manifest": str(result.manifest),
+           "sha256": result.sha256, "seconds": round(result.seconds, 1)}
+    if upload:
+        out.update(upload_manifest(result.manifest, cloud))
     if output == "json":
-        emit_json({"image": str(result.image), "manifest": str(result.manifest),
-                   "sha256": result.sha256, "seconds": round(result.seconds, 1)})
+        emit_json(out)
     else:
         click.echo(result.image)
+        if upload:
+            click.echo(out["image_id"])

@@ -11,6 +11,10 @@ output_option = click.option(
     "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="Result format on stdout; json is for CI.")
 
+cloud_option = click.option(
+    "--cloud", envvar="OS_CLOUD", metavar="NAME",
+    help="The cloud in clouds.yaml (default: $OS_CLOUD, else the OS_* variables).")
+
 cluster_argument = click.argument("cluster", type=click.Path(file_okay=True, dir_okay=True),
                                   metavar="CLUSTER")
 

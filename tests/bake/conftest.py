@@ -50,7 +50,7 @@ def _bake_inputs_digest() -> str:
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()
                                                      and "__pycache__" not in p.parts)
         for p in paths:
-            h.update(str(p.relative_to(root)).encode())
+            h.update(str(p.relative_to(root) if p.is_relative_to(root) else p).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
