@@ -3,8 +3,13 @@
     <cluster>/cluster.yaml        the definition (k8simg init)
     <cluster>/pki/                every key and certificate (k8simg pki init)
     <cluster>/kubeconfigs/        admin.conf, super-admin.conf, ... and nodes/<node>/kubelet.conf
+    <cluster>/state.json          what deploy learnt from the cloud that the PKI depends on
+                                  (the API's floating IP); the cloud stays the source of truth
+    <cluster>/openstack/          the application credential of the in-cluster integrations
 """
 
+import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +53,27 @@ class ClusterDir:
         """
         return load_config(self.config_path)
 
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise K8simgError(f"{self.state_path}: not valid JSON ({e})") from None
+
+    def save_state(self, **values) -> None:
+        atomic_write(self.state_path, json.dumps({**self.state(), **values}, indent=2) + "\n",
+                     0o600)
+
     def pki_context(self, cfg: ClusterConfig | None = None) -> PkiContext:
         cfg = cfg or self.load()
-        return PkiContext(cfg, tuple(initial_nodes(cfg)))
+        fip = self.state().get("api_floating_ip")
+        return PkiContext(cfg, tuple(initial_nodes(cfg)),
+                          ipaddress.IPv4Address(fip) if fip else None)
 
     def pki(self, cfg: ClusterConfig | None = None, **kw) -> Pki:
         return Pki(self.pki_dir, self.pki_context(cfg), **kw)

@@ -7,7 +7,15 @@ here, once.
 import click
 
 from k8simg import __version__
-from k8simg.cli import bake_cmd, config_cmd, image_cmd, init_cmd, pki_cmd, render_cmd
+from k8simg.cli import (
+    bake_cmd,
+    config_cmd,
+    deploy_cmd,
+    image_cmd,
+    init_cmd,
+    pki_cmd,
+    render_cmd,
+)
 from k8simg.errors import K8simgError
 
 
@@ -33,6 +41,8 @@ cli.add_command(pki_cmd.pki)
 cli.add_command(render_cmd.render)
 cli.add_command(bake_cmd.bake)
 cli.add_command(image_cmd.image)
+cli.add_command(deploy_cmd.deploy)
+cli.add_command(deploy_cmd.destroy)
 
 
 def main():

@@ -517,6 +517,14 @@ class TestCloud:
                                  project_domain_name="Default", region_name=REGION,
                                  identity_interface="public")
 
+    def member(self):
+        """A connection as the tests' project member (what deploy runs as)."""
+        import openstack
+
+        return openstack.connect(auth_url=self.auth_url, username=USER, password=self.password,
+                                 project_name=PROJECT, user_domain_name="Default",
+                                 project_domain_name="Default", region_name=REGION)
+
     def register_services(self) -> None:
         conn = self.admin()
         ident = conn.identity

@@ -1,0 +1,285 @@
+"""``k8simg deploy`` / ``destroy`` against the real OpenStack test cloud (tests/cloud): every
+assertion lists the cloud, never counts calls."""
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+
+from k8simg.ignition.render import render_context, render_user_data
+from k8simg.openstack import CloudError, connect
+from k8simg.openstack.deploy import OpenStackDeployer, PreflightError
+from k8simg.openstack.resources import cluster_tag
+from k8simg.plan import initial_nodes
+from tests.conftest import write_cluster
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "k8simg-deploy-test"
+
+
+@pytest.fixture(scope="module")
+def image(test_cloud, tmp_path_factory):
+    """A small real qcow2 in Glance, owned by the test project, with k8simg's properties."""
+    d = tmp_path_factory.mktemp("image")
+    qcow2 = d / "node.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "1G"], check=True,
+                   capture_output=True)
+    conn = test_cloud.member()
+    img = conn.image.create_image(IMAGE, filename=str(qcow2), disk_format="qcow2",
+                                  container_format="bare", wait=True,
+                                  meta={"k8simg_kubernetes_binaries": "included"})
+    return img.id
+
+
+def cluster(tmp_path, name, topology="ha", masters=3, workers=2, bastion=True, **over):
+    settings = {"cloud": "k8simg-test", "image": IMAGE, "topology": topology,
+                "masters": {"count": masters, "flavor": "k8s.small", "volume_size_gb": 10},
+                "workers": {"count": workers, "flavor": "k8s.small", "volume_size_gb": 10},
+                "bastion__enabled": bastion, "bastion__flavor": "k8s.tiny",
+                "openstack__external_network": "public"}
+    return write_cluster(tmp_path / name, **{**settings, **over})
+
+
+def edit(cd, **changes):
+    """Change the cluster definition in place, as an operator would."""
+    from ruamel.yaml import YAML
+
+    y = YAML()
+    doc = y.load(cd.config_path.read_text())
+    for dotted, value in changes.items():
+        node = doc
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    with cd.config_path.open("w") as f:
+        y.dump(doc, f)
+
+
+def listing(conn, name: str) -> dict[str, set[str]]:
+    """Everything in the cloud that carries the cluster's tag (or, for server groups, which
+    have none, its name), by kind."""
+    tag = cluster_tag(name)
+    n, c, b, lb = conn.network, conn.compute, conn.block_storage, conn.load_balancer
+    return {
+        "network": {x.name for x in n.networks(tags=[tag])},
+        "subnet": {x.name for x in n.subnets(tags=[tag])},
+        "router": {x.name for x in n.routers(tags=[tag])},
+        "security_group": {x.name for x in n.security_groups(tags=[tag])},
+        "port": {x.name for x in n.ports(tags=[tag])},
+        "floating_ip": {x.description for x in n.ips(tags=[tag])},
+        "server": {x.name for x in c.servers(tags=tag)},
+        "volume": {x.name for x in b.volumes(metadata={tag: "true"})},
+        "server_group": {g.name for g in c.server_groups() if g.name.startswith(f"{name}-")},
+        "load_balancer": {x.name for x in lb.load_balancers(tags=tag)},
+    }
+
+
+def expected(name, masters, workers, bastion) -> dict[str, set[str]]:
+    nodes = [f"{name}-master-{i}" for i in range(masters)] + \
+            [f"{name}-worker-{i}" for i in range(workers)]
+    everything = nodes + ([f"{name}-bastion"] if bastion else [])
+    groups = {"nodes", "masters"} | ({"workers"} if workers else set()) | \
+        ({"bastion"} if bastion else set())
+    return {
+        "network": {f"{name}-net"}, "subnet": {f"{name}-subnet"}, "router": {f"{name}-router"},
+        "security_group": {f"{name}-{g}" for g in groups},
+        "port": {f"{n}-port" for n in everything} | {f"{name}-api-vip"},
+        "floating_ip": {f"{name}-api"} | ({f"{name}-bastion"} if bastion else set()),
+        "server": set(everything), "volume": {f"{n}-storage" for n in nodes},
+        "server_group": {f"{name}-masters"} | ({f"{name}-workers"} if workers else set()),
+        "load_balancer": {f"{name}-api"},
+    }
+
+
+def nothing_left(conn, name) -> None:
+    assert all(not v for v in listing(conn, name).values()), listing(conn, name)
+    # nor anything untagged that the cluster made
+    assert not [p for p in conn.network.ports() if (p.name or "").startswith(f"{name}-")]
+    assert not [v for v in conn.block_storage.volumes() if v.name.startswith(f"{name}-")]
+    assert not list(conn.identity.application_credentials(conn.current_user_id,
+                                                          name=f"{name}-k8simg"))
+
+
+def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image, tmp_path):
+    cd = cluster(tmp_path, "ha")
+    result = OpenStackDeployer(cd, None).deploy()
+    assert result.changes
+    conn = connect(os_cloud)
+    assert listing(conn, "ha") == expected("ha", 3, 2, True)
+
+    admin = connect("k8simg-test-admin")
+    admin.compute.default_microversion = "2.67"
+    servers = {s.name: admin.compute.get_server(s.id) for s in conn.compute.servers(tags=
+                                                                                   cluster_tag("ha"))}
+    assert all(s.status == "ACTIVE" for s in servers.values())
+    masters = [s for name, s in servers.items() if "-master-" in name]
+    assert len({s.compute_host for s in masters}) == 3  # anti-affinity over three hosts
+    ctx = render_context(cd)
+    for node in initial_nodes(cd.load()):
+        s = servers[node.name]
+        assert s.has_config_drive in (True, "True")
+        assert base64.b64decode(s.user_data) == render_user_data(ctx, node), node.name
+        port = conn.network.find_port(f"{node.name}-port")
+        assert port.fixed_ips[0]["ip_address"] == str(node.address)
+        if node.role != "bastion":
+            assert port.allowed_address_pairs[0]["ip_address"] == "10.244.0.0/16"
+
+    lb = conn.load_balancer.find_load_balancer("ha-api")
+    assert lb.provisioning_status == "ACTIVE" and lb.vip_address == "10.0.0.5"
+    pool = conn.load_balancer.find_pool("ha-api-masters")
+    members = {m.name: m.address for m in conn.load_balancer.members(pool)}
+    assert members == {n.name: str(n.address) for n in initial_nodes(cd.load())
+                       if n.role == "master"}
+    assert pool.health_monitor_id
+    fip = next(conn.network.ips(tags=[cluster_tag("ha")], description="ha-api"))
+    vip = conn.network.find_port("ha-api-vip")
+    assert fip.port_id == vip.id
+    # The API's floating IP is in the API server's certificate and the admin kubeconfig
+    assert result.api_endpoint == f"https://{fip.floating_ip_address}:6443"
+    cert = x509.load_pem_x509_certificate((cd.pki_dir / "apiserver.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert fip.floating_ip_address in [str(ip) for ip in sans.get_values_for_type(
+        x509.IPAddress)]
+    assert f"server: https://{fip.floating_ip_address}:6443" in \
+        (cd.kubeconfig_dir / "admin.conf").read_text()
+    cred = json.loads((cd.path / "openstack" / "application-credential.json").read_text())
+    assert (cd.path / "openstack" / "application-credential.json").stat().st_mode & 0o777 == 0o600
+    import openstack
+    app = openstack.connect(auth_type="v3applicationcredential", auth={
+        "auth_url": cred["auth_url"], "application_credential_id":
+        cred["application_credential_id"], "application_credential_secret":
+        cred["application_credential_secret"]}, region_name=cred["region"])
+    assert app.current_project_id == conn.current_project_id
+
+    again = OpenStackDeployer(cd, None).deploy()
+    assert again.changes == []
+    assert listing(conn, "ha") == expected("ha", 3, 2, True)
+
+    gone = OpenStackDeployer(cd, None).destroy()
+    assert gone.left == []
+    nothing_left(conn, "ha")
+    assert not (cd.path / "openstack" / "application-credential.json").exists()
+
+
+@pytest.mark.parametrize("name,topology,masters,workers,bastion", [
+    ("solo", "single", 1, 0, False), ("one", "one-master", 1, 3, True)])
+def test_smaller_topologies(os_cloud, image, tmp_path, name, topology, masters, workers,
+                            bastion):
+    cd = cluster(tmp_path, name, topology=topology, masters=masters, workers=workers,
+                 bastion=bastion)
+    plan = OpenStackDeployer(cd, None, dry_run=True).deploy()
+    conn = connect(os_cloud)
+    assert all(not v for v in listing(conn, name).values())  # --plan touched nothing
+    planned_servers = {c.name for c in plan.changes if c.kind == "server"}
+    assert planned_servers == expected(name, masters, workers, bastion)["server"]
+    OpenStackDeployer(cd, None).deploy()
+    assert listing(conn, name) == expected(name, masters, workers, bastion)
+    assert OpenStackDeployer(cd, None, dry_run=True).deploy().changes == []
+    assert OpenStackDeployer(cd, None).destroy().left == []
+    nothing_left(conn, name)
+
+
+def test_bad_input_fails_preflight_with_nothing_created(os_cloud, image, tmp_path):
+    conn = connect(os_cloud)
+    cd = cluster(tmp_path, "bad", image="no-such-image", masters__flavor="no-such-flavor",
+                 openstack__external_network="no-such-net")
+    with pytest.raises(PreflightError) as e:
+        OpenStackDeployer(cd, None).deploy()
+    fields = [f for f, _ in e.value.problems]
+    assert fields == ["image", "masters.flavor", "openstack.external_network"], e.value.problems
+    assert "no image 'no-such-image'" in str(e.value)
+    big = cluster(tmp_path, "big", pki__key_algorithm="rsa-4096", topology="one-master",
+                  masters=1, workers=1)
+    with pytest.raises(PreflightError) as e:
+        OpenStackDeployer(big, None).deploy()
+    assert [f for f, _ in e.value.problems] == ["user_data.big-master-0"]
+    assert "Nova accepts at most 49149" in str(e.value)
+    for name in ("bad", "big"):
+        nothing_left(conn, name)
+
+
+def test_quota_refusal_then_recovery(test_cloud, os_cloud, image, tmp_path):
+    admin = connect("k8simg-test-admin")
+    conn = connect(os_cloud)
+    pid = conn.current_project_id
+    admin.compute.update_quota_set(pid, instances=2)
+    cd = cluster(tmp_path, "quota", topology="one-master", masters=1, workers=2,
+                 bastion=False)
+    try:
+        with pytest.raises(PreflightError) as e:
+            OpenStackDeployer(cd, None).deploy()
+        assert e.value.problems[0][0] == "quota.instances"
+        assert "needs 3 more, the project has 2 left (limit 2" in str(e.value)
+        nothing_left(conn, "quota")
+    finally:
+        admin.compute.update_quota_set(pid, instances=50)
+    OpenStackDeployer(cd, None).deploy()
+    assert listing(conn, "quota") == expected("quota", 1, 2, False)
+    assert OpenStackDeployer(cd, None).destroy().left == []
+
+
+def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, tmp_path):
+    admin = connect("k8simg-test-admin")
+    if not admin.compute.find_flavor("k8s.huge", ignore_missing=True):
+        admin.compute.create_flavor(name="k8s.huge", vcpus=2, ram=4 * 1024 * 1024, disk=20)
+    cd = cluster(tmp_path, "err", topology="one-master", masters=1, workers=1,
+                 bastion=False, workers__flavor="k8s.huge")
+    with pytest.raises(CloudError, match=r"server err-worker-0 went to ERROR: No valid host"):
+        OpenStackDeployer(cd, None).deploy()
+    edit(cd, workers__flavor="k8s.small")
+    result = OpenStackDeployer(cd, None).deploy()
+    assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == \
+        [("replace", "err-worker-0"), ("create", "err-worker-0")]
+    conn = connect(os_cloud)
+    assert listing(conn, "err") == expected("err", 1, 1, False)
+    assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=cluster_tag("err")))
+    assert OpenStackDeployer(cd, None).destroy().left == []
+    nothing_left(conn, "err")
+
+
+@pytest.mark.parametrize("kill_after", ["create   security group", "create   server",
+                                        "create   load balancer"])
+def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after):
+    name = "kill" + hashlib.sha256(kill_after.encode()).hexdigest()[:4]
+    cd = cluster(tmp_path, name, topology="ha", masters=3, workers=1, bastion=True)
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "k8simg", "deploy", str(cd.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if kill_after in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any(kill_after in s for s in seen), "".join(seen)[-2000:]
+    time.sleep(1)
+    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    conn = connect(os_cloud)
+    assert listing(conn, name) == expected(name, 3, 1, True)
+    # exactly one of each (a killed run may not leave a duplicate behind)
+    assert len(list(conn.compute.servers(tags=cluster_tag(name)))) == 5
+    assert len(list(conn.network.ips(tags=[cluster_tag(name)]))) == 2
+    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert json.loads(r.stdout)["changes"] == []
+    r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(cd.path)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    nothing_left(conn, name)
