@@ -82,6 +82,9 @@ def test_cloud(tmp_path_factory):
     it cannot run here the test fails and says why."""
     from tests.cloud.testcloud import TestCloud, available
 
+    if os.environ.get("K8SIMG_TEST_CLOUD"):  # a cloud left running by a developer
+        yield TestCloud.attach(Path(os.environ["K8SIMG_TEST_CLOUD"]))
+        return
     why = available()
     if why:
         pytest.fail(f"the OpenStack test cloud cannot start: {why}")

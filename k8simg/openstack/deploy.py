@@ -131,10 +131,18 @@ class OpenStackDeployer:
                              "remove the duplicates (or run destroy)")
         return items[0] if items else None
 
-    def _tagged(self, res) -> None:
-        """Tag a Neutron resource that came back untagged (older Neutron)."""
+    def tagged_volumes(self) -> list:
+        """The cluster's volumes (Cinder has no tags; k8simg marks them in metadata, and
+        filters here: Cinder's metadata query filter is not reliably exposed to members)."""
+        return [v for v in self.conn.block_storage.volumes()
+                if (v.metadata or {}).get(self.tag) == "true"]
+
+    def _tagged(self, res):
+        """Tag a Neutron resource right after creating it (Neutron takes no tags in a POST);
+        a resource left untagged by a kill in between is found again by its name."""
         if self.tag not in (getattr(res, "tags", None) or []):
             self.conn.network.set_tags(res, [*(res.tags or []), self.tag])
+        return res
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> dict:
@@ -209,8 +217,7 @@ class OpenStackDeployer:
         conn, pid = self.conn, self.conn.current_project_id
         existing = {s.name for s in conn.compute.servers(tags=self.tag)}
         new = [n for n in self.nodes if n.name not in existing]
-        existing_vols = {v.name for v in conn.block_storage.volumes(
-            metadata={self.tag: "true"})}
+        existing_vols = {v.name for v in self.tagged_volumes()}
         new_vols = [n for n in new if self._volume_gb(n) and f"{n.name}-storage"
                     not in existing_vols]
         need = {
@@ -220,7 +227,8 @@ class OpenStackDeployer:
             ("volume", "volumes"): len(new_vols),
             ("volume", "gigabytes"): sum(self._volume_gb(n) for n in new_vols),
         }
-        have_fips = len(list(conn.network.ips(tags=[self.tag])))
+        have_fips = len([ip for ip in conn.network.ips(project_id=pid) if ip.description in
+                         (f"{self.name}-api", f"{self.name}-bastion")])
         need[("network", "floatingip")] = max(0, (2 if self.cfg.bastion.enabled else 1)
                                               - have_fips)
         problems = []
@@ -251,12 +259,21 @@ class OpenStackDeployer:
             ctx = render_context(self.cluster)
         except RenderError as e:
             return [("pki", str(e))]
+        if ctx.credential is None:
+            # Not created yet (deploy creates it after preflight): sized with a stand-in of
+            # the same shape, Keystone's 32-hex id and 86-character secret.
+            from k8simg.ignition.render import CloudCredential
+
+            auth = self.conn.config.get_auth_args()
+            ctx.credential = CloudCredential(auth.get("auth_url", ""), "0" * 32, "x" * 86,
+                                             self.conn.config.get_region_name())
         problems = []
         for node in self.nodes:
             try:
                 render_user_data(ctx, node)
             except RenderError as e:
-                problems.append((f"user_data.{node.name}", str(e).split(": ", 1)[1]))
+                problems.append((f"user_data.{node.name}",
+                                 str(e).removeprefix(f"{node.name}: ")))
         return problems
 
     # ------------------------------------------------------------------ network
@@ -268,7 +285,7 @@ class OpenStackDeployer:
             self.ledger.record("create", "network", name)
             if self.dry:
                 return None, None
-            net = n.create_network(name=name, tags=[self.tag])
+            net = n.create_network(name=name)
             self._tagged(net)
         sname = f"{self.name}-subnet"
         sub = self._one(n.subnets(name=sname, network_id=net.id), "subnet", sname)
@@ -279,7 +296,7 @@ class OpenStackDeployer:
                 hosts = list(cidr.hosts())
                 sub = n.create_subnet(
                     name=sname, network_id=net.id, ip_version=4, cidr=str(cidr),
-                    gateway_ip=str(gateway(self.cfg)), tags=[self.tag],
+                    gateway_ip=str(gateway(self.cfg)),
                     dns_nameservers=[str(d) for d in self.cfg.network.dns_nameservers],
                     # planned nodes take fixed addresses below; DHCP hands out the top
                     allocation_pools=[{"start": str(hosts[-len(hosts) // 5]),
@@ -295,7 +312,7 @@ class OpenStackDeployer:
             self.ledger.record("create", "router", name)
             if self.dry:
                 return None
-            router = n.create_router(name=name, tags=[self.tag],
+            router = n.create_router(name=name,
                                      external_gateway_info={"network_id": ext.id})
             self._tagged(router)
         if sub is None:
@@ -358,7 +375,7 @@ class OpenStackDeployer:
                 self.ledger.record("create", "security group", name)
                 if self.dry:
                     return group, None
-                sg = n.create_security_group(name=name, tags=[self.tag],
+                sg = n.create_security_group(name=name,
                                              description=f"k8simg cluster {self.name}: {group}")
                 self._tagged(sg)
             return group, sg
@@ -459,7 +476,7 @@ class OpenStackDeployer:
         if vip is None:
             self.ledger.record("create", "port", name, str(api_vip(self.cfg)))
             if not self.dry:
-                vip = n.create_port(name=name, network_id=sub.network_id, tags=[self.tag],
+                vip = n.create_port(name=name, network_id=sub.network_id,
                                     fixed_ips=[{"subnet_id": sub.id,
                                                 "ip_address": str(api_vip(self.cfg))}])
                 self._tagged(vip)
@@ -471,13 +488,16 @@ class OpenStackDeployer:
                 raise CloudError(f"api.floating_ip: {self.cfg.api.floating_ip} is not a "
                                  f"floating IP of this project in cloud {self.cloud!r}")
         else:
-            fip = self._one(n.ips(tags=[self.tag], description=f"{self.name}-api"),
-                            "floating IP", f"{self.name}-api")
+            fip = self._one(n.ips(description=f"{self.name}-api",
+                                  project_id=n.get_project_id()), "floating IP",
+                            f"{self.name}-api")
+            if fip is not None and not self.dry:
+                self._tagged(fip)
         if fip is None:
             self.ledger.record("create", "floating IP", f"{self.name}-api")
             if not self.dry:
                 fip = n.create_ip(floating_network_id=ext.id, port_id=vip.id,
-                                  description=f"{self.name}-api", tags=[self.tag])
+                                  description=f"{self.name}-api")
                 self._tagged(fip)
         elif vip is not None and fip.port_id != vip.id:
             self.ledger.record("update", "floating IP", fip.floating_ip_address, "-> API VIP")
@@ -513,7 +533,7 @@ class OpenStackDeployer:
             self.ledger.record("create", "port", pname, str(node.address))
             if not self.dry:
                 port = n.create_port(
-                    name=pname, network_id=sub.network_id, tags=[self.tag],
+                    name=pname, network_id=sub.network_id,
                     fixed_ips=[{"subnet_id": sub.id, "ip_address": str(node.address)}],
                     security_group_ids=[groups[g].id for g in roles_of(node)],
                     allowed_address_pairs=[] if node.role == "bastion" else
@@ -523,7 +543,7 @@ class OpenStackDeployer:
         size = self._volume_gb(node)
         if size:
             vname = f"{node.name}-storage"
-            volume = self._one(b.volumes(name=vname, metadata={self.tag: "true"}), "volume",
+            volume = self._one([v for v in self.tagged_volumes() if v.name == vname], "volume",
                                vname)
             if volume is None:
                 self.ledger.record("create", "volume", vname, f"{size} GB")
@@ -577,12 +597,13 @@ class OpenStackDeployer:
     def ensure_bastion_ip(self, port, ext) -> None:
         n = self.conn.network
         name = f"{self.name}-bastion"
-        fip = self._one(n.ips(tags=[self.tag], description=name), "floating IP", name)
+        fip = self._one(n.ips(description=name, project_id=n.get_project_id()),
+                        "floating IP", name)
         if fip is None:
             self.ledger.record("create", "floating IP", name)
             if not self.dry:
                 fip = n.create_ip(floating_network_id=ext.id, port_id=port.id,
-                                  description=name, tags=[self.tag])
+                                  description=name)
                 self._tagged(fip)
         if fip is not None and not self.dry:
             self.cluster.save_state(bastion_floating_ip=fip.floating_ip_address)
@@ -652,6 +673,11 @@ class OpenStackDeployer:
                                           delay=5, timeout=5, max_retries=3, tags=[self.tag])
                 self._lb_wait(lb.id)
 
+    def _owned_by_name(self, res) -> bool:
+        """Tagged, or named as only this cluster names things (a kill can fall between a
+        Neutron create and its tagging)."""
+        return self.tag in (res.tags or []) or (res.name or "").startswith(f"{self.name}-")
+
     def masters(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "master"]
 
@@ -680,8 +706,17 @@ class OpenStackDeployer:
                 node, sub=sub, groups=groups, server_groups=server_groups, image=image,
                 flavor=flavors[self._flavor_of(node)], user_data=user_data.get(node.name)))
 
-        ports = dict(self.parallel([node_task(n) for n in self.nodes]
-                                   + [lambda: ("lb", self.ensure_load_balancer(sub, vip))]))
+        def in_turn(nodes):
+            return lambda: [node_task(n)() for n in nodes]
+
+        # Members of a hard anti-affinity group boot one after the other: booted at once, the
+        # scheduler places them before any has landed and the compute's late check rejects
+        # them (seen here: "Anti-affinity instance group policy was violated").
+        strict = [n for n in self.nodes if n.role in ("master", "etcd")]
+        tasks = [in_turn([n for n in strict if n.role == role]) for role in ("master", "etcd")]
+        tasks += [lambda n=n: [node_task(n)()] for n in self.nodes if n not in strict]
+        done = self.parallel(tasks + [lambda: [("lb", self.ensure_load_balancer(sub, vip))]])
+        ports = dict(pair for group in done for pair in group)
         if self.cfg.bastion.enabled:
             bastion = next(n for n in self.nodes if n.role == "bastion")
             self.ensure_bastion_ip(ports.get(bastion), ext)
@@ -731,14 +766,17 @@ class OpenStackDeployer:
                     s.id, ignore_missing=True), ok={"DELETED"}, failures=set(),
                     timeout=self.timeout)))
         self.parallel([drop_server(s) for s in servers])
-        for v in b.volumes(metadata={tag: "true"}):
+        for v in self.tagged_volumes():
             def drop_volume(v=v):
                 if v.status not in ("available", "error"):
                     wait_for(f"volume {v.name} to detach", lambda: b.get_volume(v.id),
                              ok={"available", "error"}, failures=set(), timeout=self.timeout)
                 b.delete_volume(v)
             attempt(f"volume {v.name}", drop_volume)
-        for ip in n.ips(tags=[tag]):
+        pid = n.get_project_id()
+        mine = self._owned_by_name
+        for ip in [ip for ip in n.ips(project_id=pid) if tag in (ip.tags or []) or
+                   ip.description in (f"{self.name}-api", f"{self.name}-bastion")]:
             if self.cfg.api.floating_ip and ip.floating_ip_address == str(self.cfg.api.floating_ip):
                 continue  # the operator's own address: only detached
             attempt(f"floating-ip {ip.floating_ip_address}", lambda ip=ip: n.delete_ip(ip))
@@ -746,19 +784,19 @@ class OpenStackDeployer:
             for ip in n.ips(floating_ip_address=str(self.cfg.api.floating_ip)):
                 if ip.port_id and not self.dry:
                     n.update_ip(ip, port_id=None)
-        for r in n.routers(tags=[tag]):
+        for r in [r for r in n.routers(project_id=pid) if mine(r)]:
             def drop_router(r=r):
                 for p in n.ports(device_id=r.id, device_owner="network:router_interface"):
                     n.remove_interface_from_router(r, port_id=p.id)
                 n.delete_router(r)
             attempt(f"router {r.name}", drop_router)
-        for p in n.ports(tags=[tag]):
+        for p in [p for p in n.ports(project_id=pid) if mine(p) and not p.device_owner]:
             attempt(f"port {p.name}", lambda p=p: n.delete_port(p))
-        for s in n.subnets(tags=[tag]):
+        for s in [s for s in n.subnets(project_id=pid) if mine(s)]:
             attempt(f"subnet {s.name}", lambda s=s: n.delete_subnet(s))
-        for net in n.networks(tags=[tag]):
+        for net in [x for x in n.networks(project_id=pid) if mine(x)]:
             attempt(f"network {net.name}", lambda net=net: n.delete_network(net))
-        for sg in n.security_groups(tags=[tag]):
+        for sg in [g for g in n.security_groups(project_id=pid) if mine(g)]:
             attempt(f"security-group {sg.name}", lambda sg=sg: n.delete_security_group(sg))
         for g in c.server_groups():
             if g.name in {f"{self.name}-{k}" for k in ("masters", "workers", "etcds")}:

@@ -73,6 +73,7 @@ class TestCloud:
     ports: dict[str, int] = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    attached: bool = False  # not started by this process: never stopped by it either
 
     # ------------------------------------------------------------------ paths and basics
     @property
@@ -159,6 +160,8 @@ class TestCloud:
 
     def stop(self) -> None:
         """Stop every process this cloud started (recorded in ``pids``), the whole group."""
+        if self.attached:
+            return
         pids = []
         if (self.root / "pids").exists():
             pids = [int(ln.split()[0]) for ln in (self.root / "pids").read_text().splitlines()]
@@ -464,9 +467,21 @@ class TestCloud:
         except BaseException:
             self.stop()
             raise
+        self.clouds_yaml(self.root / "clouds.yaml")
         (self.root / "ready").write_text(json.dumps(
             {"seconds": round(time.monotonic() - started, 1), "ports": self.ports}))
         return self
+
+    @classmethod
+    def attach(cls, root: Path) -> "TestCloud":
+        """A cloud already running under ``root`` (started by ``python -m
+        tests.cloud.testcloud``): for iterating on cloud tests without a restart each time."""
+        ready = json.loads((root / "ready").read_text())
+        clouds = json.loads((root / "clouds.yaml").read_text())
+        cloud = cls(root, ports=ready["ports"],
+                    password=clouds["clouds"]["k8simg-test"]["auth"]["password"])
+        cloud.attached = True
+        return cloud
 
     def _start(self) -> None:
         self.start_mariadb()

@@ -33,6 +33,8 @@ def image(test_cloud, tmp_path_factory):
     subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "1G"], check=True,
                    capture_output=True)
     conn = test_cloud.member()
+    for old in conn.image.images(name=IMAGE):  # a cloud reused across runs (K8SIMG_TEST_CLOUD)
+        conn.image.delete_image(old)
     img = conn.image.create_image(IMAGE, filename=str(qcow2), disk_format="qcow2",
                                   container_format="bare", wait=True,
                                   meta={"k8simg_kubernetes_binaries": "included"})
@@ -77,7 +79,7 @@ def listing(conn, name: str) -> dict[str, set[str]]:
         "port": {x.name for x in n.ports(tags=[tag])},
         "floating_ip": {x.description for x in n.ips(tags=[tag])},
         "server": {x.name for x in c.servers(tags=tag)},
-        "volume": {x.name for x in b.volumes(metadata={tag: "true"})},
+        "volume": {x.name for x in b.volumes() if (x.metadata or {}).get(tag) == "true"},
         "server_group": {g.name for g in c.server_groups() if g.name.startswith(f"{name}-")},
         "load_balancer": {x.name for x in lb.load_balancers(tags=tag)},
     }
@@ -145,10 +147,12 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
     assert fip.port_id == vip.id
     # The API's floating IP is in the API server's certificate and the admin kubeconfig
     assert result.api_endpoint == f"https://{fip.floating_ip_address}:6443"
-    cert = x509.load_pem_x509_certificate((cd.pki_dir / "apiserver.crt").read_bytes())
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert fip.floating_ip_address in [str(ip) for ip in sans.get_values_for_type(
-        x509.IPAddress)]
+    for i in range(3):
+        cert = x509.load_pem_x509_certificate(
+            (cd.pki_dir / "nodes" / f"ha-master-{i}" / "apiserver.crt").read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert fip.floating_ip_address in [str(ip) for ip in sans.get_values_for_type(
+            x509.IPAddress)]
     assert f"server: https://{fip.floating_ip_address}:6443" in \
         (cd.kubeconfig_dir / "admin.conf").read_text()
     cred = json.loads((cd.path / "openstack" / "application-credential.json").read_text())
