@@ -141,7 +141,9 @@ class OpenStackDeployer:
         """Tag a Neutron resource right after creating it (Neutron takes no tags in a POST);
         a resource left untagged by a kill in between is found again by its name."""
         if self.tag not in (getattr(res, "tags", None) or []):
-            self.conn.network.set_tags(res, [*(res.tags or []), self.tag])
+            self.ledger.record("update", "tag", res.name or res.id, self.tag)
+            if not self.dry:
+                self.conn.network.set_tags(res, [*(res.tags or []), self.tag])
         return res
 
     # ------------------------------------------------------------------ preflight
@@ -286,9 +288,11 @@ class OpenStackDeployer:
             if self.dry:
                 return None, None
             net = n.create_network(name=name)
-            self._tagged(net)
+        self._tagged(net)
         sname = f"{self.name}-subnet"
         sub = self._one(n.subnets(name=sname, network_id=net.id), "subnet", sname)
+        if sub is not None:
+            self._tagged(sub)
         if sub is None:
             self.ledger.record("create", "subnet", sname, str(self.cfg.network.node_cidr))
             if not self.dry:
@@ -308,6 +312,8 @@ class OpenStackDeployer:
         n = self.conn.network
         name = f"{self.name}-router"
         router = self._one(n.routers(name=name, project_id=n.get_project_id()), "router", name)
+        if router is not None:
+            self._tagged(router)
         if router is None:
             self.ledger.record("create", "router", name)
             if self.dry:
@@ -371,6 +377,8 @@ class OpenStackDeployer:
         def one(group):
             name = self.sg_name(group)
             sg = self._one(n.security_groups(name=name, project_id=pid), "security group", name)
+            if sg is not None:
+                self._tagged(sg)
             if sg is None:
                 self.ledger.record("create", "security group", name)
                 if self.dry:
@@ -473,6 +481,8 @@ class OpenStackDeployer:
         vip = None
         if sub is not None:
             vip = self._one(n.ports(name=name, network_id=sub.network_id), "port", name)
+            if vip is not None:
+                self._tagged(vip)
         if vip is None:
             self.ledger.record("create", "port", name, str(api_vip(self.cfg)))
             if not self.dry:
@@ -529,6 +539,8 @@ class OpenStackDeployer:
         port = None
         if sub is not None:
             port = self._one(n.ports(name=pname, network_id=sub.network_id), "port", pname)
+            if port is not None:
+                self._tagged(port)
         if port is None:
             self.ledger.record("create", "port", pname, str(node.address))
             if not self.dry:

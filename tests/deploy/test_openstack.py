@@ -237,16 +237,21 @@ def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, 
         admin.compute.create_flavor(name="k8s.huge", vcpus=2, ram=4 * 1024 * 1024, disk=20)
     cd = cluster(tmp_path, "err", topology="one-master", masters=1, workers=1,
                  bastion=False, workers__flavor="k8s.huge")
-    with pytest.raises(CloudError, match=r"server err-worker-0 went to ERROR: No valid host"):
-        OpenStackDeployer(cd, None).deploy()
-    edit(cd, workers__flavor="k8s.small")
-    result = OpenStackDeployer(cd, None).deploy()
-    assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == \
-        [("replace", "err-worker-0"), ("create", "err-worker-0")]
     conn = connect(os_cloud)
-    assert listing(conn, "err") == expected("err", 1, 1, False)
-    assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=cluster_tag("err")))
-    assert OpenStackDeployer(cd, None).destroy().left == []
+    admin.compute.update_quota_set(conn.current_project_id, ram=-1)  # past preflight
+    try:
+        with pytest.raises(CloudError, match=r"server err-worker-0 went to ERROR: .*No valid "
+                                             r"host"):
+            OpenStackDeployer(cd, None).deploy()
+        edit(cd, workers__flavor="k8s.small")
+        result = OpenStackDeployer(cd, None).deploy()
+        assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == \
+            [("replace", "err-worker-0"), ("create", "err-worker-0")]
+        assert listing(conn, "err") == expected("err", 1, 1, False)
+        assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=cluster_tag("err")))
+    finally:
+        assert OpenStackDeployer(cd, None).destroy().left == []
+        admin.compute.update_quota_set(conn.current_project_id, ram=51200)
     nothing_left(conn, "err")
 
 
