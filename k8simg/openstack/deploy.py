@@ -137,11 +137,12 @@ class OpenStackDeployer:
         return [v for v in self.conn.block_storage.volumes()
                 if (v.metadata or {}).get(self.tag) == "true"]
 
-    def _tagged(self, res):
+    def _tagged(self, res, record: bool = True):
         """Tag a Neutron resource right after creating it (Neutron takes no tags in a POST);
         a resource left untagged by a kill in between is found again by its name."""
         if self.tag not in (getattr(res, "tags", None) or []):
-            self.ledger.record("update", "tag", res.name or res.id, self.tag)
+            if record:  # found untagged; a fresh creation is already in the ledger
+                self.ledger.record("update", "tag", res.name or res.id, self.tag)
             if not self.dry:
                 self.conn.network.set_tags(res, [*(res.tags or []), self.tag])
         return res
@@ -251,12 +252,16 @@ class OpenStackDeployer:
         from k8simg.errors import RenderError
         from k8simg.ignition.render import render_context, render_user_data
 
-        if not (self.cluster.pki_dir / "ca.crt").exists():
-            if self.dry:
-                self.warnings.append("the PKI does not exist yet: user_data sizes are checked "
-                                     "when deploy generates it")
+        pki = self.cluster.pki()
+        if self.dry:
+            if not (self.cluster.pki_dir / "ca.crt").exists() or pki.missing():
+                self.warnings.append("certificates for new nodes do not exist yet: their "
+                                     "user_data sizes are checked when deploy generates them")
                 return []
-            self.cluster.pki().ensure()
+        else:
+            created = pki.ensure().created  # new nodes' certificates; nothing else changes
+            if created:
+                self.progress(f"generated {len(created)} keys and certificates")
         try:
             ctx = render_context(self.cluster)
         except RenderError as e:
@@ -287,8 +292,9 @@ class OpenStackDeployer:
             self.ledger.record("create", "network", name)
             if self.dry:
                 return None, None
-            net = n.create_network(name=name)
-        self._tagged(net)
+            net = self._tagged(n.create_network(name=name), record=False)
+        else:
+            self._tagged(net)
         sname = f"{self.name}-subnet"
         sub = self._one(n.subnets(name=sname, network_id=net.id), "subnet", sname)
         if sub is not None:
@@ -305,7 +311,7 @@ class OpenStackDeployer:
                     # planned nodes take fixed addresses below; DHCP hands out the top
                     allocation_pools=[{"start": str(hosts[-len(hosts) // 5]),
                                        "end": str(hosts[-1])}])
-                self._tagged(sub)
+                self._tagged(sub, record=False)
         return net, sub
 
     def ensure_router(self, ext, sub):
@@ -320,7 +326,7 @@ class OpenStackDeployer:
                 return None
             router = n.create_router(name=name,
                                      external_gateway_info={"network_id": ext.id})
-            self._tagged(router)
+            self._tagged(router, record=False)
         if sub is None:
             self.ledger.record("create", "router interface", name)
             return router
@@ -385,7 +391,7 @@ class OpenStackDeployer:
                     return group, None
                 sg = n.create_security_group(name=name,
                                              description=f"k8simg cluster {self.name}: {group}")
-                self._tagged(sg)
+                self._tagged(sg, record=False)
             return group, sg
 
         groups = dict(self.parallel([lambda g=g: one(g) for g in self.wanted_groups()]))
@@ -489,7 +495,7 @@ class OpenStackDeployer:
                 vip = n.create_port(name=name, network_id=sub.network_id,
                                     fixed_ips=[{"subnet_id": sub.id,
                                                 "ip_address": str(api_vip(self.cfg))}])
-                self._tagged(vip)
+                self._tagged(vip, record=False)
         fip = None
         if self.cfg.api.floating_ip:
             fip = self._one(n.ips(floating_ip_address=str(self.cfg.api.floating_ip)),
@@ -508,7 +514,7 @@ class OpenStackDeployer:
             if not self.dry:
                 fip = n.create_ip(floating_network_id=ext.id, port_id=vip.id,
                                   description=f"{self.name}-api")
-                self._tagged(fip)
+                self._tagged(fip, record=False)
         elif vip is not None and fip.port_id != vip.id:
             self.ledger.record("update", "floating IP", fip.floating_ip_address, "-> API VIP")
             if not self.dry:
@@ -550,7 +556,7 @@ class OpenStackDeployer:
                     security_group_ids=[groups[g].id for g in roles_of(node)],
                     allowed_address_pairs=[] if node.role == "bastion" else
                     [{"ip_address": str(self.cfg.network.pod_cidr)}])
-                self._tagged(port)
+                self._tagged(port, record=False)
         volume = None
         size = self._volume_gb(node)
         if size:
@@ -574,7 +580,7 @@ class OpenStackDeployer:
                 return
             c.delete_server(server)
             wait_for(f"server {node.name} to go", lambda: c.find_server(
-                server.id, ignore_missing=True), ok={"DELETED"}, failures={"ERROR"},
+                server.id, ignore_missing=True), ok={"GONE"}, failures=set(),
                 timeout=self.timeout)
             if volume is not None:
                 volume = wait_for(f"volume {volume.name}", lambda: b.get_volume(volume.id),
@@ -616,7 +622,7 @@ class OpenStackDeployer:
             if not self.dry:
                 fip = n.create_ip(floating_network_id=ext.id, port_id=port.id,
                                   description=name)
-                self._tagged(fip)
+                self._tagged(fip, record=False)
         if fip is not None and not self.dry:
             self.cluster.save_state(bastion_floating_ip=fip.floating_ip_address)
 
@@ -685,6 +691,33 @@ class OpenStackDeployer:
                                           delay=5, timeout=5, max_retries=3, tags=[self.tag])
                 self._lb_wait(lb.id)
 
+    def remove_surplus_workers(self) -> None:
+        """Scale down: the cluster's workers beyond ``workers.count`` go, newest (highest
+        index) first, with their port and volume. (Draining them first is the upgrade's job
+        and not done here yet.)"""
+        c, n, b = self.conn.compute, self.conn.network, self.conn.block_storage
+        planned = {node.name for node in self.nodes}
+        surplus = [s for s in c.servers(tags=self.tag)
+                   if (s.metadata or {}).get("k8simg-role") == "worker" and s.name not in planned]
+        surplus.sort(key=lambda s: int(s.name.rsplit("-", 1)[1]), reverse=True)
+        for server in surplus:
+            self.ledger.record("delete", "server", server.name, "beyond workers.count")
+            if self.dry:
+                continue
+            c.delete_server(server)
+            wait_for(f"server {server.name} to go", lambda s=server: c.find_server(
+                s.id, ignore_missing=True), ok={"GONE"}, failures=set(),
+                timeout=self.timeout)
+            for v in self.tagged_volumes():
+                if v.name == f"{server.name}-storage":
+                    self.ledger.record("delete", "volume", v.name)
+                    wait_for(f"volume {v.name} to detach", lambda v=v: b.get_volume(v.id),
+                             ok={"available", "error"}, failures=set(), timeout=self.timeout)
+                    b.delete_volume(v)
+            for port in n.ports(name=f"{server.name}-port", project_id=n.get_project_id()):
+                self.ledger.record("delete", "port", port.name)
+                n.delete_port(port)
+
     def _owned_by_name(self, res) -> bool:
         """Tagged, or named as only this cluster names things (a kill can fall between a
         Neutron create and its tagging)."""
@@ -729,6 +762,7 @@ class OpenStackDeployer:
         tasks += [lambda n=n: [node_task(n)()] for n in self.nodes if n not in strict]
         done = self.parallel(tasks + [lambda: [("lb", self.ensure_load_balancer(sub, vip))]])
         ports = dict(pair for group in done for pair in group)
+        self.remove_surplus_workers()
         if self.cfg.bastion.enabled:
             bastion = next(n for n in self.nodes if n.role == "bastion")
             self.ensure_bastion_ip(ports.get(bastion), ext)
@@ -768,14 +802,14 @@ class OpenStackDeployer:
                 lbs.delete_load_balancer(lb, cascade=True)
                 wait_for(f"load balancer {lb.name} to go", lambda: lbs.find_load_balancer(
                     lb.id, ignore_missing=True), attribute="provisioning_status",
-                    ok={"DELETED"}, failures={"ERROR"}, timeout=self.timeout)
+                    ok={"DELETED", "GONE"}, failures={"ERROR"}, timeout=self.timeout)
             attempt(f"load-balancer {lb.name}", drop)
         servers = list(c.servers(tags=tag))
 
         def drop_server(s):
             return lambda: attempt(f"server {s.name}", lambda: (
                 c.delete_server(s), wait_for(f"server {s.name} to go", lambda: c.find_server(
-                    s.id, ignore_missing=True), ok={"DELETED"}, failures=set(),
+                    s.id, ignore_missing=True), ok={"GONE"}, failures=set(),
                     timeout=self.timeout)))
         self.parallel([drop_server(s) for s in servers])
         for v in self.tagged_volumes():

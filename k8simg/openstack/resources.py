@@ -60,13 +60,14 @@ def wait_for(what: str, fetch: Callable[[], object], *, ok: set[str], failures: 
     """Poll ``fetch`` until ``attribute`` is in ``ok``.
 
     :raises CloudError: when it reaches one of ``failures`` (with ``describe``'s detail).
-    :raises WaitTimeout: naming ``what`` and the last state seen.
+    :raises WaitTimeout: naming ``what`` and the last state seen. A resource the API no
+        longer returns has the state ``GONE``.
     """
     deadline = time.monotonic() + timeout
     last = None
     while True:
         res = fetch()
-        state = getattr(res, attribute, None) if res is not None else "DELETED"
+        state = getattr(res, attribute, None) if res is not None else "GONE"
         if state in ok:
             return res
         if state in failures:

@@ -259,7 +259,7 @@ def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, 
                                         "create   load balancer"])
 def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after):
     name = "kill" + hashlib.sha256(kill_after.encode()).hexdigest()[:4]
-    cd = cluster(tmp_path, name, topology="ha", masters=3, workers=1, bastion=True)
+    cd = cluster(tmp_path, name, topology="one-master", masters=1, workers=2, bastion=True)
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "k8simg", "deploy", str(cd.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -281,9 +281,9 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     conn = connect(os_cloud)
-    assert listing(conn, name) == expected(name, 3, 1, True)
+    assert listing(conn, name) == expected(name, 1, 2, True)
     # exactly one of each (a killed run may not leave a duplicate behind)
-    assert len(list(conn.compute.servers(tags=cluster_tag(name)))) == 5
+    assert len(list(conn.compute.servers(tags=cluster_tag(name)))) == 4
     assert len(list(conn.network.ips(tags=[cluster_tag(name)]))) == 2
     r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
                        capture_output=True, text=True, env=env, timeout=900)
@@ -292,3 +292,26 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     nothing_left(conn, name)
+
+
+def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
+    cd = cluster(tmp_path, "scale", topology="one-master", masters=1, workers=2, bastion=False)
+    OpenStackDeployer(cd, None).deploy()
+    conn = connect(os_cloud)
+    edit(cd, workers__count=3)
+    up = OpenStackDeployer(cd, None).deploy()
+    assert {(c.action, c.kind, c.name) for c in up.changes} == {
+        ("create", "port", "scale-worker-2-port"), ("create", "volume", "scale-worker-2-storage"),
+        ("create", "server", "scale-worker-2")}
+    assert listing(conn, "scale") == expected("scale", 1, 3, False)
+    edit(cd, workers__count=1)
+    plan = OpenStackDeployer(cd, None, dry_run=True).deploy()
+    assert [(c.action, c.name) for c in plan.changes] == [("delete", "scale-worker-2"),
+                                                          ("delete", "scale-worker-1")]
+    down = OpenStackDeployer(cd, None).deploy()
+    assert [(c.action, c.name) for c in down.changes if c.kind == "server"] == \
+        [("delete", "scale-worker-2"), ("delete", "scale-worker-1")]
+    assert listing(conn, "scale") == expected("scale", 1, 1, False)
+    assert OpenStackDeployer(cd, None).deploy().changes == []
+    assert OpenStackDeployer(cd, None).destroy().left == []
+    nothing_left(conn, "scale")
