@@ -315,3 +315,67 @@ def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
     assert OpenStackDeployer(cd, None).deploy().changes == []
     assert OpenStackDeployer(cd, None).destroy().left == []
     nothing_left(conn, "scale")
+
+
+def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
+    cd = cluster(tmp_path, "ded", topology="one-master", masters=1, workers=1, bastion=True,
+                 etcd={"placement": "dedicated", "count": 3, "flavor": "k8s.tiny",
+                       "volume_size_gb": 10})
+    OpenStackDeployer(cd, None).deploy()
+    conn = connect(os_cloud)
+    got = listing(conn, "ded")
+    want = expected("ded", 1, 1, True)
+    etcd = {f"ded-etcd-{i}" for i in range(3)}
+    assert got["server"] == want["server"] | etcd
+    assert got["volume"] == want["volume"] | {f"{n}-storage" for n in etcd}
+    assert got["security_group"] == want["security_group"] | {"ded-etcds"}
+    assert got["server_group"] == want["server_group"] | {"ded-etcds"}
+    admin = connect("k8simg-test-admin")
+    hosts = {admin.compute.get_server(s.id).compute_host
+             for s in conn.compute.servers(tags=cluster_tag("ded")) if s.name in etcd}
+    assert len(hosts) == 3
+
+    n = conn.network
+    ids = {sg.name: sg.id for sg in n.security_groups(tags=[cluster_tag("ded")])}
+
+    def ingress(group):
+        return {(r.protocol, r.port_range_min, r.port_range_max,
+                 r.remote_ip_prefix or {v: k for k, v in ids.items()}.get(r.remote_group_id))
+                for r in n.security_group_rules(security_group_id=ids[group],
+                                                direction="ingress")}
+
+    assert ingress("ded-etcds") == {("tcp", 2379, 2379, "ded-masters"),
+                                    ("tcp", 2379, 2380, "ded-etcds")}
+    assert ingress("ded-masters") == {("tcp", 6443, 6443, "0.0.0.0/0"),
+                                      ("tcp", 6443, 6443, "10.0.0.0/24")}  # no etcd here
+    assert ingress("ded-nodes") == {("udp", 8472, 8472, "ded-nodes"),
+                                    ("tcp", 10250, 10250, "ded-masters"),
+                                    ("icmp", None, None, "ded-nodes"),
+                                    ("tcp", 22, 22, "ded-bastion")}
+    assert ingress("ded-bastion") == {("tcp", 22, 22, "0.0.0.0/0")}
+    assert ingress("ded-workers") == {("tcp", 30000, 32767, "0.0.0.0/0"),
+                                      ("udp", 30000, 32767, "0.0.0.0/0")}
+    ports = {p.name: set(p.security_group_ids) for p in n.ports(tags=[cluster_tag("ded")])}
+    assert ports["ded-etcd-0-port"] == {ids["ded-nodes"], ids["ded-etcds"]}
+    assert ports["ded-bastion-port"] == {ids["ded-bastion"]}
+    assert OpenStackDeployer(cd, None).destroy().left == []
+    nothing_left(conn, "ded")
+
+
+def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
+    conn = test_cloud.member()
+    qcow2 = tmp_path / "demo.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "2G"], check=True,
+                   capture_output=True)
+    for old in conn.image.images(name="k8simg-demo-image"):
+        conn.image.delete_image(old)
+    conn.image.create_image("k8simg-demo-image", filename=str(qcow2), disk_format="qcow2",
+                            container_format="bare", wait=True,
+                            meta={"k8simg_kubernetes_binaries": "absent"})
+    cd = cluster(tmp_path, "demo", image="k8simg-demo-image", topology="single", masters=1,
+                 workers=0, bastion=False)
+    messages = []
+    result = OpenStackDeployer(cd, None, dry_run=True, progress=messages.append).deploy()
+    assert any("baked without Kubernetes binaries" in w for w in result.warnings)
+    assert any(m.startswith("warning: image k8simg-demo-image was baked without Kubernetes")
+               for m in messages)
