@@ -719,9 +719,18 @@ class OpenStackDeployer:
                 n.delete_port(port)
 
     def _owned_by_name(self, res) -> bool:
-        """Tagged, or named as only this cluster names things (a kill can fall between a
-        Neutron create and its tagging)."""
-        return self.tag in (res.tags or []) or (res.name or "").startswith(f"{self.name}-")
+        """Tagged with this cluster, or untagged and named exactly as this cluster names
+        its Neutron resources (a kill can fall between a create and its tagging). A prefix
+        match would take ``prod-eu``'s resources for ``prod``'s."""
+        tags = res.tags or []
+        if self.tag in tags:
+            return True
+        if any(t.startswith("k8simg-cluster-") for t in tags):
+            return False  # another cluster's
+        names = {f"{self.name}-{x}" for x in ("net", "subnet", "router", "api-vip")}
+        names |= {self.sg_name(g) for g in (NODE_SG, "masters", "workers", "etcds", "bastion")}
+        names |= {f"{n.name}-port" for n in self.nodes}
+        return res.name in names
 
     def masters(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "master"]

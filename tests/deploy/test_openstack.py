@@ -379,3 +379,18 @@ def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
     assert any("baked without Kubernetes binaries" in w for w in result.warnings)
     assert any(m.startswith("warning: image k8simg-demo-image was baked without Kubernetes")
                for m in messages)
+
+
+def test_destroy_spares_a_cluster_whose_name_extends_it(os_cloud, image, tmp_path):
+    prod = cluster(tmp_path, "prod", topology="single", masters=1, workers=0, bastion=False)
+    prod_eu = cluster(tmp_path, "prod-eu", topology="single", masters=1, workers=0,
+                      bastion=False)
+    OpenStackDeployer(prod, None).deploy()
+    OpenStackDeployer(prod_eu, None).deploy()
+    conn = connect(os_cloud)
+    assert OpenStackDeployer(prod, None).destroy().left == []
+    nothing_left_tagged = listing(conn, "prod")
+    assert all(not v for k, v in nothing_left_tagged.items() if k != "server_group")
+    assert listing(conn, "prod-eu") == expected("prod-eu", 1, 0, False)
+    assert OpenStackDeployer(prod_eu, None).destroy().left == []
+    nothing_left(conn, "prod-eu")
