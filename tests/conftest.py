@@ -46,7 +46,11 @@ def key_pool():
 
 def write_cluster(path: Path, **overrides) -> ClusterDir:
     """A cluster directory from ``k8simg init`` with top-level or dotted overrides applied."""
-    cd = init_cluster(path)
+    return edit_cluster(init_cluster(path), **overrides)
+
+
+def edit_cluster(cd: ClusterDir, **overrides) -> ClusterDir:
+    """Apply top-level or dotted (``a__b``) overrides to the cluster's ``cluster.yaml``."""
     y = YAML()
     doc = y.load(cd.config_path.read_text())
     for dotted, value in overrides.items():

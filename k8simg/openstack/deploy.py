@@ -479,23 +479,29 @@ class OpenStackDeployer:
             "application_credential_secret": cred.secret,
             "region": self.conn.config.get_region_name()}, indent=2) + "\n", 0o600)
 
+    def ensure_port(self, sub, name: str, address, **attrs):
+        """The port ``name`` at the fixed ``address`` on the cluster's subnet."""
+        n = self.conn.network
+        port = None
+        if sub is not None:
+            port = self._one(n.ports(name=name, network_id=sub.network_id), "port", name)
+            if port is not None:
+                self._tagged(port)
+        if port is None:
+            self.ledger.record("create", "port", name, str(address))
+            if not self.dry:
+                port = self._tagged(n.create_port(
+                    name=name, network_id=sub.network_id,
+                    fixed_ips=[{"subnet_id": sub.id, "ip_address": str(address)}], **attrs),
+                    record=False)
+        return port
+
     # ------------------------------------------------------------------ API address
     def ensure_api_address(self, sub, ext):
         """The API's VIP port (fixed at the planned VIP) and its floating IP."""
         n = self.conn.network
         name = f"{self.name}-api-vip"
-        vip = None
-        if sub is not None:
-            vip = self._one(n.ports(name=name, network_id=sub.network_id), "port", name)
-            if vip is not None:
-                self._tagged(vip)
-        if vip is None:
-            self.ledger.record("create", "port", name, str(api_vip(self.cfg)))
-            if not self.dry:
-                vip = n.create_port(name=name, network_id=sub.network_id,
-                                    fixed_ips=[{"subnet_id": sub.id,
-                                                "ip_address": str(api_vip(self.cfg))}])
-                self._tagged(vip, record=False)
+        vip = self.ensure_port(sub, name, api_vip(self.cfg))
         fip = None
         if self.cfg.api.floating_ip:
             fip = self._one(n.ips(floating_ip_address=str(self.cfg.api.floating_ip)),
@@ -540,23 +546,13 @@ class OpenStackDeployer:
     # ------------------------------------------------------------------ nodes
     def ensure_node(self, node: Node, *, sub, groups, server_groups, image, flavor,
                     user_data: bytes | None):
-        n, c, b = self.conn.network, self.conn.compute, self.conn.block_storage
-        pname = f"{node.name}-port"
-        port = None
-        if sub is not None:
-            port = self._one(n.ports(name=pname, network_id=sub.network_id), "port", pname)
-            if port is not None:
-                self._tagged(port)
-        if port is None:
-            self.ledger.record("create", "port", pname, str(node.address))
-            if not self.dry:
-                port = n.create_port(
-                    name=pname, network_id=sub.network_id,
-                    fixed_ips=[{"subnet_id": sub.id, "ip_address": str(node.address)}],
-                    security_group_ids=[groups[g].id for g in roles_of(node)],
-                    allowed_address_pairs=[] if node.role == "bastion" else
-                    [{"ip_address": str(self.cfg.network.pod_cidr)}])
-                self._tagged(port, record=False)
+        c, b = self.conn.compute, self.conn.block_storage
+        port = self.ensure_port(
+            sub, f"{node.name}-port", node.address,
+            # groups are only planned (None) in a dry run, where nothing is created
+            security_group_ids=None if self.dry else [groups[g].id for g in roles_of(node)],
+            allowed_address_pairs=[] if node.role == "bastion" else
+            [{"ip_address": str(self.cfg.network.pod_cidr)}])
         volume = None
         size = self._volume_gb(node)
         if size:

@@ -18,6 +18,7 @@ from k8simg.openstack import CloudError, connect
 from k8simg.openstack.deploy import OpenStackDeployer, PreflightError
 from k8simg.openstack.resources import cluster_tag
 from k8simg.plan import initial_nodes
+from tests.conftest import edit_cluster as edit
 from tests.conftest import write_cluster
 
 pytestmark = pytest.mark.slow
@@ -48,22 +49,6 @@ def cluster(tmp_path, name, topology="ha", masters=3, workers=2, bastion=True, *
                 "bastion__enabled": bastion, "bastion__flavor": "k8s.tiny",
                 "openstack__external_network": "public"}
     return write_cluster(tmp_path / name, **{**settings, **over})
-
-
-def edit(cd, **changes):
-    """Change the cluster definition in place, as an operator would."""
-    from ruamel.yaml import YAML
-
-    y = YAML()
-    doc = y.load(cd.config_path.read_text())
-    for dotted, value in changes.items():
-        node = doc
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    with cd.config_path.open("w") as f:
-        y.dump(doc, f)
 
 
 def listing(conn, name: str) -> dict[str, set[str]]:
