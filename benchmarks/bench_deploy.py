@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keystoneauth1.session as ks  # noqa: E402
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.openstack.deploy import OpenStackDeployer  # noqa: E402
+from k8simg.provider import Deployment  # noqa: E402
 from tests.cloud.testcloud import TestCloud  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
 
@@ -79,15 +79,15 @@ def main() -> None:
                 workers={"count": 2, "flavor": "k8s.small", "volume_size_gb": 10},
                 bastion__flavor="k8s.tiny", openstack__external_network="public")
             cd.pki().ensure()  # key generation is measured by bench_pki, not here
-            d = OpenStackDeployer(cd, None, concurrency=concurrency)
+            d = Deployment.for_cluster(cd, None, concurrency=concurrency)
             result, seconds, reqs = counted(d.deploy)
             rows.append({"what": "HA deploy 3+2+bastion", "concurrency": concurrency,
                          "seconds": round(seconds, 1), "api_requests": reqs,
                          "changes": len(result.changes)})
-            _, seconds, reqs = counted(OpenStackDeployer(cd, None).deploy)
+            _, seconds, reqs = counted(Deployment.for_cluster(cd, None).deploy)
             rows.append({"what": "  re-deploy (no change)", "concurrency": 8,
                          "seconds": round(seconds, 1), "api_requests": reqs, "changes": 0})
-            _, seconds, reqs = counted(OpenStackDeployer(cd, None).destroy)
+            _, seconds, reqs = counted(Deployment.for_cluster(cd, None).destroy)
             rows.append({"what": "  destroy", "concurrency": 8, "seconds": round(seconds, 1),
                          "api_requests": reqs, "changes": "-"})
     finally:

@@ -95,6 +95,17 @@ class OpenStackSpec(_Strict):
     availability_zone: str | None = None
 
 
+class LocalSpec(_Strict):
+    """The local cloud's virtual machines (used when ``cloud: local``)."""
+
+    memory_mb: Annotated[int, Field(ge=512, le=262144)] = 2048
+    cpus: Annotated[int, Field(ge=1, le=64)] = 1
+    # tcg: software emulation, works everywhere; kvm: hardware virtualisation where /dev/kvm
+    # boots a normal kernel (not inside most containers).
+    accel: Literal["tcg", "kvm"] = "tcg"
+    boot_timeout_s: Annotated[int, Field(ge=30, le=7200)] = 1800
+
+
 class PkiSpec(_Strict):
     key_algorithm: KeyAlgorithm = "ecdsa-p256"
     ca_validity_days: Annotated[int, Field(ge=1, le=36500)] = 3650
@@ -116,6 +127,7 @@ class ClusterConfig(_Strict):
     network: NetworkSpec = NetworkSpec()
     api: ApiSpec = ApiSpec()
     openstack: OpenStackSpec = OpenStackSpec()
+    local: LocalSpec = LocalSpec()
     pki: PkiSpec = PkiSpec()
 
     @property
@@ -334,6 +346,12 @@ api:
 openstack:
   external_network: {d.openstack.external_network}     # the "floating" network the router uses
   availability_zone: null
+
+local:                         # the QEMU virtual machines of `cloud: local`
+  memory_mb: {d.local.memory_mb}              # per node
+  cpus: {d.local.cpus}
+  accel: {d.local.accel}                   # tcg (software, works anywhere) or kvm (where /dev/kvm works)
+  boot_timeout_s: {d.local.boot_timeout_s}         # how long deploy waits for a node's first boot
 
 pki:
   key_algorithm: {d.pki.key_algorithm}   # ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096

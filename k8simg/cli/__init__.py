@@ -43,6 +43,9 @@ cli.add_command(bake_cmd.bake)
 cli.add_command(image_cmd.image)
 cli.add_command(deploy_cmd.deploy)
 cli.add_command(deploy_cmd.destroy)
+cli.add_command(deploy_cmd.nodes)
+cli.add_command(deploy_cmd.console)
+cli.add_command(deploy_cmd.etcd)
 
 
 def main():

@@ -1,23 +1,25 @@
+import time
+from pathlib import Path
+
 import click
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
 from k8simg.errors import K8simgError
 
+cloud_override = click.option("--cloud", metavar="NAME",
+                              help="Override the cluster's cloud (clouds.yaml name, or local).")
 
-def _deployer(cluster, cloud, plan, **kw):
-    cd = cluster_dir(cluster)
-    cfg = cd.load()
-    if (cloud or cfg.cloud) == "local":
-        raise K8simgError(f"{cd.config_path}: cloud: local — the local cloud is not available "
-                          "yet; name an OpenStack cloud from clouds.yaml (cloud: or --cloud)")
-    from k8simg.openstack.deploy import OpenStackDeployer
 
-    return OpenStackDeployer(cd, cloud, dry_run=plan, progress=progress, **kw)
+def _deployment(cluster, cloud, plan=False, **kw):
+    from k8simg.provider import Deployment
+
+    return Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
+                                  **kw)
 
 
 @click.command()
 @cluster_argument
-@click.option("--cloud", metavar="NAME", help="Override the cluster's cloud (clouds.yaml name).")
+@cloud_override
 @click.option("--plan", is_flag=True, help="Print what would be created, changed or deleted; "
                                           "touch nothing.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 64),
@@ -25,7 +27,16 @@ def _deployer(cluster, cloud, plan, **kw):
 @output_option
 def deploy(cluster, cloud, plan, concurrency, output):
     """Create (or reconcile) the cluster's infrastructure and boot its nodes."""
-    result = _deployer(cluster, cloud, plan, concurrency=concurrency).deploy()
+    from k8simg.provider import NodeFailed
+
+    d = _deployment(cluster, cloud, plan, concurrency=concurrency)
+    try:
+        result = d.deploy()
+    except NodeFailed as e:
+        if output == "json":
+            emit_json({"plan": plan, "changes": [c.__dict__ for c in d.ledger.changes],
+                       "failed": [{"node": n, "detail": why} for n, why in e.failures]})
+        raise
     changes = [c.__dict__ for c in result.changes]
     if output == "json":
         emit_json({"plan": plan, "changes": changes, "api_endpoint": result.api_endpoint,
@@ -41,12 +52,12 @@ def deploy(cluster, cloud, plan, concurrency, output):
 
 @click.command()
 @cluster_argument
-@click.option("--cloud", metavar="NAME", help="Override the cluster's cloud (clouds.yaml name).")
+@cloud_override
 @click.option("--plan", is_flag=True, help="Print what would be deleted; touch nothing.")
 @output_option
 def destroy(cluster, cloud, plan, output):
-    """Remove everything tagged with the cluster, in dependency order."""
-    d = _deployer(cluster, cloud, plan)
+    """Remove everything the cluster has in its cloud, in dependency order."""
+    d = _deployment(cluster, cloud, plan)
     result = d.destroy()
     if output == "json":
         emit_json({"plan": plan, "deleted": [str(c) for c in d.ledger.changes],
@@ -56,3 +67,77 @@ def destroy(cluster, cloud, plan, output):
             click.echo(str(c))
     if result.left:
         raise K8simgError("could not remove:\n" + "\n".join(f"  {x}" for x in result.left))
+
+
+@click.command()
+@cluster_argument
+@cloud_override
+@output_option
+def nodes(cluster, cloud, output):
+    """The cluster's nodes as its cloud has them: state, address, image, console."""
+    found = _deployment(cluster, cloud).provider.nodes()
+    if output == "json":
+        emit_json([n.__dict__ for n in found])
+        return
+    rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "CONSOLE")]
+    rows += [(n.name, n.role, n.state, n.address or "-", n.image, str(n.generation), n.console)
+             for n in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+@click.command()
+@cluster_argument
+@click.argument("node")
+@click.option("--follow/--no-follow", "-f", default=True, show_default=True,
+              help="Keep printing new lines as the node writes them.")
+@click.option("--lines", "-n", default=50, show_default=True, type=click.IntRange(0),
+              help="How many earlier lines to print first (0: all).")
+def console(cluster, node, follow, lines):
+    """A node's serial console log (local cloud), followed like ``tail -f``."""
+    d = _deployment(cluster, None)
+    known = {n.name: n for n in d.provider.nodes()}
+    if node not in known:
+        raise K8simgError(f"no node {node!r} in cluster {d.cfg.name} "
+                          f"(nodes: {', '.join(sorted(known)) or 'none'})")
+    path = Path(known[node].console)
+    if not path.is_file():
+        raise K8simgError(f"{node}: its console is not a file here ({known[node].console})")
+    with open(path, "rb") as f:
+        text = f.read().decode(errors="replace").splitlines(keepends=True)
+        click.echo("".join(text[-lines:] if lines else text), nl=False)
+        while follow:
+            chunk = f.read()
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+            else:
+                time.sleep(0.5)
+
+
+@click.group()
+def etcd():
+    """The cluster's etcd, asked from this machine with the cluster's healthcheck client."""
+
+
+@etcd.command()
+@cluster_argument
+@cloud_override
+@output_option
+def health(cluster, cloud, output):
+    """Every member's health and the member list; exit 1 when a member is unhealthy."""
+    from k8simg import etcd as etcd_mod
+
+    d = _deployment(cluster, cloud)
+    eps = etcd_mod.health(d.provider)
+    members = etcd_mod.members(d.provider) if any(e.healthy for e in eps) else []
+    if output == "json":
+        emit_json({"endpoints": [e.__dict__ for e in eps], "members": members})
+    else:
+        for e in eps:
+            click.echo(f"{e.endpoint}  {'healthy' if e.healthy else 'UNHEALTHY'}  {e.detail}")
+        for m in members:
+            click.echo(f"member {m['id']}  {m['name']}  {','.join(m['peer_urls'])}"
+                       + ("  (learner)" if m["learner"] else ""))
+    if not eps or not all(e.healthy for e in eps):
+        raise K8simgError("etcd is not healthy")

@@ -33,8 +33,10 @@ def config_drive(dest: Path, name: str, user_data: bytes, instance_id: str | Non
     and user_data, labelled ``config-2``."""
     tool = _need("genisoimage", "genisoimage")
     root = dest.with_suffix(".d")
+    shutil.rmtree(root, ignore_errors=True)  # left by an interrupted run
     latest = root / "openstack" / "latest"
-    latest.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700)
+    latest.mkdir(parents=True)
     meta = {"uuid": instance_id or str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), "name": name,
             "hostname": name, "launch_index": 0, "availability_zone": "local"}
     (latest / "meta_data.json").write_text(json.dumps(meta))
@@ -42,9 +44,16 @@ def config_drive(dest: Path, name: str, user_data: bytes, instance_id: str | Non
         "links": [], "networks": [], "services": []}))
     (latest / "user_data").write_bytes(user_data)
     os.chmod(latest / "user_data", 0o600)
-    subprocess.run([tool, "-quiet", "-o", str(dest), "-V", "config-2", "-J", "-R", str(root)],
-                   check=True, capture_output=True)
-    shutil.rmtree(root)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        # The ISO holds the node's keys: created private, renamed into place when complete.
+        tmp.touch(mode=0o600)
+        subprocess.run([tool, "-quiet", "-o", str(tmp), "-V", "config-2", "-J", "-R",
+                        str(root)], check=True, capture_output=True)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(root)
     return dest
 
 
@@ -118,21 +127,47 @@ class Vm:
                 self.process.wait()
 
 
-def boot(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
-         volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
-         extra_args: list[str] | None = None) -> Vm:
-    """Start QEMU (software emulation unless KVM is known to work) with no network."""
+def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
+              volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
+              kvm: bool | None = None, nic: tuple[str, str] | None = None,
+              append_console: bool = False, reboot: bool = False) -> list[str]:
+    """QEMU's command line for a node the way Nova boots one: virtio root disk, the volume as
+    the second virtio disk, the config drive as a CD-ROM, the serial console into a file.
+
+    :param nic: ``(tap, mac)`` for a virtio NIC on that tap; no network without it.
+    :param append_console: keep earlier boots' console lines (a node's log across restarts).
+    :param reboot: let the guest reboot (a node); tests that wait for a power-off do not.
+    """
     qemu = _need("qemu-system-x86_64", "qemu-system-x86")
+    kvm = kvm_usable() if kvm is None else kvm
     args = [qemu, "-name", name, "-machine", "q35", "-m", str(memory_mb), "-smp", str(cpus),
-            "-nographic", "-no-reboot", "-serial", f"file:{console}", "-monitor", "none",
-            "-nic", "none",
+            "-display", "none", "-vga", "none", "-monitor", "none",
+            "-chardev", f"file,id=serial0,path={console},append={'on' if append_console else 'off'}",
+            "-serial", "chardev:serial0",
             "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
-    args += ["-accel", "kvm", "-cpu", "host"] if kvm_usable() else ["-accel", "tcg", "-cpu", "max"]
+    args += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
+    if not reboot:
+        args.append("-no-reboot")
+    if nic is None:
+        args += ["-nic", "none"]
+    else:
+        tap, mac = nic
+        args += ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
     if volume is not None:
         args += ["-drive", f"file={volume},if=virtio,format=qcow2,cache=unsafe"]
     if config_iso is not None:
         args += ["-drive", f"file={config_iso},media=cdrom,readonly=on"]
-    args += extra_args or []
+    return args
+
+
+def boot(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
+         volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
+         extra_args: list[str] | None = None) -> Vm:
+    """Start QEMU in the foreground (software emulation unless KVM is known to work) with no
+    network; the caller owns the process."""
+    args = qemu_args(name, disk, console, config_iso=config_iso, volume=volume,
+                     memory_mb=memory_mb, cpus=cpus) + (extra_args or [])
     with open(Path(console).with_suffix(".qemu.log"), "w") as err:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)

@@ -19,56 +19,24 @@ Order of a deploy, each phase's independent resources created concurrently:
    the API's floating IP.
 """
 
-import concurrent.futures as cf
 import json
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from k8simg.cluster import ClusterDir
-from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.openstack import CloudError, connect
 from k8simg.openstack.resources import (
     SERVER_MICROVERSION,
-    Ledger,
     b64,
     cluster_tag,
     server_fault,
     wait_for,
 )
 from k8simg.plan import Node, api_vip, gateway, initial_nodes
+from k8simg.provider import DestroyResult, NodeStatus, Provider
 
 NODE_SG = "nodes"
 LB_PENDING = {"PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE"}
-
-
-class PreflightError(K8simgError):
-    """The cloud cannot take this cluster; nothing was created.
-
-    :param problems: ``(field, message)`` for every problem found.
-    """
-
-    exit_code = 2
-
-    def __init__(self, cloud: str, problems: list[tuple[str, str]]):
-        self.problems = problems
-        super().__init__(f"preflight on cloud {cloud!r} failed; nothing was created:\n"
-                         + "\n".join(f"  {f}: {m}" for f, m in problems))
-
-
-@dataclass
-class DeployResult:
-    changes: list
-    api_endpoint: str | None = None
-    kubeconfig: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DestroyResult:
-    removed: list[str]
-    left: list[str]
 
 
 def roles_of(node: Node) -> list[str]:
@@ -76,27 +44,18 @@ def roles_of(node: Node) -> list[str]:
     return ["bastion"] if node.role == "bastion" else [NODE_SG, f"{node.role}s"]
 
 
-class OpenStackDeployer:
-    """Reconcile one cluster's resources on one cloud.
+class OpenStackProvider(Provider):
+    """One cluster's resources on one OpenStack cloud (``cloud`` names it in clouds.yaml)."""
 
-    :param concurrency: how many creations run at once (1 for the sequential baseline).
-    """
-
-    def __init__(self, cluster: ClusterDir, cloud: str | None, *, dry_run: bool = False,
-                 concurrency: int = 8, timeout: float = 900,
-                 progress: Callable[[str], None] = lambda _m: None):
-        self.cluster = cluster
-        self.cfg = cluster.load()
+    def __init__(self, cluster: ClusterDir, cloud: str | None, **kw):
+        super().__init__(cluster, **kw)
         self.cloud = cloud or self.cfg.cloud
-        self.name = self.cfg.name
+        self.where = f"cloud {self.cloud!r}"
         self.tag = cluster_tag(self.name)
-        self.ledger = Ledger(dry_run=dry_run, progress=progress)
-        self.progress = progress
-        self.concurrency = concurrency
-        self.timeout = timeout
         self._local = threading.local()
-        self.nodes = initial_nodes(self.cfg)
-        self.warnings: list[str] = []
+        self.nodes_planned = initial_nodes(self.cfg)
+        self.found: dict = {}
+        self.ports: dict[str, object] = {}
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -107,22 +66,6 @@ class OpenStackDeployer:
             c = self._local.conn = connect(self.cloud)
             c.compute.default_microversion = SERVER_MICROVERSION
         return c
-
-    @property
-    def dry(self) -> bool:
-        return self.ledger.dry_run
-
-    def parallel(self, tasks: list[Callable[[], object]]) -> list:
-        """Run ``tasks`` concurrently; every task finishes, then the first error is raised."""
-        if self.concurrency <= 1 or len(tasks) <= 1:
-            return [t() for t in tasks]
-        with cf.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(t) for t in tasks]
-            cf.wait(futures)
-        errors = [f.exception() for f in futures if f.exception()]
-        if errors:
-            raise errors[0]
-        return [f.result() for f in futures]
 
     def _one(self, items, kind: str, name: str):
         items = list(items)
@@ -148,11 +91,9 @@ class OpenStackDeployer:
         return res
 
     # ------------------------------------------------------------------ preflight
-    def preflight(self) -> dict:
-        """Check everything before creating anything; returns what was looked up.
-
-        :raises PreflightError: listing every problem.
-        """
+    def preflight(self, nodes: list[Node]) -> list[tuple[str, str]]:
+        """The image, every flavor, the external network and the quotas; what was looked up
+        is kept for the creations that follow."""
         conn = self.conn
         problems: list[tuple[str, str]] = []
         found: dict = {}
@@ -188,12 +129,8 @@ class OpenStackDeployer:
         found["external_network"] = ext
         if not problems:
             problems += self._quota_problems(flavors)
-        problems += self._user_data_problems()
-        if problems:
-            raise PreflightError(self.cloud, problems)
-        for w in self.warnings:
-            self.progress(f"warning: {w}")
-        return found
+        self.found = found
+        return problems
 
     def _flavor_fields(self) -> dict[str, str]:
         c = self.cfg
@@ -219,7 +156,7 @@ class OpenStackDeployer:
     def _quota_problems(self, flavors) -> list[tuple[str, str]]:
         conn, pid = self.conn, self.conn.current_project_id
         existing = {s.name for s in conn.compute.servers(tags=self.tag)}
-        new = [n for n in self.nodes if n.name not in existing]
+        new = [n for n in self.nodes_planned if n.name not in existing]
         existing_vols = {v.name for v in self.tagged_volumes()}
         new_vols = [n for n in new if self._volume_gb(n) and f"{n.name}-storage"
                     not in existing_vols]
@@ -248,40 +185,14 @@ class OpenStackDeployer:
                                  f"in use {used})"))
         return problems
 
-    def _user_data_problems(self) -> list[tuple[str, str]]:
-        from k8simg.errors import RenderError
-        from k8simg.ignition.render import render_context, render_user_data
+    def stand_in_credential(self):
+        # Not created yet (deploy creates it after preflight): sized with a stand-in of the
+        # same shape, Keystone's 32-hex id and 86-character secret.
+        from k8simg.ignition.render import CloudCredential
 
-        pki = self.cluster.pki()
-        if self.dry:
-            if not (self.cluster.pki_dir / "ca.crt").exists() or pki.missing():
-                self.warnings.append("certificates for new nodes do not exist yet: their "
-                                     "user_data sizes are checked when deploy generates them")
-                return []
-        else:
-            created = pki.ensure().created  # new nodes' certificates; nothing else changes
-            if created:
-                self.progress(f"generated {len(created)} keys and certificates")
-        try:
-            ctx = render_context(self.cluster)
-        except RenderError as e:
-            return [("pki", str(e))]
-        if ctx.credential is None:
-            # Not created yet (deploy creates it after preflight): sized with a stand-in of
-            # the same shape, Keystone's 32-hex id and 86-character secret.
-            from k8simg.ignition.render import CloudCredential
-
-            auth = self.conn.config.get_auth_args()
-            ctx.credential = CloudCredential(auth.get("auth_url", ""), "0" * 32, "x" * 86,
-                                             self.conn.config.get_region_name())
-        problems = []
-        for node in self.nodes:
-            try:
-                render_user_data(ctx, node)
-            except RenderError as e:
-                problems.append((f"user_data.{node.name}",
-                                 str(e).removeprefix(f"{node.name}: ")))
-        return problems
+        auth = self.conn.config.get_auth_args()
+        return CloudCredential(auth.get("auth_url", ""), "0" * 32, "x" * 86,
+                               self.conn.config.get_region_name())
 
     # ------------------------------------------------------------------ network
     def ensure_network(self):
@@ -497,7 +408,13 @@ class OpenStackDeployer:
         return port
 
     # ------------------------------------------------------------------ API address
-    def ensure_api_address(self, sub, ext):
+    def ensure_api_address(self) -> str | None:
+        """The API's VIP port and floating IP; the floating IP's address goes into the API
+        server's certificate."""
+        self.vip, fip = self._api_address(self.sub, self.found["external_network"])
+        return fip.floating_ip_address if fip is not None else None
+
+    def _api_address(self, sub, ext):
         """The API's VIP port (fixed at the planned VIP) and its floating IP."""
         n = self.conn.network
         name = f"{self.name}-api-vip"
@@ -527,25 +444,23 @@ class OpenStackDeployer:
                 n.update_ip(fip, port_id=vip.id)
         return vip, fip
 
-    def refresh_pki(self, fip) -> None:
-        """Put the floating IP into the state and the API server's certificate."""
-        address = fip.floating_ip_address if fip is not None else None
-        if self.dry or address is None:
-            return
-        if self.cluster.state().get("api_floating_ip") != address:
-            self.cluster.save_state(api_floating_ip=address)
-        pki = self.cluster.pki()
-        result = pki.ensure()
-        if result.created:
-            self.progress(f"generated {len(result.created)} keys and certificates")
-        if result.stale:
-            self.ledger.record("update", "certificate", ", ".join(result.stale),
-                               f"SANs now include {address}")
-            pki.renew(sorted({s.split("@")[0] for s in result.stale}))
-
     # ------------------------------------------------------------------ nodes
-    def ensure_node(self, node: Node, *, sub, groups, server_groups, image, flavor,
-                    user_data: bytes | None):
+    def boot_groups(self, nodes: list[Node]) -> list[list[Node]]:
+        # Members of a hard anti-affinity group boot one after the other: booted at once, the
+        # scheduler places them before any has landed and the compute's late check rejects
+        # them (seen here: "Anti-affinity instance group policy was violated").
+        strict = [[n for n in nodes if n.role == role] for role in ("master", "etcd")]
+        return [g for g in strict if g] + [[n] for n in nodes if n.role not in
+                                           ("master", "etcd")]
+
+    def ensure_node(self, node: Node, user_data: bytes | None) -> None:
+        self.ports[node.name] = self._ensure_node(
+            node, sub=self.sub, groups=self.groups, server_groups=self.server_groups,
+            image=self.found["image"], flavor=self.found["flavors"][self._flavor_of(node)],
+            user_data=user_data)
+
+    def _ensure_node(self, node: Node, *, sub, groups, server_groups, image, flavor,
+                     user_data: bytes | None):
         c, b = self.conn.compute, self.conn.block_storage
         port = self.ensure_port(
             sub, f"{node.name}-port", node.address,
@@ -629,7 +544,10 @@ class OpenStackDeployer:
                  attribute="provisioning_status", ok={"ACTIVE"}, failures={"ERROR"},
                  timeout=self.timeout)
 
-    def ensure_load_balancer(self, sub, vip) -> None:
+    def ensure_api_members(self, masters: list[Node]) -> None:
+        self.ensure_load_balancer(self.sub, self.vip, masters)
+
+    def ensure_load_balancer(self, sub, vip, masters: list[Node]) -> None:
         lbs = self.conn.load_balancer
         name = f"{self.name}-api"
         lb = self._one(lbs.load_balancers(name=name), "load balancer", name)
@@ -639,7 +557,7 @@ class OpenStackDeployer:
                 for kind, what in (("listener", f"{name}-{self.cfg.api.port}"),
                                    ("pool", f"{name}-masters"), ("health monitor", f"{name}-hm")):
                     self.ledger.record("create", kind, what)
-                for m in self.masters():
+                for m in masters:
                     self.ledger.record("create", "pool member", m.name)
                 return
             lb = lbs.create_load_balancer(
@@ -667,7 +585,7 @@ class OpenStackDeployer:
                                    lb_algorithm="ROUND_ROBIN", tags=[self.tag])
             self._lb_wait(lb.id)
         have = {m.name: m for m in lbs.members(pool)}
-        want = {m.name: m for m in self.masters()}
+        want = {m.name: m for m in masters}
         for mname in sorted(set(want) - set(have)):
             self.ledger.record("create", "pool member", mname, str(want[mname].address))
             if not self.dry:
@@ -687,32 +605,36 @@ class OpenStackDeployer:
                                           delay=5, timeout=5, max_retries=3, tags=[self.tag])
                 self._lb_wait(lb.id)
 
-    def remove_surplus_workers(self) -> None:
-        """Scale down: the cluster's workers beyond ``workers.count`` go, newest (highest
-        index) first, with their port and volume. (Draining them first is the upgrade's job
-        and not done here yet.)"""
+    def nodes(self) -> list[NodeStatus]:
+        out = []
+        for s in self.conn.compute.servers(tags=self.tag):
+            meta = s.metadata or {}
+            addresses = [a["addr"] for net in (s.addresses or {}).values() for a in net]
+            out.append(NodeStatus(s.name, meta.get("k8simg-role", "?"), s.status,
+                                  addresses[0] if addresses else None,
+                                  meta.get("k8simg-image", ""),
+                                  int(meta.get("k8simg-generation", "1")),
+                                  console=f"openstack console log show {s.id}"))
+        return sorted(out, key=lambda n: n.name)
+
+    def delete_node(self, name: str) -> None:
+        """The server, then its volume and its port."""
         c, n, b = self.conn.compute, self.conn.network, self.conn.block_storage
-        planned = {node.name for node in self.nodes}
-        surplus = [s for s in c.servers(tags=self.tag)
-                   if (s.metadata or {}).get("k8simg-role") == "worker" and s.name not in planned]
-        surplus.sort(key=lambda s: int(s.name.rsplit("-", 1)[1]), reverse=True)
-        for server in surplus:
-            self.ledger.record("delete", "server", server.name, "beyond workers.count")
-            if self.dry:
-                continue
+        server = self._one(c.servers(name=f"^{name}$", tags=self.tag), "server", name)
+        if server is not None:
             c.delete_server(server)
-            wait_for(f"server {server.name} to go", lambda s=server: c.find_server(
-                s.id, ignore_missing=True), ok={"GONE"}, failures=set(),
+            wait_for(f"server {name} to go", lambda: c.find_server(
+                server.id, ignore_missing=True), ok={"GONE"}, failures=set(),
                 timeout=self.timeout)
-            for v in self.tagged_volumes():
-                if v.name == f"{server.name}-storage":
-                    self.ledger.record("delete", "volume", v.name)
-                    wait_for(f"volume {v.name} to detach", lambda v=v: b.get_volume(v.id),
-                             ok={"available", "error"}, failures=set(), timeout=self.timeout)
-                    b.delete_volume(v)
-            for port in n.ports(name=f"{server.name}-port", project_id=n.get_project_id()):
-                self.ledger.record("delete", "port", port.name)
-                n.delete_port(port)
+        for v in self.tagged_volumes():
+            if v.name == f"{name}-storage":
+                self.ledger.record("delete", "volume", v.name)
+                wait_for(f"volume {v.name} to detach", lambda v=v: b.get_volume(v.id),
+                         ok={"available", "error"}, failures=set(), timeout=self.timeout)
+                b.delete_volume(v)
+        for port in n.ports(name=f"{name}-port", project_id=n.get_project_id()):
+            self.ledger.record("delete", "port", port.name)
+            n.delete_port(port)
 
     def _owned_by_name(self, res) -> bool:
         """Tagged with this cluster, or untagged and named exactly as this cluster names
@@ -725,65 +647,30 @@ class OpenStackDeployer:
             return False  # another cluster's
         names = {f"{self.name}-{x}" for x in ("net", "subnet", "router", "api-vip")}
         names |= {self.sg_name(g) for g in (NODE_SG, "masters", "workers", "etcds", "bastion")}
-        names |= {f"{n.name}-port" for n in self.nodes}
+        names |= {f"{n.name}-port" for n in self.nodes_planned}
         return res.name in names
 
     def masters(self) -> list[Node]:
-        return [n for n in self.nodes if n.role == "master"]
+        return [n for n in self.nodes_planned if n.role == "master"]
 
-    # ------------------------------------------------------------------ deploy
-    def deploy(self) -> DeployResult:
-        found = self.preflight()
-        image, flavors, ext = found["image"], found["flavors"], found["external_network"]
+    # ------------------------------------------------------------------ phases
+    def ensure_infrastructure(self, nodes: list[Node]) -> None:
+        """Network, subnet and router; security groups; server groups; the credential."""
+        ext = self.found["external_network"]
 
         def network():
-            net, sub = self.ensure_network()
+            _net, sub = self.ensure_network()
             self.ensure_router(ext, sub)
             return sub
 
-        def credential():
-            if self.cfg.cloud != "local":
-                self.ensure_credential()
+        self.sub, self.groups, self.server_groups, _ = self.parallel(
+            [network, self.ensure_security_groups, self.ensure_server_groups,
+             self.ensure_credential])
 
-        sub, groups, server_groups, _ = self.parallel(
-            [network, self.ensure_security_groups, self.ensure_server_groups, credential])
-        vip, fip = self.ensure_api_address(sub, ext)
-        self.refresh_pki(fip)
-        user_data = self.render() if not self.dry else {}
-
-        def node_task(node):
-            return lambda: (node, self.ensure_node(
-                node, sub=sub, groups=groups, server_groups=server_groups, image=image,
-                flavor=flavors[self._flavor_of(node)], user_data=user_data.get(node.name)))
-
-        def in_turn(nodes):
-            return lambda: [node_task(n)() for n in nodes]
-
-        # Members of a hard anti-affinity group boot one after the other: booted at once, the
-        # scheduler places them before any has landed and the compute's late check rejects
-        # them (seen here: "Anti-affinity instance group policy was violated").
-        strict = [n for n in self.nodes if n.role in ("master", "etcd")]
-        tasks = [in_turn([n for n in strict if n.role == role]) for role in ("master", "etcd")]
-        tasks += [lambda n=n: [node_task(n)()] for n in self.nodes if n not in strict]
-        done = self.parallel(tasks + [lambda: [("lb", self.ensure_load_balancer(sub, vip))]])
-        ports = dict(pair for group in done for pair in group)
-        self.remove_surplus_workers()
+    def finish(self, nodes: list[Node]) -> None:
         if self.cfg.bastion.enabled:
-            bastion = next(n for n in self.nodes if n.role == "bastion")
-            self.ensure_bastion_ip(ports.get(bastion), ext)
-        result = DeployResult(self.ledger.changes, warnings=self.warnings)
-        if not self.dry:
-            pki = self.cluster.pki()
-            pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
-            result.api_endpoint = pki.ctx.api_server_url
-            result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
-        return result
-
-    def render(self) -> dict[str, bytes]:
-        from k8simg.ignition.render import render_context, render_user_data
-
-        ctx = render_context(self.cluster)
-        return {n.name: render_user_data(ctx, n) for n in self.nodes}
+            bastion = next(n for n in nodes if n.role == "bastion")
+            self.ensure_bastion_ip(self.ports.get(bastion.name), self.found["external_network"])
 
     # ------------------------------------------------------------------ destroy
     def destroy(self) -> DestroyResult:

@@ -2,16 +2,14 @@
 wait for it, delete it. Everything created carries the cluster's tag (metadata where a service
 has no tags, the name where it has neither), so a re-run finds it and destroy misses nothing.
 
-Every ``ensure_*`` returns the resource and records a :class:`Change`; with ``dry_run`` nothing
-is created and the missing resource is recorded as a planned creation (``None`` is returned,
-and what depends on it is planned as a creation in turn).
+Every ``ensure_*`` returns the resource and records a :class:`k8simg.provider.Change`; with
+``dry_run`` nothing is created and the missing resource is recorded as a planned creation
+(``None`` is returned, and what depends on it is planned as a creation in turn).
 """
 
 import base64
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from k8simg.openstack import CloudError
 
@@ -24,34 +22,6 @@ class WaitTimeout(CloudError):
 
 def cluster_tag(cluster: str) -> str:
     return f"k8simg-cluster-{cluster}"
-
-
-@dataclass(frozen=True)
-class Change:
-    action: str  # create, update, delete, replace
-    kind: str
-    name: str
-    detail: str = ""
-
-    def __str__(self):
-        return f"{self.action:8} {self.kind:22} {self.name}" + (f"  ({self.detail})"
-                                                                if self.detail else "")
-
-
-@dataclass
-class Ledger:
-    """What a run did (or, planning, would do), thread-safe."""
-
-    dry_run: bool = False
-    changes: list[Change] = field(default_factory=list)
-    progress: Callable[[str], None] = lambda _m: None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, action: str, kind: str, name: str, detail: str = "") -> None:
-        change = Change(action, kind, name, detail)
-        with self._lock:
-            self.changes.append(change)
-        self.progress(("would " if self.dry_run else "") + str(change).strip())
 
 
 def wait_for(what: str, fetch: Callable[[], object], *, ok: set[str], failures: set[str],

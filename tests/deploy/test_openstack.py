@@ -15,9 +15,9 @@ from cryptography import x509
 
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.openstack import CloudError, connect
-from k8simg.openstack.deploy import OpenStackDeployer, PreflightError
 from k8simg.openstack.resources import cluster_tag
 from k8simg.plan import initial_nodes
+from k8simg.provider import Deployment, PreflightError
 from tests.conftest import edit_cluster as edit
 from tests.conftest import write_cluster
 
@@ -98,7 +98,7 @@ def nothing_left(conn, name) -> None:
 
 def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image, tmp_path):
     cd = cluster(tmp_path, "ha")
-    result = OpenStackDeployer(cd, None).deploy()
+    result = Deployment.for_cluster(cd, None).deploy()
     assert result.changes
     conn = connect(os_cloud)
     assert listing(conn, "ha") == expected("ha", 3, 2, True)
@@ -149,11 +149,11 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
         cred["application_credential_secret"]}, region_name=cred["region"])
     assert app.current_project_id == conn.current_project_id
 
-    again = OpenStackDeployer(cd, None).deploy()
+    again = Deployment.for_cluster(cd, None).deploy()
     assert again.changes == []
     assert listing(conn, "ha") == expected("ha", 3, 2, True)
 
-    gone = OpenStackDeployer(cd, None).destroy()
+    gone = Deployment.for_cluster(cd, None).destroy()
     assert gone.left == []
     nothing_left(conn, "ha")
     assert not (cd.path / "openstack" / "application-credential.json").exists()
@@ -165,15 +165,15 @@ def test_smaller_topologies(os_cloud, image, tmp_path, name, topology, masters, 
                             bastion):
     cd = cluster(tmp_path, name, topology=topology, masters=masters, workers=workers,
                  bastion=bastion)
-    plan = OpenStackDeployer(cd, None, dry_run=True).deploy()
+    plan = Deployment.for_cluster(cd, None, dry_run=True).deploy()
     conn = connect(os_cloud)
     assert all(not v for v in listing(conn, name).values())  # --plan touched nothing
     planned_servers = {c.name for c in plan.changes if c.kind == "server"}
     assert planned_servers == expected(name, masters, workers, bastion)["server"]
-    OpenStackDeployer(cd, None).deploy()
+    Deployment.for_cluster(cd, None).deploy()
     assert listing(conn, name) == expected(name, masters, workers, bastion)
-    assert OpenStackDeployer(cd, None, dry_run=True).deploy().changes == []
-    assert OpenStackDeployer(cd, None).destroy().left == []
+    assert Deployment.for_cluster(cd, None, dry_run=True).deploy().changes == []
+    assert Deployment.for_cluster(cd, None).destroy().left == []
     nothing_left(conn, name)
 
 
@@ -182,14 +182,14 @@ def test_bad_input_fails_preflight_with_nothing_created(os_cloud, image, tmp_pat
     cd = cluster(tmp_path, "bad", image="no-such-image", masters__flavor="no-such-flavor",
                  openstack__external_network="no-such-net")
     with pytest.raises(PreflightError) as e:
-        OpenStackDeployer(cd, None).deploy()
+        Deployment.for_cluster(cd, None).deploy()
     fields = [f for f, _ in e.value.problems]
     assert fields == ["image", "masters.flavor", "openstack.external_network"], e.value.problems
     assert "no image 'no-such-image'" in str(e.value)
     big = cluster(tmp_path, "big", pki__key_algorithm="rsa-4096", topology="one-master",
                   masters=1, workers=1)
     with pytest.raises(PreflightError) as e:
-        OpenStackDeployer(big, None).deploy()
+        Deployment.for_cluster(big, None).deploy()
     assert [f for f, _ in e.value.problems] == ["user_data.big-master-0"]
     assert "Nova accepts at most 49149" in str(e.value)
     for name in ("bad", "big"):
@@ -205,15 +205,15 @@ def test_quota_refusal_then_recovery(test_cloud, os_cloud, image, tmp_path):
                  bastion=False)
     try:
         with pytest.raises(PreflightError) as e:
-            OpenStackDeployer(cd, None).deploy()
+            Deployment.for_cluster(cd, None).deploy()
         assert e.value.problems[0][0] == "quota.instances"
         assert "needs 3 more, the project has 2 left (limit 2" in str(e.value)
         nothing_left(conn, "quota")
     finally:
         admin.compute.update_quota_set(pid, instances=50)
-    OpenStackDeployer(cd, None).deploy()
+    Deployment.for_cluster(cd, None).deploy()
     assert listing(conn, "quota") == expected("quota", 1, 2, False)
-    assert OpenStackDeployer(cd, None).destroy().left == []
+    assert Deployment.for_cluster(cd, None).destroy().left == []
 
 
 def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, tmp_path):
@@ -227,15 +227,15 @@ def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, 
     try:
         with pytest.raises(CloudError, match=r"server err-worker-0 went to ERROR: .*No valid "
                                              r"host"):
-            OpenStackDeployer(cd, None).deploy()
+            Deployment.for_cluster(cd, None).deploy()
         edit(cd, workers__flavor="k8s.small")
-        result = OpenStackDeployer(cd, None).deploy()
+        result = Deployment.for_cluster(cd, None).deploy()
         assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == \
             [("replace", "err-worker-0"), ("create", "err-worker-0")]
         assert listing(conn, "err") == expected("err", 1, 1, False)
         assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=cluster_tag("err")))
     finally:
-        assert OpenStackDeployer(cd, None).destroy().left == []
+        assert Deployment.for_cluster(cd, None).destroy().left == []
         admin.compute.update_quota_set(conn.current_project_id, ram=51200)
     nothing_left(conn, "err")
 
@@ -281,24 +281,24 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
 
 def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
     cd = cluster(tmp_path, "scale", topology="one-master", masters=1, workers=2, bastion=False)
-    OpenStackDeployer(cd, None).deploy()
+    Deployment.for_cluster(cd, None).deploy()
     conn = connect(os_cloud)
     edit(cd, workers__count=3)
-    up = OpenStackDeployer(cd, None).deploy()
+    up = Deployment.for_cluster(cd, None).deploy()
     assert {(c.action, c.kind, c.name) for c in up.changes} == {
         ("create", "port", "scale-worker-2-port"), ("create", "volume", "scale-worker-2-storage"),
         ("create", "server", "scale-worker-2")}
     assert listing(conn, "scale") == expected("scale", 1, 3, False)
     edit(cd, workers__count=1)
-    plan = OpenStackDeployer(cd, None, dry_run=True).deploy()
+    plan = Deployment.for_cluster(cd, None, dry_run=True).deploy()
     assert [(c.action, c.name) for c in plan.changes] == [("delete", "scale-worker-2"),
                                                           ("delete", "scale-worker-1")]
-    down = OpenStackDeployer(cd, None).deploy()
+    down = Deployment.for_cluster(cd, None).deploy()
     assert [(c.action, c.name) for c in down.changes if c.kind == "server"] == \
         [("delete", "scale-worker-2"), ("delete", "scale-worker-1")]
     assert listing(conn, "scale") == expected("scale", 1, 1, False)
-    assert OpenStackDeployer(cd, None).deploy().changes == []
-    assert OpenStackDeployer(cd, None).destroy().left == []
+    assert Deployment.for_cluster(cd, None).deploy().changes == []
+    assert Deployment.for_cluster(cd, None).destroy().left == []
     nothing_left(conn, "scale")
 
 
@@ -306,7 +306,7 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
     cd = cluster(tmp_path, "ded", topology="one-master", masters=1, workers=1, bastion=True,
                  etcd={"placement": "dedicated", "count": 3, "flavor": "k8s.tiny",
                        "volume_size_gb": 10})
-    OpenStackDeployer(cd, None).deploy()
+    Deployment.for_cluster(cd, None).deploy()
     conn = connect(os_cloud)
     got = listing(conn, "ded")
     want = expected("ded", 1, 1, True)
@@ -343,7 +343,7 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
     ports = {p.name: set(p.security_group_ids) for p in n.ports(tags=[cluster_tag("ded")])}
     assert ports["ded-etcd-0-port"] == {ids["ded-nodes"], ids["ded-etcds"]}
     assert ports["ded-bastion-port"] == {ids["ded-bastion"]}
-    assert OpenStackDeployer(cd, None).destroy().left == []
+    assert Deployment.for_cluster(cd, None).destroy().left == []
     nothing_left(conn, "ded")
 
 
@@ -360,7 +360,7 @@ def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
     cd = cluster(tmp_path, "demo", image="k8simg-demo-image", topology="single", masters=1,
                  workers=0, bastion=False)
     messages = []
-    result = OpenStackDeployer(cd, None, dry_run=True, progress=messages.append).deploy()
+    result = Deployment.for_cluster(cd, None, dry_run=True, progress=messages.append).deploy()
     assert any("baked without Kubernetes binaries" in w for w in result.warnings)
     assert any(m.startswith("warning: image k8simg-demo-image was baked without Kubernetes")
                for m in messages)
@@ -370,12 +370,12 @@ def test_destroy_spares_a_cluster_whose_name_extends_it(os_cloud, image, tmp_pat
     prod = cluster(tmp_path, "prod", topology="single", masters=1, workers=0, bastion=False)
     prod_eu = cluster(tmp_path, "prod-eu", topology="single", masters=1, workers=0,
                       bastion=False)
-    OpenStackDeployer(prod, None).deploy()
-    OpenStackDeployer(prod_eu, None).deploy()
+    Deployment.for_cluster(prod, None).deploy()
+    Deployment.for_cluster(prod_eu, None).deploy()
     conn = connect(os_cloud)
-    assert OpenStackDeployer(prod, None).destroy().left == []
+    assert Deployment.for_cluster(prod, None).destroy().left == []
     nothing_left_tagged = listing(conn, "prod")
     assert all(not v for k, v in nothing_left_tagged.items() if k != "server_group")
     assert listing(conn, "prod-eu") == expected("prod-eu", 1, 0, False)
-    assert OpenStackDeployer(prod_eu, None).destroy().left == []
+    assert Deployment.for_cluster(prod_eu, None).destroy().left == []
     nothing_left(conn, "prod-eu")

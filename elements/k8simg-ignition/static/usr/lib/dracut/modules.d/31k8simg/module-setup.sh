@@ -28,4 +28,13 @@ install() {
     # a config drive fails visibly on its console.
     inst_simple "$moddir/ignition-fetch-timeout.conf" \
         "$systemdsystemunitdir/ignition-fetch.service.d/10-k8simg-timeout.conf"
+    # A failed first boot prints Ignition's messages on the console before the emergency
+    # shell starts.
+    inst_multiple -o journalctl awk sed tail
+    inst_script "$moddir/k8simg-ignition-report" /usr/bin/k8simg-ignition-report
+    local shell
+    for shell in emergency.service dracut-emergency.service; do
+        inst_simple "$moddir/k8simg-ignition-report.conf" \
+            "$systemdsystemunitdir/$shell.d/10-k8simg-ignition-report.conf"
+    done
 }

@@ -1,0 +1,135 @@
+"""The local cloud's processes (QEMU, dnsmasq, haproxy), recorded in the cluster directory.
+
+Each daemon writes its own PID file; k8simg records the PID together with the process's start
+time (``/proc/<pid>/stat`` field 22), so a PID the kernel has since reused for an unrelated
+process is never taken for ours, and never signalled.
+"""
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_write
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) is parenthesised and may hold spaces: split after it.
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when it does not exist."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def running(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` is a live process (not a zombie), and the same one that started at
+    ``started`` when that is given."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One process the local cloud started."""
+
+    key: str  # e.g. "dnsmasq", "haproxy", "qemu:<node>"
+    pid: int
+    started: int
+    command: str
+
+    @property
+    def alive(self) -> bool:
+        return running(self.pid, self.started)
+
+
+class ProcessTable:
+    """``<cluster>/local/processes.json``: every process the local cloud started, by key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def all(self) -> dict[str, Recorded]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise K8simgError(f"{self.path}: not valid JSON ({e})") from None
+        return {k: Recorded(k, v["pid"], v["started"], v["command"]) for k, v in data.items()}
+
+    def get(self, key: str) -> Recorded | None:
+        return self.all().get(key)
+
+    def _save(self, table: dict[str, Recorded]) -> None:
+        atomic_write(self.path, json.dumps(
+            {k: {"pid": r.pid, "started": r.started, "command": r.command}
+             for k, r in sorted(table.items())}, indent=2) + "\n", 0o600)
+
+    def record(self, key: str, pid_file: Path, command: str, timeout: float = 10) -> Recorded:
+        """Record the daemon whose PID file is ``pid_file`` (waiting briefly for it).
+
+        :raises K8simgError: when the PID file does not appear or names no live process.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid = int(pid_file.read_text().split()[0])
+            except (FileNotFoundError, ValueError, IndexError):
+                pid = None
+            if pid is not None and (started := start_time(pid)) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise K8simgError(f"{command}: no running process behind {pid_file}")
+            time.sleep(0.05)
+        rec = Recorded(key, pid, started, command)
+        table = self.all()
+        table[key] = rec
+        self._save(table)
+        return rec
+
+    def forget(self, key: str) -> None:
+        table = self.all()
+        if table.pop(key, None) is not None:
+            self._save(table)
+
+    def stop(self, key: str, timeout: float = 15) -> bool:
+        """Stop the recorded process ``key`` (SIGTERM, then SIGKILL) and forget it.
+
+        :returns: whether a live process was stopped.
+        """
+        rec = self.get(key)
+        if rec is None:
+            return False
+        was_alive = rec.alive
+        if was_alive:
+            terminate(rec.pid, rec.started, timeout)
+        self.forget(key)
+        return was_alive
+
+
+def terminate(pid: int, started: int | None, timeout: float = 15) -> None:
+    """SIGTERM ``pid``, SIGKILL it if it is still there after ``timeout`` seconds."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+        if not running(pid, started):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and running(pid, started):
+            time.sleep(0.05)
+    if running(pid, started):
+        raise K8simgError(f"process {pid} did not stop after SIGKILL")
