@@ -82,6 +82,21 @@ def _verify(name: str, path: Path, published: str, pinned: str | None, source: s
     return actual
 
 
+def unreachable(version: str, base_url: str = RELEASE_BASE_URL, timeout: float = 15,
+                arch: str = "amd64") -> str | None:
+    """Why the release location cannot serve ``version`` from here, or None when it can (its
+    kubelet checksum file answers). Only reachability: what is fetched is verified anyway."""
+    url = kubernetes_artifacts(version, arch, base_url)[0].checksum_url
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (https or local)
+            r.read(256)
+        return None
+    except urllib.error.HTTPError as e:
+        return f"{url}: HTTP {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        return f"{url}: {getattr(e, 'reason', None) or e}"
+
+
 def _download(url: str, dest: Path, timeout: float, progress: Callable[[str], None]) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (https or local)

@@ -80,7 +80,8 @@ class ClusterDir:
 
 
 def init_cluster(path: str | Path, *, cloud: str = "local", ssh_keys: list[str] | None = None,
-                 kubernetes_version: str | None = None) -> ClusterDir:
+                 kubernetes_version: str | None = None, image: str | None = None,
+                 workers: int | None = None) -> ClusterDir:
     """Create a cluster directory with a commented, valid ``cluster.yaml``.
 
     :raises K8simgError: when the directory already holds a cluster definition.
@@ -89,7 +90,8 @@ def init_cluster(path: str | Path, *, cloud: str = "local", ssh_keys: list[str] 
     cd = ClusterDir(Path(path))
     if cd.config_path.exists():
         raise K8simgError(f"{cd.config_path} already exists; not overwriting it")
-    kw = {"kubernetes_version": kubernetes_version} if kubernetes_version else {}
+    kw = {k: v for k, v in (("kubernetes_version", kubernetes_version), ("image", image),
+                            ("workers", workers)) if v is not None}
     text = render_template(cd.path.resolve().name, cloud=cloud, ssh_keys=ssh_keys, **kw)
     parse_config(text, str(cd.config_path))  # validate before anything is written
     cd.path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -273,10 +273,23 @@ def load_config(path: Path) -> ClusterConfig:
 
 # -- the commented template ------------------------------------------------------------------
 
+def _scalar(value: str) -> str:
+    """``value`` as a YAML scalar: plain when that is unambiguous, else quoted."""
+    import json
+
+    return value if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", value) else json.dumps(value)
+
+
 def render_template(name: str, cloud: str = "local", ssh_keys: list[str] | None = None,
-                    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> str:
+                    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION,
+                    image: str | None = None, workers: int | None = None) -> str:
     """The commented ``cluster.yaml`` that ``k8simg init`` writes: every default, explained."""
     d = ClusterConfig(name="x")
+    if image is not None or workers is not None:
+        d = d.model_copy(update={
+            "image": image if image is not None else d.image,
+            "workers": d.workers.model_copy(update={"count": workers}) if workers is not None
+            else d.workers})
     out = StringIO()
     y = YAML()
     y.default_flow_style = False
@@ -297,8 +310,9 @@ kubernetes_version: "{kubernetes_version}"
 # "local" runs the nodes as QEMU VMs on this host; anything else names a cloud in clouds.yaml.
 cloud: {cloud}
 
-# The node image baked by `k8simg bake` (Glance name or ID; for the local cloud, a qcow2 path).
-image: {d.image}
+# The node image baked by `k8simg bake` (Glance name or ID; for the local cloud, the qcow2's
+# path, relative to this directory unless absolute).
+image: {_scalar(d.image)}
 
 # single: one node runs everything; one-master: 1 master + workers;
 # ha: 3 or 5 masters behind a load balancer + workers.

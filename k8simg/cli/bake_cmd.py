@@ -43,6 +43,9 @@ def _images(_ctx, _param, values: tuple[str, ...]):
 @click.option("--without-kubernetes", is_flag=True,
               help="Bake an image with no Kubernetes binaries or images (demos, "
                    "infrastructure tests).")
+@click.option("--without-kubernetes-if-unreachable", "fallback", is_flag=True,
+              help="When the release location cannot be reached (and no --artifacts), bake "
+                   "the labelled image without Kubernetes instead of failing, and say so.")
 @click.option("--image", "extra_images", multiple=True, metavar="REF[@DIGEST]", callback=_images,
               help="Another container image to preload (registry/repository:tag, optionally "
                    "pinned with @sha256:...). Repeatable.")
@@ -60,9 +63,20 @@ def _images(_ctx, _param, values: tuple[str, ...]):
               help="Then upload it to Glance (idempotent on the image's checksum).")
 @cloud_option
 @output_option
-def bake(kubernetes_version, artifacts_dir, without_kubernetes, extra_images, mirrors,
+def bake(kubernetes_version, artifacts_dir, without_kubernetes, fallback, extra_images, mirrors,
          extra_elements, elements_path, output_dir, upload, cloud, output):
     """Bake a node image (qcow2 plus manifest) with diskimage-builder."""
+    fallback_reason = None
+    if fallback and not without_kubernetes and not artifacts_dir:
+        from k8simg.artifacts import unreachable
+
+        fallback_reason = unreachable(kubernetes_version)
+        if fallback_reason:
+            progress(f"warning: the Kubernetes release location cannot be reached "
+                     f"({fallback_reason}); baking the image WITHOUT Kubernetes binaries and "
+                     "images. Its manifest and /etc/k8simg-release say so; its nodes run "
+                     "etcd and containerd, no kubelet.")
+            without_kubernetes = True
     result = run_bake(BakeRequest(
         kubernetes_version=kubernetes_version, output_dir=Path(output_dir),
         artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
@@ -72,7 +86,10 @@ def bake(kubernetes_version, artifacts_dir, without_kubernetes, extra_images, mi
         image_cache=image_cache()), progress=progress)
     progress(f"baked in {result.seconds:.0f} s")
     out = {"image": str(result.image), "manifest": str(result.manifest),
-           "sha256": result.sha256, "seconds": round(result.seconds, 1)}
+           "sha256": result.sha256, "seconds": round(result.seconds, 1),
+           "kubernetes": "absent" if without_kubernetes else kubernetes_version}
+    if fallback_reason:
+        out["kubernetes_absent_because"] = fallback_reason
     if upload:
         out.update(upload_manifest(result.manifest, cloud))
     if output == "json":

@@ -123,13 +123,21 @@ def etcd():
 @etcd.command()
 @cluster_argument
 @cloud_override
+@click.option("--wait", default=0, show_default=True, type=click.IntRange(0),
+              help="Seconds to keep asking until every member is healthy.")
 @output_option
-def health(cluster, cloud, output):
+def health(cluster, cloud, wait, output):
     """Every member's health and the member list; exit 1 when a member is unhealthy."""
     from k8simg import etcd as etcd_mod
 
     d = _deployment(cluster, cloud)
-    eps = etcd_mod.health(d.provider)
+    deadline = time.monotonic() + wait
+    while True:
+        eps = etcd_mod.health(d.provider)
+        if (eps and all(e.healthy for e in eps)) or time.monotonic() >= deadline:
+            break
+        progress(f"etcd: {sum(e.healthy for e in eps)}/{len(eps)} members healthy; waiting")
+        time.sleep(5)
     members = etcd_mod.members(d.provider) if any(e.healthy for e in eps) else []
     if output == "json":
         emit_json({"endpoints": [e.__dict__ for e in eps], "members": members})

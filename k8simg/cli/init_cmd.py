@@ -14,8 +14,11 @@ from k8simg.errors import ConfigError
 @click.option("--ssh-public-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
               help="An OpenSSH public key file for the bastion (repeatable).")
 @click.option("--kubernetes-version", help="One of the pinned versions (default: the newest).")
+@click.option("--image", help="The node image: a Glance name or ID, or for the local cloud "
+                              "the baked qcow2's path.")
+@click.option("--workers", type=click.IntRange(0, 500), help="How many workers (default 2).")
 @output_option
-def init(path, cloud, ssh_keys, kubernetes_version, output):
+def init(path, cloud, ssh_keys, kubernetes_version, image, workers, output):
     """Create the cluster directory NAME with a commented cluster.yaml."""
     keys = []
     for f in ssh_keys:
@@ -23,7 +26,8 @@ def init(path, cloud, ssh_keys, kubernetes_version, output):
             keys.append(Path(f).read_text().strip())
         except OSError as e:
             raise ConfigError(f, [("", f"cannot read: {e.strerror}")]) from None
-    cd = init_cluster(path, cloud=cloud, ssh_keys=keys, kubernetes_version=kubernetes_version)
+    cd = init_cluster(path, cloud=cloud, ssh_keys=keys, kubernetes_version=kubernetes_version,
+                      image=image, workers=workers)
     progress(f"wrote {cd.config_path}; edit it, then run `k8simg pki init {path}`")
     if output == "json":
         emit_json({"cluster": str(cd.path), "config": str(cd.config_path)})

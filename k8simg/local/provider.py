@@ -146,7 +146,8 @@ class LocalProvider(Provider):
             if fmt != "qcow2":
                 problems.append(("image", f"{self.image}: not a qcow2 image "
                                           f"({r.stderr.strip() or fmt})"))
-            if self.manifest().get("kubernetes_binaries") in (None, "absent", {}):
+            binaries = self.manifest().get("kubernetes_binaries")
+            if not (isinstance(binaries, dict) and binaries):
                 self.warnings.append(f"image {self.image.name} was baked without Kubernetes "
                                      "binaries: its nodes run etcd and containerd, no kubelet")
         new = [n for n in nodes if self.record(n.name) is None]

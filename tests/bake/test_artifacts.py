@@ -133,3 +133,16 @@ def test_bake_offline_stops_naming_what_it_could_not_fetch(tmp_path):
     r = CliRunner().invoke(cli, ["bake", "--artifacts", str(tmp_path), "--output-dir",
                                  str(tmp_path / "out2")])
     assert r.exit_code == 1 and "kubelet" in r.output and "is missing from the artifacts" in r.output
+
+
+def test_unreachable_tells_why_or_nothing(release_server):
+    """What `bake --without-kubernetes-if-unreachable` asks before it falls back."""
+    from k8simg.artifacts import unreachable
+
+    root, url = release_server
+    assert "HTTP 404" in unreachable(VERSION, url)
+    publish(root, "kubelet", BINS["kubelet"])
+    assert unreachable(VERSION, url) is None
+    why = unreachable(VERSION, "http://127.0.0.1:9", timeout=5)
+    assert why.startswith("http://127.0.0.1:9/v1.35.2/bin/linux/amd64/kubelet.sha256: ")
+    assert "refused" in why.lower()

@@ -16,8 +16,8 @@ from k8simg.local.provider import LocalProvider, failure_lines
 from k8simg.local.vm import config_drive
 from k8simg.plan import initial_nodes
 from k8simg.provider import Deployment, PreflightError
-from tests.conftest import write_cluster
-from tests.local.conftest import leftovers
+from tests.conftest import edit_cluster, write_cluster
+from tests.local.conftest import leftovers, reap
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # udhcpc calls this with the lease in its environment
@@ -205,3 +205,33 @@ def test_failure_lines_pick_what_explains_a_failed_boot():
         "[FAILED] Failed to start ignition-fetch.service - Ignition (fetch).",
         "k8simg: ignition: failed to fetch config: path not absolute",
         "[  OK  ] Reached target emergency.target - Emergency Mode."]
+
+
+def test_scale_down_removes_the_newest_worker_vm(tmp_path, local_cluster):
+    """Workers beyond the plan are found among the recorded VMs and removed newest first by
+    the shared orchestration, with their tap, disks and lease (the VMs boot a blank disk:
+    only their bookkeeping matters here)."""
+    image = tmp_path / "image.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
+    cd = write_cluster(tmp_path / "sc", image=str(image), topology="one-master",
+                       masters={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                       workers={"count": 3, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False}, local={"boot_timeout_s": 30})
+    local_cluster(cd)
+    p = LocalProvider(cd)
+    nodes = initial_nodes(p.cfg)
+    p.ensure_infrastructure(nodes)
+    for n in nodes:
+        p.ensure_node(n, b"{}")
+    pids = [r.pid for r in ProcessTable(cd.path / "local" / "processes.json").all().values()]
+    edit_cluster(cd, **{"workers": {"count": 1, "flavor": "x", "volume_size_gb": 10}})
+    d = Deployment.for_cluster(cd)
+    d.remove_surplus()
+    assert [(c.action, c.kind, c.name) for c in d.ledger.changes] == [
+        ("delete", "server", "sc-worker-2"), ("update", "dhcp server", "dnsmasq"),
+        ("delete", "server", "sc-worker-1"), ("update", "dhcp server", "dnsmasq")]
+    assert sorted(n.name for n in LocalProvider(cd).nodes()) == ["sc-master-0", "sc-worker-0"]
+    assert sorted(LocalProvider(cd).ns.taps()) == ["tap-m0", "tap-w0"]
+    hosts = (cd.path / "local/network/dnsmasq.hosts").read_text()
+    assert "sc-worker-1" not in hosts and "sc-worker-0" in hosts
+    reap(pids)

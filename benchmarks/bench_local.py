@@ -1,0 +1,106 @@
+"""The local cloud on this machine: time from `k8simg deploy` to a healthy 3-member etcd (HA, three
+masters booted at once), each node's boot time (QEMU started -> login prompt with its own
+hostname), the same for one node booting alone, a no-change re-deploy and destroy.
+
+    python benchmarks/bench_local.py [--image PATH] [--memory-mb N] [--skip-single]
+
+The image defaults to the slow test tier's (pytest's cache); `k8simg bake` makes one too.
+Runs as root (network namespace, taps). Everything started is destroyed afterwards.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import report  # noqa: E402
+from k8simg import etcd  # noqa: E402
+from k8simg.local.provider import LocalProvider  # noqa: E402
+from k8simg.provider import Deployment  # noqa: E402
+from tests.conftest import write_cluster  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_image() -> Path:
+    found = sorted(ROOT.glob(".pytest_cache/d/baked-image/*/k8simg-*.qcow2"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        sys.exit("no baked image: run the slow test tier once, or pass --image")
+    return found[-1]
+
+
+def run(tmp: Path, image: Path, name: str, topology: str, memory: int) -> list[dict]:
+    masters = 3 if topology == "ha" else 1
+    cd = write_cluster(tmp / name, image=str(image), topology=topology,
+                       masters={"count": masters, "flavor": "x", "volume_size_gb": 10},
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False},
+                       local={"memory_mb": memory, "cpus": 1, "boot_timeout_s": 3600})
+    cd.pki().ensure()  # key generation is bench_pki's
+    rows = []
+    pids = []
+    try:
+        t0 = time.monotonic()
+        Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
+        deployed = time.monotonic() - t0
+        provider = LocalProvider(cd)
+        pids = [r.pid for r in provider.procs.all().values()]
+        while True:
+            eps = etcd.health(provider)
+            if eps and all(e.healthy for e in eps):
+                break
+            time.sleep(2)
+        healthy = time.monotonic() - t0
+        for d in sorted((cd.path / "local" / "nodes").iterdir()):
+            rec = json.loads((d / "node.json").read_text())
+            rows.append({"cluster": name, "what": f"{rec['name']} boot (QEMU -> login prompt)",
+                         "seconds": round(rec["ready_at"] - rec["started_at"], 1)})
+        rows.append({"cluster": name, "what": "deploy (to every login prompt)",
+                     "seconds": round(deployed, 1)})
+        rows.append({"cluster": name, "what": f"deploy -> {len(eps)}-member etcd healthy",
+                     "seconds": round(healthy, 1)})
+        t = time.monotonic()
+        again = Deployment.for_cluster(cd).deploy()
+        assert again.changes == [], again.changes
+        rows.append({"cluster": name, "what": "re-deploy, no change",
+                     "seconds": round(time.monotonic() - t, 1)})
+    finally:
+        t = time.monotonic()
+        left = Deployment.for_cluster(cd).destroy().left
+        rows.append({"cluster": name, "what": "destroy", "seconds": round(time.monotonic() - t, 1)})
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if left:
+            sys.exit(f"destroy left: {left}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image", type=Path)
+    ap.add_argument("--memory-mb", type=int, default=1536)
+    ap.add_argument("--skip-single", action="store_true")
+    args = ap.parse_args()
+    image = (args.image or default_image()).resolve()
+    # The daemons outlive deploy and are re-parented to us, so we can reap them (see
+    # tests/local/conftest.py).
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-local."))
+    rows = run(tmp, image, "ha", "ha", args.memory_mb)
+    if not args.skip_single:
+        rows += run(tmp, image, "solo", "single", args.memory_mb)
+    report("local", rows)
+
+
+if __name__ == "__main__":
+    main()
