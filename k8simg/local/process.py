@@ -5,10 +5,13 @@ time (``/proc/<pid>/stat`` field 22), so a PID the kernel has since reused for a
 process is never taken for ours, and never signalled.
 """
 
+import fcntl
 import json
 import os
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +58,26 @@ class Recorded:
 
 
 class ProcessTable:
-    """``<cluster>/local/processes.json``: every process the local cloud started, by key."""
+    """``<cluster>/local/processes.json``: every process the local cloud started, by key.
+
+    Updates are read-modify-write under a lock (threads of one deploy start VMs at once, and
+    another k8simg process may be looking at the same cluster).
+    """
+
+    _threads = threading.Lock()
 
     def __init__(self, path: Path):
         self.path = path
+
+    @contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._threads, open(self.path.with_name(self.path.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def all(self) -> dict[str, Recorded]:
         try:
@@ -94,15 +113,17 @@ class ProcessTable:
                 raise K8simgError(f"{command}: no running process behind {pid_file}")
             time.sleep(0.05)
         rec = Recorded(key, pid, started, command)
-        table = self.all()
-        table[key] = rec
-        self._save(table)
+        with self._locked():
+            table = self.all()
+            table[key] = rec
+            self._save(table)
         return rec
 
     def forget(self, key: str) -> None:
-        table = self.all()
-        if table.pop(key, None) is not None:
-            self._save(table)
+        with self._locked():
+            table = self.all()
+            if table.pop(key, None) is not None:
+                self._save(table)
 
     def stop(self, key: str, timeout: float = 15) -> bool:
         """Stop the recorded process ``key`` (SIGTERM, then SIGKILL) and forget it.

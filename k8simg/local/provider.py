@@ -47,14 +47,19 @@ from k8simg.provider import DestroyResult, NodeFailed, NodeStatus, Provider
 # kernel's), shown with a node's failure.
 FAILURE = re.compile(r"(k8simg: first boot failed|Failed to start .*[Ii]gnition|"
                      r"Reached target emergency\.target|You are in emergency mode|Kernel panic)")
-RELEVANT = re.compile(r"(\[FAILED\]|\[DEPEND\]|k8simg: |[Ee]mergency|Kernel panic|Ignition failed)")
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+RELEVANT = re.compile(r"(\[FAILED\]|\[DEPEND\]|k8simg: failed unit|[Ee]mergency mode|Kernel panic|"
+                      r"(?i:error|failed|invalid|not valid))")
+# Ignition also tries the metadata service, which a config-drive node has no route to.
+NOISE = re.compile(r"GET error|attempt #\d|firmware|regulatory|TLB invalidation")
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[@-Z\\-_])")  # CSI sequences and ESC M & co.
+REPORT_END = "k8simg: end of Ignition's messages"
+REPORT_GRACE_S = 90  # for the image's report to follow systemd's [FAILED] line
 
 TOOLS = {"ip": "iproute2", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
          "genisoimage": "genisoimage", "dnsmasq": "dnsmasq-base", "haproxy": "haproxy"}
 
 
-def _console_text(path: Path, offset: int = 0) -> str:
+def console_text(path: Path, offset: int = 0) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -67,7 +72,8 @@ def _console_text(path: Path, offset: int = 0) -> str:
 def failure_lines(text: str, limit: int = 25) -> list[str]:
     """The console lines that matter for a failed boot: Ignition's, systemd's failures, the
     emergency shell, a panic; the last ``limit`` of them."""
-    lines = [ln.strip() for ln in text.splitlines() if RELEVANT.search(ln)]
+    lines = [ln.strip() for ln in text.splitlines()
+             if RELEVANT.search(ln) and not NOISE.search(ln)]
     return lines[-limit:]
 
 
@@ -318,7 +324,7 @@ class LocalProvider(Provider):
         alive = proc is not None and proc.alive
         if rec.get("ready_at"):
             return "ready" if alive else "stopped"
-        text = _console_text(self.console_path(rec["name"]), rec.get("console_offset", 0))
+        text = console_text(self.console_path(rec["name"]), rec.get("console_offset", 0))
         if FAILURE.search(text):
             return "failed"
         if f"{rec['name']} login:" in text:
@@ -331,12 +337,20 @@ class LocalProvider(Provider):
         pending = {n.name for n in nodes}
         failures: list[tuple[str, str]] = []
         deadline = time.monotonic() + self.timeout
+        failed_seen: dict[str, float] = {}
         while pending:
             for name in sorted(pending):
                 rec = self.record(name)
                 state = self._state(rec)
                 if state == "booting":
                     continue
+                if state == "failed" and not rec.get("failed"):
+                    # systemd's [FAILED] line comes first; the image's report of Ignition's
+                    # own messages follows it: wait for that, briefly.
+                    text = console_text(self.console_path(name), rec.get("console_offset", 0))
+                    first = failed_seen.setdefault(name, time.monotonic())
+                    if REPORT_END not in text and time.monotonic() - first < REPORT_GRACE_S:
+                        continue
                 pending.discard(name)
                 if state == "ready":
                     if not rec.get("ready_at"):
@@ -344,7 +358,7 @@ class LocalProvider(Provider):
                         self._save_record(rec)
                         self.progress(f"{name}: up after {rec['ready_at'] - rec['started_at']:.0f} s")
                     continue
-                text = _console_text(self.console_path(name), rec.get("console_offset", 0))
+                text = console_text(self.console_path(name), rec.get("console_offset", 0))
                 why = "QEMU exited" if state == "stopped" else "its boot failed"
                 failures.append((name, self._failure_report(name, why, text)))
                 if state == "failed" and not rec.get("failed"):
@@ -353,7 +367,7 @@ class LocalProvider(Provider):
             if pending and time.monotonic() > deadline:
                 for name in sorted(pending):
                     rec = self.record(name)
-                    text = _console_text(self.console_path(name), rec.get("console_offset", 0))
+                    text = console_text(self.console_path(name), rec.get("console_offset", 0))
                     failures.append((name, self._failure_report(
                         name, f"no login prompt after {self.timeout:.0f} s", text)))
                 break
@@ -365,7 +379,7 @@ class LocalProvider(Provider):
     def _failure_report(self, name: str, why: str, text: str) -> str:
         lines = failure_lines(text) or [ln for ln in text.splitlines() if ln.strip()][-15:]
         return (f"{why}; serial console {self.console_path(name)}:\n"
-                + "\n".join(f"    | {ln}" for ln in lines))
+                + ("\n".join(f"    | {ln}" for ln in lines) or "    (nothing on it)"))
 
     def nodes(self) -> list[NodeStatus]:
         return [NodeStatus(r["name"], r["role"], self._state(r), r["address"], r["image_id"],

@@ -160,6 +160,18 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
         sleeper.wait()
 
 
+def test_concurrent_records_are_all_kept(tmp_path):
+    """A deploy starts its VMs from several threads at once: no record may be lost."""
+    import concurrent.futures as cf
+
+    table = ProcessTable(tmp_path / "processes.json")
+    pid_file = tmp_path / "self.pid"
+    pid_file.write_text(str(subprocess.os.getpid()))
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: table.record(f"qemu:n{i}", pid_file, "python"), range(40)))
+    assert sorted(table.all()) == sorted(f"qemu:n{i}" for i in range(40))
+
+
 def test_preflight_names_every_problem(tmp_path):
     cd = write_cluster(tmp_path / "pf", image=str(tmp_path / "missing.qcow2"),
                        local={"memory_mb": 262144})
@@ -195,16 +207,24 @@ def test_config_drive_is_what_nova_writes(tmp_path):
 
 
 def test_failure_lines_pick_what_explains_a_failed_boot():
+    # As a refused config shows on a node's console (seen on the local cloud).
     console = "\n".join([
         "[  OK  ] Finished dracut-pre-udev.service - dracut pre-udev hook.",
         "[   36.9] platform regulatory.0: firmware: failed to load regulatory.db (-2)",
         "[FAILED] Failed to start ignition-fetch.service - Ignition (fetch).",
-        "k8simg: ignition: failed to fetch config: path not absolute",
+        "k8simg: first boot failed in the initramfs; Ignition's messages follow",
+        'k8simg: ignition: GET error: Get "http://169.254.169.254/openstack/latest/user_data"',
+        'k8simg: ignition: op(1): [finished] mounting config drive',
+        "k8simg: ignition: error at $.storage.files.37.path, line 1 col 21928: path not absolute",
+        "k8simg: ignition: Ignition failed: config is not valid",
+        "k8simg: failed unit: ignition-fetch.service",
         "[  OK  ] Reached target emergency.target - Emergency Mode."])
     assert failure_lines(console) == [
         "[FAILED] Failed to start ignition-fetch.service - Ignition (fetch).",
-        "k8simg: ignition: failed to fetch config: path not absolute",
-        "[  OK  ] Reached target emergency.target - Emergency Mode."]
+        "k8simg: first boot failed in the initramfs; Ignition's messages follow",
+        "k8simg: ignition: error at $.storage.files.37.path, line 1 col 21928: path not absolute",
+        "k8simg: ignition: Ignition failed: config is not valid",
+        "k8simg: failed unit: ignition-fetch.service"]
 
 
 def test_scale_down_removes_the_newest_worker_vm(tmp_path, local_cluster):
