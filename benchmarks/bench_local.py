@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg import etcd  # noqa: E402
+from k8simg.etcd import Etcd, planned_endpoints  # noqa: E402
 from k8simg.local.provider import LocalProvider  # noqa: E402
 from k8simg.provider import Deployment  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
@@ -52,8 +52,9 @@ def run(tmp: Path, image: Path, name: str, topology: str, memory: int) -> list[d
         deployed = time.monotonic() - t0
         provider = LocalProvider(cd)
         pids = [r.pid for r in provider.procs.all().values()]
+        etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
         while True:
-            eps = etcd.health(provider)
+            eps = etcd.health(planned_endpoints(provider.cfg))
             if eps and all(e.healthy for e in eps):
                 break
             time.sleep(2)

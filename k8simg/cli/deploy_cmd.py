@@ -128,24 +128,29 @@ def etcd():
 @output_option
 def health(cluster, cloud, wait, output):
     """Every member's health and the member list; exit 1 when a member is unhealthy."""
-    from k8simg import etcd as etcd_mod
+    from k8simg.etcd import Etcd, planned_endpoints
 
     d = _deployment(cluster, cloud)
+    etcd = Etcd(d.cluster.pki_dir, wrap=d.provider.in_network)
+    endpoints = planned_endpoints(d.cfg)
     deadline = time.monotonic() + wait
     while True:
-        eps = etcd_mod.health(d.provider)
+        eps = etcd.health(endpoints)
         if (eps and all(e.healthy for e in eps)) or time.monotonic() >= deadline:
             break
         progress(f"etcd: {sum(e.healthy for e in eps)}/{len(eps)} members healthy; waiting")
         time.sleep(5)
-    members = etcd_mod.members(d.provider) if any(e.healthy for e in eps) else []
+    members = etcd.members(endpoints) if any(e.healthy for e in eps) else []
     if output == "json":
-        emit_json({"endpoints": [e.__dict__ for e in eps], "members": members})
+        emit_json({"endpoints": [e.__dict__ for e in eps],
+                   "members": [{"id": m.hex, "name": m.name, "peer_urls": list(m.peer_urls),
+                                "client_urls": list(m.client_urls), "learner": m.learner}
+                               for m in members]})
     else:
         for e in eps:
             click.echo(f"{e.endpoint}  {'healthy' if e.healthy else 'UNHEALTHY'}  {e.detail}")
         for m in members:
-            click.echo(f"member {m['id']}  {m['name']}  {','.join(m['peer_urls'])}"
-                       + ("  (learner)" if m["learner"] else ""))
+            click.echo(f"member {m.hex}  {m.name}  {','.join(m.peer_urls)}"
+                       + ("  (learner)" if m.learner else ""))
     if not eps or not all(e.healthy for e in eps):
         raise K8simgError("etcd is not healthy")

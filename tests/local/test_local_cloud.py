@@ -33,10 +33,10 @@ def k8simg(*args, check=True) -> subprocess.CompletedProcess:
 
 
 def etcdctl(provider, *args, endpoint=None):
-    eps = [endpoint] if endpoint else None
-    from k8simg.etcd import etcdctl as run
+    from k8simg.etcd import Etcd, planned_endpoints
 
-    return run(provider, list(args), endpoints=eps)
+    eps = [endpoint] if endpoint else planned_endpoints(provider.cfg)
+    return Etcd(provider.cluster.pki_dir, wrap=provider.in_network).ctl(list(args), eps)
 
 
 REPORT = """#!/bin/bash
