@@ -54,7 +54,7 @@ def run(tmp: Path, image: Path, name: str, topology: str, memory: int) -> list[d
         pids = [r.pid for r in provider.procs.all().values()]
         etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
         while True:
-            eps = etcd.health(planned_endpoints(provider.cfg))
+            eps = etcd.health(planned_endpoints(cd))
             if eps and all(e.healthy for e in eps):
                 break
             time.sleep(2)

@@ -17,7 +17,7 @@ from k8simg.config import ClusterConfig, load_config, parse_config, render_templ
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.pki import Pki, PkiContext
-from k8simg.plan import initial_nodes
+from k8simg.plan import Node, initial_nodes, parse_node_key
 
 CONFIG_FILE = "cluster.yaml"
 
@@ -69,10 +69,30 @@ class ClusterDir:
         atomic_write(self.state_path, json.dumps({**self.state(), **values}, indent=2) + "\n",
                      0o600)
 
+    def nodes(self, cfg: ClusterConfig | None = None) -> list[Node]:
+        """The cluster's nodes: the initial plan until an upgrade has replaced some (then the
+        state records the set, which upgrade keeps in step with the cloud)."""
+        cfg = cfg or self.load()
+        keys = self.state().get("nodes")
+        if keys is None:
+            return initial_nodes(cfg)
+        try:
+            return [parse_node_key(cfg, k) for k in keys]
+        except ValueError as e:
+            raise K8simgError(f"{self.state_path}: nodes: {e}") from None
+
+    def drop_state(self, key: str) -> None:
+        state = self.state()
+        if state.pop(key, None) is not None:
+            atomic_write(self.state_path, json.dumps(state, indent=2) + "\n", 0o600)
+
+    def save_nodes(self, nodes: list[Node]) -> None:
+        self.save_state(nodes=[f"{n.role}-{n.index}" for n in nodes])
+
     def pki_context(self, cfg: ClusterConfig | None = None) -> PkiContext:
         cfg = cfg or self.load()
         fip = self.state().get("api_floating_ip")
-        return PkiContext(cfg, tuple(initial_nodes(cfg)),
+        return PkiContext(cfg, tuple(self.nodes(cfg)),
                           ipaddress.IPv4Address(fip) if fip else None)
 
     def pki(self, cfg: ClusterConfig | None = None, **kw) -> Pki:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k8simg.errors import K8simgError
-from k8simg.plan import Node, etcd_members, initial_nodes
+from k8simg.plan import Node, etcd_members
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
@@ -193,8 +193,10 @@ class Etcd:
         return dest
 
 
-def planned_endpoints(cfg) -> list[str]:
-    return [client_url(n) for n in etcd_members(initial_nodes(cfg), cfg)]
+def planned_endpoints(cluster) -> list[str]:
+    """The client URLs of the cluster's etcd members as its node set has them."""
+    cfg = cluster.load()
+    return [client_url(n) for n in etcd_members(cluster.nodes(cfg), cfg)]
 
 
 # -- the choreography ------------------------------------------------------------------------
@@ -245,7 +247,8 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
                    start: Callable[[Node, list[tuple[str, str]]], None],
                    stop: Callable[[Node], None], endpoints: Callable[[], list[str]],
                    events: Events = lambda _step, _detail: None, timeout: float = 600,
-                   hook: Callable[[str], None] = lambda _step: None) -> None:
+                   hook: Callable[[str], None] = lambda _step: None,
+                   before_remove: Callable[[], None] = lambda: None) -> None:
     """Replace the member on ``old`` by one on ``new`` (see the module's docstring).
 
     :param voters: how many voting members the cluster has when it is whole.
@@ -256,6 +259,8 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
         started voters among them.
     :param events: called with each step done, for progress and CI events.
     :param hook: called before each step with its name (tests interrupt the roll here).
+    :param before_remove: called once the new member is healthy, before the old one goes
+        (the upgrade moves the API load balancer's members there).
     :raises EtcdAbort: when the preflight finds etcd unfit (nothing changed).
     """
     members = etcd.members(endpoints())
@@ -308,6 +313,8 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
 
     theirs = _by_peer(etcd.members(endpoints()), old)
     if theirs is not None:
+        hook("before-remove")
+        before_remove()
         hook("move-leader")
         move_leader_off(etcd, theirs, new, endpoints)
         events("leader-checked", {"node": old.name})

@@ -61,6 +61,21 @@ def make_node(cfg: ClusterConfig, role: Role, index: int) -> Node:
     return Node(node_name(cfg, role, index), role, index, node_address(cfg, role, index))
 
 
+def parse_node_key(cfg: ClusterConfig, key: str) -> Node:
+    """``master-3`` (as the state records a node) to the node."""
+    role, _, index = key.rpartition("-")
+    if role not in ("master", "worker", "etcd", "bastion") or not index.isdigit():
+        raise ValueError(f"{key!r} is not <role>-<index>")
+    return make_node(cfg, role, int(index))
+
+
+def next_node(cfg: ClusterConfig, role: Role, existing: list[Node]) -> Node:
+    """A replacement: the next index of ``role`` (indices only grow, so a new node never
+    takes a name, address or certificate an old one had)."""
+    return make_node(cfg, role, max((n.index for n in existing if n.role == role),
+                                    default=-1) + 1)
+
+
 def api_vip(cfg: ClusterConfig) -> IPv4Address:
     """The API load balancer's fixed address on the node network."""
     return cfg.network.node_cidr.network_address + VIP_OFFSET

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from k8simg.cluster import ClusterDir
 from k8simg.errors import K8simgError, RenderError
-from k8simg.plan import Node, initial_nodes
+from k8simg.plan import Node
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,11 @@ class Provider(abc.ABC):
         """The API load balancer exists with exactly ``masters`` as members."""
 
     @abc.abstractmethod
+    def target_image(self) -> str:
+        """The image new nodes boot from, as :class:`NodeStatus` names images (after
+        :meth:`preflight`)."""
+
+    @abc.abstractmethod
     def nodes(self) -> list[NodeStatus]:
         """The cluster's nodes as the cloud has them."""
 
@@ -216,7 +221,7 @@ class Deployment:
         self.cluster = cluster
         self.provider = provider
         self.cfg = provider.cfg
-        self.nodes = initial_nodes(self.cfg)
+        self.nodes = cluster.nodes(self.cfg)
 
     @classmethod
     def for_cluster(cls, cluster: ClusterDir, cloud: str | None = None, **kw) -> "Deployment":
@@ -307,6 +312,11 @@ class Deployment:
         :raises NodeFailed: naming the nodes that did not boot (the rest is in place).
         """
         p = self.provider
+        upgrading = self.cluster.state().get("upgrade")
+        if upgrading:
+            raise K8simgError(f"an upgrade to {upgrading.get('image')} is in progress "
+                              f"({self.cluster.state_path}); run `k8simg upgrade "
+                              f"{self.cluster.path}` to finish it before deploying")
         self.preflight()
         p.ensure_infrastructure(self.nodes)
         self.refresh_pki(p.ensure_api_address())

@@ -15,6 +15,7 @@ from k8simg.cli import (
     init_cmd,
     pki_cmd,
     render_cmd,
+    upgrade_cmd,
 )
 from k8simg.errors import K8simgError
 
@@ -46,6 +47,7 @@ cli.add_command(deploy_cmd.destroy)
 cli.add_command(deploy_cmd.nodes)
 cli.add_command(deploy_cmd.console)
 cli.add_command(deploy_cmd.etcd)
+cli.add_command(upgrade_cmd.upgrade)
 
 
 def main():

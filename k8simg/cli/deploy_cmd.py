@@ -132,7 +132,7 @@ def health(cluster, cloud, wait, output):
 
     d = _deployment(cluster, cloud)
     etcd = Etcd(d.cluster.pki_dir, wrap=d.provider.in_network)
-    endpoints = planned_endpoints(d.cfg)
+    endpoints = planned_endpoints(d.cluster)
     deadline = time.monotonic() + wait
     while True:
         eps = etcd.health(endpoints)

@@ -40,7 +40,7 @@ from k8simg.local.network import (
     tap_name,
 )
 from k8simg.local.process import ProcessTable, terminate
-from k8simg.plan import Node, api_vip, gateway, initial_nodes
+from k8simg.plan import Node, api_vip, gateway
 from k8simg.provider import DestroyResult, NodeFailed, NodeStatus, Provider
 
 # The console lines that say why a boot failed (Ignition's own messages, systemd's, the
@@ -272,6 +272,10 @@ class LocalProvider(Provider):
                            f"{node.role}, {spec.memory_mb} MiB, {spec.cpus} vCPU")
         if self.dry:
             return
+        mac = mac_address(node.name, self.cluster.path)
+        hosts = self.netdir / "dnsmasq.hosts"
+        if not hosts.exists() or f"{mac}," not in hosts.read_text():
+            self.ensure_dnsmasq([*self.cluster.nodes(self.cfg), node])  # a replacement
         d = self.node_path(node.name)
         d.mkdir(parents=True, mode=0o700, exist_ok=True)
         volume_gb = {"master": self.cfg.masters, "worker": self.cfg.workers,
@@ -280,7 +284,6 @@ class LocalProvider(Provider):
         qemu.overlay(self.image, d / "root.qcow2")
         if volume_gb is not None:
             qemu.blank_disk(d / "storage.qcow2", volume_gb.volume_size_gb)
-        mac = mac_address(node.name, self.cluster.path)
         qemu.config_drive(d / "config.iso", node.name, user_data, instance_id=instance,
                           network_data=_network_data(node, mac, self.cfg))
         rec = {"name": node.name, "role": node.role, "index": node.index,
@@ -381,6 +384,9 @@ class LocalProvider(Provider):
         return (f"{why}; serial console {self.console_path(name)}:\n"
                 + ("\n".join(f"    | {ln}" for ln in lines) or "    (nothing on it)"))
 
+    def target_image(self) -> str:
+        return self.image_id()
+
     def nodes(self) -> list[NodeStatus]:
         return [NodeStatus(r["name"], r["role"], self._state(r), r["address"], r["image_id"],
                            r.get("generation", 1), str(self.console_path(r["name"])))
@@ -393,7 +399,7 @@ class LocalProvider(Provider):
             self.ns.delete_tap(rec["tap"])
         shutil.rmtree(self.node_path(name), ignore_errors=True)
         if self.procs.get("dnsmasq") is not None:
-            self.ensure_dnsmasq(initial_nodes(self.cfg))
+            self.ensure_dnsmasq(self.cluster.nodes(self.cfg))
 
     def in_network(self, argv: list[str]) -> list[str]:
         """``argv`` run where the nodes' addresses are reachable: inside the namespace."""

@@ -32,7 +32,7 @@ from k8simg.openstack.resources import (
     server_fault,
     wait_for,
 )
-from k8simg.plan import Node, api_vip, gateway, initial_nodes
+from k8simg.plan import Node, api_vip, gateway
 from k8simg.provider import DestroyResult, NodeStatus, Provider
 
 NODE_SG = "nodes"
@@ -53,7 +53,6 @@ class OpenStackProvider(Provider):
         self.where = f"cloud {self.cloud!r}"
         self.tag = cluster_tag(self.name)
         self._local = threading.local()
-        self.nodes_planned = initial_nodes(self.cfg)
         self.found: dict = {}
         self.ports: dict[str, object] = {}
 
@@ -605,6 +604,9 @@ class OpenStackProvider(Provider):
                                           delay=5, timeout=5, max_retries=3, tags=[self.tag])
                 self._lb_wait(lb.id)
 
+    def target_image(self) -> str:
+        return self.found["image"].id
+
     def nodes(self) -> list[NodeStatus]:
         out = []
         for s in self.conn.compute.servers(tags=self.tag):
@@ -649,6 +651,10 @@ class OpenStackProvider(Provider):
         names |= {self.sg_name(g) for g in (NODE_SG, "masters", "workers", "etcds", "bastion")}
         names |= {f"{n.name}-port" for n in self.nodes_planned}
         return res.name in names
+
+    @property
+    def nodes_planned(self) -> list[Node]:
+        return self.cluster.nodes(self.cfg)
 
     def masters(self) -> list[Node]:
         return [n for n in self.nodes_planned if n.role == "master"]

@@ -2,7 +2,7 @@
 "Gazpacho", pinned in tests/cloud/requirements.lock) with no hypervisor and no agents.
 
 - Keystone (password auth, fernet tokens) and Glance with the file store.
-- Placement; Nova with ``compute_driver=fake.FakeDriver`` and three nova-compute processes with
+- Placement; Nova with ``compute_driver=fake.FakeDriver`` and four nova-compute processes with
   their own host names and state paths, so that anti-affinity has hosts to spread over.
 - Neutron ML2 with no agents, binding every port through the test cloud's own mechanism driver
   (``plugins/k8simg_testcloud/ml2.py``); a flat external network ``public``.
@@ -39,7 +39,8 @@ REGION = "RegionOne"
 SERVICES = ("keystone", "glance", "placement", "nova", "neutron", "cinder", "octavia")
 DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron",
              "cinder", "octavia")
-COMPUTES = ("compute-1", "compute-2", "compute-3")
+# Four: a rolling upgrade surges a fourth master into the hard anti-affinity group.
+COMPUTES = ("compute-1", "compute-2", "compute-3", "compute-4")
 PROJECT, USER = "k8simg", "k8simg"  # what the tests deploy as: a member of one project
 FLAVORS = {"k8s.small": (2, 4096, 20), "k8s.medium": (4, 8192, 40), "k8s.tiny": (1, 1024, 10)}
 EXTERNAL_NETWORK, EXTERNAL_CIDR = "public", "172.24.4.0/24"

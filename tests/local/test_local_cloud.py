@@ -35,7 +35,7 @@ def k8simg(*args, check=True) -> subprocess.CompletedProcess:
 def etcdctl(provider, *args, endpoint=None):
     from k8simg.etcd import Etcd, planned_endpoints
 
-    eps = [endpoint] if endpoint else planned_endpoints(provider.cfg)
+    eps = [endpoint] if endpoint else planned_endpoints(provider.cluster)
     return Etcd(provider.cluster.pki_dir, wrap=provider.in_network).ctl(list(args), eps)
 
 

@@ -1,0 +1,98 @@
+"""Rolling three etcd members (Debian's etcd 3.4, on loopback, run from the rendered master
+configs) onto three new ones while a writer writes a key every 5 ms: the longest gap between two
+acknowledged writes, the writes that failed, and the roll's duration. Once with k8simg's
+choreography (learner, promote, leadership moved off the leaving member, remove) and once the
+textbook way with plain membership changes (add a voter, start it, remove the old member,
+whoever leads).
+
+    python benchmarks/bench_etcd_roll.py [--runs N]
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import report  # noqa: E402
+from k8simg.etcd import Etcd, client_url, peer_url, replace_member, wait_healthy  # noqa: E402
+from tests.conftest import write_cluster  # noqa: E402
+from tests.support import processes, wait_until  # noqa: E402
+from tests.upgrade.test_etcd_roll import NET, Members, Writer  # noqa: E402
+
+
+def textbook(etcd: Etcd, members: Members, old, new, live) -> None:
+    """etcdctl member add (a voter at once), start, member remove: no learner, no transfer."""
+    etcd.change(["member", "add", new.name, f"--peer-urls={peer_url(new)}"], live(),
+                f"add {new.name}")
+    ms = etcd.members(live())
+    members.start(new, [(m.name or new.name, m.peer_urls[0]) for m in ms])
+    wait_healthy(etcd, client_url(new), 120)
+    gone = next(m for m in etcd.members(live()) if m.name == old.name)
+    etcd.change(["member", "remove", gone.hex], [client_url(new)], f"remove {old.name}")
+    members.stop(old)
+
+
+def one_roll(tmp: Path, how: str) -> dict:
+    cd = write_cluster(tmp / how, topology="ha",
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False}, network=NET, name="roll")
+    with processes() as start:
+        members = Members(cd, start, tmp / f"{how}-nodes")
+        n = members.nodes
+        first = [(n[f"roll-master-{i}"].name, peer_url(n[f"roll-master-{i}"])) for i in range(3)]
+        for i in range(3):
+            members.start(n[f"roll-master-{i}"], first, joining=False)
+        etcd = Etcd(cd.pki_dir, identity="apiserver-etcd-client")
+        eps = [client_url(n[f"roll-master-{i}"]) for i in range(3)]
+        wait_until(lambda: sum(e.healthy for e in etcd.health(eps)) == 3, 60, "three members")
+
+        def live():
+            return [client_url(x) for x in n.values()
+                    if x.name in members.procs and members.procs[x.name].poll() is None]
+
+        writer = Writer(cd.pki_dir, [client_url(n[f"roll-master-{i}"]) for i in (3, 4, 5, 2, 1, 0)])
+        writer.start()
+        time.sleep(2)
+        t = time.monotonic()
+        try:
+            for o, w in ((0, 3), (1, 4), (2, 5)):
+                old, new = n[f"roll-master-{o}"], n[f"roll-master-{w}"]
+                if how == "k8simg":
+                    replace_member(etcd, old, new, voters=3, start=members.start,
+                                   stop=members.stop, endpoints=live, timeout=120)
+                else:
+                    textbook(etcd, members, old, new, live)
+            seconds = time.monotonic() - t
+            time.sleep(2)
+        finally:
+            writer.stop()
+    times = [s for _, s in writer.acked]
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    no_leader = [e for e in writer.errors if "leader" in e]
+    return {"how": how, "roll_s": round(seconds, 1), "writes_acked": len(writer.acked),
+            "longest_gap_ms": round(gaps[-1] * 1000), "p99_gap_ms": round(
+                gaps[int(len(gaps) * 0.99)] * 1000), "median_gap_ms": round(
+                statistics.median(gaps) * 1000, 1), "failed_no_leader": len(no_leader),
+            "failed_other": len(writer.errors) - len(no_leader)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-etcd."))
+    rows = []
+    for run in range(args.runs):
+        for how in ("k8simg", "textbook"):
+            row = one_roll(tmp / str(run), how)
+            print(row, file=sys.stderr)
+            rows.append(row)
+    report("etcd_roll", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+import json
+import sys
+import time
+
+import click
+
+from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
+
+
+@click.command()
+@cluster_argument
+@click.option("--cloud", metavar="NAME", help="Override the cluster's cloud (clouds.yaml name, "
+                                              "or local).")
+@click.option("--plan", is_flag=True, help="Show which nodes would be replaced, in order; "
+                                          "change nothing.")
+@click.option("--max-surge", default=1, show_default=True, type=click.IntRange(1, 50),
+              help="Workers replaced at once (their replacements boot before they go).")
+@click.option("--max-unavailable", default=0, show_default=True, type=click.IntRange(0, 50),
+              help="Workers that may be gone before their replacements are up (only 0 so far).")
+@click.option("--skip-unobservable", is_flag=True,
+              help="Go on where a health gate cannot be observed (named as skipped), e.g. a "
+                   "test cloud whose servers run nothing. Never on a real cluster.")
+@output_option
+def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable, output):
+    """Roll the cluster onto the image its cluster.yaml names, replacing nodes one by one.
+
+    Exit codes: 0 done, 10 nothing to do, 4 aborted safely (a preflight refused; nothing
+    changed), 1 failed (re-run to resume). With --output json, one JSON object per line and
+    step on stdout.
+    """
+    from k8simg.provider import Deployment
+    from k8simg.upgrade import EXIT_NOTHING, Upgrade
+
+    def event(name: str, detail: dict) -> None:
+        if output == "json":
+            sys.stdout.write(json.dumps({"event": name, "time": round(time.time(), 3),
+                                         **detail}) + "\n")
+            sys.stdout.flush()
+        else:
+            progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
+
+    d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress)
+    warnings: list[str] = []
+
+    def planning(name: str, detail: dict) -> None:
+        warnings.append(detail.get("message", name))
+        progress(f"{name}: {detail.get('message', detail)}")
+
+    up = Upgrade(d, max_surge=max_surge, max_unavailable=max_unavailable,
+                 skip_unobservable=skip_unobservable, events=planning if plan else event)
+    if plan:
+        target, steps = up.plan()
+        rows = [{"order": i + 1, "node": s.old, "role": s.role, "from": s.image, "to": target}
+                for i, s in enumerate(steps)]
+        if output == "json":
+            emit_json({"image": target, "replace": rows, "warnings": warnings})
+        else:
+            for r in rows:
+                click.echo(f"{r['order']:3}  {r['node']}  ({r['role']}: {r['from']} -> {r['to']})")
+        if not steps:
+            progress("nothing to do: every node runs the target image")
+            sys.exit(EXIT_NOTHING)
+        return
+    result = up.run()
+    if output != "json":
+        for old, new in result.replaced:
+            click.echo(f"replaced {old} by {new}")
+        for gate in result.skipped_gates:
+            click.echo(f"skipped gate: {gate}")
+    sys.exit(result.exit_code)
