@@ -250,12 +250,42 @@ class Upgrade:
         self._drop_node(old.name)
         result.replaced.append((old.name, new.name))
 
-    def api_gate(self, node: Node, result: UpgradeResult) -> None:
-        self.skipped(result, "kubernetes-api", self.no_api_reason())
+    def kube(self):
+        """A Kubernetes API client with the cluster's admin kubeconfig, or None when the API
+        cannot be asked (then the reason is in :attr:`no_api`)."""
+        if hasattr(self, "_kube"):
+            return self._kube
+        self._kube, self.no_api = None, ""
+        if any("without Kubernetes" in w for w in self.p.warnings):
+            self.no_api = "the image was baked without Kubernetes binaries: no API server"
+        elif self.cfg.is_local:
+            self.no_api = ("the local cloud's API is inside its network namespace, which this "
+                           "version does not reach with the Kubernetes client")
+        else:
+            from kubernetes import client, config
 
-    def no_api_reason(self) -> str:
-        return ("this cluster's Kubernetes API is not asked by this version of k8simg "
-                "(images here are baked without Kubernetes)")
+            try:
+                api = config.new_client_from_config(
+                    str(self.cluster.kubeconfig_dir / "admin.conf"))
+                client.VersionApi(api).get_code(_request_timeout=10)
+                self._kube = api
+            except Exception as e:  # any failure to reach it is reported, not hidden
+                self.no_api = f"the API does not answer ({type(e).__name__}: {e})"[:300]
+        if self._kube is None and not self.skip:
+            raise UpgradeAborted(f"the Kubernetes API cannot be asked: {self.no_api}; workers "
+                                 "would be deleted undrained. --skip-unobservable only where "
+                                 "nothing runs Kubernetes")
+        return self._kube
+
+    def api_gate(self, node: Node, result: UpgradeResult) -> None:
+        api = self.kube()
+        if api is None:
+            self.skipped(result, "kubernetes-api", self.no_api)
+            return
+        from k8simg.drain import wait_ready
+
+        wait_ready(api, node.name, timeout=self.timeout)
+        self.emit("node-ready", {"node": node.name})
 
     def replace_workers(self, batch: list[Step], result: UpgradeResult) -> None:
         """Surge: the batch's replacements boot together, then each old one goes."""
@@ -264,9 +294,21 @@ class Upgrade:
         for old, new in pairs:
             self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
         self.p.parallel([lambda n=new: self.boot(n) for _, new in pairs])
+        api = self.kube()
         for old, new in pairs:
-            self.skipped(result, "node-ready", self.no_api_reason())
-            self.skipped(result, "drain", self.no_api_reason())
+            if api is None:
+                self.skipped(result, "node-ready", self.no_api)
+                self.skipped(result, "drain", self.no_api)
+            else:
+                from k8simg.drain import drain, wait_ready
+
+                wait_ready(api, new.name, timeout=self.timeout)
+                self.emit("node-ready", {"node": new.name})
+                done = drain(api, old.name, timeout=self.timeout,
+                             progress=lambda m: self.emit("drain-progress", {"message": m}))
+                self.emit("drained", {"node": old.name, "evicted": done.evicted,
+                                      "unmanaged": done.unmanaged,
+                                      "refusals": done.refusals})
             self.p.delete_node(old.name)
             self.emit("deleted", {"node": old.name})
             self._drop_node(old.name)
