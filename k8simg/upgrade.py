@@ -271,7 +271,8 @@ class Upgrade:
                 self._kube = api
             except Exception as e:  # any failure to reach it is reported, not hidden
                 self.no_api = f"the API does not answer ({type(e).__name__}: {e})"[:300]
-        if self._kube is None and not self.skip:
+        nothing_runs = self.no_api.startswith("the image was baked without Kubernetes")
+        if self._kube is None and not self.skip and not nothing_runs:
             raise UpgradeAborted(f"the Kubernetes API cannot be asked: {self.no_api}; workers "
                                  "would be deleted undrained. --skip-unobservable only where "
                                  "nothing runs Kubernetes")
