@@ -27,7 +27,7 @@ from tests.upgrade.test_etcd_roll import NET, Members, Writer  # noqa: E402
 def textbook(etcd: Etcd, members: Members, old, new, live) -> None:
     """etcdctl member add (a voter at once), start, member remove: no learner, no transfer."""
     etcd.change(["member", "add", new.name, f"--peer-urls={peer_url(new)}"], live(),
-                f"add {new.name}")
+                f"add {new.name}", ok=lambda e: "Peer URLs already exists" in e)
     ms = etcd.members(live())
     members.start(new, [(m.name or new.name, m.peer_urls[0]) for m in ms])
     wait_healthy(etcd, client_url(new), 120)
@@ -58,12 +58,15 @@ def one_roll(tmp: Path, how: str) -> dict:
         writer.start()
         time.sleep(2)
         t = time.monotonic()
+        marks: list[tuple[float, str]] = []
         try:
             for o, w in ((0, 3), (1, 4), (2, 5)):
                 old, new = n[f"roll-master-{o}"], n[f"roll-master-{w}"]
                 if how == "k8simg":
                     replace_member(etcd, old, new, voters=3, start=members.start,
-                                   stop=members.stop, endpoints=live, timeout=120)
+                                   stop=members.stop, endpoints=live, timeout=120,
+                                   hook=lambda step, o=old: marks.append(
+                                       (time.monotonic(), f"{o.name} {step}")))
                 else:
                     textbook(etcd, members, old, new, live)
             seconds = time.monotonic() - t
@@ -71,13 +74,17 @@ def one_roll(tmp: Path, how: str) -> dict:
         finally:
             writer.stop()
     times = [s for _, s in writer.acked]
-    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    pairs = list(zip(times, times[1:], strict=False))
+    worst = max(pairs, key=lambda p: p[1] - p[0]) if pairs else (0, 0)
+    during = [m for at, m in marks if at <= worst[1]][-1:] or ["-"]
+    gaps = sorted(b - a for a, b in pairs)
     no_leader = [e for e in writer.errors if "leader" in e]
     return {"how": how, "roll_s": round(seconds, 1), "writes_acked": len(writer.acked),
             "longest_gap_ms": round(gaps[-1] * 1000), "p99_gap_ms": round(
                 gaps[int(len(gaps) * 0.99)] * 1000), "median_gap_ms": round(
                 statistics.median(gaps) * 1000, 1), "failed_no_leader": len(no_leader),
-            "failed_other": len(writer.errors) - len(no_leader)}
+            "failed_other": len(writer.errors) - len(no_leader),
+            "longest_gap_after": during[0] if how == "k8simg" else "-"}
 
 
 def main() -> None:

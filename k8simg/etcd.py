@@ -176,7 +176,8 @@ class Etcd:
                 return err
             transient = any(s in err for s in (
                 "unhealthy cluster", "in sync with leader", "too many requests",
-                "leader changed", "no leader", "context deadline exceeded"))
+                "leader changed", "no leader", "context deadline exceeded",
+                "request timed out"))
             if not transient or time.monotonic() > deadline:
                 raise EtcdError(f"{what}: {err}")
             time.sleep(delay)
@@ -289,8 +290,10 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
 
     if mine is None:
         hook("add-learner")
+        # A timed-out add may have been applied: then its retry finds the peer URL taken.
         etcd.change(["member", "add", new.name, f"--peer-urls={peer_url(new)}", "--learner"],
-                    voter_urls(members), f"add {new.name} as a learner")
+                    voter_urls(members), f"add {new.name} as a learner",
+                    ok=lambda e: "Peer URLs already exists" in e)
         members = etcd.members(endpoints())
         mine = _by_peer(members, new)
         events("learner-added", {"node": new.name, "member": mine.hex})
