@@ -84,7 +84,8 @@ class LocalProvider(Provider):
 
     def __init__(self, cluster, **kw):
         super().__init__(cluster, **kw)
-        self.root = cluster.path / "local"
+        # Absolute: the daemons (dnsmasq, haproxy, QEMU) chdir to / when they detach.
+        self.root = cluster.path.resolve() / "local"
         self.netdir = self.root / "network"
         self.nodedir = self.root / "nodes"
         self.ns = Namespace(namespace_name(self.name, cluster.path))

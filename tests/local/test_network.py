@@ -7,6 +7,7 @@ import json
 import subprocess
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -63,10 +64,13 @@ def dhcp(ns: str, tmp_path) -> str | None:
 
 
 @pytest.fixture
-def cluster(tmp_path, local_cluster):
+def cluster(tmp_path, local_cluster, monkeypatch):
     image = tmp_path / "image.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
-    cd = write_cluster(tmp_path / "net", image=str(image),
+    # A relative cluster path, as `k8simg deploy clusters/demo` gives one (the daemons
+    # detach into /, so every path they get must be absolute).
+    monkeypatch.chdir(tmp_path)
+    cd = write_cluster(Path("net"), image=str(image),
                        workers={"count": 1, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False})
     local_cluster(cd)
