@@ -11,7 +11,6 @@ Runs as root (network namespace, taps). Everything started is destroyed afterwar
 import argparse
 import ctypes
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from k8simg.etcd import Etcd, planned_endpoints  # noqa: E402
 from k8simg.local.provider import LocalProvider  # noqa: E402
 from k8simg.provider import Deployment  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
+from tests.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,11 +76,7 @@ def run(tmp: Path, image: Path, name: str, topology: str, memory: int) -> list[d
         t = time.monotonic()
         left = Deployment.for_cluster(cd).destroy().left
         rows.append({"cluster": name, "what": "destroy", "seconds": round(time.monotonic() - t, 1)})
-        for pid in pids:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        reap(pids)
         if left:
             sys.exit(f"destroy left: {left}")
     return rows
@@ -95,7 +91,7 @@ def main() -> None:
     image = (args.image or default_image()).resolve()
     # The daemons outlive deploy and are re-parented to us, so we can reap them (see
     # tests/local/conftest.py).
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-local."))
     rows = run(tmp, image, "ha", "ha", args.memory_mb)
     if not args.skip_single:
