@@ -269,7 +269,12 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
 
 
 def operator_access(ign: Ignition, ctx: RenderContext, node: Node) -> None:
+    """The operators' user, and the host key the cluster's ``known_hosts`` pins (the image
+    has none; other nodes make their own at first boot)."""
     ign.user("k8simg", list(ctx.config.bastion.ssh_authorized_keys), ["sudo"])
+    key = ctx.pki.bastion_host_key_path
+    ign.file("/etc/ssh/ssh_host_ed25519_key", key.read_bytes(), 0o600)
+    ign.file("/etc/ssh/ssh_host_ed25519_key.pub", ctx.pki.bastion_host_public_key() + "\n")
 
 
 container_storage = storage(["/var/lib/containerd", "/var/lib/docker"])

@@ -4,6 +4,7 @@ Layout, as kubeadm's ``/etc/kubernetes/pki``::
 
     ca.crt ca.key front-proxy-ca.* front-proxy-client.* apiserver-kubelet-client.*
     apiserver-etcd-client.* sa.key sa.pub etcd/ca.* etcd/healthcheck-client.*
+    ssh/bastion_host_ed25519_key{,.pub}           the bastion's SSH host key (pinned)
     kubeconfig/<identity>.*                     client identities of the kubeconfigs
     nodes/<node>/apiserver.*  nodes/<node>/etcd/{server,peer}.*  nodes/<node>/kubelet-client.*
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from k8simg.errors import PkiError
 from k8simg.fsutil import atomic_write
@@ -34,6 +36,8 @@ from k8simg.pki.keys import (
 )
 from k8simg.pki.kubeconfig import kubeconfig
 from k8simg.pki.x509 import Subject, cert_sans, issue, signed_by
+
+BASTION_HOST_KEY = "ssh/bastion_host_ed25519_key"
 
 Clock = Callable[[], dt.datetime]
 Progress = Callable[[str], None]
@@ -214,7 +218,40 @@ class Pki:
             result.created.append(table.SA_KEY)
         else:
             result.existing.append(table.SA_KEY)
+        if self.ctx.config.bastion.enabled:
+            (result.created if self._ensure_bastion_host_key() else result.existing).append(
+                BASTION_HOST_KEY)
         return result
+
+    @property
+    def bastion_host_key_path(self) -> Path:
+        return self.root / BASTION_HOST_KEY
+
+    def _ensure_bastion_host_key(self) -> bool:
+        """The bastion's SSH host key: made here so the operator's side can pin it in
+        ``known_hosts`` before the bastion has ever booted (no trust on first use)."""
+        key_path = self.bastion_host_key_path
+        pub_path = key_path.with_name(key_path.name + ".pub")
+        if key_path.exists():
+            key = serialization.load_ssh_private_key(key_path.read_bytes(), None)
+            created = False
+        else:
+            self.progress("generating the bastion's SSH host key")
+            key = ed25519.Ed25519PrivateKey.generate()
+            atomic_write(key_path, key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption()), 0o600)
+            created = True
+        if not pub_path.exists():
+            pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                serialization.PublicFormat.OpenSSH)
+            atomic_write(pub_path, pub + f" {self.ctx.config.name}-bastion\n".encode(), 0o644)
+        return created
+
+    def bastion_host_public_key(self) -> str:
+        """``ssh-ed25519 AAAA… <cluster>-bastion``."""
+        return self.bastion_host_key_path.with_name(
+            BASTION_HOST_KEY.rsplit("/", 1)[1] + ".pub").read_text().strip()
 
     def _ensure_sa(self) -> bool:
         key_path, pub_path = self.root / "sa.key", self.root / "sa.pub"
@@ -308,7 +345,10 @@ class Pki:
         return out
 
     def missing(self) -> list[str]:
-        return [i.id for i in table.instances(self.ctx) if not self.paths(i)[0].exists()]
+        missing = [i.id for i in table.instances(self.ctx) if not self.paths(i)[0].exists()]
+        if self.ctx.config.bastion.enabled and not self.bastion_host_key_path.exists():
+            missing.append(BASTION_HOST_KEY)
+        return missing
 
 
 def _basic_constraints(cert: x509.Certificate):

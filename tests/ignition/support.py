@@ -86,6 +86,7 @@ def normalised(doc: dict) -> str:
         data = PEM_RE.sub(lambda m: b"<" + m.group(1) + b">\n", data)
         data = re.sub(rb"(certificate-authority-data|client-certificate-data|client-key-data): \S+",
                       rb"\1: <base64>", data)
+        data = re.sub(rb"ssh-ed25519 [A-Za-z0-9+/=]+", rb"ssh-ed25519 <public key>", data)
         text = data.decode()
         if f["path"] == ADDON_VALUES:
             text = yaml.safe_dump_all([o for o in yaml.safe_load_all(text) if o], sort_keys=False)

@@ -191,7 +191,17 @@ def test_bastion_has_keys_and_no_secrets(rendered_cluster):
     doc = render_node(ctx, bastion)
     assert doc["passwd"]["users"] == [{"name": "k8simg", "sshAuthorizedKeys": [ED25519],
                                        "groups": ["sudo"]}]
-    assert set(files(doc)) == {"/etc/hostname"}
+    got = files(doc)
+    assert set(got) == {"/etc/hostname", "/etc/ssh/ssh_host_ed25519_key",
+                        "/etc/ssh/ssh_host_ed25519_key.pub"}
+    # The host key the operator's known_hosts pins (pki), given to the bastion alone, 0600.
+    assert got["/etc/ssh/ssh_host_ed25519_key"][0] == 0o600
+    assert got["/etc/ssh/ssh_host_ed25519_key"][1] == ctx.pki.bastion_host_key_path.read_bytes()
+    pub = got["/etc/ssh/ssh_host_ed25519_key.pub"][1].decode()
+    assert pub.startswith("ssh-ed25519 ") and pub.strip() == ctx.pki.bastion_host_public_key()
+    for node in ctx.nodes:
+        if node.role != "bastion":
+            assert "/etc/ssh/ssh_host_ed25519_key" not in files(render_node(ctx, node))
 
 
 def test_replacement_joins_the_existing_cluster(rendered_cluster):
@@ -212,7 +222,8 @@ def test_replacement_joins_the_existing_cluster(rendered_cluster):
 
 
 def test_private_keys_only_where_they_belong(rendered_cluster):
-    """No worker or bastion config carries any private key but the node's own kubelet key."""
+    """No worker or bastion config carries any private key but its own: a worker its
+    kubelet key, the bastion its SSH host key."""
     _, ctx = rendered_cluster("ha3", cloud="openstack")
     all_keys = {p.read_bytes().strip(): str(p.relative_to(ctx.pki.root))
                 for p in ctx.pki.root.rglob("*.key")}
@@ -224,11 +235,12 @@ def test_private_keys_only_where_they_belong(rendered_cluster):
         contents = b"".join(data for _, data in files(render_node(ctx, node)).values())
         found = re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\n.*?-----END [A-Z ]*PRIVATE KEY-----",
                            contents, re.S)
-        own_file = ctx.pki.root / f"nodes/{node.name}/kubelet-client.key"
-        own = own_file.read_bytes().strip() if node.role == "worker" else None
+        own_file = (ctx.pki.root / f"nodes/{node.name}/kubelet-client.key"
+                    if node.role == "worker" else ctx.pki.bastion_host_key_path)
+        own = own_file.read_bytes().strip()
         for key in found:
             assert key.strip() == own, f"{node.name} carries {all_keys.get(key.strip(), 'a key')}"
-        assert len(found) == (1 if node.role == "worker" else 0)
+        assert len(found) == 1
         assert b"PRIVATE KEY" not in blob  # nothing unencoded either
         scanned += 1
     assert scanned == 3

@@ -24,12 +24,16 @@ def test_generates_the_whole_set_with_safe_modes(make_cluster, clock):
     p = cd.pki(clock=clock)
     result = p.ensure()
     ids = [i.id for i in table.instances(p.ctx)]
-    assert result.created == ids + ["sa"]
+    assert result.created == ids + ["sa", "ssh/bastion_host_ed25519_key"]
     assert len(ids) == 3 + 3 * 3 + 8 + 5  # CAs, per-master x3, shared leaves, kubelets
     for path in cd.pki_dir.rglob("*"):
         if path.is_file():
             mode = stat.S_IMODE(path.stat().st_mode)
-            assert mode == (0o600 if path.suffix == ".key" else 0o644), path
+            private = path.suffix == ".key" or path.name.endswith("_key")
+            assert mode == (0o600 if private else 0o644), path
+    host_key = (cd.pki_dir / "ssh/bastion_host_ed25519_key").read_bytes()
+    assert host_key.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert p.bastion_host_public_key().startswith("ssh-ed25519 ")
     kubeconfigs = p.write_kubeconfigs(cd.kubeconfig_dir)
     assert {k.name for k in kubeconfigs} == {"admin.conf", "super-admin.conf",
                                              "controller-manager.conf", "scheduler.conf",
@@ -200,5 +204,5 @@ def test_cli_entry_point_runs_as_module(make_cluster):
     r = subprocess.run([sys.executable, "-m", "k8simg", "pki", "init", str(cd.path)],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 0, r.stderr
-    assert "generating ca" in r.stderr and r.stdout.startswith("26 created")
+    assert "generating ca" in r.stderr and r.stdout.startswith("27 created")
     assert "PRIVATE" not in r.stdout + r.stderr
