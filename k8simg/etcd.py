@@ -95,12 +95,17 @@ class Etcd:
     :param pki_dir: the cluster's ``pki/``.
     :param wrap: turns an argv into one that runs where the members are reachable.
     :param identity: ``healthcheck-client`` (reads) or ``apiserver-etcd-client``.
+    :param route: the URL to dial for a member's client URL (a tunnel's local end); results
+        still name the member's own URL.
     """
 
     def __init__(self, pki_dir: Path, wrap: Callable[[list[str]], list[str]] = lambda a: a,
-                 identity: str = "healthcheck-client"):
+                 identity: str = "healthcheck-client",
+                 route: Callable[[str], str] = lambda url: url):
         self.pki_dir = Path(pki_dir)
         self.wrap = wrap
+        self.route = route
+        self._dialed: dict[str, str] = {}
         if identity == "healthcheck-client":
             self.cert = self.pki_dir / "etcd" / "healthcheck-client"
         else:
@@ -108,7 +113,11 @@ class Etcd:
 
     def ctl(self, args: list[str], endpoints: list[str], timeout: float = 30
             ) -> subprocess.CompletedProcess:
-        argv = ["etcdctl", f"--endpoints={','.join(endpoints)}",
+        dial = []
+        for url in endpoints:
+            dial.append(self.route(url))
+            self._dialed[dial[-1]] = url
+        argv = ["etcdctl", f"--endpoints={','.join(dial)}",
                 f"--cacert={self.pki_dir / 'etcd' / 'ca.crt'}",
                 f"--cert={self.cert}.crt", f"--key={self.cert}.key",
                 "--dial-timeout=3s", "--command-timeout=10s", *args]
@@ -120,6 +129,9 @@ class Etcd:
             raise EtcdError("etcdctl not found: install the Debian package etcd-client") from None
         except subprocess.TimeoutExpired:
             raise EtcdError(f"etcdctl {' '.join(args)}: no answer in {timeout:.0f} s") from None
+
+    def _named(self, dialed: str) -> str:
+        return self._dialed.get(dialed, dialed)
 
     def _json(self, args: list[str], endpoints: list[str]):
         r = self.ctl([*args, "-w", "json"], endpoints)
@@ -139,7 +151,7 @@ class Etcd:
             data = json.loads(r.stdout or "[]")
         except ValueError:
             raise EtcdError(f"etcdctl endpoint health: {r.stderr.strip() or r.stdout}") from None
-        return [Endpoint(e["endpoint"], bool(e.get("health")),
+        return [Endpoint(self._named(e["endpoint"]), bool(e.get("health")),
                          e.get("error") or f"took {e.get('took', '?')}") for e in data]
 
     def status(self, endpoints: list[str]) -> list[Status]:
@@ -149,7 +161,7 @@ class Etcd:
             data = json.loads(r.stdout or "[]")
         except ValueError:
             return []
-        return [Status(s["Endpoint"], s["Status"]["header"]["member_id"],
+        return [Status(self._named(s["Endpoint"]), s["Status"]["header"]["member_id"],
                        s["Status"]["leader"], s["Status"]["raftIndex"]) for s in data]
 
     def alarms(self, endpoints: list[str]) -> list[str]:

@@ -13,13 +13,18 @@ the load balancer's members, nodes beyond the plan removed, the kubeconfigs writ
 
 import abc
 import concurrent.futures as cf
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from k8simg.cluster import ClusterDir
 from k8simg.errors import K8simgError, RenderError
 from k8simg.plan import Node
+
+if TYPE_CHECKING:
+    from k8simg.etcd import Etcd
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,10 @@ class Provider(abc.ABC):
     where: str = "the cloud"
 
     def __init__(self, cluster: ClusterDir, *, dry_run: bool = False, concurrency: int = 8,
-                 timeout: float = 900, progress: Callable[[str], None] = lambda _m: None):
+                 timeout: float = 900, progress: Callable[[str], None] = lambda _m: None,
+                 ssh_keys: tuple = ()):
         self.cluster = cluster
+        self.ssh_keys = tuple(ssh_keys)  # the operator's keys for the bastion (none: the agent)
         self.cfg = cluster.load()
         self.name = self.cfg.name
         self.ledger = Ledger(dry_run=dry_run, progress=progress)
@@ -212,6 +219,18 @@ class Provider(abc.ABC):
         """
         raise K8simgError(f"the nodes' network on {self.where} is not reachable from here "
                           "(on OpenStack it is reached through the bastion)")
+
+    @contextlib.contextmanager
+    def etcd_client(self, identity: str = "healthcheck-client") -> Iterator["Etcd"]:
+        """An etcd client that reaches the members from the operator's machine, open for the
+        ``with`` block.
+
+        :raises K8simgError: when the members cannot be reached from here.
+        """
+        from k8simg.etcd import Etcd
+
+        self.in_network(["true"])
+        yield Etcd(self.cluster.pki_dir, wrap=self.in_network, identity=identity)
 
 
 class Deployment:

@@ -16,6 +16,7 @@ cannot be reached from here (``--skip-unobservable`` says the operator knows, e.
 cloud whose computes run nothing), the Kubernetes API on an image baked without Kubernetes.
 """
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,11 +125,12 @@ class Upgrade:
             self.emit("warning", {"message": "single master: the Kubernetes API is down from "
                                   "the moment the old master leaves the load balancer until "
                                   "the new one answers"})
-        etcd = self.etcd(result)
-        if masters and etcd is not None:
-            self.snapshot(etcd)
-        for step in masters:
-            self.replace_control_plane(step, etcd, result)
+        with contextlib.ExitStack() as open_:
+            etcd = self.etcd(result, open_) if masters else None
+            if etcd is not None:
+                self.snapshot(etcd)
+            for step in masters:
+                self.replace_control_plane(step, etcd, result)
         workers = [s for s in steps if s.role in ("worker", "bastion")]
         for i in range(0, len(workers), self.max_surge):
             self.replace_workers(workers[i:i + self.max_surge], result)
@@ -143,13 +145,12 @@ class Upgrade:
             result.skipped_gates.append(gate)
         self.emit("gate-skipped", {"gate": gate, "why": why})
 
-    def etcd(self, result: UpgradeResult):
-        """An etcd client through the provider's way in, or None (gates skipped)."""
-        from k8simg.etcd import Etcd
-
+    def etcd(self, result: UpgradeResult, open_: contextlib.ExitStack):
+        """An etcd client through the provider's way in (the local cloud's namespace, the
+        bastion's SSH tunnel on OpenStack), open until ``open_`` closes; or None (gates
+        skipped)."""
         try:
-            wrap = self.p.in_network
-            wrap(["true"])
+            return open_.enter_context(self.p.etcd_client("apiserver-etcd-client"))
         except K8simgError as e:
             if not self.skip:
                 raise UpgradeAborted(f"etcd cannot be reached from here ({e}); replacing "
@@ -157,7 +158,6 @@ class Upgrade:
                                      "--skip-unobservable only where nothing runs etcd") from None
             self.skipped(result, "etcd", str(e))
             return None
-        return Etcd(self.cluster.pki_dir, wrap=wrap, identity="apiserver-etcd-client")
 
     def snapshot(self, etcd) -> None:
         from k8simg.etcd import planned_endpoints

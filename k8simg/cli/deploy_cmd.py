@@ -3,7 +3,14 @@ from pathlib import Path
 
 import click
 
-from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
+from k8simg.cli.options import (
+    cluster_argument,
+    cluster_dir,
+    emit_json,
+    output_option,
+    progress,
+    ssh_key_option,
+)
 from k8simg.errors import K8simgError
 
 cloud_override = click.option("--cloud", metavar="NAME",
@@ -125,13 +132,21 @@ def etcd():
 @cloud_override
 @click.option("--wait", default=0, show_default=True, type=click.IntRange(0),
               help="Seconds to keep asking until every member is healthy.")
+@ssh_key_option
 @output_option
-def health(cluster, cloud, wait, output):
-    """Every member's health and the member list; exit 1 when a member is unhealthy."""
-    from k8simg.etcd import Etcd, planned_endpoints
+def health(cluster, cloud, wait, ssh_keys, output):
+    """Every member's health and the member list; exit 1 when a member is unhealthy.
 
-    d = _deployment(cluster, cloud)
-    etcd = Etcd(d.cluster.pki_dir, wrap=d.provider.in_network)
+    On OpenStack through an SSH tunnel to the bastion; on the local cloud from its namespace.
+    """
+    d = _deployment(cluster, cloud, ssh_keys=ssh_keys)
+    with d.provider.etcd_client() as etcd:
+        _health(d, etcd, wait, output)
+
+
+def _health(d, etcd, wait, output):
+    from k8simg.etcd import planned_endpoints
+
     endpoints = planned_endpoints(d.cluster)
     deadline = time.monotonic() + wait
     while True:

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -31,3 +32,9 @@ def progress(msg: str) -> None:
 def emit_json(data) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
+
+ssh_key_option = click.option(
+    "--ssh-key", "ssh_keys", multiple=True, metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key for the bastion (user k8simg; repeatable). Default: the SSH agent and "
+         "~/.ssh/id_*, as ssh would. OpenStack only: the local cloud is reached directly.")

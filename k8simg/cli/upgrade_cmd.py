@@ -4,7 +4,14 @@ import time
 
 import click
 
-from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
+from k8simg.cli.options import (
+    cluster_argument,
+    cluster_dir,
+    emit_json,
+    output_option,
+    progress,
+    ssh_key_option,
+)
 
 
 @click.command()
@@ -20,8 +27,10 @@ from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_
 @click.option("--skip-unobservable", is_flag=True,
               help="Go on where a health gate cannot be observed (named as skipped), e.g. a "
                    "test cloud whose servers run nothing. Never on a real cluster.")
+@ssh_key_option
 @output_option
-def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable, output):
+def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable, ssh_keys,
+            output):
     """Roll the cluster onto the image its cluster.yaml names, replacing nodes one by one.
 
     Exit codes: 0 done, 10 nothing to do, 4 aborted safely (a preflight refused; nothing
@@ -39,7 +48,8 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
         else:
             progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
 
-    d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress)
+    d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
+                               ssh_keys=ssh_keys)
     warnings: list[str] = []
 
     def planning(name: str, detail: dict) -> None:

@@ -19,10 +19,12 @@ Order of a deploy, each phase's independent resources created concurrently:
    the API's floating IP.
 """
 
+import contextlib
 import json
 import threading
 
 from k8simg.cluster import ClusterDir
+from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.openstack import CloudError, connect
 from k8simg.openstack.resources import (
@@ -282,6 +284,11 @@ class OpenStackProvider(Provider):
             rules["etcds"].add(("tcp", 2379, 2380, None, ids["etcds"]))
         else:
             rules["masters"].add(("tcp", 2379, 2380, None, ids["masters"]))  # etcd, masters only
+        if c.bastion.enabled:
+            # etcd's client port from the bastion alone: `k8simg upgrade` tunnels through it
+            # (mutual TLS with the cluster's etcd CA on top).
+            members = "etcds" if c.etcd.placement == "dedicated" else "masters"
+            rules[members].add(("tcp", 2379, 2379, None, ids["bastion"]))
         if "workers" in rules:
             rules["workers"] |= {(p, 30000, 32767, "0.0.0.0/0", None) for p in ("tcp", "udp")}
         return rules
@@ -521,6 +528,24 @@ class OpenStackProvider(Provider):
             wait_for(f"server {node.name}", lambda: c.get_server(server.id), ok={"ACTIVE"},
                      failures={"ERROR"}, timeout=self.timeout, describe=server_fault)
         return port
+
+    @contextlib.contextmanager
+    def etcd_client(self, identity: str = "healthcheck-client"):
+        """etcd through an SSH tunnel to the bastion's floating IP (its host key pinned by the
+        cluster's PKI); the members' client URLs are dialed through local forwards."""
+        from k8simg.etcd import Etcd
+        from k8simg.tunnel import Tunnel
+
+        state = self.cluster.state()
+        address = state.get("bastion_floating_ip")
+        if not self.cfg.bastion.enabled or not address:
+            raise K8simgError(f"etcd on {self.where} is reached through the bastion, and "
+                              f"cluster {self.name} has "
+                              + ("none (bastion.enabled: false)" if not self.cfg.bastion.enabled
+                                 else "no bastion address in its state (deploy it first)"))
+        pki = self.cluster.pki(self.cfg)
+        with Tunnel(address, host_key=pki.bastion_host_public_key(), client_keys=self.ssh_keys) as t:
+            yield Etcd(self.cluster.pki_dir, identity=identity, route=t.url)
 
     def ensure_bastion_ip(self, port, ext) -> None:
         n = self.conn.network

@@ -330,7 +330,8 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
                                                 direction="ingress")}
 
     assert ingress("ded-etcds") == {("tcp", 2379, 2379, "ded-masters"),
-                                    ("tcp", 2379, 2380, "ded-etcds")}
+                                    ("tcp", 2379, 2380, "ded-etcds"),
+                                    ("tcp", 2379, 2379, "ded-bastion")}  # upgrade's tunnel
     assert ingress("ded-masters") == {("tcp", 6443, 6443, "0.0.0.0/0"),
                                       ("tcp", 6443, 6443, "10.0.0.0/24")}  # no etcd here
     assert ingress("ded-nodes") == {("udp", 8472, 8472, "ded-nodes"),
