@@ -60,24 +60,26 @@ class Upgrade:
 
     :param events: receives ``(event, details)`` for every step (CI's JSON lines).
     :param skip_unobservable: go on where a gate cannot be observed (named as skipped).
+    :param kube: makes the Kubernetes API client (default: from the cluster's admin.conf).
     """
 
     def __init__(self, deployment: Deployment, *, max_surge: int = 1, max_unavailable: int = 0,
                  skip_unobservable: bool = False, timeout: float = 1800,
-                 events: Callable[[str, dict], None] = lambda _e, _d: None):
-        if max_surge < 1:
-            raise UpgradeAborted("--max-surge must be at least 1: nodes are replaced by new "
-                                 "ones before the old ones go")
-        if max_unavailable != 0:
-            raise UpgradeAborted("--max-unavailable other than 0 is not supported yet")
+                 events: Callable[[str, dict], None] = lambda _e, _d: None,
+                 kube: Callable[[], object] | None = None):
+        if max_surge < 0 or max_unavailable < 0 or max_surge + max_unavailable < 1:
+            raise UpgradeAborted("--max-surge and --max-unavailable cannot both be 0: no worker "
+                                 "could ever be replaced")
         self.d = deployment
         self.p = deployment.provider
         self.cluster = deployment.cluster
         self.cfg = deployment.cfg
         self.max_surge = max_surge
+        self.max_unavailable = max_unavailable
         self.skip = skip_unobservable
         self.timeout = timeout
         self.emit = events
+        self.kube_client = kube
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> tuple[str, list[Step]]:
@@ -118,6 +120,9 @@ class Upgrade:
             self.cluster.save_nodes(self.cluster.nodes(self.cfg))
         self.p.ensure_infrastructure(self.cluster.nodes(self.cfg))
         self.p.ensure_api_address()
+        # First what a killed run left half done (an old node gone, its replacement not up),
+        # so capacity is whole again before anything else leaves.
+        self.finish_interrupted(result)
         masters = [s for s in steps if s.role in ("master", "etcd")]
         stacked = [n for n in self.cluster.nodes(self.cfg) if n.role in ("master", "etcd")]
         if masters and len([n for n in stacked if n.role == "master"]) == 1 \
@@ -132,9 +137,9 @@ class Upgrade:
             for step in masters:
                 self.replace_control_plane(step, etcd, result)
         workers = [s for s in steps if s.role in ("worker", "bastion")]
-        for i in range(0, len(workers), self.max_surge):
-            self.replace_workers(workers[i:i + self.max_surge], result)
-        self.finish_interrupted(result)
+        size = self.max_surge + self.max_unavailable
+        for i in range(0, len(workers), size):
+            self.replace_workers(workers[i:i + size], result)
         self.cluster.drop_state("upgrade")
         self.emit("done", {"image": target, "replaced": [list(r) for r in result.replaced],
                            "skipped_gates": result.skipped_gates})
@@ -222,7 +227,7 @@ class Upgrade:
 
         def swap_in_lb():
             if is_master:
-                self.api_gate(new, result)
+                self.ready_gate(new, result, gate="kubernetes-api")
                 self.p.ensure_api_members(self.masters_now())  # old and new
                 self.emit("lb-member-added", {"node": new.name})
                 self.p.ensure_api_members(self.masters_now(without=old.name))
@@ -256,7 +261,9 @@ class Upgrade:
         if hasattr(self, "_kube"):
             return self._kube
         self._kube, self.no_api = None, ""
-        if any("without Kubernetes" in w for w in self.p.warnings):
+        if self.kube_client is not None:
+            self._kube = self.kube_client()
+        elif any("without Kubernetes" in w for w in self.p.warnings):
             self.no_api = "the image was baked without Kubernetes binaries: no API server"
         elif self.cfg.is_local:
             self.no_api = ("the local cloud's API is inside its network namespace, which this "
@@ -278,42 +285,52 @@ class Upgrade:
                                  "nothing runs Kubernetes")
         return self._kube
 
-    def api_gate(self, node: Node, result: UpgradeResult) -> None:
+    def replace_workers(self, batch: list[Step], result: UpgradeResult) -> None:
+        """One batch of up to maxSurge + maxUnavailable workers, as a Deployment rolls: the
+        first maxUnavailable old nodes are drained and deleted before their replacements
+        exist (capacity dips by that many), then every replacement boots, and each remaining
+        old node goes once its replacement is Ready (capacity peaks maxSurge above)."""
+        olds = [next(n for n in self.cluster.nodes(self.cfg) if n.name == s.old) for s in batch]
+        pairs = [(old, self._replacement_for(old.name, old.role)) for old in olds]
+        for old, new in pairs:
+            self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
+        early = pairs[:self.max_unavailable]
+        for old, _new in early:
+            # Its replacement stays recorded until it is up: a run killed in between boots it.
+            self.retire(old, result)
+        self.p.parallel([lambda n=new: self.boot(n) for _, new in pairs])
+        for old, new in pairs:
+            self.ready_gate(new, result)
+            if (old, new) not in early:
+                self.retire(old, result)
+            self._drop_node(old.name)
+            result.replaced.append((old.name, new.name))
+
+    def ready_gate(self, node: Node, result: UpgradeResult, gate: str = "node-ready") -> None:
+        """The node registered and Ready (for a master: its API server and kubelet up)."""
         api = self.kube()
         if api is None:
-            self.skipped(result, "kubernetes-api", self.no_api)
+            self.skipped(result, gate, self.no_api)
             return
         from k8simg.drain import wait_ready
 
         wait_ready(api, node.name, timeout=self.timeout)
         self.emit("node-ready", {"node": node.name})
 
-    def replace_workers(self, batch: list[Step], result: UpgradeResult) -> None:
-        """Surge: the batch's replacements boot together, then each old one goes."""
-        olds = [next(n for n in self.cluster.nodes(self.cfg) if n.name == s.old) for s in batch]
-        pairs = [(old, self._replacement_for(old.name, old.role)) for old in olds]
-        for old, new in pairs:
-            self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
-        self.p.parallel([lambda n=new: self.boot(n) for _, new in pairs])
+    def retire(self, old: Node, result: UpgradeResult) -> None:
+        """Cordon and drain (where the API can be asked), then delete."""
         api = self.kube()
-        for old, new in pairs:
-            if api is None:
-                self.skipped(result, "node-ready", self.no_api)
-                self.skipped(result, "drain", self.no_api)
-            else:
-                from k8simg.drain import drain, wait_ready
+        if api is None:
+            self.skipped(result, "drain", self.no_api)
+        else:
+            from k8simg.drain import drain
 
-                wait_ready(api, new.name, timeout=self.timeout)
-                self.emit("node-ready", {"node": new.name})
-                done = drain(api, old.name, timeout=self.timeout,
-                             progress=lambda m: self.emit("drain-progress", {"message": m}))
-                self.emit("drained", {"node": old.name, "evicted": done.evicted,
-                                      "unmanaged": done.unmanaged,
-                                      "refusals": done.refusals})
-            self.p.delete_node(old.name)
-            self.emit("deleted", {"node": old.name})
-            self._drop_node(old.name)
-            result.replaced.append((old.name, new.name))
+            done = drain(api, old.name, timeout=self.timeout,
+                         progress=lambda m: self.emit("drain-progress", {"message": m}))
+            self.emit("drained", {"node": old.name, "evicted": done.evicted,
+                                  "unmanaged": done.unmanaged, "refusals": done.refusals})
+        self.p.delete_node(old.name)
+        self.emit("deleted", {"node": old.name})
 
     def finish_interrupted(self, result: UpgradeResult) -> None:
         """A replacement chosen by an interrupted run whose old node is already gone."""
@@ -322,7 +339,10 @@ class Upgrade:
         for old, new in list(up.get("replacing", {}).items()):
             if old not in have:
                 node = next(n for n in self.cluster.nodes(self.cfg) if n.name == new)
+                self.emit("resume", {"node": old, "with": new})
                 self.boot(node)
+                if node.role == "worker":
+                    self.ready_gate(node, result)
                 self._drop_node(old)
                 result.replaced.append((old, new))
 

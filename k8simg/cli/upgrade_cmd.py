@@ -20,10 +20,11 @@ from k8simg.cli.options import (
                                               "or local).")
 @click.option("--plan", is_flag=True, help="Show which nodes would be replaced, in order; "
                                           "change nothing.")
-@click.option("--max-surge", default=1, show_default=True, type=click.IntRange(1, 50),
-              help="Workers replaced at once (their replacements boot before they go).")
+@click.option("--max-surge", default=1, show_default=True, type=click.IntRange(0, 50),
+              help="Workers whose replacements boot before they go (capacity above normal).")
 @click.option("--max-unavailable", default=0, show_default=True, type=click.IntRange(0, 50),
-              help="Workers that may be gone before their replacements are up (only 0 so far).")
+              help="Workers drained and deleted before their replacements exist (capacity "
+                   "below normal). Masters are always replaced one at a time, surge by one.")
 @click.option("--skip-unobservable", is_flag=True,
               help="Go on where a health gate cannot be observed (named as skipped), e.g. a "
                    "test cloud whose servers run nothing. Never on a real cluster.")
