@@ -99,10 +99,6 @@ class Upgrade:
             status = have.get(node.name)
             if status is None or status.image == target:
                 continue
-            if node.role == "bastion":
-                self.emit("warning", {"message": f"{node.name} runs {status.image}; the "
-                                      "bastion is not replaced by this version of upgrade"})
-                continue
             steps.append(Step(node.name, node.role, status.image))
         return target, steps
 
@@ -123,6 +119,8 @@ class Upgrade:
         # First what a killed run left half done (an old node gone, its replacement not up),
         # so capacity is whole again before anything else leaves.
         self.finish_interrupted(result)
+        if state:
+            self.ensure_bastion(result)
         masters = [s for s in steps if s.role in ("master", "etcd")]
         stacked = [n for n in self.cluster.nodes(self.cfg) if n.role in ("master", "etcd")]
         if masters and len([n for n in stacked if n.role == "master"]) == 1 \
@@ -136,10 +134,13 @@ class Upgrade:
                 self.snapshot(etcd)
             for step in masters:
                 self.replace_control_plane(step, etcd, result)
-        workers = [s for s in steps if s.role in ("worker", "bastion")]
+        workers = [s for s in steps if s.role == "worker"]
         size = self.max_surge + self.max_unavailable
         for i in range(0, len(workers), size):
             self.replace_workers(workers[i:i + size], result)
+        for step in steps:
+            if step.role == "bastion":
+                self.replace_bastion(step, result)
         self.cluster.drop_state("upgrade")
         self.emit("done", {"image": target, "replaced": [list(r) for r in result.replaced],
                            "skipped_gates": result.skipped_gates})
@@ -331,6 +332,29 @@ class Upgrade:
                                   "unmanaged": done.unmanaged, "refusals": done.refusals})
         self.p.delete_node(old.name)
         self.emit("deleted", {"node": old.name})
+
+    def replace_bastion(self, step: Step, result: UpgradeResult) -> None:
+        """In place, last: its name, address and floating IP are the cluster's fixed way in
+        (and its host key, from the PKI, stays the same, so operators' known_hosts holds).
+        SSH to the cluster is down while it boots; nothing the cluster serves depends on it."""
+        node = next(n for n in self.cluster.nodes(self.cfg) if n.name == step.old)
+        self.emit("replace", {"node": node.name, "with": node.name, "role": node.role})
+        self.emit("warning", {"message": f"{node.name} is replaced in place: SSH to the "
+                              "cluster is unavailable until the new one is up"})
+        self.p.delete_node(node.name)
+        self.emit("deleted", {"node": node.name})
+        self.boot(node)
+        self.p.finish(self.cluster.nodes(self.cfg))
+        result.replaced.append((node.name, node.name))
+
+    def ensure_bastion(self, result: UpgradeResult) -> None:
+        """A run killed between the old bastion's deletion and the new one's boot."""
+        bastion = [n for n in self.cluster.nodes(self.cfg) if n.role == "bastion"]
+        if bastion and bastion[0].name not in {n.name for n in self.p.nodes()}:
+            self.emit("resume", {"node": bastion[0].name, "with": bastion[0].name})
+            self.boot(bastion[0])
+            self.p.finish(self.cluster.nodes(self.cfg))
+            result.replaced.append((bastion[0].name, bastion[0].name))
 
     def finish_interrupted(self, result: UpgradeResult) -> None:
         """A replacement chosen by an interrupted run whose old node is already gone."""

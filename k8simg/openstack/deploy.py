@@ -558,6 +558,12 @@ class OpenStackProvider(Provider):
                 fip = n.create_ip(floating_network_id=ext.id, port_id=port.id,
                                   description=name)
                 self._tagged(fip, record=False)
+        elif port is not None and fip.port_id != port.id:
+            # A replaced bastion (upgrade, or a server in ERROR redeployed): same address
+            # for the operators, now on the new server's port.
+            self.ledger.record("update", "floating IP", name, "to the new bastion")
+            if not self.dry:
+                fip = n.update_ip(fip, port_id=port.id)
         if fip is not None and not self.dry:
             self.cluster.save_state(bastion_floating_ip=fip.floating_ip_address)
 

@@ -10,6 +10,7 @@ run again, as a killed upgrade is.
 """
 
 import base64
+import ctypes
 import http.client
 import json
 import shlex
@@ -82,8 +83,14 @@ class Writer(threading.Thread):
     connection per endpoint, endpoints tried in order, as a client with all of them would)
     and records every acknowledged write with its time, and every failure's reason."""
 
-    def __init__(self, pki, endpoints: list[str], interval: float = 0.005):
+    def __init__(self, pki, endpoints: list[str], interval: float = 0.005,
+                 netns: str | None = None, sticky: bool = False):
+        """:param netns: write from inside this network namespace (the local cloud's).
+        :param sticky: keep writing to the endpoint that answered last (as etcd's own client
+            does), instead of trying them in order each time: on VMs an endpoint whose
+            machine is not up yet costs a connect timeout, not a refusal."""
         super().__init__(daemon=True)
+        self.netns, self.sticky = netns, sticky
         self.ctx = ssl.create_default_context(cafile=str(pki / "etcd/ca.crt"))
         self.ctx.load_cert_chain(pki / "apiserver-etcd-client.crt",
                                  pki / "apiserver-etcd-client.key")
@@ -114,12 +121,17 @@ class Writer(threading.Thread):
         return f"{host}: {json.loads(data or b'{}').get('error', r.status)}"
 
     def run(self):
+        if self.netns:
+            enter_netns(self.netns)  # this thread's sockets are the namespace's
         seq = 0
         while not self.stopping.is_set():
-            for host, port in self.endpoints:
+            for host, port in list(self.endpoints):
                 err = self._put(host, port, seq)
                 if err is None:
                     self.acked.append((seq, time.monotonic()))
+                    if self.sticky and self.endpoints[0] != [host, port]:
+                        self.endpoints.remove([host, port])
+                        self.endpoints.insert(0, [host, port])
                     break
                 if "refused" not in err.lower() and "learner" not in err:
                     self.errors.append(err)
@@ -134,6 +146,14 @@ class Writer(threading.Thread):
     def longest_gap(self) -> float:
         times = [t for _, t in self.acked]
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (only it) into the named network namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{name}") as f:
+        if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns into {name}")
 
 
 def roll(members: Members, etcd: Etcd, interrupt_at: set[tuple[str, str]] = frozenset()):

@@ -67,7 +67,7 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
                            "-o", "json"], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
     assert [r["node"] for r in json.loads(plan.stdout)["replace"]] == [
-        "up-master-0", "up-master-1", "up-master-2", "up-worker-0", "up-worker-1"]
+        "up-master-0", "up-master-1", "up-master-2", "up-worker-0", "up-worker-1", "up-bastion"]
 
     # Without leave to skip what cannot be observed, it refuses and changes nothing.
     before = listing(conn, "up")
@@ -85,6 +85,7 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     assert events[-1]["event"] == "done"
     assert sorted(map(tuple, events[-1]["replaced"])) == [
         ("up-master-1", "up-master-4"), ("up-master-2", "up-master-5"),
+        ("up-bastion", "up-bastion"),  # in place, last: its name, address and FIP are fixed
         ("up-worker-0", "up-worker-2"), ("up-worker-1", "up-worker-3")]
     assert {"etcd", "kubernetes-api", "node-ready", "drain"} <= set(
         events[-1]["skipped_gates"])
@@ -98,8 +99,12 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     assert got["port"] == {f"{n}-port" for n in masters + workers} | {"up-bastion-port",
                                                                        "up-api-vip"}
     images = {s.name: (s.metadata or {}).get("k8simg-image") for s in conn.compute.servers()
-              if s.name in masters + workers}
-    assert set(images.values()) == {new_image}
+              if s.name in got["server"]}
+    assert images == {n: new_image for n in got["server"]}
+    # The operators' address stayed and now leads to the new bastion.
+    fip = next(conn.network.ips(description="up-bastion"))
+    port = next(conn.network.ports(name="up-bastion-port"))
+    assert fip.port_id == port.id and fip.floating_ip_address == cd.state()["bastion_floating_ip"]
     lb = conn.load_balancer
     pool = next(lb.pools(name="up-api-masters"))
     assert sorted(m.name for m in lb.members(pool)) == masters

@@ -99,3 +99,29 @@ def test_both_zero_is_refused(tmp_path):
     cd = cluster(tmp_path)
     with KubeApiDouble() as api, pytest.raises(UpgradeAborted, match="cannot both be 0"):
         Upgrade(Deployment(cd, deployed(cd, api)), max_surge=0, max_unavailable=0)
+
+
+def test_bastion_replaced_in_place_last_and_after_a_kill(tmp_path):
+    """The bastion's name, address and floating IP are the operators' fixed way in: it is
+    replaced in place after every worker; a run killed between its deletion and its new boot
+    boots it on the next run."""
+    cd = write_cluster(tmp_path / "wb", topology="one-master", masters__count=1,
+                       workers={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": True, "flavor": "b"})
+    cd.pki(cd.load()).ensure()
+    events = []
+    with KubeApiDouble(termination_s=0.05, start_s=0.1) as api:
+        cloud = CloudDouble(cd, api, "img-new", kill_before=("boot", "wb-bastion"))
+        for node in cd.nodes(cd.load()):
+            cloud.place(node, "img-new" if node.role == "master" else "img-old")
+        with pytest.raises(Killed):
+            run(cd, cloud, api, 1, 0, events)
+        assert "wb-bastion" not in {s.name for s in cloud.nodes()}
+        result = run(cd, cloud, api, 1, 0, events)
+    assert {s.name: s.image for s in cloud.nodes()} == {
+        "wb-master-0": "img-new", "wb-worker-1": "img-new", "wb-bastion": "img-new"}
+    order = [(verb, name) for verb, name, _ in cloud.log]
+    assert order == [("boot", "wb-worker-1"), ("delete", "wb-worker-0"),
+                     ("delete", "wb-bastion"), ("boot", "wb-bastion")]
+    assert ("resume", {"node": "wb-bastion", "with": "wb-bastion"}) in events
+    assert result.exit_code == 0 and "upgrade" not in cd.state()
