@@ -1,0 +1,161 @@
+"""`k8simg upgrade`: time per master and per worker replacement, on the local cloud and on the
+OpenStack test cloud, from the upgrade's own JSON events (``replace`` of a node until its
+``deleted``), plus the whole roll.
+
+    python benchmarks/bench_upgrade.py --cloud local [--image A.qcow2 --new-image B.qcow2]
+    python benchmarks/bench_upgrade.py --cloud test-cloud
+
+local: an HA cluster (3 masters, 1 worker, 1.5 GiB and one vCPU each, TCG) deployed from
+image A and rolled onto image B (default: the slow tier's image and its re-bake, in pytest's
+cache). The test image's kubelet is a stand-in, so no API server runs: the Kubernetes gates are
+skipped (named so) and the times are boot + etcd membership + VM removal.
+test-cloud: an HA cluster (3 masters, 2 workers, bastion) on the test cloud (started here, or
+``K8SIMG_TEST_CLOUD=<dir>``), rolled onto a second Glance image. Its computes run nothing, so
+the times are the cloud's API work: port, volume, server, load balancer member, deletions.
+
+Runs as root. Everything started is destroyed afterwards.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import report  # noqa: E402
+from k8simg.provider import Deployment  # noqa: E402
+from tests.conftest import write_cluster  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def upgrade(cd: Path) -> tuple[list[dict], float]:
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd), "-o", "json",
+                        "--skip-unobservable"], capture_output=True, text=True)
+    seconds = time.monotonic() - t
+    if r.returncode != 0:
+        sys.exit(f"upgrade exited {r.returncode}:\n{r.stderr[-3000:]}")
+    return [json.loads(ln) for ln in r.stdout.splitlines()], seconds
+
+
+def rows_from(cloud: str, events: list[dict], total: float) -> list[dict]:
+    begun = {e["node"]: (e["time"], e["role"], e["with"]) for e in events
+             if e["event"] == "replace"}
+    rows = []
+    for e in events:
+        if e["event"] == "deleted" and e["node"] in begun:
+            t0, role, new = begun[e["node"]]
+            end = e["time"]
+            if role == "bastion":  # in place: deleted first, then booted
+                end = next(x["time"] for x in events if x["event"] == "node-up"
+                           and x["node"] == new and x["time"] >= t0)
+            rows.append({"cloud": cloud, "what": f"{role} replacement ({e['node']} -> {new})",
+                         "seconds": round(end - t0, 1)})
+    skipped = next(e for e in events if e["event"] == "done")["skipped_gates"]
+    rows.append({"cloud": cloud, "what": f"whole upgrade (gates skipped: {', '.join(skipped)})",
+                 "seconds": round(total, 1)})
+    return rows
+
+
+def local(tmp: Path, image: Path, new_image: Path) -> list[dict]:
+    from k8simg.etcd import Etcd, planned_endpoints
+    from k8simg.local.provider import LocalProvider
+    from tests.local.conftest import PR_SET_CHILD_SUBREAPER, reap
+
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # see tests/local/conftest.py
+    cd = write_cluster(tmp / "roll", image=str(image), topology="ha",
+                       workers={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False},
+                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 3600})
+    cd.pki().ensure()
+    pids: set[int] = set()
+    try:
+        Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
+        provider = LocalProvider(cd)
+        pids |= {r.pid for r in provider.procs.all().values()}
+        etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
+        while not all(e.healthy for e in etcd.health(planned_endpoints(cd)) or [None]):
+            time.sleep(5)
+        text = cd.config_path.read_text()
+        cd.config_path.write_text(re.sub(r"(?m)^image: .*$", f"image: {new_image}", text))
+        events, total = upgrade(cd.path)
+        pids |= {r.pid for r in LocalProvider(cd).procs.all().values()}
+        return rows_from("local (TCG)", events, total)
+    finally:
+        left = Deployment.for_cluster(cd).destroy().left
+        reap(pids)
+        if left:
+            print(f"destroy left: {left}", file=sys.stderr)
+
+
+def test_cloud(tmp: Path) -> list[dict]:
+    from tests.cloud.testcloud import TestCloud
+
+    if os.environ.get("K8SIMG_TEST_CLOUD"):
+        cloud = TestCloud.attach(Path(os.environ["K8SIMG_TEST_CLOUD"]))
+    else:
+        cloud = TestCloud(tmp / "cloud").start()
+    try:
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml(tmp / "clouds.yaml"))
+        conn = cloud.member()
+        for name, size in (("k8simg-bench-old", "1G"), ("k8simg-bench-new", "2G")):
+            for old in conn.image.images(name=name):
+                conn.image.delete_image(old)
+            qcow2 = tmp / f"{name}.qcow2"
+            subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), size], check=True,
+                           capture_output=True)
+            conn.image.create_image(name, filename=str(qcow2), disk_format="qcow2",
+                                    container_format="bare", wait=True)
+        cd = write_cluster(
+            tmp / "roll", cloud="k8simg-test", image="k8simg-bench-old", topology="ha",
+            masters={"count": 3, "flavor": "k8s.small", "volume_size_gb": 10},
+            workers={"count": 2, "flavor": "k8s.small", "volume_size_gb": 10},
+            bastion__flavor="k8s.tiny", openstack__external_network="public")
+        cd.pki().ensure()
+        Deployment.for_cluster(cd, None).deploy()
+        try:
+            text = cd.config_path.read_text()
+            cd.config_path.write_text(re.sub(r"(?m)^image: .*$", "image: k8simg-bench-new",
+                                             text))
+            events, total = upgrade(cd.path)
+            return rows_from("OpenStack test cloud", events, total)
+        finally:
+            Deployment.for_cluster(cd, None).destroy()
+    finally:
+        cloud.stop()
+
+
+def cached_images() -> tuple[Path, Path]:
+    found = sorted(ROOT.glob(".pytest_cache/d/baked-image/*-rebake/k8simg-*.qcow2"))
+    if not found:
+        sys.exit("no re-baked image: run the slow test tier once, or pass --image/--new-image")
+    again = found[-1]
+    first = again.parent.with_name(again.parent.name.removesuffix("-rebake")) / again.name
+    return first, again
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cloud", choices=["local", "test-cloud"], required=True)
+    ap.add_argument("--image", type=Path)
+    ap.add_argument("--new-image", type=Path)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-upgrade."))
+    if args.cloud == "local":
+        first, again = (args.image, args.new_image) if args.image else cached_images()
+        rows = local(tmp, first.resolve(), again.resolve())
+    else:
+        rows = test_cloud(tmp)
+    report(f"upgrade-{args.cloud}", rows)
+
+
+if __name__ == "__main__":
+    main()
