@@ -11,7 +11,6 @@ Starts its own test cloud (tests/cloud), or uses one left running with
 import argparse
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,13 +63,7 @@ def main() -> None:
                      "seconds": round(time.monotonic() - t, 1), "api_requests": "-"})
     try:
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml(tmp / "clouds.yaml"))
-        conn = cloud.member()
-        if not list(conn.image.images(name=IMAGE)):
-            qcow2 = tmp / "node.qcow2"
-            subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "1G"], check=True,
-                           capture_output=True)
-            conn.image.create_image(IMAGE, filename=str(qcow2), disk_format="qcow2",
-                                    container_format="bare", wait=True)
+        cloud.image(IMAGE, tmp)
         for run, concurrency in itertools.product(range(args.runs), (8, 1)):
             name = f"bench{run}c{concurrency}"
             cd = write_cluster(

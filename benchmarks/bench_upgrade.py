@@ -105,15 +105,8 @@ def test_cloud(tmp: Path) -> list[dict]:
         cloud = TestCloud(tmp / "cloud").start()
     try:
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml(tmp / "clouds.yaml"))
-        conn = cloud.member()
-        for name, size in (("k8simg-bench-old", "1G"), ("k8simg-bench-new", "2G")):
-            for old in conn.image.images(name=name):
-                conn.image.delete_image(old)
-            qcow2 = tmp / f"{name}.qcow2"
-            subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), size], check=True,
-                           capture_output=True)
-            conn.image.create_image(name, filename=str(qcow2), disk_format="qcow2",
-                                    container_format="bare", wait=True)
+        cloud.image("k8simg-bench-old", tmp)
+        cloud.image("k8simg-bench-new", tmp, size="2G")
         cd = write_cluster(
             tmp / "roll", cloud="k8simg-test", image="k8simg-bench-old", topology="ha",
             masters={"count": 3, "flavor": "k8s.small", "volume_size_gb": 10},

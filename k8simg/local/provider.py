@@ -320,6 +320,10 @@ class LocalProvider(Provider):
             return []
         return [r for d in sorted(self.nodedir.iterdir()) if (r := self.record(d.name))]
 
+    def console_since_boot(self, rec: dict) -> str:
+        """The node's console from its current boot on (the file keeps earlier boots)."""
+        return console_text(self.console_path(rec["name"]), rec.get("console_offset", 0))
+
     def _state(self, rec: dict) -> str:
         """booting, ready, failed or stopped, from QEMU and the console since this boot."""
         if rec.get("failed"):
@@ -328,7 +332,7 @@ class LocalProvider(Provider):
         alive = proc is not None and proc.alive
         if rec.get("ready_at"):
             return "ready" if alive else "stopped"
-        text = console_text(self.console_path(rec["name"]), rec.get("console_offset", 0))
+        text = self.console_since_boot(rec)
         if FAILURE.search(text):
             return "failed"
         if f"{rec['name']} login:" in text:
@@ -351,7 +355,7 @@ class LocalProvider(Provider):
                 if state == "failed" and not rec.get("failed"):
                     # systemd's [FAILED] line comes first; the image's report of Ignition's
                     # own messages follows it: wait for that, briefly.
-                    text = console_text(self.console_path(name), rec.get("console_offset", 0))
+                    text = self.console_since_boot(rec)
                     first = failed_seen.setdefault(name, time.monotonic())
                     if REPORT_END not in text and time.monotonic() - first < REPORT_GRACE_S:
                         continue
@@ -362,7 +366,7 @@ class LocalProvider(Provider):
                         self._save_record(rec)
                         self.progress(f"{name}: up after {rec['ready_at'] - rec['started_at']:.0f} s")
                     continue
-                text = console_text(self.console_path(name), rec.get("console_offset", 0))
+                text = self.console_since_boot(rec)
                 why = "QEMU exited" if state == "stopped" else "its boot failed"
                 failures.append((name, self._failure_report(name, why, text)))
                 if state == "failed" and not rec.get("failed"):
@@ -371,7 +375,7 @@ class LocalProvider(Provider):
             if pending and time.monotonic() > deadline:
                 for name in sorted(pending):
                     rec = self.record(name)
-                    text = console_text(self.console_path(name), rec.get("console_offset", 0))
+                    text = self.console_since_boot(rec)
                     failures.append((name, self._failure_report(
                         name, f"no login prompt after {self.timeout:.0f} s", text)))
                 break

@@ -246,7 +246,7 @@ class OpenStackProvider(Provider):
         if not attached:
             self.ledger.record("create", "router interface", name, sub.name)
             if not self.dry:
-                n.add_interface_to_router(router, subnet_id=sub.id)
+                n.add_interface_to_router(router, sub.id)  # subnet (positional: its keyword was renamed)
         return router
 
     # ------------------------------------------------------------------ security groups
@@ -784,11 +784,8 @@ class OpenStackProvider(Provider):
             from k8simg.ignition.render import CloudCredential
 
             (self.cluster.path / CloudCredential.FILE).unlink(missing_ok=True)
-            state = self.cluster.state()
-            if state:
-                for key in ("api_floating_ip", "bastion_floating_ip"):
-                    state.pop(key, None)
-                atomic_write(self.cluster.state_path, json.dumps(state, indent=2) + "\n", 0o600)
+            for key in ("api_floating_ip", "bastion_floating_ip"):
+                self.cluster.drop_state(key)
         return DestroyResult(removed, left)
 
 

@@ -541,6 +541,19 @@ class TestCloud:
                                  project_name=PROJECT, user_domain_name="Default",
                                  project_domain_name="Default", region_name=REGION)
 
+    def image(self, name: str, work: Path, size: str = "1G", meta: dict | None = None) -> str:
+        """A small real qcow2 (blank: the computes run nothing) in Glance as the project's
+        image ``name``, replacing any of that name (a cloud reused across runs); its id."""
+        qcow2 = Path(work) / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), size], check=True,
+                       capture_output=True)
+        conn = self.member()
+        for old in conn.image.images(name=name):
+            conn.image.delete_image(old)
+        return conn.image.create_image(name, filename=str(qcow2), disk_format="qcow2",
+                                       container_format="bare", wait=True,
+                                       meta=meta or {}).id
+
     def register_services(self) -> None:
         conn = self.admin()
         ident = conn.identity

@@ -29,17 +29,8 @@ IMAGE = "k8simg-deploy-test"
 @pytest.fixture(scope="module")
 def image(test_cloud, tmp_path_factory):
     """A small real qcow2 in Glance, owned by the test project, with k8simg's properties."""
-    d = tmp_path_factory.mktemp("image")
-    qcow2 = d / "node.qcow2"
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "1G"], check=True,
-                   capture_output=True)
-    conn = test_cloud.member()
-    for old in conn.image.images(name=IMAGE):  # a cloud reused across runs (K8SIMG_TEST_CLOUD)
-        conn.image.delete_image(old)
-    img = conn.image.create_image(IMAGE, filename=str(qcow2), disk_format="qcow2",
-                                  container_format="bare", wait=True,
-                                  meta={"k8simg_kubernetes_binaries": "included"})
-    return img.id
+    return test_cloud.image(IMAGE, tmp_path_factory.mktemp("image"),
+                            meta={"k8simg_kubernetes_binaries": "included"})
 
 
 def cluster(tmp_path, name, topology="ha", masters=3, workers=2, bastion=True, **over):

@@ -24,15 +24,7 @@ NEW_IMAGE = "k8simg-upgrade-test-new"
 
 @pytest.fixture(scope="module")
 def new_image(test_cloud, tmp_path_factory):
-    d = tmp_path_factory.mktemp("image2")
-    qcow2 = d / "node2.qcow2"
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow2), "2G"], check=True,
-                   capture_output=True)
-    conn = test_cloud.member()
-    for old in conn.image.images(name=NEW_IMAGE):
-        conn.image.delete_image(old)
-    return conn.image.create_image(NEW_IMAGE, filename=str(qcow2), disk_format="qcow2",
-                                   container_format="bare", wait=True).id
+    return test_cloud.image(NEW_IMAGE, tmp_path_factory.mktemp("image2"), size="2G")
 
 
 def upgrade(cd, *args, kill_after: tuple[str, int] | None = None):
