@@ -93,11 +93,25 @@ def test_cloud(tmp_path_factory):
     if why:
         pytest.fail(f"the OpenStack test cloud cannot start: {why}")
     cloud = TestCloud(tmp_path_factory.mktemp("cloud", numbered=True) / "run")
+    _clouds.append(cloud)
     try:
         cloud.start()
         yield cloud
     finally:
         cloud.stop()
+
+
+_clouds: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The test cloud stops right after its last test, not at the end of the session: the
+    QEMU tests that follow get the whole machine."""
+    yield
+    if _uses(item, "test_cloud") and (nextitem is None or not _uses(nextitem, "test_cloud")):
+        for cloud in _clouds:
+            cloud.stop()
 
 
 @pytest.fixture
@@ -109,7 +123,35 @@ def os_cloud(test_cloud, tmp_path, monkeypatch):
     return "k8simg-test"
 
 
+IMAGE_FIXTURES = ("baked_image", "rebaked_image")
+
+
+def _uses(item, *fixtures) -> bool:
+    return any(f in getattr(item, "fixturenames", ()) for f in fixtures)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests on the OpenStack test cloud run last, so that the cloud (started for the first
-    of them, stopped at the end of the session) never shares the machine with QEMU boots."""
-    items.sort(key=lambda item: "test_cloud" in getattr(item, "fixturenames", ()))
+    """Order: tests that need neither the baked images nor the test cloud, then the test
+    cloud's (the cloud starts for the first, stops after the last), then the tests on the
+    baked images (QEMU boots get the machine to themselves). The images are baked in the
+    background from the start of the session (tests/bake/conftest.py), so their ~20 minutes
+    overlap the first two groups instead of adding to them."""
+    def group(item):
+        cloud, image = _uses(item, "test_cloud"), _uses(item, *IMAGE_FIXTURES)
+        # Tests on both (the Glance upload of the baked image) end the cloud's group.
+        return (1, image) if cloud else (2, 0) if image else (0, 0)
+
+    items.sort(key=group)
+
+
+def pytest_collection_finish(session):
+    if any(_uses(item, *IMAGE_FIXTURES) for item in session.items):
+        from tests.bake.conftest import start_bakes
+
+        start_bakes(session.config, rebake=any(_uses(i, "rebaked_image") for i in session.items))
+
+
+def pytest_sessionfinish(session):
+    from tests.bake.conftest import stop_bakes
+
+    stop_bakes()

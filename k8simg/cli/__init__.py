@@ -50,5 +50,14 @@ cli.add_command(deploy_cmd.etcd)
 cli.add_command(upgrade_cmd.upgrade)
 
 
+def _terminated(signum, _frame):
+    """SIGTERM (a CI job cancelled, a timeout) unwinds like Ctrl-C: a bake stops
+    diskimage-builder so it unmounts its chroot, state files are never left half-written."""
+    raise SystemExit(128 + signum)
+
+
 def main():
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="k8simg")

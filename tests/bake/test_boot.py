@@ -9,7 +9,7 @@ import pytest
 from k8simg.ignition.document import data_url, dumps
 from k8simg.ignition.render import render_context, render_node
 from k8simg.local import vm as qemu
-from tests.bake.conftest import BUSYBOX
+from tests.bake.testimage import BUSYBOX
 from tests.conftest import write_cluster
 
 pytestmark = pytest.mark.slow

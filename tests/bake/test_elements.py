@@ -67,7 +67,7 @@ def test_every_element_has_a_test_element(element):
 @pytest.mark.parametrize("case", TEST_ELEMENTS, ids=lambda p: p.name)
 def test_test_elements_check_their_element(case):
     """Each case depends on the element it tests and holds an executable check that fails
-    the build (the slow tier bakes with every case, see tests/bake/conftest.py)."""
+    the build (the slow tier bakes with every case, see tests/bake/testimage.py)."""
     assert case.parent.parent.name in (case / "element-deps").read_text().split()
     assert (case / "README.rst").read_text().startswith("=" * len(case.name))
     checks = [s for phase in ("post-install.d", "finalise.d") for s in (case / phase).glob("*")]

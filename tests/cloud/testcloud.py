@@ -75,6 +75,7 @@ class TestCloud:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     attached: bool = False  # not started by this process: never stopped by it either
+    stopped: bool = False  # stop() twice must not signal process groups whose IDs were reused
 
     # ------------------------------------------------------------------ paths and basics
     @property
@@ -161,8 +162,9 @@ class TestCloud:
 
     def stop(self) -> None:
         """Stop every process this cloud started (recorded in ``pids``), the whole group."""
-        if self.attached:
+        if self.attached or self.stopped:
             return
+        self.stopped = True
         pids = []
         if (self.root / "pids").exists():
             pids = [int(ln.split()[0]) for ln in (self.root / "pids").read_text().splitlines()]
