@@ -1,6 +1,7 @@
 import datetime as dt
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,16 +93,35 @@ def test_cloud(tmp_path_factory):
     why = available()
     if why:
         pytest.fail(f"the OpenStack test cloud cannot start: {why}")
-    cloud = TestCloud(tmp_path_factory.mktemp("cloud", numbered=True) / "run")
-    _clouds.append(cloud)
+    if not _clouds:  # not started in the background (see pytest_collection_finish)
+        _clouds.append(_CloudStart(TestCloud(tmp_path_factory.mktemp("cloud") / "run")))
+        _clouds[0].start()
+    starting = _clouds[0]
     try:
-        cloud.start()
-        yield cloud
+        starting.join()
+        if starting.error is not None:
+            pytest.fail(f"the OpenStack test cloud did not start: {starting.error!r}")
+        yield starting.cloud
     finally:
-        cloud.stop()
+        starting.cloud.stop()
 
 
-_clouds: list = []
+class _CloudStart(threading.Thread):
+    """The test cloud's start (~3 min of database migrations and services), begun when the
+    session's tests are collected, so it overlaps the tests that come before the cloud's."""
+
+    def __init__(self, cloud):
+        super().__init__(name="k8simg-test-cloud-start", daemon=True)
+        self.cloud, self.error = cloud, None
+
+    def run(self):
+        try:
+            self.cloud.start()
+        except BaseException as e:  # handed to the first test that needs the cloud
+            self.error = e
+
+
+_clouds: list[_CloudStart] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -110,8 +130,9 @@ def pytest_runtest_teardown(item, nextitem):
     QEMU tests that follow get the whole machine."""
     yield
     if _uses(item, "test_cloud") and (nextitem is None or not _uses(nextitem, "test_cloud")):
-        for cloud in _clouds:
-            cloud.stop()
+        for starting in _clouds:
+            starting.join()
+            starting.cloud.stop()
 
 
 @pytest.fixture
@@ -130,6 +151,7 @@ def _uses(item, *fixtures) -> bool:
     return any(f in getattr(item, "fixturenames", ()) for f in fixtures)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: `-m cloud` / `-m "not cloud"` work
 def pytest_collection_modifyitems(config, items):
     """Order: tests that need neither the baked images nor the test cloud, then the test
     cloud's (the cloud starts for the first, stops after the last), then the tests on the
@@ -142,16 +164,40 @@ def pytest_collection_modifyitems(config, items):
         return (1, image) if cloud else (2, 0) if image else (0, 0)
 
     items.sort(key=group)
+    for item in items:
+        if _uses(item, "test_cloud"):
+            item.add_marker(pytest.mark.cloud)
+
+
+def _skipped(item) -> bool:
+    """Marked to be skipped whatever happens (``skipif`` with a condition already true)."""
+    return any(m.name == "skip" or (m.args and m.args[0] is True)
+               for m in item.iter_markers() if m.name in ("skip", "skipif"))
 
 
 def pytest_collection_finish(session):
+    config = session.config
+    if config.option.collectonly:
+        return
+    if any(_uses(item, "test_cloud") for item in session.items) and not _clouds \
+            and not os.environ.get("K8SIMG_TEST_CLOUD"):
+        from tests.cloud.testcloud import TestCloud, available
+
+        if available() is None:  # otherwise the fixture fails the tests, saying why
+            base = config._tmp_path_factory.mktemp("cloud")  # pytest's own tmp_path_factory
+            _clouds.append(_CloudStart(TestCloud(base / "run")))
+            _clouds[0].start()
     if any(_uses(item, *IMAGE_FIXTURES) for item in session.items):
         from tests.bake.conftest import start_bakes
 
-        start_bakes(session.config, rebake=any(_uses(i, "rebaked_image") for i in session.items))
+        start_bakes(session.config, rebake=any(_uses(i, "rebaked_image") and not _skipped(i)
+                                               for i in session.items))
 
 
 def pytest_sessionfinish(session):
     from tests.bake.conftest import stop_bakes
 
+    for starting in _clouds:  # a session cut short before the cloud's tests ran
+        starting.join()
+        starting.cloud.stop()
     stop_bakes()

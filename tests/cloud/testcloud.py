@@ -72,7 +72,8 @@ class TestCloud:
     root: Path
     venv: Path = field(default_factory=default_venv)
     ports: dict[str, int] = field(default_factory=dict)
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    # Never starting with "-": keystone-manage would take it for an option (seen: 1 run in 64).
+    password: str = field(default_factory=lambda: "k8s" + secrets.token_urlsafe(18))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     attached: bool = False  # not started by this process: never stopped by it either
     stopped: bool = False  # stop() twice must not signal process groups whose IDs were reused
@@ -450,7 +451,7 @@ class TestCloud:
         k = self.bin("keystone-manage")
         self.run("keystone-manage", [
             k, "--config-file", str(self.etc / "keystone" / "keystone.conf"), "bootstrap",
-            "--bootstrap-password", self.password, "--bootstrap-admin-url", self.auth_url,
+            f"--bootstrap-password={self.password}", "--bootstrap-admin-url", self.auth_url,
             "--bootstrap-internal-url", self.auth_url, "--bootstrap-public-url", self.auth_url,
             "--bootstrap-region-id", REGION])
 

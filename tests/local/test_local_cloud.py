@@ -3,12 +3,14 @@ with nothing but their config drives, in the cluster's own network namespace.
 
 An HA cluster's three masters form one TLS etcd cluster, checked from the host with etcdctl and
 the cluster's healthcheck-client certificate through the namespace; a second deploy changes
-nothing; then `k8simg upgrade` rolls it onto a re-baked image (new VMs, one at a time) under a
-writer, keeping every acknowledged write and quorum; destroy leaves nothing behind. A node whose
-Ignition config is refused is reported failed with its console lines.
+nothing; destroy leaves nothing behind. A node whose Ignition config is refused is reported
+failed with its console lines. With K8SIMG_TEST_LOCAL_ROLL=1 (too long for CI here), `k8simg
+upgrade` rolls an HA cluster onto a re-baked image (new VMs, one at a time) under a writer,
+keeping every acknowledged write and quorum.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -95,8 +97,7 @@ def node_report(console: Path, timeout: float = 600) -> dict:
     return found
 
 
-def test_ha_cluster_forms_one_etcd_and_rolls_onto_a_rebaked_image(  # noqa: F811
-        baked_image, rebaked_image, tmp_path, local_cluster):  # noqa: F811
+def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_cluster):  # noqa: F811
     image, manifest, _ = baked_image
     cd = write_cluster(tmp_path / "ha", image=str(image), topology="ha",
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
@@ -191,9 +192,37 @@ def test_ha_cluster_forms_one_etcd_and_rolls_onto_a_rebaked_image(  # noqa: F811
         "changes"] == []
 
     pids = [p.pid for p in procs.values()]
-    pids += roll_onto(cd, provider, rebaked_image)
 
     # destroy: no process, namespace (bridge, taps), mount, loop device or file left.
+    r = k8simg("destroy", str(cd.path), "-o", "json")
+    assert json.loads(r.stdout)["left"] == []
+    reap(pids)
+    assert leftovers(cd, pids) == []
+
+
+ROLL = os.environ.get("K8SIMG_TEST_LOCAL_ROLL") == "1"
+
+
+@pytest.mark.skipif(not ROLL, reason=(
+    "K8SIMG_TEST_LOCAL_ROLL=1 runs it: about 45 min on a 2-core machine under software "
+    "emulation (a second bake, three HA masters booted, then three more one at a time, each "
+    "about 10 min with the others running), beyond CI's budget; see README, Testing"))
+def test_ha_cluster_rolls_onto_a_rebaked_image(baked_image, rebaked_image,  # noqa: F811
+                                               tmp_path, local_cluster):
+    image, _, _ = baked_image
+    cd = write_cluster(tmp_path / "ha", image=str(image), topology="ha",
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False},
+                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    local_cluster(cd)
+    Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
+    provider = LocalProvider(cd)
+    procs = provider.procs.all()
+    r = k8simg("etcd", "health", str(cd.path), "--wait", "900", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert etcdctl(provider, "put", "/k8simg/test", "written-via-master-0",
+                   endpoint="https://10.0.0.10:2379").returncode == 0
+    pids = [p.pid for p in procs.values()] + roll_onto(cd, provider, rebaked_image)
     r = k8simg("destroy", str(cd.path), "-o", "json")
     assert json.loads(r.stdout)["left"] == []
     reap(pids)
