@@ -97,12 +97,17 @@ def node_report(console: Path, timeout: float = 600) -> dict:
     return found
 
 
+def ha_cluster(path: Path, image: Path):
+    """Three masters, no workers or bastion, 1.5 GiB and one vCPU each."""
+    return write_cluster(path, image=str(image), topology="ha",
+                         workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                         bastion={"enabled": False},
+                         local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+
+
 def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_cluster):  # noqa: F811
     image, manifest, _ = baked_image
-    cd = write_cluster(tmp_path / "ha", image=str(image), topology="ha",
-                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
-                       bastion={"enabled": False},
-                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    cd = ha_cluster(tmp_path / "ha", image)
     local_cluster(cd)
     # Deployed through the library with each node's rendered config plus a test-only unit
     # that reports, on the node's serial console, the state of its units once it is up.
@@ -210,10 +215,7 @@ ROLL = os.environ.get("K8SIMG_TEST_LOCAL_ROLL") == "1"
 def test_ha_cluster_rolls_onto_a_rebaked_image(baked_image, rebaked_image,  # noqa: F811
                                                tmp_path, local_cluster):
     image, _, _ = baked_image
-    cd = write_cluster(tmp_path / "ha", image=str(image), topology="ha",
-                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
-                       bastion={"enabled": False},
-                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    cd = ha_cluster(tmp_path / "ha", image)
     local_cluster(cd)
     Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
     provider = LocalProvider(cd)
