@@ -186,6 +186,21 @@ def roll(members: Members, etcd: Etcd, interrupt_at: set[tuple[str, str]] = froz
     return events
 
 
+def roll_under_writes(members: Members, etcd: Etcd, writer: Writer):
+    """The roll with ``writer`` writing from a second before to a second after it; returns
+    the roll's events and its seconds."""
+    writer.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        events = roll(members, etcd)
+        seconds = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        writer.stop()
+    return events, seconds
+
+
 @pytest.fixture
 def three_members(tmp_path):
     cd = write_cluster(tmp_path / "roll", topology="ha",
@@ -226,15 +241,8 @@ def test_three_members_replaced_under_writes(three_members):
     cd, members, etcd = three_members
     writer = Writer(cd.pki_dir, [client_url(members.nodes[f"roll-master-{i}"])
                                  for i in (3, 4, 5, 2, 1, 0)])
-    writer.start()
-    started = time.monotonic()
-    try:
-        time.sleep(1)
-        events = roll(members, etcd)
-        time.sleep(1)
-    finally:
-        writer.stop()
-    print(f"roll {time.monotonic() - started - 2:.1f} s, {len(writer.acked)} writes, longest "
+    events, seconds = roll_under_writes(members, etcd, writer)
+    print(f"roll {seconds:.1f} s, {len(writer.acked)} writes, longest "
           f"gap between acknowledged writes {writer.longest_gap * 1000:.0f} ms, "
           f"errors {writer.errors[:5]}")
     check_after_roll(cd, members, etcd, writer)

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,13 @@ from k8simg.provider import Deployment
 from k8simg.tunnel import Tunnel, TunnelError
 from tests.conftest import write_cluster
 from tests.support import etcd_available, processes, wait_until
-from tests.upgrade.test_etcd_roll import NET, Members, Writer, check_after_roll, roll
+from tests.upgrade.test_etcd_roll import (
+    NET,
+    Members,
+    Writer,
+    check_after_roll,
+    roll_under_writes,
+)
 
 pytestmark = pytest.mark.skipif(
     not etcd_available() or not shutil.which("sshd", path="/usr/sbin") or os.geteuid() != 0,
@@ -162,15 +167,8 @@ def test_upgrade_reaches_etcd_only_through_the_bastion(bastion_network):
         tunnel = etcd.route.__self__
         order = [client_url(n[f"roll-master-{i}"]) for i in (3, 4, 5, 2, 1, 0)]
         writer = Writer(cd.pki_dir, [tunnel.url(u) for u in order])
-        writer.start()
-        started = time.monotonic()
-        try:
-            time.sleep(1)
-            events = roll(members, etcd)
-            time.sleep(1)
-        finally:
-            writer.stop()
-        print(f"through the bastion: roll {time.monotonic() - started - 2:.1f} s, "
+        events, seconds = roll_under_writes(members, etcd, writer)
+        print(f"through the bastion: roll {seconds:.1f} s, "
               f"{len(writer.acked)} writes, longest gap {writer.longest_gap * 1000:.0f} ms")
         check_after_roll(cd, members, etcd, writer)
         assert [d["node"] for s, d in events if s == "removed"] == [
