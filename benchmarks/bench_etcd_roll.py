@@ -5,6 +5,12 @@ choreography (learner, promote, leadership moved off the leaving member, remove)
 textbook way with plain membership changes (add a voter, start it, remove the old member,
 whoever leads).
 
+Each roll is measured with two writers, since a gap is the cluster's and the client's together:
+"pinned" keeps writing to the member that answered last and moves on only when it fails (as
+etcd's own client pins an endpoint), "in order" tries the new members first on every write, so
+it also pays its first contact with a member that has only just started (a TLS handshake with
+an etcd still starting up: up to ~90 ms here, seen on the first replacement's learner).
+
     python benchmarks/bench_etcd_roll.py [--runs N]
 """
 
@@ -36,7 +42,7 @@ def textbook(etcd: Etcd, members: Members, old, new, live) -> None:
     members.stop(old)
 
 
-def one_roll(tmp: Path, how: str) -> dict:
+def one_roll(tmp: Path, how: str, writer_mode: str) -> dict:
     cd = write_cluster(tmp / how, topology="ha",
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False}, network=NET, name="roll")
@@ -54,7 +60,8 @@ def one_roll(tmp: Path, how: str) -> dict:
             return [client_url(x) for x in n.values()
                     if x.name in members.procs and members.procs[x.name].poll() is None]
 
-        writer = Writer(cd.pki_dir, [client_url(n[f"roll-master-{i}"]) for i in (3, 4, 5, 2, 1, 0)])
+        writer = Writer(cd.pki_dir, [client_url(n[f"roll-master-{i}"]) for i in (3, 4, 5, 2, 1, 0)],
+                        sticky=writer_mode == "pinned")
         writer.start()
         time.sleep(2)
         t = time.monotonic()
@@ -77,14 +84,19 @@ def one_roll(tmp: Path, how: str) -> dict:
     pairs = list(zip(times, times[1:], strict=False))
     worst = max(pairs, key=lambda p: p[1] - p[0]) if pairs else (0, 0)
     during = [m for at, m in marks if at <= worst[1]][-1:] or ["-"]
+    top = sorted(pairs, key=lambda p: p[0] - p[1])[:5]
+    top_after = [f"{round((b - a) * 1000)} ms after "
+                 + ([m for at, m in marks if at <= b][-1:] or ["-"])[0] for a, b in top]
     gaps = sorted(b - a for a, b in pairs)
     no_leader = [e for e in writer.errors if "leader" in e]
-    return {"how": how, "roll_s": round(seconds, 1), "writes_acked": len(writer.acked),
+    return {"how": how, "writer": writer_mode, "roll_s": round(seconds, 1), "writes_acked": len(writer.acked),
             "longest_gap_ms": round(gaps[-1] * 1000), "p99_gap_ms": round(
                 gaps[int(len(gaps) * 0.99)] * 1000), "median_gap_ms": round(
                 statistics.median(gaps) * 1000, 1), "failed_no_leader": len(no_leader),
             "failed_other": len(writer.errors) - len(no_leader),
-            "longest_gap_after": during[0] if how == "k8simg" else "-"}
+            "failures": sorted({e.split(": ", 1)[-1][:60] for e in writer.errors}),
+            "longest_gap_after": during[0] if how == "k8simg" else "-",
+            "top_gaps": top_after if how == "k8simg" else []}
 
 
 def main() -> None:
@@ -94,8 +106,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-etcd."))
     rows = []
     for run in range(args.runs):
-        for how in ("k8simg", "textbook"):
-            row = one_roll(tmp / str(run), how)
+        for how, mode in (("k8simg", "pinned"), ("k8simg", "in order"),
+                          ("textbook", "pinned"), ("textbook", "in order")):
+            row = one_roll(tmp / str(run) / mode.replace(" ", "-"), how, mode)
             print(row, file=sys.stderr)
             rows.append(row)
     report("etcd_roll", rows)
