@@ -35,6 +35,44 @@ class DrainResult:
     seconds: float = 0.0
 
 
+NO_KUBERNETES = "the image was baked without Kubernetes binaries: no API server"
+
+
+@dataclass
+class ApiAccess:
+    """The cluster's Kubernetes API client, or why it cannot be asked."""
+    api: object | None
+    why_not: str = ""
+
+    @property
+    def nothing_runs(self) -> bool:
+        """No Kubernetes on the nodes at all: nothing to drain, no gate to watch."""
+        return self.why_not == NO_KUBERNETES
+
+
+def api_access(cluster, cfg, warnings: list[str],
+               make: Callable[[], object] | None = None) -> ApiAccess:
+    """How ``upgrade`` and ``deploy`` reach the API: ``make()`` when given (tests), else the
+    cluster's admin kubeconfig, asked for its version once so that an API that does not answer
+    is found before any node is touched. ``warnings`` are the provider's preflight warnings
+    (they say when the image has no Kubernetes)."""
+    if make is not None:
+        return ApiAccess(make())
+    if any("without Kubernetes" in w for w in warnings):
+        return ApiAccess(None, NO_KUBERNETES)
+    if cfg.is_local:
+        return ApiAccess(None, "the local cloud's API is inside its network namespace, which "
+                               "this version does not reach with the Kubernetes client")
+    from kubernetes import client, config
+
+    try:
+        api = config.new_client_from_config(str(cluster.kubeconfig_dir / "admin.conf"))
+        client.VersionApi(api).get_code(_request_timeout=10)
+    except Exception as e:  # any failure to reach it is reported, not hidden
+        return ApiAccess(None, f"the API does not answer ({type(e).__name__}: {e})"[:300])
+    return ApiAccess(api)
+
+
 def _key(pod) -> str:
     return f"{pod.metadata.namespace}/{pod.metadata.name}"
 

@@ -236,24 +236,38 @@ class Provider(abc.ABC):
 class Deployment:
     """``deploy`` and ``destroy`` of one cluster through its provider."""
 
-    def __init__(self, cluster: ClusterDir, provider: Provider):
+    def __init__(self, cluster: ClusterDir, provider: Provider, *,
+                 skip_unobservable: bool = False, drain_timeout: float = 600,
+                 kube: Callable[[], object] | None = None):
+        """:param skip_unobservable: remove surplus workers undrained when the Kubernetes API
+            cannot be asked (said in the warnings), instead of refusing to.
+        :param kube: makes the Kubernetes API client (default: from the admin kubeconfig)."""
         self.cluster = cluster
         self.provider = provider
         self.cfg = provider.cfg
         self.nodes = cluster.nodes(self.cfg)
+        self.skip_unobservable = skip_unobservable
+        self.drain_timeout = drain_timeout
+        self.kube = kube
 
     @classmethod
-    def for_cluster(cls, cluster: ClusterDir, cloud: str | None = None, **kw) -> "Deployment":
-        """The deployment on the cluster's cloud (``cloud`` overrides ``cloud:``)."""
+    def for_cluster(cls, cluster: ClusterDir, cloud: str | None = None, *,
+                    skip_unobservable: bool = False, drain_timeout: float = 600,
+                    kube: Callable[[], object] | None = None, **kw) -> "Deployment":
+        """The deployment on the cluster's cloud (``cloud`` overrides ``cloud:``); ``kw`` go
+        to the provider."""
         cfg = cluster.load()
         target = cloud or cfg.cloud
         if target == "local":
             from k8simg.local.provider import LocalProvider
 
-            return cls(cluster, LocalProvider(cluster, **kw))
-        from k8simg.openstack.deploy import OpenStackProvider
+            provider: Provider = LocalProvider(cluster, **kw)
+        else:
+            from k8simg.openstack.deploy import OpenStackProvider
 
-        return cls(cluster, OpenStackProvider(cluster, target, **kw))
+            provider = OpenStackProvider(cluster, target, **kw)
+        return cls(cluster, provider, skip_unobservable=skip_unobservable,
+                   drain_timeout=drain_timeout, kube=kube)
 
     @property
     def ledger(self) -> Ledger:
@@ -360,15 +374,55 @@ class Deployment:
         return result
 
     def remove_surplus(self) -> None:
-        """Scale down: workers beyond ``workers.count`` go, newest (highest index) first.
-        (Draining them first is the upgrade's job and not done here yet.)"""
+        """Scale down: workers beyond ``workers.count`` go, newest (highest index) first, each
+        cordoned and drained first (PodDisruptionBudgets honoured, ``k8simg.drain``) as the
+        upgrade retires a worker.
+
+        :raises K8simgError: when the Kubernetes API cannot be asked on nodes that run
+            Kubernetes, before any worker is deleted (``skip_unobservable`` deletes them
+            undrained, and says so in the warnings).
+        """
         planned = {n.name for n in self.nodes}
-        surplus = [s for s in self.provider.nodes() if s.role == "worker" and
-                   s.name not in planned]
-        for s in sorted(surplus, key=lambda s: s.index, reverse=True):
-            self.ledger.record("delete", "server", s.name, "beyond workers.count")
-            if not self.dry:
-                self.provider.delete_node(s.name)
+        surplus = sorted((s for s in self.provider.nodes() if s.role == "worker" and
+                          s.name not in planned), key=lambda s: s.index, reverse=True)
+        if not surplus:
+            return
+        if self.dry:
+            for s in surplus:
+                self.ledger.record("delete", "server", s.name,
+                                   "beyond workers.count; to be drained first")
+            return
+        from k8simg.drain import api_access, cordon, drain
+
+        access = api_access(self.cluster, self.cfg, self.provider.warnings, self.kube)
+        names = ", ".join(s.name for s in surplus)
+        if access.api is None:
+            if not (self.skip_unobservable or access.nothing_runs):
+                raise K8simgError(
+                    f"workers beyond workers.count ({names}) were not removed: the Kubernetes "
+                    f"API cannot be asked to drain them ({access.why_not}). Run again once it "
+                    "answers, or with --skip-unobservable to delete them undrained")
+            warning = f"workers {names} removed without draining: {access.why_not}"
+            self.provider.warnings.append(warning)
+            self.provider.progress(f"warning: {warning}")
+        else:
+            # All of them first, so that pods evicted from one do not land on the next to go.
+            from kubernetes import client
+
+            for s in surplus:
+                cordon(client.CoreV1Api(access.api), s.name)
+        for s in surplus:
+            detail = "beyond workers.count"
+            if access.api is not None:
+                done = drain(access.api, s.name, timeout=self.drain_timeout,
+                             progress=self.provider.progress)
+                detail += (f"; drained: {len(done.evicted)} pod(s) evicted"
+                           + (f", {done.refusals} eviction(s) waited for a disruption budget"
+                              if done.refusals else ""))
+            else:
+                detail += "; not drained"
+            self.ledger.record("delete", "server", s.name, detail)
+            self.provider.delete_node(s.name)
 
     def destroy(self) -> DestroyResult:
         return self.provider.destroy()

@@ -261,26 +261,11 @@ class Upgrade:
         cannot be asked (then the reason is in :attr:`no_api`)."""
         if hasattr(self, "_kube"):
             return self._kube
-        self._kube, self.no_api = None, ""
-        if self.kube_client is not None:
-            self._kube = self.kube_client()
-        elif any("without Kubernetes" in w for w in self.p.warnings):
-            self.no_api = "the image was baked without Kubernetes binaries: no API server"
-        elif self.cfg.is_local:
-            self.no_api = ("the local cloud's API is inside its network namespace, which this "
-                           "version does not reach with the Kubernetes client")
-        else:
-            from kubernetes import client, config
+        from k8simg.drain import api_access
 
-            try:
-                api = config.new_client_from_config(
-                    str(self.cluster.kubeconfig_dir / "admin.conf"))
-                client.VersionApi(api).get_code(_request_timeout=10)
-                self._kube = api
-            except Exception as e:  # any failure to reach it is reported, not hidden
-                self.no_api = f"the API does not answer ({type(e).__name__}: {e})"[:300]
-        nothing_runs = self.no_api.startswith("the image was baked without Kubernetes")
-        if self._kube is None and not self.skip and not nothing_runs:
+        access = api_access(self.cluster, self.cfg, self.p.warnings, self.kube_client)
+        self._kube, self.no_api = access.api, access.why_not
+        if self._kube is None and not self.skip and not access.nothing_runs:
             raise UpgradeAborted(f"the Kubernetes API cannot be asked: {self.no_api}; workers "
                                  "would be deleted undrained. --skip-unobservable only where "
                                  "nothing runs Kubernetes")

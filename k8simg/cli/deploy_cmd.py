@@ -31,12 +31,18 @@ def _deployment(cluster, cloud, plan=False, **kw):
                                           "touch nothing.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 64),
               help="Creations run at once.")
+@click.option("--skip-unobservable", is_flag=True,
+              help="Delete workers beyond workers.count undrained (said in the warnings) when "
+                   "the Kubernetes API cannot be asked to drain them, e.g. a test cloud whose "
+                   "servers run nothing. Never on a real cluster.")
 @output_option
-def deploy(cluster, cloud, plan, concurrency, output):
-    """Create (or reconcile) the cluster's infrastructure and boot its nodes."""
+def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
+    """Create (or reconcile) the cluster's infrastructure and boot its nodes. Workers beyond
+    workers.count are drained (disruption budgets honoured), then deleted."""
     from k8simg.provider import NodeFailed
 
-    d = _deployment(cluster, cloud, plan, concurrency=concurrency)
+    d = _deployment(cluster, cloud, plan, concurrency=concurrency,
+                    skip_unobservable=skip_unobservable)
     try:
         result = d.deploy()
     except NodeFailed as e:

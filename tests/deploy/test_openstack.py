@@ -13,6 +13,7 @@ import time
 import pytest
 from cryptography import x509
 
+from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.openstack import CloudError, connect
 from k8simg.openstack.resources import cluster_tag
@@ -284,9 +285,18 @@ def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
     plan = Deployment.for_cluster(cd, None, dry_run=True).deploy()
     assert [(c.action, c.name) for c in plan.changes] == [("delete", "scale-worker-2"),
                                                           ("delete", "scale-worker-1")]
-    down = Deployment.for_cluster(cd, None).deploy()
-    assert [(c.action, c.name) for c in down.changes if c.kind == "server"] == \
-        [("delete", "scale-worker-2"), ("delete", "scale-worker-1")]
+    # Its servers run no kubelet: the API cannot be asked to drain them, so nothing goes...
+    with pytest.raises(K8simgError, match=r"workers beyond workers.count \(scale-worker-2, "
+                       r"scale-worker-1\) were not removed: the Kubernetes API cannot be asked"):
+        Deployment.for_cluster(cd, None).deploy()
+    assert listing(conn, "scale") == expected("scale", 1, 3, False)
+    # ...unless the operator says so, and then it is said back.
+    down = Deployment.for_cluster(cd, None, skip_unobservable=True).deploy()
+    assert [(c.action, c.name, c.detail) for c in down.changes if c.kind == "server"] == \
+        [("delete", "scale-worker-2", "beyond workers.count; not drained"),
+         ("delete", "scale-worker-1", "beyond workers.count; not drained")]
+    assert any(w.startswith("workers scale-worker-2, scale-worker-1 removed without draining")
+               for w in down.warnings)
     assert listing(conn, "scale") == expected("scale", 1, 1, False)
     assert Deployment.for_cluster(cd, None).deploy().changes == []
     assert Deployment.for_cluster(cd, None).destroy().left == []

@@ -31,6 +31,9 @@ class KubeApiDouble:
         self.evictions: list[tuple[str, int]] = []  # (pod, HTTP status)
         self.min_available: dict[str, int] = {}  # per PDB, the lowest count seen
         self.termination_s, self.start_s = termination_s, start_s
+        # The scheduler: picks a node for a ReplicaSet's new pod among the schedulable ones
+        # (sorted by name); a test can make it pick the last to tempt pods onto nodes that go.
+        self.pick = lambda names: names[0]
         self.timers: list[tuple[float, callable]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.threads = [threading.Thread(target=self.server.serve_forever, daemon=True),
@@ -159,8 +162,8 @@ class KubeApiDouble:
         if refs and refs[0]["kind"] == "ReplicaSet":
             ns = pod["metadata"]["namespace"]
             rs = refs[0]["name"]
-            target = next((n for n, v in sorted(self.nodes.items())
-                           if not v["spec"].get("unschedulable")), None)
+            free = [n for n, v in sorted(self.nodes.items()) if not v["spec"].get("unschedulable")]
+            target = self.pick(free) if free else None
             if target is None:
                 return  # nowhere to schedule it: stays missing, as a Pending pod would
             name = f"{rs}-{uuid.uuid4().hex[:5]}"
