@@ -20,7 +20,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
 from k8simg.provider import Deployment  # noqa: E402
-from tests.conftest import write_cluster  # noqa: E402
+from tests.conftest import edit_cluster, write_cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,8 +83,7 @@ def local(tmp: Path, image: Path, new_image: Path) -> list[dict]:
         etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
         while not all(e.healthy for e in etcd.health(planned_endpoints(cd)) or [None]):
             time.sleep(5)
-        text = cd.config_path.read_text()
-        cd.config_path.write_text(re.sub(r"(?m)^image: .*$", f"image: {new_image}", text))
+        edit_cluster(cd, image=str(new_image))  # (a long path is a folded YAML scalar)
         events, total = upgrade(cd.path)
         pids |= {r.pid for r in LocalProvider(cd).procs.all().values()}
         return rows_from("local (TCG)", events, total)
@@ -115,9 +113,7 @@ def test_cloud(tmp: Path) -> list[dict]:
         cd.pki().ensure()
         Deployment.for_cluster(cd, None).deploy()
         try:
-            text = cd.config_path.read_text()
-            cd.config_path.write_text(re.sub(r"(?m)^image: .*$", "image: k8simg-bench-new",
-                                             text))
+            edit_cluster(cd, image="k8simg-bench-new")
             events, total = upgrade(cd.path)
             return rows_from("OpenStack test cloud", events, total)
         finally:
