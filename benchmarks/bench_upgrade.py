@@ -46,21 +46,23 @@ def upgrade(cd: Path) -> tuple[list[dict], float]:
 
 
 def rows_from(cloud: str, events: list[dict], total: float) -> list[dict]:
+    """Per replaced node: ``replace`` until the old node's ``deleted`` (a bastion, replaced in
+    place: until the new one is up), and within it the boot (``replace`` to ``node-up``)."""
     begun = {e["node"]: (e["time"], e["role"], e["with"]) for e in events
              if e["event"] == "replace"}
     rows = []
     for e in events:
         if e["event"] == "deleted" and e["node"] in begun:
             t0, role, new = begun[e["node"]]
-            end = e["time"]
-            if role == "bastion":  # in place: deleted first, then booted
-                end = next(x["time"] for x in events if x["event"] == "node-up"
-                           and x["node"] == new and x["time"] >= t0)
+            up = next((x["time"] for x in events if x["event"] == "node-up"
+                       and x["node"] == new and x["time"] >= t0), None)
+            end = up if role == "bastion" else e["time"]
             rows.append({"cloud": cloud, "what": f"{role} replacement ({e['node']} -> {new})",
-                         "seconds": round(end - t0, 1)})
+                         "seconds": round(end - t0, 1),
+                         "boot_s": round(up - t0, 1) if up is not None else "-"})
     skipped = next(e for e in events if e["event"] == "done")["skipped_gates"]
     rows.append({"cloud": cloud, "what": f"whole upgrade (gates skipped: {', '.join(skipped)})",
-                 "seconds": round(total, 1)})
+                 "seconds": round(total, 1), "boot_s": "-"})
     return rows
 
 
