@@ -23,7 +23,7 @@ from k8simg.local.process import running
 from k8simg.local.provider import LocalProvider, console_text
 from k8simg.provider import Deployment, NodeFailed
 from tests.bake.conftest import baked_image, rebaked_image  # noqa: F401  (slow tier's images)
-from tests.conftest import write_cluster
+from tests.conftest import edit_cluster, write_cluster
 from tests.local.conftest import leftovers, reap
 from tests.upgrade.test_etcd_roll import Writer
 
@@ -238,8 +238,7 @@ def roll_onto(cd, provider, rebaked) -> list[int]:
 
     image, manifest = rebaked
     sha = json.loads(manifest.read_text())["image"]["sha256"]
-    text = cd.config_path.read_text()
-    cd.config_path.write_text(re.sub(r"(?m)^image: .*$", f"image: {image}", text))
+    edit_cluster(cd, image=str(image))  # (a long path is a folded YAML scalar: no regex)
     old_pids = {k: p.pid for k, p in provider.procs.all().items() if k.startswith("qemu:")}
     plan = json.loads(k8simg("upgrade", str(cd.path), "--plan", "-o", "json").stdout)
     assert [(r["node"], r["to"]) for r in plan["replace"]] == [
