@@ -2,8 +2,7 @@
 OpenStack test cloud, from the upgrade's own JSON events (``replace`` of a node until its
 ``deleted``), plus the whole roll.
 
-    python benchmarks/bench_upgrade.py --cloud local [--image A.qcow2 --new-image B.qcow2]
-    python benchmarks/bench_upgrade.py --cloud test-cloud
+    python benchmarks/bench_upgrade.py [--cloud local|test-cloud|both] [--image A.qcow2 --new-image B.qcow2]
 
 local: an HA cluster (3 masters, 1 worker, 1.5 GiB and one vCPU each, TCG) deployed from
 image A and rolled onto image B (default: the slow tier's image and its re-bake, in pytest's
@@ -135,18 +134,19 @@ def cached_images() -> tuple[Path, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cloud", choices=["local", "test-cloud"], required=True)
+    ap.add_argument("--cloud", choices=["local", "test-cloud", "both"], default="both",
+                    help="default: both (as benchmarks/run.py runs it; ~50 min)")
     ap.add_argument("--image", type=Path)
     ap.add_argument("--new-image", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-upgrade."))
-    if args.cloud == "local":
+    for part in ("local", "test-cloud"):
+        (tmp / part).mkdir()
+    if args.cloud in ("local", "both"):
         first, again = (args.image, args.new_image) if args.image else cached_images()
-        rows = local(tmp, first.resolve(), again.resolve())
-    else:
-        rows = test_cloud(tmp)
-    report(f"upgrade-{args.cloud}", rows)
-
+        report("upgrade-local", local(tmp / "local", first.resolve(), again.resolve()))
+    if args.cloud in ("test-cloud", "both"):
+        report("upgrade-test-cloud", test_cloud(tmp / "test-cloud"))
 
 if __name__ == "__main__":
     main()
