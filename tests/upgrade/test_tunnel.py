@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,24 +165,21 @@ def test_upgrade_reaches_etcd_only_through_the_bastion(bastion_network):
         assert sorted(m.name for m in etcd.members(eps)) == [f"roll-master-{i}" for i in range(3)]
 
         # The writer goes through the same tunnel (its own forwards of the members' ports).
-        tunnel = etcd.route.__self__
         order = [client_url(n[f"roll-master-{i}"]) for i in (3, 4, 5, 2, 1, 0)]
-        writer = Writer(cd.pki_dir, [tunnel.url(u) for u in order])
+        local_ends = [etcd.route(u) for u in order]
+        assert all(u.startswith("https://127.0.0.1:") for u in local_ends), local_ends
+        writer = Writer(cd.pki_dir, local_ends)
         events, seconds = roll_under_writes(members, etcd, writer)
         print(f"through the bastion: roll {seconds:.1f} s, "
               f"{len(writer.acked)} writes, longest gap {writer.longest_gap * 1000:.0f} ms")
         check_after_roll(cd, members, etcd, writer)
         assert [d["node"] for s, d in events if s == "removed"] == [
             f"roll-master-{i}" for i in range(3)]
-    assert tunnel._loop is None  # closed with the block: no thread, no listener left
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", int(tunnel_port(order[0], etcd))), 1).close()
-
-
-def tunnel_port(url: str, etcd) -> int:
-    """The local port the closed tunnel used for ``url`` (recorded by the client)."""
-    dialed = next(d for d, u in etcd._dialed.items() if u == url)
-    return int(dialed.rsplit(":", 1)[1])
+    # Closed with the block: no thread, no listener left.
+    assert "k8simg-tunnel" not in {t.name for t in threading.enumerate()}
+    for url in local_ends:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), 1).close()
 
 
 def test_a_bastion_that_is_not_the_clusters_is_refused(bastion_network, tmp_path):
