@@ -363,12 +363,14 @@ class Deployment:
                    + [lambda: p.ensure_api_members(masters)])
         if not self.dry:
             p.wait_ready(self.nodes)
-        self.remove_surplus()
         p.finish(self.nodes)
-        result = DeployResult(self.ledger.changes, warnings=p.warnings)
-        if not self.dry:
-            pki = self.cluster.pki()
+        pki = None if self.dry else self.cluster.pki()
+        if pki is not None:
             pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
+        # Last: it may refuse (no API to drain through) with everything else in place.
+        self.remove_surplus()
+        result = DeployResult(self.ledger.changes, warnings=p.warnings)
+        if pki is not None:
             result.api_endpoint = pki.ctx.api_server_url
             result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
         return result
