@@ -637,13 +637,18 @@ def _group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m tests.cloud.testcloud DIR``: start a cloud, print where, stop on Ctrl-C."""
+    """``python -m tests.cloud.testcloud DIR``: start a cloud, print where, stop on Ctrl-C or
+    SIGTERM."""
     root = Path(argv[0] if argv else "/tmp/k8simg-test-cloud").resolve()
     cloud = TestCloud(root)
     t = time.monotonic()
     cloud.start()
     print(f"test cloud ready in {time.monotonic() - t:.0f} s; clouds.yaml: "
           f"{cloud.clouds_yaml(root / 'clouds.yaml')}", file=sys.stderr)
+    # SIGTERM too: a job started in the background ignores SIGINT, so Ctrl-C's signal alone
+    # left such a cloud running (and a plain kill left its services behind).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         signal.pause()
     except KeyboardInterrupt:
