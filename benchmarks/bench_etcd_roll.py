@@ -82,20 +82,22 @@ def one_roll(tmp: Path, how: str, writer_mode: str) -> dict:
             writer.stop()
     times = [s for _, s in writer.acked]
     pairs = list(zip(times, times[1:], strict=False))
-    worst = max(pairs, key=lambda p: p[1] - p[0]) if pairs else (0, 0)
-    during = [m for at, m in marks if at <= worst[1]][-1:] or ["-"]
-    top = sorted(pairs, key=lambda p: p[0] - p[1])[:5]
-    top_after = [f"{round((b - a) * 1000)} ms after "
-                 + ([m for at, m in marks if at <= b][-1:] or ["-"])[0] for a, b in top]
+
+    def step_before(t: float) -> str:
+        return ([m for at, m in marks if at <= t][-1:] or ["-"])[0]
+
+    top = sorted(pairs, key=lambda p: p[0] - p[1])[:5]  # the five longest gaps, longest first
+    top_after = [f"{round((b - a) * 1000)} ms after {step_before(b)}" for a, b in top]
     gaps = sorted(b - a for a, b in pairs)
     no_leader = [e for e in writer.errors if "leader" in e]
-    return {"how": how, "writer": writer_mode, "roll_s": round(seconds, 1), "writes_acked": len(writer.acked),
+    return {"how": how, "writer": writer_mode, "roll_s": round(seconds, 1),
+            "writes_acked": len(writer.acked),
             "longest_gap_ms": round(gaps[-1] * 1000), "p99_gap_ms": round(
                 gaps[int(len(gaps) * 0.99)] * 1000), "median_gap_ms": round(
                 statistics.median(gaps) * 1000, 1), "failed_no_leader": len(no_leader),
             "failed_other": len(writer.errors) - len(no_leader),
             "failures": sorted({e.split(": ", 1)[-1][:60] for e in writer.errors}),
-            "longest_gap_after": during[0] if how == "k8simg" else "-",
+            "longest_gap_after": step_before(top[0][1]) if how == "k8simg" and top else "-",
             "top_gaps": top_after if how == "k8simg" else []}
 
 

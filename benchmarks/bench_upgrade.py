@@ -148,5 +148,6 @@ def main() -> None:
     if args.cloud in ("test-cloud", "both"):
         report("upgrade-test-cloud", test_cloud(tmp / "test-cloud"))
 
+
 if __name__ == "__main__":
     main()

@@ -411,8 +411,9 @@ class Deployment:
             # All of them first, so that pods evicted from one do not land on the next to go.
             from kubernetes import client
 
+            core = client.CoreV1Api(access.api)
             for s in surplus:
-                cordon(client.CoreV1Api(access.api), s.name)
+                cordon(core, s.name)
         for s in surplus:
             detail = "beyond workers.count"
             if access.api is not None:
