@@ -21,6 +21,8 @@ IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
 STORAGE_ROOT = "/var/lib/k8simg"
+DEVICE_WAITS = (f"/dev/disk/by-label/{STORAGE_LABEL}", "/dev/ttyS0")
+DEVICE_TIMEOUT = "10min"
 WORKER_LABEL = ("k8simg.io/role", "worker")
 KUBECONFIGS = {"controller_manager": "/etc/kubernetes/controller-manager.conf",
                "scheduler": "/etc/kubernetes/scheduler.conf",
@@ -35,9 +37,13 @@ ADDON_SETS = {"core": ["00-rbac", "10-kube-proxy", "20-coredns", "30-flannel",
               "openstack": ["50-openstack-cloud-controller-manager", "60-cinder-csi"]}
 
 
+def path_unit_name(path: str, suffix: str) -> str:
+    """``systemd-escape --path --suffix=SUFFIX`` for the plain paths used here."""
+    return path.strip("/").replace("-", "\\x2d").replace("/", "-") + "." + suffix
+
+
 def mount_unit_name(path: str) -> str:
-    """``systemd-escape --path --suffix=mount`` for the plain paths used here."""
-    return path.strip("/").replace("-", "\\x2d").replace("/", "-") + ".mount"
+    return path_unit_name(path, "mount")
 
 
 def _render(name: str, **context) -> str:
@@ -83,6 +89,14 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
     for svc, path in (("containerd", "/var/lib/containerd"), ("docker", "/var/lib/docker")):
         files[f"{unit_dir}/{svc}.service.d/10-k8simg-storage.conf"] = (
             0o644, f"[Unit]\nRequiresMountsFor={path}\n")
+    # systemd gives up on a device after 90 s and fails everything that needs it, for good.
+    # Both devices below exist at boot (the volume is attached before the server starts and
+    # Ignition has already seen it); only udev's announcement can be late, on a starved node
+    # (a loaded hypervisor, software emulation). Waiting longer costs nothing; giving up
+    # leaves a node without its runtime, or without the console login that shows it is up.
+    for device in DEVICE_WAITS:
+        files[f"{unit_dir}/{path_unit_name(device, 'device')}.d/10-k8simg-timeout.conf"] = (
+            0o644, f"[Unit]\nJobRunningTimeoutSec={DEVICE_TIMEOUT}\n")
     volume = mount_unit_name(STORAGE_ROOT)
     files[f"{unit_dir}/{volume}"] = (0o644, _render(
         "image/storage.mount.j2", what=f"/dev/disk/by-label/{STORAGE_LABEL}", where=STORAGE_ROOT,

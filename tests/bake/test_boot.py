@@ -3,10 +3,12 @@ holding a rendered single-node config, and read the result from the serial conso
 
 import json
 import re
+import shlex
 
 import pytest
 
 from k8simg.ignition.document import data_url, dumps
+from k8simg.ignition.image import DEVICE_TIMEOUT, DEVICE_WAITS, path_unit_name
 from k8simg.ignition.render import render_context, render_node
 from k8simg.local import vm as qemu
 from tests.bake.testimage import BUSYBOX
@@ -31,6 +33,9 @@ echo "hostname: $(hostname)"
 for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
          k8simg-addons.service docker.service etcd.service k8simg-images.service; do
     echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
+done
+for d in $DEVICES; do
+    echo "wait: $d $(systemctl show -p JobRunningTimeoutUSec --value "$d")"
 done
 echo "mount: $(findmnt -n -o SOURCE,FSTYPE /var/lib/k8simg)"
 while read -r _archive ref _digest; do
@@ -57,8 +62,9 @@ def add_test_units(doc: dict, etcd_ip: str) -> dict:
     files = doc["storage"]["files"]
     source, _ = data_url(b"written by Ignition\n", compress=False)
     files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
-    script, compression = data_url(
-        REPORT.replace("$ETCD_IP", etcd_ip).replace("$BUSYBOX", BUSYBOX).encode())
+    devices = " ".join(shlex.quote(path_unit_name(d, "device")) for d in DEVICE_WAITS)
+    script, compression = data_url(REPORT.replace("$ETCD_IP", etcd_ip).replace(
+        "$BUSYBOX", BUSYBOX).replace("$DEVICES", devices).encode())
     entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
              "contents": {"source": script}}
     if compression:
@@ -76,20 +82,28 @@ def add_test_units(doc: dict, etcd_ip: str) -> dict:
 def report(console: str, nth: int) -> dict:
     blocks = re.findall(r"K8SIMG-REPORT-BEGIN(.*?)K8SIMG-REPORT-END", console, re.S)
     assert len(blocks) >= nth, console[-3000:]
-    out: dict = {"file": {}, "unit": {}, "image": {}}
+    out: dict = {"file": {}, "unit": {}, "image": {}, "wait": {},
+                 "trouble": "\n".join(systemd_trouble(console))}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
-    keys = r"(cmdline|firstboot-flag|marker|file|hostname|unit|mount|etcd|image|container): (.*)$"
+    keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container)"
+            r": (.*)$")
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
         if not m:
             continue
         key, value = m.groups()
-        if key in ("file", "unit", "image"):
+        if key in ("file", "unit", "image", "wait"):
             name, _, rest = value.partition(" ")
             out[key][name] = rest.strip()
         else:
             out[key] = value.strip()
     return out
+
+
+def systemd_trouble(console: str) -> list[str]:
+    """systemd's own lines about what timed out or failed, for the failure messages."""
+    return [ln for ln in console.splitlines()
+            if re.search(r"systemd\[1\]: .*(timed out|Dependency failed|Failed to start)", ln)]
 
 
 def single_node_machine(image, work):
@@ -141,9 +155,11 @@ def test_boots_with_only_a_config_drive(baked_image, tmp_path):
     assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
     assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
     assert r["file"]["/etc/kubernetes/manifests/kube-apiserver.yaml"] == "644"
-    assert r["unit"]["containerd.service"] == "enabled active"
-    assert r["unit"]["k8simg-etcd.service"] == "enabled active"
-    assert r["unit"]["var-lib-containerd.mount"] == "enabled active"
+    units = ("containerd.service", "k8simg-etcd.service", "var-lib-containerd.mount")
+    assert {u: r["unit"][u] for u in units} == dict.fromkeys(units, "enabled active"), \
+        r["trouble"]
+    # A late udev does not fail the volume's mounts or the console for good (the image's waits)
+    assert r["wait"] == {path_unit_name(d, "device"): DEVICE_TIMEOUT for d in DEVICE_WAITS}
     assert r["unit"]["etcd.service"].split()[0] in ("disabled", "")  # Debian's own etcd stays off
     assert r["mount"] == "/dev/vdb ext4"
     assert f"https://{master.address}:2379 is healthy" in r["etcd"]

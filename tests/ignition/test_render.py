@@ -9,8 +9,16 @@ from click.testing import CliRunner
 from k8simg.cli import cli
 from k8simg.errors import RenderError
 from k8simg.ignition.document import dumps
-from k8simg.ignition.image import image_units
+from k8simg.ignition.image import (
+    DEVICE_WAITS,
+    STORAGE_BINDS,
+    STORAGE_ROOT,
+    image_files,
+    image_units,
+    path_unit_name,
+)
 from k8simg.ignition.render import USER_DATA_LIMIT, render_node, render_user_data, write_all
+from k8simg.versions import DEFAULT_KUBERNETES_VERSION
 from tests.ignition.conftest import CREDENTIAL, ED25519
 from tests.ignition.support import enabled_units, env_values, files, kube_objects, unit_text
 
@@ -137,6 +145,20 @@ def test_every_enabled_unit_exists(rendered_cluster):
         for name in enabled_units(doc):
             assert name in provided | inline, f"{node.name} enables unknown {name}"
 
+
+
+def test_units_named_after_paths_are_named_as_systemd_names_them():
+    """A mount unit or a device drop-in whose name is escaped differently from systemd's own
+    escaping is never applied (a volume left unmounted, a device wait left at 90 s)."""
+    image = image_files(DEFAULT_KUBERNETES_VERSION)
+    wanted = [(STORAGE_ROOT, "mount"), *((w, "mount") for w in STORAGE_BINDS),
+              *((d, "device") for d in DEVICE_WAITS)]
+    for path, suffix in wanted:
+        systemds = subprocess.run(["systemd-escape", "--path", f"--suffix={suffix}", path],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        assert path_unit_name(path, suffix) == systemds
+        unit = f"/etc/systemd/system/{systemds}"
+        assert unit in image or any(f.startswith(unit + ".d/") for f in image), unit
 
 def test_local_cloud_has_no_cloud_provider(rendered_cluster):
     _, ctx = rendered_cluster("ha3")
