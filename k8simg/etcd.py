@@ -85,7 +85,7 @@ class Endpoint:
 class Status:
     endpoint: str
     member_id: int
-    leader_id: int
+    leader_id: int  # 0: the member knows no leader (an election is under way, or no quorum)
     raft_index: int
 
 
@@ -161,8 +161,11 @@ class Etcd:
             data = json.loads(r.stdout or "[]")
         except ValueError:
             return []
+        # etcdctl prints the status message as protobuf's JSON: a field that is 0 is left
+        # out, "leader" among them while the member knows no leader.
         return [Status(self._named(s["Endpoint"]), s["Status"]["header"]["member_id"],
-                       s["Status"]["leader"], s["Status"]["raftIndex"]) for s in data]
+                       s["Status"].get("leader", 0), s["Status"].get("raftIndex", 0))
+                for s in data]
 
     def alarms(self, endpoints: list[str]) -> list[str]:
         r = self.ctl(["alarm", "list"], endpoints)
@@ -355,16 +358,33 @@ def wait_healthy(etcd: Etcd, endpoint: str, timeout: float) -> None:
 
 
 def move_leader_off(etcd: Etcd, leaving: Member, to: Node,
-                    endpoints: Callable[[], list[str]]) -> bool:
+                    endpoints: Callable[[], list[str]], wait_for_leader: float = 60) -> bool:
     """If ``leaving`` leads, hand leadership to the member on ``to`` first; returns whether
-    it had to."""
-    target = _by_peer(etcd.members(endpoints()), to)
-    for _ in range(10):
+    it had to.
+
+    While ``leaving`` knows no leader (an election under way: on a starved node a missed
+    heartbeat is enough) it is asked again, for up to ``wait_for_leader`` seconds: taking that
+    for "not the leader" would remove the member the election may be about to make leader.
+    """
+    deadline = time.monotonic() + wait_for_leader
+    failed = 0
+    while True:
         statuses = etcd.status(list(leaving.client_urls))
-        if not statuses or statuses[0].leader_id != leaving.id:
+        if not statuses:
+            return False  # not answering: its removal costs no leader it holds
+        if statuses[0].leader_id == 0:
+            if time.monotonic() > deadline:
+                raise EtcdError(f"{leaving.name} knows no leader after {wait_for_leader:.0f} s "
+                                "(an election that does not end, or no quorum); not removing it")
+            time.sleep(1)
+            continue
+        if statuses[0].leader_id != leaving.id:
             return False
+        target = _by_peer(etcd.members(endpoints()), to)
         r = etcd.ctl(["move-leader", f"{target.id:x}"], list(leaving.client_urls))
         if r.returncode == 0:
             return True
+        failed += 1
+        if failed == 10:
+            raise EtcdError(f"could not move leadership off {leaving.name}: {r.stderr.strip()}")
         time.sleep(1)
-    raise EtcdError(f"could not move leadership off {leaving.name}: {r.stderr.strip()}")

@@ -21,7 +21,15 @@ import time
 
 import pytest
 
-from k8simg.etcd import Etcd, EtcdAbort, client_url, peer_url, replace_member
+from k8simg.etcd import (
+    Etcd,
+    EtcdAbort,
+    EtcdError,
+    client_url,
+    move_leader_off,
+    peer_url,
+    replace_member,
+)
 from k8simg.ignition.render import render_context, render_node
 from k8simg.pki import Pki, PkiContext
 from k8simg.plan import make_node
@@ -311,3 +319,36 @@ def test_a_stale_unstarted_learner_is_removed_and_an_unhealthy_cluster_aborts(th
                        endpoints=lambda: [eps[1], client_url(n["roll-master-3"])])
     assert sorted(m.id for m in etcd.members(eps[1:2])) == before
     assert "roll-master-4" not in members.procs
+
+
+def test_a_member_without_a_leader_is_waited_for_not_taken_for_a_follower(three_members):
+    """Seen on the local cloud's roll: the leaving member knew no leader for a moment (an
+    election on starved VMs), and etcdctl's JSON then has no "leader" at all."""
+    cd, members, etcd = three_members
+    n = members.nodes
+    eps = [client_url(n[f"roll-master-{i}"]) for i in range(3)]
+    first = [(n[f"roll-master-{i}"].name, peer_url(n[f"roll-master-{i}"])) for i in range(3)]
+    leaving = next(m for m in etcd.members(eps) if m.name == "roll-master-0")
+    members.stop(n["roll-master-1"])
+    members.stop(n["roll-master-2"])
+    wait_until(lambda: etcd.status(eps[:1])[0].leader_id == 0, 30,
+               "roll-master-0 to know no leader")
+    with pytest.raises(EtcdError, match="roll-master-0 knows no leader after 3 s"):
+        move_leader_off(etcd, leaving, n["roll-master-1"], lambda: eps[:1], wait_for_leader=3)
+
+    # An election that ends while it waits: the answer is about the leader it made.
+    restart = threading.Timer(3, lambda: [members.start(n[f"roll-master-{i}"], first,
+                                                        joining=False) for i in (1, 2)])
+    restart.start()
+    try:
+        started = time.monotonic()
+        moved = move_leader_off(etcd, leaving, n["roll-master-1"], lambda: eps,
+                                wait_for_leader=60)
+        waited = time.monotonic() - started
+    finally:
+        restart.join()
+    assert waited > 3  # it did wait for the election
+    leader = etcd.status(eps[:1])[0].leader_id
+    assert leader not in (0, leaving.id)
+    if moved:  # roll-master-0 won the election, and handed leadership on
+        assert leader == next(m.id for m in etcd.members(eps) if m.name == "roll-master-1")
