@@ -21,7 +21,8 @@ IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
 STORAGE_ROOT = "/var/lib/k8simg"
-DEVICE_WAITS = (f"/dev/disk/by-label/{STORAGE_LABEL}", "/dev/ttyS0")
+STORAGE_BY_LABEL = f"/dev/disk/by-label/{STORAGE_LABEL}"  # what the volume's mount unit mounts
+DEVICE_WAITS = (STORAGE_BY_LABEL, "/dev/ttyS0")
 DEVICE_TIMEOUT = "10min"
 WORKER_LABEL = ("k8simg.io/role", "worker")
 KUBECONFIGS = {"controller_manager": "/etc/kubernetes/controller-manager.conf",
@@ -99,7 +100,7 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
             0o644, f"[Unit]\nJobRunningTimeoutSec={DEVICE_TIMEOUT}\n")
     volume = mount_unit_name(STORAGE_ROOT)
     files[f"{unit_dir}/{volume}"] = (0o644, _render(
-        "image/storage.mount.j2", what=f"/dev/disk/by-label/{STORAGE_LABEL}", where=STORAGE_ROOT,
+        "image/storage.mount.j2", what=STORAGE_BY_LABEL, where=STORAGE_ROOT,
         type="ext4", options="", requires="",
         before="containerd.service docker.service k8simg-etcd.service"))
     for where, sub in STORAGE_BINDS.items():

@@ -146,7 +146,6 @@ def test_every_enabled_unit_exists(rendered_cluster):
             assert name in provided | inline, f"{node.name} enables unknown {name}"
 
 
-
 def test_units_named_after_paths_are_named_as_systemd_names_them():
     """A mount unit or a device drop-in whose name is escaped differently from systemd's own
     escaping is never applied (a volume left unmounted, a device wait left at 90 s)."""
@@ -159,6 +158,7 @@ def test_units_named_after_paths_are_named_as_systemd_names_them():
         assert path_unit_name(path, suffix) == systemds
         unit = f"/etc/systemd/system/{systemds}"
         assert unit in image or any(f.startswith(unit + ".d/") for f in image), unit
+
 
 def test_local_cloud_has_no_cloud_provider(rendered_cluster):
     _, ctx = rendered_cluster("ha3")
