@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.bake import BakeRequest, bake  # noqa: E402
-from k8simg.images import ImageSpec  # noqa: E402
-from k8simg.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
-from tests.bake.test_boot import single_node_machine  # noqa: E402
-from tests.bake.testimage import BUSYBOX, artifacts_tree, publish_stand_ins, serve  # noqa: E402
+from k8simg.model.images import ImageSpec  # noqa: E402
+from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
+from k8simg.ops.bake import BakeRequest, bake  # noqa: E402
+from tests.ops.bake.test_boot import single_node_machine  # noqa: E402
+from tests.ops.bake.testimage import BUSYBOX, artifacts_tree, publish_stand_ins, serve  # noqa: E402
 from tests.registry import registry  # noqa: E402
 from tests.support import kubectl_binary  # noqa: E402
 

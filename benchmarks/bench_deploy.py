@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keystoneauth1.session as ks  # noqa: E402
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.provider import Deployment  # noqa: E402
+from k8simg.ops.deploy import Deployment  # noqa: E402
+from k8simg.pki import cluster_pki
 from tests.cloud.testcloud import TestCloud  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
 
@@ -71,7 +72,7 @@ def main() -> None:
                 masters={"count": 3, "flavor": "k8s.small", "volume_size_gb": 10},
                 workers={"count": 2, "flavor": "k8s.small", "volume_size_gb": 10},
                 bastion__flavor="k8s.tiny", openstack__external_network="public")
-            cd.pki().ensure()  # key generation is measured by bench_pki, not here
+            cluster_pki(cd).ensure()  # key generation is measured by bench_pki, not here
             d = Deployment.for_cluster(cd, None, concurrency=concurrency)
             result, seconds, reqs = counted(d.deploy)
             rows.append({"what": "HA deploy 3+2+bastion", "concurrency": concurrency,

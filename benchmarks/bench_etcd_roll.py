@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.etcd import Etcd, client_url, peer_url, replace_member, wait_healthy  # noqa: E402
+from k8simg.ops.etcd import Etcd, client_url, peer_url, replace_member, wait_healthy  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
+from tests.ops.upgrade.test_etcd_roll import NET, Members, Writer  # noqa: E402
 from tests.support import processes, wait_until  # noqa: E402
-from tests.upgrade.test_etcd_roll import NET, Members, Writer  # noqa: E402
 
 
 def textbook(etcd: Etcd, members: Members, old, new, live) -> None:

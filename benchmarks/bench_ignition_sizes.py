@@ -12,9 +12,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.cluster import ClusterDir, init_cluster  # noqa: E402
 from k8simg.ignition.document import dumps  # noqa: E402
 from k8simg.ignition.render import NOVA_USER_DATA_BASE64_LIMIT, render_context, render_node  # noqa: E402
+from k8simg.model.cluster import ClusterDir, init_cluster  # noqa: E402
+from k8simg.pki import cluster_pki
 from k8simg.pki.keys import ALGORITHMS  # noqa: E402
 
 TOPOLOGIES = ("single", "1+2", "ha3+2", "ha5+2", "ha3+2 etcd3")
@@ -36,7 +37,7 @@ def cluster(root: Path, topology: str, algorithm: str, cloud: str) -> ClusterDir
     elif topology == "ha3+2 etcd3":
         text = text.replace("placement: stacked", "placement: dedicated")
     cd.config_path.write_text(text)
-    cd.pki().ensure()
+    cluster_pki(cd).ensure()
     if cloud != "local":
         cred = cd.path / "openstack/application-credential.json"
         cred.parent.mkdir()

@@ -19,11 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.etcd import Etcd, planned_endpoints  # noqa: E402
-from k8simg.local.provider import LocalProvider  # noqa: E402
-from k8simg.provider import Deployment  # noqa: E402
+from k8simg.clouds import open_cloud  # noqa: E402
+from k8simg.ops.deploy import Deployment  # noqa: E402
+from k8simg.ops.etcd import Etcd, planned_endpoints  # noqa: E402
+from k8simg.pki import cluster_pki
+from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
-from tests.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,16 +44,16 @@ def run(tmp: Path, image: Path, name: str, topology: str, memory: int) -> list[d
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False},
                        local={"memory_mb": memory, "cpus": 1, "boot_timeout_s": 3600})
-    cd.pki().ensure()  # key generation is bench_pki's
+    cluster_pki(cd).ensure()  # key generation is bench_pki's
     rows = []
     pids = []
     try:
         t0 = time.monotonic()
         Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
         deployed = time.monotonic() - t0
-        provider = LocalProvider(cd)
-        pids = [r.pid for r in provider.procs.all().values()]
-        etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
+        cloud = open_cloud(cd, cd.load())
+        pids = [r.pid for r in cloud.procs.all().values()]
+        etcd = Etcd(cd.pki_dir, wrap=cloud.ns.exec)
         while True:
             eps = etcd.health(planned_endpoints(cd))
             if eps and all(e.healthy for e in eps):
@@ -90,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     image = (args.image or default_image()).resolve()
     # The daemons outlive deploy and are re-parented to us, so we can reap them (see
-    # tests/local/conftest.py).
+    # tests/clouds/local/conftest.py).
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     tmp = Path(tempfile.mkdtemp(prefix="k8simg-bench-local."))
     rows = run(tmp, image, "ha", "ha", args.memory_mb)

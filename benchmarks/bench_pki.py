@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.cluster import ClusterDir, init_cluster  # noqa: E402
+from k8simg.model.cluster import ClusterDir, init_cluster  # noqa: E402
+from k8simg.pki import cluster_pki
 from k8simg.pki.keys import ALGORITHMS  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def run(algorithm: str, workdir: Path) -> tuple[float, int]:
     cd.config_path.write_text(text)
     cd = ClusterDir(cd.path)
     start = time.perf_counter()
-    p = cd.pki()
+    p = cluster_pki(cd)
     result = p.ensure()
     p.write_kubeconfigs(cd.kubeconfig_dir)
     return time.perf_counter() - start, len(result.created)

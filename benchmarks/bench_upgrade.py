@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.provider import Deployment  # noqa: E402
+from k8simg.ops.deploy import Deployment  # noqa: E402
+from k8simg.pki import cluster_pki
 from tests.conftest import edit_cluster, write_cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,27 +67,27 @@ def rows_from(cloud: str, events: list[dict], total: float) -> list[dict]:
 
 
 def local(tmp: Path, image: Path, new_image: Path) -> list[dict]:
-    from k8simg.etcd import Etcd, planned_endpoints
-    from k8simg.local.provider import LocalProvider
-    from tests.local.conftest import PR_SET_CHILD_SUBREAPER, reap
+    from k8simg.clouds import open_cloud
+    from k8simg.ops.etcd import Etcd, planned_endpoints
+    from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap
 
-    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # see tests/local/conftest.py
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # see tests/clouds/local/conftest.py
     cd = write_cluster(tmp / "roll", image=str(image), topology="ha",
                        workers={"count": 1, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False},
                        local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 3600})
-    cd.pki().ensure()
+    cluster_pki(cd).ensure()
     pids: set[int] = set()
     try:
         Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
-        provider = LocalProvider(cd)
-        pids |= {r.pid for r in provider.procs.all().values()}
-        etcd = Etcd(cd.pki_dir, wrap=provider.in_network)
+        cloud = open_cloud(cd, cd.load())
+        pids |= {r.pid for r in cloud.procs.all().values()}
+        etcd = Etcd(cd.pki_dir, wrap=cloud.ns.exec)
         while not all(e.healthy for e in etcd.health(planned_endpoints(cd)) or [None]):
             time.sleep(5)
         edit_cluster(cd, image=str(new_image))  # (a long path is a folded YAML scalar)
         events, total = upgrade(cd.path)
-        pids |= {r.pid for r in LocalProvider(cd).procs.all().values()}
+        pids |= {r.pid for r in open_cloud(cd, cd.load()).procs.all().values()}
         return rows_from("local (TCG)", events, total)
     finally:
         left = Deployment.for_cluster(cd).destroy().left
@@ -111,7 +112,7 @@ def test_cloud(tmp: Path) -> list[dict]:
             masters={"count": 3, "flavor": "k8s.small", "volume_size_gb": 10},
             workers={"count": 2, "flavor": "k8s.small", "volume_size_gb": 10},
             bastion__flavor="k8s.tiny", openstack__external_network="public")
-        cd.pki().ensure()
+        cluster_pki(cd).ensure()
         Deployment.for_cluster(cd, None).deploy()
         try:
             edit_cluster(cd, image="k8simg-bench-new")

@@ -8,8 +8,9 @@ release (``k8simg bake`` writes :func:`image_files` into the image) instead of t
 every node.
 """
 
-from k8simg.images import IMAGES_DIR, LIST_FILE
-from k8simg.versions import RELEASES, images
+from k8simg.ignition.jinja import template
+from k8simg.model.images import IMAGES_DIR, LIST_FILE
+from k8simg.model.versions import RELEASES, images
 
 PKI = "/etc/kubernetes/pki"
 ENV_DIR = "/etc/k8simg"
@@ -47,17 +48,11 @@ def mount_unit_name(path: str) -> str:
     return path_unit_name(path, "mount")
 
 
-def _render(name: str, **context) -> str:
-    from k8simg.ignition.render import template  # one Jinja environment for both
-
-    return template(name, **context)
-
-
 def addon_manifests(kubernetes_version: str) -> dict[str, str]:
     """``<set>/<name>.yaml`` -> the cluster-independent add-on manifests of a release."""
     ctx = {"images": images(RELEASES[kubernetes_version]), "cni_bin_dir": CNI_BIN_DIR,
            "worker_label_key": WORKER_LABEL[0], "worker_label_value": WORKER_LABEL[1]}
-    return {f"{s}/{n}.yaml": _render(f"image/addons/{s}/{n}.yaml.j2", **ctx)
+    return {f"{s}/{n}.yaml": template(f"image/addons/{s}/{n}.yaml.j2", **ctx)
             for s, names in ADDON_SETS.items() for n in names}
 
 
@@ -73,18 +68,18 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
            "importer": IMAGE_IMPORTER}
     unit_dir = "/etc/systemd/system"
     files = {
-        f"{unit_dir}/k8simg-etcd.service": (0o644, _render("image/k8simg-etcd.service.j2", **ctx)),
-        f"{unit_dir}/kubelet.service": (0o644, _render("image/kubelet.service.j2")),
+        f"{unit_dir}/k8simg-etcd.service": (0o644, template("image/k8simg-etcd.service.j2", **ctx)),
+        f"{unit_dir}/kubelet.service": (0o644, template("image/kubelet.service.j2")),
         f"{unit_dir}/kubelet.service.d/10-k8simg.conf":
-            (0o644, _render("image/kubelet-dropin.conf.j2", **ctx)),
-        f"{unit_dir}/k8simg-addons.service": (0o644, _render("image/k8simg-addons.service.j2",
+            (0o644, template("image/kubelet-dropin.conf.j2", **ctx)),
+        f"{unit_dir}/k8simg-addons.service": (0o644, template("image/k8simg-addons.service.j2",
                                                              **ctx)),
-        f"{unit_dir}/k8simg-images.service": (0o644, _render("image/k8simg-images.service.j2",
+        f"{unit_dir}/k8simg-images.service": (0o644, template("image/k8simg-images.service.j2",
                                                              **ctx)),
-        IMAGE_IMPORTER: (0o755, _render("image/import-images.sh.j2", **ctx)),
-        "/etc/containerd/config.toml": (0o644, _render("image/containerd-config.toml.j2", **ctx)),
-        "/etc/sysctl.d/90-k8simg.conf": (0o644, _render("image/sysctl.conf.j2")),
-        "/etc/modules-load.d/k8simg.conf": (0o644, _render("image/modules.conf.j2")),
+        IMAGE_IMPORTER: (0o755, template("image/import-images.sh.j2", **ctx)),
+        "/etc/containerd/config.toml": (0o644, template("image/containerd-config.toml.j2", **ctx)),
+        "/etc/sysctl.d/90-k8simg.conf": (0o644, template("image/sysctl.conf.j2")),
+        "/etc/modules-load.d/k8simg.conf": (0o644, template("image/modules.conf.j2")),
     }
     # The runtimes never start on the root disk when the volume is missing.
     for svc, path in (("containerd", "/var/lib/containerd"), ("docker", "/var/lib/docker")):
@@ -99,12 +94,12 @@ def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
         files[f"{unit_dir}/{path_unit_name(device, 'device')}.d/10-k8simg-timeout.conf"] = (
             0o644, f"[Unit]\nJobRunningTimeoutSec={DEVICE_TIMEOUT}\n")
     volume = mount_unit_name(STORAGE_ROOT)
-    files[f"{unit_dir}/{volume}"] = (0o644, _render(
+    files[f"{unit_dir}/{volume}"] = (0o644, template(
         "image/storage.mount.j2", what=STORAGE_BY_LABEL, where=STORAGE_ROOT,
         type="ext4", options="", requires="",
         before="containerd.service docker.service k8simg-etcd.service"))
     for where, sub in STORAGE_BINDS.items():
-        files[f"{unit_dir}/{mount_unit_name(where)}"] = (0o644, _render(
+        files[f"{unit_dir}/{mount_unit_name(where)}"] = (0o644, template(
             "image/storage.mount.j2", what=f"{STORAGE_ROOT}/{sub}", where=where, type="none",
             options="bind", requires=volume,
             before="containerd.service docker.service k8simg-etcd.service"))

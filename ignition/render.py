@@ -14,11 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import yaml
 
-from k8simg.cluster import ClusterDir
-from k8simg.config import ClusterConfig
 from k8simg.errors import RenderError
 from k8simg.ignition.document import Ignition, dumps
 from k8simg.ignition.image import (
@@ -34,12 +31,16 @@ from k8simg.ignition.image import (
     WORKER_LABEL,
     mount_unit_name,
 )
-from k8simg.pki import Pki
+from k8simg.ignition.jinja import template
+from k8simg.model.cluster import ClusterDir
+from k8simg.model.config import ClusterConfig
+from k8simg.model.credential import CloudCredential
+from k8simg.model.plan import Node, api_vip, client_url, etcd_members, peer_url
+from k8simg.model.versions import RELEASES, images
+from k8simg.pki import Pki, cluster_pki
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance
 from k8simg.pki.kubeconfig import kubeconfig
-from k8simg.plan import Node, api_vip, etcd_members
-from k8simg.versions import RELEASES, images
 
 # Nova refuses user_data over 65,535 bytes of base64, i.e. 49,149 raw bytes.
 NOVA_USER_DATA_BASE64_LIMIT = 65535
@@ -48,45 +49,6 @@ USER_DATA_LIMIT = NOVA_USER_DATA_BASE64_LIMIT // 4 * 3
 KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 ADDON_VALUES = "/etc/k8simg/addons.yaml"
 STORAGE_DEVICE = "/dev/vdb"  # the second virtio disk: the Cinder volume deploy attaches at boot
-ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-
-_env = jinja2.Environment(loader=jinja2.PackageLoader("k8simg.ignition", "templates"),
-                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                          autoescape=False)
-
-
-def template(name: str, **context) -> str:
-    return _env.get_template(name).render(**context)
-
-
-@dataclass(frozen=True)
-class CloudCredential:
-    """The OpenStack application credential the in-cluster cloud integrations use.
-
-    Kept in the cluster directory as ``openstack/application-credential.json`` (deploy creates
-    it); it is rendered only into the masters' add-on values.
-    """
-
-    auth_url: str
-    application_credential_id: str
-    application_credential_secret: str
-    region: str | None = None
-
-    FILE = "openstack/application-credential.json"
-
-    @classmethod
-    def load(cls, cluster: ClusterDir) -> "CloudCredential | None":
-        path = cluster.path / cls.FILE
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return cls(**{k: data[k] for k in ("auth_url", "application_credential_id",
-                                               "application_credential_secret")},
-                       region=data.get("region"))
-        except (ValueError, KeyError, TypeError) as e:
-            raise RenderError(f"{path}: not a valid application credential ({e!r})") from None
-
 
 @dataclass
 class RenderContext:
@@ -131,11 +93,11 @@ def dns_service_ip(cfg: ClusterConfig) -> ipaddress.IPv4Address:
 
 
 def etcd_initial_cluster(members: list[Node]) -> str:
-    return ",".join(f"{m.name}=https://{m.address}:{ETCD_PEER_PORT}" for m in members)
+    return ",".join(f"{m.name}={peer_url(m)}" for m in members)
 
 
 def etcd_client_urls(members: list[Node]) -> str:
-    return ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in members)
+    return ",".join(client_url(m) for m in members)
 
 
 def env_file(values: dict[str, str]) -> str:
@@ -252,8 +214,8 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
         put_pki(ign, ctx, node, "etcd-ca", key=False)
     put_pki(ign, ctx, node, "etcd-server")
     put_pki(ign, ctx, node, "etcd-peer")
-    client = f"https://{node.address}:{ETCD_CLIENT_PORT}"
-    peer = f"https://{node.address}:{ETCD_PEER_PORT}"
+    client = client_url(node)
+    peer = peer_url(node)
     # etcd reads ETCD_<FLAG> variables; the image's unit carries the fixed TLS flags.
     ign.file(ETCD_ENV, env_file({
         "ETCD_NAME": node.name,
@@ -342,7 +304,7 @@ def render_context(cluster: ClusterDir, nodes: list[Node] | None = None,
                    joining: frozenset[str] = frozenset()) -> RenderContext:
     """Load the definition and the PKI, and check the PKI is complete and consistent."""
     cfg = cluster.load()
-    pki = cluster.pki(cfg)
+    pki = cluster_pki(cluster, cfg)
     problems = pki.verify()
     missing = pki.missing()
     if problems or missing:
@@ -350,7 +312,7 @@ def render_context(cluster: ClusterDir, nodes: list[Node] | None = None,
         raise RenderError(f"the PKI in {cluster.pki_dir} is not ready ({detail}); "
                           f"run `k8simg pki init {cluster.path}`")
     return RenderContext(cfg, pki, nodes if nodes is not None else list(pki.ctx.nodes),
-                         CloudCredential.load(cluster), joining)
+                         CloudCredential.load(cluster.path), joining)
 
 
 def write_all(ctx: RenderContext, out_dir: Path) -> dict[str, int]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 
-from k8simg.config import ClusterConfig
-from k8simg.plan import Node, api_vip, etcd_members
+from k8simg.model.config import ClusterConfig
+from k8simg.model.plan import Node, api_vip, etcd_members
 
 # kubeadm's groups (cmd/kubeadm/app/constants): admin.conf is bound to cluster-admin through
 # kubeadm:cluster-admins since v1.29; only super-admin.conf keeps system:masters.

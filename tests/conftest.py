@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from k8simg.cluster import ClusterDir, init_cluster
+from k8simg.model.cluster import ClusterDir, init_cluster
 from k8simg.pki.keys import generate_key
 from tests.support import kubectl_binary
 
@@ -156,7 +156,7 @@ def pytest_collection_modifyitems(config, items):
     """Order: tests that need neither the baked images nor the test cloud, then the test
     cloud's (the cloud starts for the first, stops after the last), then the tests on the
     baked images (QEMU boots get the machine to themselves). The images are baked in the
-    background from the start of the session (tests/bake/conftest.py), so their ~20 minutes
+    background from the start of the session (tests/ops/bake/conftest.py), so their ~20 minutes
     overlap the first two groups instead of adding to them."""
     def group(item):
         cloud, image = _uses(item, "test_cloud"), _uses(item, *IMAGE_FIXTURES)
@@ -188,14 +188,14 @@ def pytest_collection_finish(session):
             _clouds.append(_CloudStart(TestCloud(base / "run")))
             _clouds[0].start()
     if any(_uses(item, *IMAGE_FIXTURES) for item in session.items):
-        from tests.bake.conftest import start_bakes
+        from tests.ops.bake.conftest import start_bakes
 
         start_bakes(session.config, rebake=any(_uses(i, "rebaked_image") and not _skipped(i)
                                                for i in session.items))
 
 
 def pytest_sessionfinish(session):
-    from tests.bake.conftest import stop_bakes
+    from tests.ops.bake.conftest import stop_bakes
 
     for starting in _clouds:  # a session cut short before the cloud's tests ran
         starting.join()

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import click
 
-from k8simg.bake import BakeRequest
-from k8simg.bake import bake as run_bake
 from k8simg.cli.image_cmd import upload_manifest
 from k8simg.cli.options import cloud_option, emit_json, output_option, progress
-from k8simg.images import ImageError, parse_spec
-from k8simg.versions import DEFAULT_KUBERNETES_VERSION, RELEASES
+from k8simg.model.images import ImageError, parse_spec
+from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION, RELEASES
+from k8simg.ops.bake import BakeRequest
+from k8simg.ops.bake import bake as run_bake
 
 
 def image_cache() -> Path:
@@ -68,7 +68,7 @@ def bake(kubernetes_version, artifacts_dir, without_kubernetes, fallback, extra_
     """Bake a node image (qcow2 plus manifest) with diskimage-builder."""
     fallback_reason = None
     if fallback and not without_kubernetes and not artifacts_dir:
-        from k8simg.artifacts import unreachable
+        from k8simg.ops.artifacts import unreachable
 
         fallback_reason = unreachable(kubernetes_version)
         if fallback_reason:

@@ -1,7 +1,7 @@
 import click
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option
-from k8simg.plan import api_vip, initial_nodes
+from k8simg.model.plan import api_vip, initial_nodes
 
 
 @click.group()

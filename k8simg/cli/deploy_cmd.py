@@ -1,10 +1,10 @@
 import time
-from pathlib import Path
 
 import click
 
 from k8simg.cli.options import (
     cluster_argument,
+    cluster_cloud_option,
     cluster_dir,
     emit_json,
     output_option,
@@ -13,12 +13,9 @@ from k8simg.cli.options import (
 )
 from k8simg.errors import K8simgError
 
-cloud_override = click.option("--cloud", metavar="NAME",
-                              help="Override the cluster's cloud (clouds.yaml name, or local).")
-
 
 def _deployment(cluster, cloud, plan=False, **kw):
-    from k8simg.provider import Deployment
+    from k8simg.ops.deploy import Deployment
 
     return Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
                                   **kw)
@@ -26,7 +23,7 @@ def _deployment(cluster, cloud, plan=False, **kw):
 
 @click.command()
 @cluster_argument
-@cloud_override
+@cluster_cloud_option
 @click.option("--plan", is_flag=True, help="Print what would be created, changed or deleted; "
                                           "touch nothing.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 64),
@@ -39,7 +36,7 @@ def _deployment(cluster, cloud, plan=False, **kw):
 def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
     """Create (or reconcile) the cluster's infrastructure and boot its nodes. Workers beyond
     workers.count are drained (disruption budgets honoured), then deleted."""
-    from k8simg.provider import NodeFailed
+    from k8simg.clouds.base import NodeFailed
 
     d = _deployment(cluster, cloud, plan, concurrency=concurrency,
                     skip_unobservable=skip_unobservable)
@@ -65,7 +62,7 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
 
 @click.command()
 @cluster_argument
-@cloud_override
+@cluster_cloud_option
 @click.option("--plan", is_flag=True, help="Print what would be deleted; touch nothing.")
 @output_option
 def destroy(cluster, cloud, plan, output):
@@ -84,16 +81,18 @@ def destroy(cluster, cloud, plan, output):
 
 @click.command()
 @cluster_argument
-@cloud_override
+@cluster_cloud_option
 @output_option
 def nodes(cluster, cloud, output):
     """The cluster's nodes as its cloud has them: state, address, image, console."""
-    found = _deployment(cluster, cloud).provider.nodes()
+    found = _deployment(cluster, cloud).cloud.nodes()
     if output == "json":
-        emit_json([n.__dict__ for n in found])
+        emit_json([{**n.__dict__, "console_file": str(n.console_file) if n.console_file
+                    else None} for n in found])
         return
     rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "CONSOLE")]
-    rows += [(n.name, n.role, n.state, n.address or "-", n.image, str(n.generation), n.console)
+    rows += [(n.name, n.role, n.state, n.address or "-", n.image, str(n.generation),
+              str(n.console_file) if n.console_file else f"k8simg console {cluster} {n.name}")
              for n in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -108,24 +107,25 @@ def nodes(cluster, cloud, output):
 @click.option("--lines", "-n", default=50, show_default=True, type=click.IntRange(0),
               help="How many earlier lines to print first (0: all).")
 def console(cluster, node, follow, lines):
-    """A node's serial console log (local cloud), followed like ``tail -f``."""
-    d = _deployment(cluster, None)
-    known = {n.name: n for n in d.provider.nodes()}
+    """A node's serial console log, followed like ``tail -f`` (on OpenStack, Nova's console
+    log, asked again every few seconds)."""
+    cloud = _deployment(cluster, None).cloud
+    known = {n.name for n in cloud.nodes()}
     if node not in known:
-        raise K8simgError(f"no node {node!r} in cluster {d.cfg.name} "
+        raise K8simgError(f"no node {node!r} in cluster {cloud.name} "
                           f"(nodes: {', '.join(sorted(known)) or 'none'})")
-    path = Path(known[node].console)
-    if not path.is_file():
-        raise K8simgError(f"{node}: its console is not a file here ({known[node].console})")
-    with open(path, "rb") as f:
-        text = f.read().decode(errors="replace").splitlines(keepends=True)
-        click.echo("".join(text[-lines:] if lines else text), nl=False)
-        while follow:
-            chunk = f.read()
-            if chunk:
-                click.echo(chunk.decode(errors="replace"), nl=False)
-            else:
-                time.sleep(0.5)
+    text = cloud.console_log(node)
+    shown = text.splitlines(keepends=True)
+    click.echo("".join(shown[-lines:] if lines else shown), nl=False)
+    while follow:
+        time.sleep(1 if cloud.cfg.is_local else 5)
+        now = cloud.console_log(node)
+        # The log grows at its end; one that does not continue what was printed (a cloud
+        # that keeps only a tail) is printed whole again.
+        new = now[len(text):] if now.startswith(text) else now
+        if new:
+            click.echo(new, nl=False)
+        text = now
 
 
 @click.group()
@@ -135,7 +135,7 @@ def etcd():
 
 @etcd.command()
 @cluster_argument
-@cloud_override
+@cluster_cloud_option
 @click.option("--wait", default=0, show_default=True, type=click.IntRange(0),
               help="Seconds to keep asking until every member is healthy.")
 @ssh_key_option
@@ -145,13 +145,15 @@ def health(cluster, cloud, wait, ssh_keys, output):
 
     On OpenStack through an SSH tunnel to the bastion; on the local cloud from its namespace.
     """
+    from k8simg.ops.etcd import etcd_client
+
     d = _deployment(cluster, cloud, ssh_keys=ssh_keys)
-    with d.provider.etcd_client() as etcd:
+    with etcd_client(d.cloud) as etcd:
         _health(d, etcd, wait, output)
 
 
 def _health(d, etcd, wait, output):
-    from k8simg.etcd import planned_endpoints
+    from k8simg.ops.etcd import planned_endpoints
 
     endpoints = planned_endpoints(d.cluster)
     deadline = time.monotonic() + wait

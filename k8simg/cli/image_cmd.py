@@ -6,10 +6,9 @@ from k8simg.cli.options import cloud_option, emit_json, output_option, progress
 
 
 def upload_manifest(manifest: Path, cloud: str | None) -> dict:
-    from k8simg.openstack import connect
-    from k8simg.openstack.glance import upload
+    from k8simg.clouds import upload_image
 
-    done = upload(connect(cloud), manifest, progress=progress)
+    done = upload_image(manifest, cloud, progress=progress)
     progress(f"{'uploaded' if done.created else 'already uploaded'}: {done.name} ({done.id})")
     return {"image_id": done.id, "image_name": done.name, "created": done.created}
 

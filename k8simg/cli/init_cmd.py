@@ -3,8 +3,8 @@ from pathlib import Path
 import click
 
 from k8simg.cli.options import emit_json, output_option, progress
-from k8simg.cluster import init_cluster
 from k8simg.errors import ConfigError
+from k8simg.model.cluster import init_cluster
 
 
 @click.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from k8simg.cluster import ClusterDir
+from k8simg.model.cluster import ClusterDir
 
 output_option = click.option(
     "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -15,6 +15,10 @@ output_option = click.option(
 cloud_option = click.option(
     "--cloud", envvar="OS_CLOUD", metavar="NAME",
     help="The cloud in clouds.yaml (default: $OS_CLOUD, else the OS_* variables).")
+
+cluster_cloud_option = click.option(
+    "--cloud", metavar="NAME",
+    help="Override the cluster's cloud (clouds.yaml name, or local).")
 
 cluster_argument = click.argument("cluster", type=click.Path(file_okay=True, dir_okay=True),
                                   metavar="CLUSTER")

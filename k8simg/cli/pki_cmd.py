@@ -2,7 +2,7 @@ import click
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option, progress
 from k8simg.errors import K8simgError, PkiError
-from k8simg.pki import report
+from k8simg.pki import cluster_pki, report
 from k8simg.pki.manager import utcnow
 
 
@@ -21,7 +21,7 @@ def pki():
 def init(cluster, output):
     """Generate every missing key, certificate and kubeconfig; never overwrite one."""
     cd = cluster_dir(cluster)
-    p = cd.pki(progress=progress)
+    p = cluster_pki(cd, progress=progress)
     result = p.ensure()
     kubeconfigs = p.write_kubeconfigs(cd.kubeconfig_dir)
     for ident in result.stale:
@@ -41,7 +41,7 @@ def init(cluster, output):
 @output_option
 def show(cluster, output):
     """List every certificate with subject, SANs, issuer and expiry."""
-    p = cluster_dir(cluster).pki()
+    p = cluster_pki(cluster_dir(cluster))
     now = utcnow()
     records = p.records()
     if output == "json":
@@ -66,7 +66,7 @@ def show(cluster, output):
 @output_option
 def check_expiration(cluster, days, output):
     """Print the expiry table; exit 3 when anything expires within --days."""
-    p = cluster_dir(cluster).pki()
+    p = cluster_pki(cluster_dir(cluster))
     now = utcnow()
     problems = p.verify()
     if problems:
@@ -92,7 +92,7 @@ def check_expiration(cluster, days, output):
 def renew(cluster, names, output):
     """Reissue leaf certificates (all, or NAMES) from the existing CAs, keeping their keys."""
     cd = cluster_dir(cluster)
-    p = cd.pki(progress=progress)
+    p = cluster_pki(cd, progress=progress)
     renewed = p.renew(list(names) or None)
     p.write_kubeconfigs(cd.kubeconfig_dir)
     if output == "json":

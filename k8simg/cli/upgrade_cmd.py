@@ -6,6 +6,7 @@ import click
 
 from k8simg.cli.options import (
     cluster_argument,
+    cluster_cloud_option,
     cluster_dir,
     emit_json,
     output_option,
@@ -16,8 +17,7 @@ from k8simg.cli.options import (
 
 @click.command()
 @cluster_argument
-@click.option("--cloud", metavar="NAME", help="Override the cluster's cloud (clouds.yaml name, "
-                                              "or local).")
+@cluster_cloud_option
 @click.option("--plan", is_flag=True, help="Show which nodes would be replaced, in order; "
                                           "change nothing.")
 @click.option("--max-surge", default=1, show_default=True, type=click.IntRange(0, 50),
@@ -38,8 +38,8 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
     changed), 1 failed (re-run to resume). With --output json, one JSON object per line and
     step on stdout.
     """
-    from k8simg.provider import Deployment
-    from k8simg.upgrade import EXIT_NOTHING, Upgrade
+    from k8simg.ops.deploy import Deployment, image_warning
+    from k8simg.ops.upgrade import EXIT_NOTHING, Upgrade
 
     def event(name: str, detail: dict) -> None:
         if output == "json":
@@ -60,7 +60,10 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
     up = Upgrade(d, max_surge=max_surge, max_unavailable=max_unavailable,
                  skip_unobservable=skip_unobservable, events=planning if plan else event)
     if plan:
-        target, steps = up.plan()
+        pre = up.prepare()
+        if warning := image_warning(pre.image):
+            planning("warning", {"message": warning})
+        target, steps = up.plan(pre)
         rows = [{"order": i + 1, "node": s.old, "role": s.role, "from": s.image, "to": target}
                 for i, s in enumerate(steps)]
         if output == "json":

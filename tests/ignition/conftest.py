@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from k8simg.ignition.render import CloudCredential, render_context
+from k8simg.ignition.render import render_context
+from k8simg.model.credential import CloudCredential
+from k8simg.pki import cluster_pki
 from k8simg.pki.keys import generate_key
 
 TOPOLOGIES = {
@@ -49,7 +51,7 @@ def rendered_cluster(make_cluster, key_pool):
         # ECDSA keys are cheap: real, distinct keys (the secret scan relies on it). Only the
         # slow RSA sizes reuse pooled keys.
         # The real clock: some of these certificates meet real etcd and TLS peers.
-        cd.pki(keygen=key_pool if algorithm.startswith("rsa") else generate_key).ensure()
+        cluster_pki(cd, keygen=key_pool if algorithm.startswith("rsa") else generate_key).ensure()
         if cloud != "local":
             path = cd.path / CloudCredential.FILE
             path.parent.mkdir()

@@ -4,7 +4,7 @@ import kubernetes_validate
 import pytest
 
 from k8simg.ignition.render import render_node
-from k8simg.versions import RELEASES
+from k8simg.model.versions import RELEASES
 from tests.ignition.support import kube_objects
 
 

@@ -18,7 +18,7 @@ from k8simg.ignition.image import (
     path_unit_name,
 )
 from k8simg.ignition.render import USER_DATA_LIMIT, render_node, render_user_data, write_all
-from k8simg.versions import DEFAULT_KUBERNETES_VERSION
+from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION
 from tests.ignition.conftest import CREDENTIAL, ED25519
 from tests.ignition.support import enabled_units, env_values, files, kube_objects, unit_text
 
@@ -228,8 +228,8 @@ def test_bastion_has_keys_and_no_secrets(rendered_cluster):
 
 def test_replacement_joins_the_existing_cluster(rendered_cluster):
     from k8simg.ignition.render import RenderContext
+    from k8simg.model.plan import make_node
     from k8simg.pki import Pki, PkiContext
-    from k8simg.plan import make_node
     cd, ctx = rendered_cluster("ha3")
     new = make_node(ctx.config, "master", 3)
     nodes = [n for n in ctx.nodes if n.name != "ha3-master-0"] + [new]

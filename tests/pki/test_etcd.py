@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from k8simg.pki import cluster_pki
 from tests.support import etcd_available, free_ports, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
@@ -18,9 +19,9 @@ def etcdctl(endpoints, ca, cert, key, *args, timeout=5):
 
 def test_three_member_tls_cluster(make_cluster, clock, tmp_path):
     cd = make_cluster()
-    cd.pki().ensure()  # real clock: etcd checks validity against now
+    cluster_pki(cd).ensure()  # real clock: etcd checks validity against now
     foreign = make_cluster()
-    foreign.pki().ensure()
+    cluster_pki(foreign).ensure()
     pki = cd.pki_dir
     masters = [f"c0-master-{i}" for i in range(3)]
     ports = free_ports(6)

@@ -10,6 +10,7 @@ from cryptography import x509
 from k8simg.cli import cli
 from k8simg.errors import PkiError
 from k8simg.pki import certs as table
+from k8simg.pki import cluster_pki
 from k8simg.pki.keys import generate_key, key_pem
 from tests.conftest import NOW
 
@@ -21,7 +22,7 @@ def snapshot(root):
 
 def test_generates_the_whole_set_with_safe_modes(make_cluster, clock):
     cd = make_cluster()
-    p = cd.pki(clock=clock)
+    p = cluster_pki(cd, clock=clock)
     result = p.ensure()
     ids = [i.id for i in table.instances(p.ctx)]
     assert result.created == ids + ["sa", "ssh/bastion_host_ed25519_key"]
@@ -45,21 +46,21 @@ def test_generates_the_whole_set_with_safe_modes(make_cluster, clock):
 
 def test_init_never_overwrites(make_cluster, clock):
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     before = snapshot(cd.pki_dir)
-    result = cd.pki(clock=clock).ensure()
+    result = cluster_pki(cd, clock=clock).ensure()
     assert result.created == [] and len(before) == 2 * len(result.existing)  # pairs
     assert snapshot(cd.pki_dir) == before
 
 
 def test_fills_in_only_what_is_missing(make_cluster, clock):
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     (cd.pki_dir / "nodes/c0-worker-1/kubelet-client.crt").unlink()
     (cd.pki_dir / "nodes/c0-worker-1/kubelet-client.key").unlink()
     (cd.pki_dir / "sa.pub").unlink()
     before = snapshot(cd.pki_dir)
-    result = cd.pki(clock=clock).ensure()
+    result = cluster_pki(cd, clock=clock).ensure()
     assert result.created == ["kubelet@c0-worker-1"]
     after = snapshot(cd.pki_dir)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -70,13 +71,13 @@ def test_fills_in_only_what_is_missing(make_cluster, clock):
 def test_interrupted_run_reuses_the_orphan_key(make_cluster, clock):
     """A crash between writing a key and its certificate must not wedge the PKI."""
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     crt = cd.pki_dir / "front-proxy-client.crt"
     key_bytes = (cd.pki_dir / "front-proxy-client.key").read_bytes()
     crt.unlink()
-    assert cd.pki(clock=clock).ensure().created == ["front-proxy-client"]
+    assert cluster_pki(cd, clock=clock).ensure().created == ["front-proxy-client"]
     assert (cd.pki_dir / "front-proxy-client.key").read_bytes() == key_bytes
-    assert cd.pki(clock=clock).verify() == []
+    assert cluster_pki(cd, clock=clock).verify() == []
 
 
 @pytest.mark.parametrize("damage, file, message", [
@@ -89,9 +90,9 @@ def test_interrupted_run_reuses_the_orphan_key(make_cluster, clock):
 ])
 def test_inconsistent_pki_is_reported_not_used(make_cluster, clock, damage, file, message):
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     other = make_cluster()
-    other.pki(clock=clock).ensure()
+    cluster_pki(other, clock=clock).ensure()
     root = cd.pki_dir
     if damage == "swap-key":
         (root / file).write_bytes(key_pem(generate_key("ecdsa-p256")))
@@ -108,7 +109,7 @@ def test_inconsistent_pki_is_reported_not_used(make_cluster, clock, damage, file
         (root / "sa.pub").write_bytes((other.pki_dir / "sa.pub").read_bytes())
     before = snapshot(root)
     with pytest.raises(PkiError) as e:
-        cd.pki(clock=clock).ensure()
+        cluster_pki(cd, clock=clock).ensure()
     assert (file, message) in [(f, m[:len(message)]) for f, m in e.value.problems]
     assert snapshot(root) == before  # nothing written
     r = CliRunner().invoke(cli, ["pki", "init", str(cd.path)])
@@ -117,7 +118,7 @@ def test_inconsistent_pki_is_reported_not_used(make_cluster, clock, damage, file
 
 def test_renew_keeps_keys_and_refreshes_sans(make_cluster, clock):
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     crt = cd.pki_dir / "nodes/c0-master-0/apiserver.crt"
     old = x509.load_pem_x509_certificate(crt.read_bytes())
     key_before = (cd.pki_dir / "nodes/c0-master-0/apiserver.key").read_bytes()
@@ -125,10 +126,10 @@ def test_renew_keeps_keys_and_refreshes_sans(make_cluster, clock):
     text = cd.config_path.read_text().replace("extra_sans: []", "extra_sans: [api.example.com]")
     cd.config_path.write_text(text)
     later = lambda: NOW + dt.timedelta(days=100)  # noqa: E731
-    result = cd.pki(clock=later).ensure()
+    result = cluster_pki(cd, clock=later).ensure()
     assert result.stale == ["apiserver@c0-master-0", "apiserver@c0-master-1",
                             "apiserver@c0-master-2"]
-    renewed = cd.pki(clock=later).renew(["apiserver@c0-master-0"])
+    renewed = cluster_pki(cd, clock=later).renew(["apiserver@c0-master-0"])
     assert renewed == ["apiserver@c0-master-0"]
     new = x509.load_pem_x509_certificate(crt.read_bytes())
     assert new.serial_number != old.serial_number
@@ -136,15 +137,15 @@ def test_renew_keeps_keys_and_refreshes_sans(make_cluster, clock):
     sans = new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "api.example.com" in sans.get_values_for_type(x509.DNSName)
     assert (cd.pki_dir / "nodes/c0-master-0/apiserver.key").read_bytes() == key_before
-    assert cd.pki(clock=later).verify() == []
-    assert cd.pki(clock=later).ensure().stale == ["apiserver@c0-master-1", "apiserver@c0-master-2"]
+    assert cluster_pki(cd, clock=later).verify() == []
+    assert cluster_pki(cd, clock=later).ensure().stale == ["apiserver@c0-master-1", "apiserver@c0-master-2"]
 
 
 def test_renew_refuses_cas_and_unknown_names(make_cluster, clock):
     cd = make_cluster()
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     with pytest.raises(PkiError) as e:
-        cd.pki(clock=clock).renew(["ca", "nope"])
+        cluster_pki(cd, clock=clock).renew(["ca", "nope"])
     assert e.value.problems == [("nope", "no such certificate"),
                                 ("ca", "is a CA: CAs are not renewed in place")]
 
@@ -152,7 +153,7 @@ def test_renew_refuses_cas_and_unknown_names(make_cluster, clock):
 def test_leaf_never_outlives_its_ca(make_cluster, clock):
     cd = make_cluster(pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 30,
                            "cert_validity_days": 365})
-    cd.pki(clock=clock).ensure()
+    cluster_pki(cd, clock=clock).ensure()
     ca = x509.load_pem_x509_certificate((cd.pki_dir / "ca.crt").read_bytes())
     leaf = x509.load_pem_x509_certificate((cd.pki_dir / "apiserver-kubelet-client.crt").read_bytes())
     assert leaf.not_valid_after_utc == ca.not_valid_after_utc == NOW + dt.timedelta(days=30)

@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from k8simg.pki import certs as table
+from k8simg.pki import cluster_pki
 from k8simg.pki.keys import ALGORITHMS
 
 
@@ -23,7 +24,7 @@ def extensions(path) -> str:
 def pki(request, make_cluster, key_pool, clock):
     cd = make_cluster(pki={"key_algorithm": request.param, "ca_validity_days": 3650,
                            "cert_validity_days": 365})
-    p = cd.pki(clock=clock, keygen=key_pool)
+    p = cluster_pki(cd, clock=clock, keygen=key_pool)
     p.ensure()
     return p
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from k8simg.pki import certs as table
+from k8simg.pki import cluster_pki
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def handshake(port, ca, name):
 def cluster(make_cluster):
     cd = make_cluster(api={"port": 6443, "extra_sans": ["api.example.com", "192.0.2.10"],
                            "allowed_cidrs": ["0.0.0.0/0"], "floating_ip": "198.51.100.7"})
-    p = cd.pki()
+    p = cluster_pki(cd)
     p.ensure()
     p.write_kubeconfigs(cd.kubeconfig_dir)
     return cd, p

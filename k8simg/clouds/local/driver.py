@@ -1,0 +1,492 @@
+"""``cloud: local``: the cluster's nodes as QEMU virtual machines on this host.
+
+Everything lives in ``<cluster>/local/`` and in the cluster's network namespace::
+
+    local/processes.json          every process started (dnsmasq, haproxy, one QEMU per node)
+                                  with its PID and start time; destroy stops exactly these
+    local/network/                dnsmasq's and haproxy's config, PID files, leases and logs
+    local/nodes/<node>/           root.qcow2 (overlay on the image), storage.qcow2 (the volume),
+                                  config.iso (config drive), console.log, node.json
+
+A node is booted like Nova boots one: its root disk a copy-on-write overlay on the baked image,
+a config drive labelled ``config-2`` with ``openstack/latest/{meta_data,network_data}.json`` and
+its Ignition config as ``user_data``, a second disk for container storage, one virtio NIC on a
+tap in the namespace whose dnsmasq gives it its planned address. Its state comes from its serial
+console: ``ready`` once the login prompt with its own hostname shows (Ignition ran and set it),
+``failed`` when the console shows Ignition failing or the emergency shell, or QEMU exited.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from k8simg.clouds.base import (
+    Cloud,
+    CloudError,
+    DestroyResult,
+    ImageFacts,
+    Infra,
+    NodeFailed,
+    NodeStatus,
+    Preflight,
+    Reach,
+)
+from k8simg.clouds.local import vm as qemu
+from k8simg.clouds.local.console import FAILURE, REPORT_END, REPORT_GRACE_S, console_text, failure_lines
+from k8simg.clouds.local.network import (
+    BRIDGE,
+    Namespace,
+    dnsmasq_config,
+    haproxy_config,
+    mac_address,
+    namespace_name,
+    tap_name,
+)
+from k8simg.clouds.local.process import ProcessTable, terminate
+from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_write
+from k8simg.model.manifest import Manifest, ManifestError
+from k8simg.model.plan import Node, api_vip, gateway
+
+TOOLS = {"ip": "iproute2", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
+         "genisoimage": "genisoimage", "dnsmasq": "dnsmasq-base", "haproxy": "haproxy"}
+
+
+class LocalCloud(Cloud):
+    """The local cloud's verbs for one cluster."""
+
+    where = "the local cloud"
+
+    def __init__(self, cluster, cfg, **kw):
+        super().__init__(cluster, cfg, **kw)
+        # Absolute: the daemons (dnsmasq, haproxy, QEMU) chdir to / when they detach.
+        self.root = cluster.path.resolve() / "local"
+        self.netdir = self.root / "network"
+        self.nodedir = self.root / "nodes"
+        self.ns = Namespace(namespace_name(self.name, cluster.path))
+        self.procs = ProcessTable(self.root / "processes.json")
+        self.timeout = float(self.cfg.local.boot_timeout_s)
+        self.image = self._image_path()
+
+    # ------------------------------------------------------------------ plumbing
+    def _image_path(self) -> Path:
+        p = Path(self.cfg.image).expanduser()
+        return (p if p.is_absolute() else self.cluster.path / p).resolve()
+
+    def manifest(self) -> Manifest | None:
+        """The baked image's manifest (beside the qcow2), or None when it has none.
+
+        :raises K8simgError: when there is one and it is not a manifest.
+        """
+        path = Manifest.path_for(self.image)
+        if not path.exists():
+            return None
+        try:
+            return Manifest.load(path)
+        except ManifestError as e:
+            raise K8simgError(str(e)) from None
+
+    def image_facts(self) -> ImageFacts:
+        """The qcow2's name and the first 12 hex of its sha256 name it (its name alone
+        without a manifest)."""
+        m = self.manifest()
+        ref = f"{self.image.name}@sha256:{m.image_sha256[:12]}" if m else self.image.name
+        return ImageFacts(ref, self.image.name, has_kubernetes=bool(m and m.has_kubernetes))
+
+    def node_path(self, name: str) -> Path:
+        return self.nodedir / name
+
+    def record(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.node_path(name) / "node.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def _save_record(self, rec: dict) -> None:
+        atomic_write(self.node_path(rec["name"]) / "node.json",
+                     json.dumps(rec, indent=2) + "\n", 0o600)
+
+    def console_path(self, name: str) -> Path:
+        return self.node_path(name) / "console.log"
+
+    # ------------------------------------------------------------------ preflight
+    def prepare(self, nodes: list[Node]) -> Preflight:
+        """Tools, root, /dev/net/tun (and /dev/kvm when asked for), the image, the memory
+        the new nodes take."""
+        problems = []
+        facts = None
+        missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+        if missing:
+            problems.append(("local", "missing tools (Debian packages): " + ", ".join(missing)))
+        if os.geteuid() != 0:
+            problems.append(("local", "the local cloud needs root (network namespace, taps)"))
+        if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+            problems.append(("local", "/dev/net/tun is not usable: no taps for the VMs"))
+        if self.cfg.local.accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            problems.append(("local.accel", "kvm asked for but /dev/kvm is not usable"))
+        if not self.image.is_file():
+            problems.append(("image", f"{self.image}: no such file (k8simg bake makes one; "
+                                      "for the local cloud `image` is the qcow2's path)"))
+        else:
+            r = subprocess.run(["qemu-img", "info", "--output=json", str(self.image)],
+                               capture_output=True, text=True)
+            fmt = json.loads(r.stdout).get("format") if r.returncode == 0 else None
+            if fmt != "qcow2":
+                problems.append(("image", f"{self.image}: not a qcow2 image "
+                                          f"({r.stderr.strip() or fmt})"))
+            else:
+                facts = self.image_facts()
+        new = [n for n in nodes if self.record(n.name) is None]
+        need = len(new) * self.cfg.local.memory_mb
+        available = _mem_available_mb()
+        if need and available is not None and need > available:
+            problems.append(("local.memory_mb", f"{len(new)} new nodes x "
+                             f"{self.cfg.local.memory_mb} MiB = {need} MiB, the host has "
+                             f"{available} MiB available"))
+        return Preflight(problems, facts)
+
+    # ------------------------------------------------------------------ network
+    def ensure_infrastructure(self, pre: Preflight, nodes: list[Node]) -> Infra:
+        """The cluster's namespace with its bridge (the gateway and the API VIP on it) and
+        dnsmasq with a fixed lease per node; the planned VIP is the API's address."""
+        net = self.cfg.network.node_cidr
+        gw = IPv4Interface(f"{gateway(self.cfg)}/{net.prefixlen}")
+        vip = IPv4Interface(f"{api_vip(self.cfg)}/{net.prefixlen}")
+        if not self.ns.exists:
+            self.ledger.record("create", "network namespace", self.ns.name,
+                               f"bridge {BRIDGE} {gw}, no uplink")
+            if not self.dry:
+                self.root.mkdir(mode=0o700, exist_ok=True)
+                self.ns.create(gw, [vip])
+        elif not self.dry:
+            for added in self.ns.ensure_addresses([gw, vip]):
+                self.ledger.record("update", "bridge address", added)
+        self.ensure_dnsmasq(nodes)
+        return Infra()
+
+    def _hosts_text(self, nodes: list[Node]) -> tuple[str, str]:
+        """dnsmasq's fixed leases (MAC, address, name) and DNS entries for every node."""
+        entries = {n.name: (mac_address(n.name, self.cluster.path), str(n.address))
+                   for n in nodes}
+        for rec in self._records():  # nodes beyond the plan keep their lease until deleted
+            entries.setdefault(rec["name"], (rec["mac"], rec["address"]))
+        items = sorted(entries.items())
+        return ("".join(f"{mac},{addr},{name}\n" for name, (mac, addr) in items),
+                "".join(f"{addr} {name} {name}.{self.name}.local\n"
+                        for name, (_mac, addr) in items))
+
+    def ensure_dnsmasq(self, nodes: list[Node]) -> None:
+        files = {k: self.netdir / f"dnsmasq.{k}" for k in ("conf", "hosts", "dns", "leases",
+                                                             "pid", "log")}
+        conf = dnsmasq_config(
+            bridge_address=str(gateway(self.cfg)), network=self.cfg.network.node_cidr,
+            domain=f"{self.name}.local", hosts_file=files["hosts"], dns_file=files["dns"],
+            lease_file=files["leases"], pid_file=files["pid"], log_file=files["log"])
+        hosts, dns = self._hosts_text(nodes)
+        running = (rec := self.procs.get("dnsmasq")) is not None and rec.alive
+        if self.dry:
+            if not running:
+                self.ledger.record("create", "dhcp server", "dnsmasq", f"{len(nodes)} leases")
+            return
+        self.netdir.mkdir(parents=True, mode=0o700, exist_ok=True)
+        conf_changed = _write_if_changed(files["conf"], conf)
+        hosts_changed = _write_if_changed(files["hosts"], hosts)
+        hosts_changed |= _write_if_changed(files["dns"], dns)
+        if running and conf_changed:
+            self.procs.stop("dnsmasq")
+            running = False
+        if not running:
+            self.ledger.record("create", "dhcp server", "dnsmasq", f"{len(nodes)} leases")
+            files["pid"].unlink(missing_ok=True)
+            _run(self.ns.exec(["dnsmasq", f"--conf-file={files['conf']}"]), "dnsmasq")
+            self.procs.record("dnsmasq", files["pid"], "dnsmasq")
+        elif hosts_changed:
+            self.ledger.record("update", "dhcp server", "dnsmasq", "leases")
+            os.kill(self.procs.get("dnsmasq").pid, 1)  # SIGHUP re-reads the hosts file
+
+    def ensure_api_members(self, masters: list[Node], infra: Infra) -> None:
+        """haproxy in the namespace at the planned VIP, in front of exactly ``masters``."""
+        cfg_path, pid = self.netdir / "haproxy.cfg", self.netdir / "haproxy.pid"
+        text = haproxy_config(vip=str(api_vip(self.cfg)), port=self.cfg.api.port,
+                              masters=[(m.name, str(m.address)) for m in masters], pid_file=pid)
+        rec = self.procs.get("haproxy")
+        running = rec is not None and rec.alive
+        try:
+            current = cfg_path.read_text()
+        except FileNotFoundError:
+            current = None
+        if running and current == text:
+            return
+        names = ", ".join(m.name for m in masters)
+        self.ledger.record("update" if running else "create", "load balancer",
+                           f"{self.name}-api", f"{api_vip(self.cfg)}:{self.cfg.api.port} -> {names}")
+        if self.dry:
+            return
+        atomic_write(cfg_path, text, 0o600)
+        self.procs.stop("haproxy")
+        pid.unlink(missing_ok=True)
+        _run(self.ns.exec(["haproxy", "-D", "-q", "-f", str(cfg_path)]), "haproxy")
+        self.procs.record("haproxy", pid, "haproxy")
+
+    # ------------------------------------------------------------------ nodes
+    def ensure_node(self, node: Node, user_data: bytes | None, infra: Infra) -> str | None:
+        """Disks, config drive and QEMU; a node whose boot failed is replaced, a stopped one
+        started.
+
+        :returns: a warning when a running node's config differs from ``user_data``.
+        """
+        rec = self.record(node.name)
+        if rec is not None:
+            state = self._state(rec)
+            if state == "failed":
+                self.ledger.record("replace", "server", node.name, "its boot failed")
+                if self.dry:
+                    return
+                self.delete_node(node.name)
+            elif state == "stopped":
+                self.ledger.record("start", "server", node.name, "was not running")
+                if not self.dry:
+                    self._start(rec)
+                return None
+            else:
+                if user_data is not None and rec["user_data_sha256"] != _sha(user_data):
+                    return (f"{node.name}: its config changed since it was booted; "
+                            "`k8simg upgrade` replaces it")
+                return None
+        spec = self.cfg.local
+        self.ledger.record("create", "server", node.name,
+                           f"{node.role}, {spec.memory_mb} MiB, {spec.cpus} vCPU")
+        if self.dry:
+            return None
+        mac = mac_address(node.name, self.cluster.path)
+        hosts = self.netdir / "dnsmasq.hosts"
+        if not hosts.exists() or f"{mac}," not in hosts.read_text():
+            self.ensure_dnsmasq([*self.cluster.nodes(self.cfg), node])  # a replacement
+        d = self.node_path(node.name)
+        d.mkdir(parents=True, mode=0o700, exist_ok=True)
+        volume_gb = self.cfg.volume_gb(node.role)
+        instance = str(uuid.uuid4())
+        qemu.overlay(self.image, d / "root.qcow2")
+        if volume_gb is not None:
+            qemu.blank_disk(d / "storage.qcow2", volume_gb)
+        qemu.config_drive(d / "config.iso", node.name, user_data, instance_id=instance,
+                          network_data=_network_data(node, mac, self.cfg))
+        rec = {"name": node.name, "role": node.role, "index": node.index,
+               "address": str(node.address), "mac": mac,
+               "tap": tap_name(node.name, self.name), "uuid": instance,
+               "image": str(self.image), "image_id": self.image_facts().ref, "generation": 1,
+               "user_data_sha256": _sha(user_data), "volume": volume_gb is not None,
+               "created_at": time.time()}
+        self._start(rec)
+        return None
+
+    def _start(self, rec: dict) -> None:
+        d = self.node_path(rec["name"])
+        console = d / "console.log"
+        rec["console_offset"] = console.stat().st_size if console.exists() else 0
+        rec["started_at"] = time.time()
+        rec.pop("ready_at", None)
+        rec.pop("failed", None)
+        self._save_record(rec)
+        self.ns.ensure_tap(rec["tap"])
+        pid = d / "qemu.pid"
+        pid.unlink(missing_ok=True)
+        args = qemu.qemu_args(
+            rec["name"], d / "root.qcow2", console, config_iso=d / "config.iso",
+            volume=d / "storage.qcow2" if rec["volume"] else None,
+            memory_mb=self.cfg.local.memory_mb, cpus=self.cfg.local.cpus,
+            kvm=self.cfg.local.accel == "kvm", nic=(rec["tap"], rec["mac"]),
+            append_console=True, reboot=True)
+        _run(self.ns.exec(args + ["-daemonize", "-pidfile", str(pid)]), f"QEMU {rec['name']}")
+        self.procs.record(f"qemu:{rec['name']}", pid, "qemu-system-x86_64")
+
+    def _records(self) -> list[dict]:
+        if not self.nodedir.is_dir():
+            return []
+        return [r for d in sorted(self.nodedir.iterdir()) if (r := self.record(d.name))]
+
+    def console_since_boot(self, rec: dict) -> str:
+        """The node's console from its current boot on (the file keeps earlier boots)."""
+        return console_text(self.console_path(rec["name"]), rec.get("console_offset", 0))
+
+    def _state(self, rec: dict) -> str:
+        """booting, ready, failed or stopped, from QEMU and the console since this boot."""
+        if rec.get("failed"):
+            return "failed"
+        proc = self.procs.get(f"qemu:{rec['name']}")
+        alive = proc is not None and proc.alive
+        if rec.get("ready_at"):
+            return "ready" if alive else "stopped"
+        text = self.console_since_boot(rec)
+        if FAILURE.search(text):
+            return "failed"
+        if f"{rec['name']} login:" in text:
+            return "ready" if alive else "stopped"
+        return "booting" if alive else "stopped"
+
+    def wait_ready(self, nodes: list[Node]) -> None:
+        """Wait for every planned node to show its login prompt; a node whose console shows a
+        failed boot (or whose QEMU exits) is reported with its console lines, not waited for."""
+        pending = {n.name for n in nodes}
+        failures: list[tuple[str, str]] = []
+        deadline = time.monotonic() + self.timeout
+        failed_seen: dict[str, float] = {}
+        while pending:
+            for name in sorted(pending):
+                rec = self.record(name)
+                state = self._state(rec)
+                if state == "booting":
+                    continue
+                if state == "failed" and not rec.get("failed"):
+                    # systemd's [FAILED] line comes first; the image's report of Ignition's
+                    # own messages follows it: wait for that, briefly.
+                    text = self.console_since_boot(rec)
+                    first = failed_seen.setdefault(name, time.monotonic())
+                    if REPORT_END not in text and time.monotonic() - first < REPORT_GRACE_S:
+                        continue
+                pending.discard(name)
+                if state == "ready":
+                    if not rec.get("ready_at"):
+                        rec["ready_at"] = time.time()
+                        self._save_record(rec)
+                        self.progress(f"{name}: up after {rec['ready_at'] - rec['started_at']:.0f} s")
+                    continue
+                text = self.console_since_boot(rec)
+                why = "QEMU exited" if state == "stopped" else "its boot failed"
+                failures.append((name, self._failure_report(name, why, text)))
+                if state == "failed" and not rec.get("failed"):
+                    rec["failed"] = why
+                    self._save_record(rec)
+            if pending and time.monotonic() > deadline:
+                for name in sorted(pending):
+                    rec = self.record(name)
+                    text = self.console_since_boot(rec)
+                    failures.append((name, self._failure_report(
+                        name, f"no login prompt after {self.timeout:.0f} s", text)))
+                break
+            if pending:
+                time.sleep(2)
+        if failures:
+            raise NodeFailed(failures)
+
+    def _failure_report(self, name: str, why: str, text: str) -> str:
+        lines = failure_lines(text) or [ln for ln in text.splitlines() if ln.strip()][-15:]
+        return (f"{why}; serial console {self.console_path(name)}:\n"
+                + ("\n".join(f"    | {ln}" for ln in lines) or "    (nothing on it)"))
+
+    def nodes(self) -> list[NodeStatus]:
+        return [self.status(r["name"], r["role"], state=self._state(r), address=r["address"],
+                            image=r["image_id"], generation=r.get("generation", 1),
+                            console_file=self.console_path(r["name"]))
+                for r in self._records()]
+
+    def console_log(self, name: str) -> str:
+        """:raises CloudError: when the cluster has no node ``name`` here."""
+        if self.record(name) is None:
+            raise CloudError(f"no node {name!r} of cluster {self.name} on {self.where}")
+        return console_text(self.console_path(name))
+
+    def delete_node(self, name: str) -> None:
+        rec = self.record(name)
+        self.procs.stop(f"qemu:{name}")
+        if rec is not None and self.ns.exists:
+            self.ns.delete_tap(rec["tap"])
+        shutil.rmtree(self.node_path(name), ignore_errors=True)
+        if self.procs.get("dnsmasq") is not None:
+            self.ensure_dnsmasq(self.cluster.nodes(self.cfg))
+
+    @contextlib.contextmanager
+    def reach(self):
+        """Commands run inside the cluster's namespace, where the nodes' addresses are.
+
+        :raises CloudError: when the cluster has no network here (not deployed).
+        """
+        if not self.ns.exists:
+            raise CloudError(f"cluster {self.name} has no local network (deploy it first)")
+        yield Reach(wrap=self.ns.exec)
+
+    # ------------------------------------------------------------------ destroy
+    def destroy(self) -> DestroyResult:
+        """Stop every recorded process, then anything else still in the namespace, delete the
+        namespace (bridge and taps go with it) and the local cloud's files."""
+        removed, left = [], []
+        table = self.procs.all() if self.root.exists() else {}
+        for key in sorted(table, key=lambda k: (not k.startswith("qemu:"), k)):
+            kind, _, name = key.partition(":")
+            self.ledger.record("delete", "server" if kind == "qemu" else "process", name or key)
+            if self.dry:
+                continue
+            try:
+                self.procs.stop(key)
+                removed.append(key)
+            except K8simgError as e:
+                left.append(f"{key}: {e}")
+        if self.ns.exists:
+            self.ledger.record("delete", "network namespace", self.ns.name)
+            if not self.dry:
+                for pid in self.ns.pids():  # not ours by record (an interrupted start)
+                    try:
+                        terminate(pid, None)
+                    except K8simgError as e:
+                        left.append(f"process {pid} in {self.ns.name}: {e}")
+                try:
+                    self.ns.delete()
+                    removed.append(f"namespace {self.ns.name}")
+                except K8simgError as e:
+                    left.append(str(e))
+        if self.root.exists():
+            for d in sorted(self.nodedir.iterdir()) if self.nodedir.is_dir() else []:
+                self.ledger.record("delete", "disks", d.name)
+            if not self.dry and not left:
+                shutil.rmtree(self.root)
+        return DestroyResult(removed, left)
+
+
+def _network_data(node: Node, mac: str, cfg) -> dict:
+    """OpenStack's network_data.json for the node's one port (as Neutron would give it)."""
+    net = cfg.network.node_cidr
+    return {"links": [{"id": "tap0", "type": "ethernet", "ethernet_mac_address": mac,
+                       "mtu": 1500}],
+            "networks": [{"id": "network0", "type": "ipv4", "link": "tap0",
+                          "ip_address": str(node.address), "netmask": str(net.netmask),
+                          "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0",
+                                      "gateway": str(gateway(cfg))}],
+                          "network_id": f"{cfg.name}-net"}],
+            "services": [{"type": "dns", "address": str(gateway(cfg))}]}
+
+
+def _sha(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, text, 0o600)
+    return True
+
+
+def _run(argv: list[str], what: str) -> None:
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise K8simgError(f"{what} did not start: {(r.stderr or r.stdout).strip()}")
+
+
+def _mem_available_mb() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,153 @@
+"""Nova and Cinder for the nodes: server groups, each node's storage volume and server
+(config drive, its Ignition config as user_data), the nodes as the cloud has them, and deleting
+a node with what is its alone."""
+
+from dataclasses import dataclass
+
+from k8simg.clouds.openstack.connect import Scope, b64, server_fault, wait_for
+from k8simg.model.plan import Node
+
+# A server that goes to ERROR while being deleted will not go; nor a volume in these.
+SERVER_DELETE_FAILURES = {"ERROR"}
+VOLUME_FAILURES = {"error_deleting", "error_detaching", "error_restoring", "error_extending"}
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    name: str
+    vcpus: int
+    ram: int  # MiB
+
+
+def wanted_server_groups(s: Scope) -> dict[str, str]:
+    """``{group: policy}``: masters and etcd members strictly apart, workers where possible."""
+    groups = {"masters": "anti-affinity"}
+    if s.cfg.workers.count:
+        groups["workers"] = "soft-anti-affinity"
+    if s.cfg.dedicated_etcd:
+        groups["etcds"] = "anti-affinity"
+    return groups
+
+
+def server_group_names(cluster: str) -> set[str]:
+    return {f"{cluster}-{g}" for g in ("masters", "workers", "etcds")}
+
+
+def ensure_server_groups(s: Scope) -> dict[str, str | None]:
+    """:returns: each server group's ID by group (None for one a dry run would create)."""
+    c = s.conn.compute
+    existing = {g.name: g for g in c.server_groups()}
+    out = {}
+    for group, policy in wanted_server_groups(s).items():
+        name = f"{s.name}-{group}"
+        sg = existing.get(name)
+        if sg is None:
+            s.record("create", "server group", name, policy)
+            if not s.dry:
+                sg = c.create_server_group(name=name, policy=policy)
+        out[group] = sg.id if sg is not None else None
+    return out
+
+
+def find_server(s: Scope, name: str):
+    return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
+
+
+def delete_server(s: Scope, server) -> None:
+    """Delete ``server`` and wait until it is gone.
+
+    :raises CloudError: when it goes to ERROR instead.
+    """
+    c = s.conn.compute
+    c.delete_server(server)
+    wait_for(f"server {server.name} to go", lambda: c.find_server(server.id, ignore_missing=True),
+             ok={"GONE", "DELETED"}, failures=SERVER_DELETE_FAILURES, timeout=s.timeout,
+             describe=server_fault)
+
+
+def wait_volume(s: Scope, volume, ok: set[str], what: str):
+    b = s.conn.block_storage
+    return wait_for(f"volume {volume.name}{what}", lambda: b.get_volume(volume.id), ok=ok,
+                    failures=VOLUME_FAILURES | ({"error"} - ok), timeout=s.timeout)
+
+
+def delete_volume(s: Scope, volume) -> None:
+    """Delete ``volume`` once it is detached (an errored one as it is)."""
+    if volume.status not in ("available", "error"):
+        volume = wait_volume(s, volume, {"available", "error"}, " to detach")
+    s.conn.block_storage.delete_volume(volume)
+
+
+def ensure_volume(s: Scope, node: Node):
+    """The node's storage volume (None for a role without one, or in a dry run)."""
+    size = s.cfg.volume_gb(node.role)
+    if not size:
+        return None
+    vname = f"{node.name}-storage"
+    volume = s.one([v for v in s.volumes() if v.name == vname], "volume", vname)
+    if volume is None:
+        s.record("create", "volume", vname, f"{size} GB")
+        if s.dry:
+            return None
+        b = s.conn.block_storage
+        volume = b.create_volume(name=vname, size=size,
+                                 metadata={s.tag: "true", "k8simg-node": node.name})
+        volume = wait_volume(s, volume, {"available", "in-use"}, "")
+    return volume
+
+
+def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id: str,
+                  flavor: Flavor, server_group_id: str | None, user_data: bytes | None) -> None:
+    """The node's server, booted from ``image_id`` with its config drive; one found in ERROR
+    is replaced. Waits until it is ACTIVE.
+
+    :raises CloudError: when it goes to ERROR (with Nova's fault).
+    """
+    c = s.conn.compute
+    server = find_server(s, node.name)
+    if server is not None and server.status == "ERROR":
+        s.record("replace", "server", node.name, f"was in ERROR: {server_fault(server)}")
+        if s.dry:
+            return
+        delete_server(s, server)
+        if volume is not None:
+            volume = wait_volume(s, volume, {"available"}, "")
+        server = None
+    if server is None:
+        s.record("create", "server", node.name, f"{node.role}, {flavor.name}")
+        if s.dry:
+            return
+        bdm = [{"boot_index": 0, "uuid": image_id, "source_type": "image",
+                "destination_type": "local", "delete_on_termination": True}]
+        if volume is not None:
+            bdm.append({"boot_index": -1, "uuid": volume.id, "source_type": "volume",
+                        "destination_type": "volume", "delete_on_termination": False})
+        server = c.create_server(
+            name=node.name, image_id=image_id, flavor_id=flavor.id,
+            networks=[{"port": port_id}], config_drive=True, user_data=b64(user_data),
+            block_device_mapping_v2=bdm,
+            scheduler_hints={"group": server_group_id} if server_group_id else {},
+            tags=[s.tag],
+            metadata={"k8simg-cluster": s.name, "k8simg-role": node.role,
+                      "k8simg-image": image_id, "k8simg-generation": "1"},
+            **({"availability_zone": s.cfg.openstack.availability_zone}
+               if s.cfg.openstack.availability_zone else {}))
+    if not s.dry and server.status != "ACTIVE":
+        wait_for(f"server {node.name}", lambda: c.get_server(server.id), ok={"ACTIVE"},
+                 failures={"ERROR"}, timeout=s.timeout, describe=server_fault)
+
+
+def delete_node(s: Scope, name: str) -> None:
+    """The server (waiting until it is gone), then its volume and its port."""
+    n = s.conn.network
+    server = find_server(s, name)
+    if server is not None:
+        delete_server(s, server)
+    for v in s.volumes():
+        if v.name == f"{name}-storage":
+            s.record("delete", "volume", v.name)
+            delete_volume(s, v)
+    for port in n.ports(name=f"{name}-port", project_id=n.get_project_id()):
+        s.record("delete", "port", port.name)
+        n.delete_port(port)

@@ -1,0 +1,211 @@
+"""The OpenStack :class:`~k8simg.clouds.base.Cloud`: the cluster definition turned into the
+cloud resources it needs, reconciled (a second run changes nothing), planned without touching
+anything (a dry run), and removed by tag.
+
+What each step makes, each phase's independent resources concurrently:
+
+1. :meth:`prepare` (nothing is created): the cloud answers; the image, every flavor and the
+   external network exist; the quotas cover what is missing;
+2. :meth:`ensure_infrastructure`: network, subnet and router; security groups and their rules;
+   server groups; the application credential of the in-cluster integrations (kept in the
+   cluster directory); the API's VIP port and floating IP;
+3. :meth:`ensure_node`: port (planned fixed address, pod CIDR in allowed_address_pairs),
+   storage volume, server (config drive, its Ignition config as user_data, the volume as its
+   second disk);
+4. :meth:`ensure_api_members`: the Octavia load balancer with exactly the masters;
+   :meth:`attach_public_address`: the bastion's floating IP.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from k8simg.clouds.base import (
+    Cloud,
+    CloudError,
+    Infra,
+    NodeStatus,
+    Preflight,
+    Reach,
+)
+from k8simg.clouds.openstack import compute, destroy, glance, identity, loadbalancer, network, quota, security
+from k8simg.clouds.openstack.compute import Flavor
+from k8simg.clouds.openstack.connect import Scope, connect
+from k8simg.clouds.openstack.network import Subnet
+from k8simg.model.credential import CloudCredential
+from k8simg.model.plan import Node
+
+
+@dataclass(frozen=True)
+class OpenStackPreflight(Preflight):
+    """What :meth:`OpenStackCloud.prepare` looked up, for the creations that follow."""
+
+    external_network_id: str | None = None
+    flavors: dict[str, Flavor] = field(default_factory=dict)  # by name
+
+
+@dataclass(frozen=True)
+class OpenStackInfra(Infra):
+    """The cluster's resources nodes are made with (None: a dry run would create it)."""
+
+    subnet: Subnet = Subnet(None, None)
+    external_network_id: str | None = None
+    image_id: str | None = None
+    flavors: dict[str, Flavor] = field(default_factory=dict)
+    security_groups: dict[str, str | None] = field(default_factory=dict)
+    server_groups: dict[str, str | None] = field(default_factory=dict)
+    vip_port_id: str | None = None
+
+
+class OpenStackCloud(Cloud):
+    """One cluster's resources on one OpenStack cloud.
+
+    :param cloud: its name in clouds.yaml (None: the ``OS_*`` variables).
+    :param connect: makes a connection (tests give a fake's).
+    """
+
+    def __init__(self, cluster, cfg, cloud: str | None, *,
+                 connect: Callable[[str | None], object] = connect, **kw):
+        super().__init__(cluster, cfg, **kw)
+        self.scope = Scope(cloud, cfg, self.ledger, timeout=self.timeout, connect=connect)
+        self.where = self.scope.where
+
+    # -- preflight ---------------------------------------------------------------------------
+    def prepare(self, nodes: list[Node]) -> OpenStackPreflight:
+        """The image, every flavor, the external network and the quotas."""
+        s, conn = self.scope, self.scope.conn
+        image, problems = glance.image_facts(s, self.cfg.image)
+        flavors = {}
+        for field_name, name in self.cfg.flavor_fields().items():
+            f = conn.compute.find_flavor(name, ignore_missing=True)
+            if f is None:
+                problems.append((field_name, f"no flavor {name!r} in {s.where}"))
+            else:
+                flavors[name] = Flavor(f.id, f.name, f.vcpus, f.ram)
+        ext = conn.network.find_network(self.cfg.openstack.external_network,
+                                        ignore_missing=True)
+        if ext is None or not ext.is_router_external:
+            problems.append(("openstack.external_network",
+                             f"no external network {self.cfg.openstack.external_network!r}"))
+        if not problems:
+            problems += quota.quota_problems(s, nodes, flavors)
+        return OpenStackPreflight(problems, image, ext.id if ext is not None else None, flavors)
+
+    def stand_in_credential(self) -> CloudCredential:
+        # Not created yet (deploy creates it after preflight): sized with a stand-in.
+        return identity.stand_in_credential(self.scope)
+
+    # -- infrastructure ------------------------------------------------------------------------
+    def ensure_infrastructure(self, pre: OpenStackPreflight, nodes: list[Node]) -> OpenStackInfra:
+        """Network, subnet and router; security groups; server groups; the credential; then
+        the API's VIP port and floating IP (on the subnet)."""
+        s = self.scope
+
+        def net():
+            sub = network.ensure_network(s)
+            network.ensure_router(s, pre.external_network_id, sub)
+            return sub
+
+        sub, groups, server_groups, _ = self.parallel(
+            [net, lambda: security.ensure_security_groups(s, self.parallel),
+             lambda: compute.ensure_server_groups(s),
+             lambda: identity.ensure_credential(s, self.cluster.path)])
+        vip, address = network.ensure_api_address(s, sub, pre.external_network_id)
+        return OpenStackInfra(api_address=address, subnet=sub,
+                              external_network_id=pre.external_network_id,
+                              image_id=pre.image.ref if pre.image else None,
+                              flavors=pre.flavors, security_groups=groups,
+                              server_groups=server_groups, vip_port_id=vip)
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def boot_groups(self, nodes: list[Node]) -> list[list[Node]]:
+        # Members of a hard anti-affinity group boot one after the other: booted at once, the
+        # scheduler places them before any has landed and the compute's late check rejects
+        # them (seen here: "Anti-affinity instance group policy was violated").
+        strict = [[n for n in nodes if n.role == role] for role in ("master", "etcd")]
+        return [g for g in strict if g] + [[n] for n in nodes if n.role not in
+                                           ("master", "etcd")]
+
+    def ensure_node(self, node: Node, user_data: bytes | None, infra: OpenStackInfra) -> None:
+        """Port, volume and server; waits until the server is ACTIVE."""
+        s = self.scope
+        port = network.ensure_port(
+            s, infra.subnet, f"{node.name}-port", node.address,
+            # groups are only planned (None) in a dry run, where nothing is created
+            security_group_ids=None if s.dry else [infra.security_groups[g]
+                                                   for g in security.groups_of(node)],
+            allowed_address_pairs=[] if node.role == "bastion" else
+            [{"ip_address": str(self.cfg.network.pod_cidr)}])
+        volume = compute.ensure_volume(s, node)
+        compute.ensure_server(
+            s, node, port_id=port.id if port is not None else None, volume=volume,
+            image_id=infra.image_id, flavor=infra.flavors[self.cfg.flavor(node.role)],
+            server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
+
+    def ensure_api_members(self, masters: list[Node], infra: OpenStackInfra) -> None:
+        loadbalancer.ensure_load_balancer(self.scope, subnet_id=infra.subnet.id,
+                                          vip_port_id=infra.vip_port_id, masters=masters)
+
+    def attach_public_address(self, node: Node, infra: OpenStackInfra) -> str | None:
+        """The bastion's floating IP, on its port (moved there after a replacement)."""
+        s = self.scope
+        port = None
+        if infra.subnet.network_id is not None:
+            port = s.one(s.conn.network.ports(name=f"{node.name}-port",
+                                              network_id=infra.subnet.network_id),
+                         "port", f"{node.name}-port")
+        return network.ensure_bastion_address(s, port.id if port is not None else None,
+                                              infra.external_network_id)
+
+    def nodes(self) -> list[NodeStatus]:
+        out = []
+        for srv in self.scope.conn.compute.servers(tags=self.scope.tag):
+            meta = srv.metadata or {}
+            addresses = [a["addr"] for net in (srv.addresses or {}).values() for a in net]
+            out.append(self.status(srv.name, meta.get("k8simg-role", "?"), state=srv.status,
+                                   address=addresses[0] if addresses else None,
+                                   image=meta.get("k8simg-image", ""),
+                                   generation=int(meta.get("k8simg-generation", "1"))))
+        return sorted(out, key=lambda n: n.name)
+
+    def delete_node(self, name: str) -> None:
+        compute.delete_node(self.scope, name)
+
+    def console_log(self, name: str) -> str:
+        """Nova's console log of the server ``name``.
+
+        :raises CloudError: when the cluster has no such server.
+        """
+        server = compute.find_server(self.scope, name)
+        if server is None:
+            raise CloudError(f"no server {name!r} of cluster {self.name} in {self.where}")
+        out = self.scope.conn.compute.get_server_console_output(server)
+        return (out or {}).get("output", "")
+
+    def destroy(self):
+        return destroy.destroy(self.scope, self.parallel,
+                               node_names=[n.name for n in self.cluster.nodes(self.cfg)],
+                               cluster_path=self.cluster.path)
+
+    # -- the way in ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reach(self):
+        """An SSH tunnel to the bastion's floating IP (its host key pinned by the cluster's
+        PKI); the nodes' URLs are dialed through local forwards.
+
+        :raises CloudError: without a bastion, or when it cannot be reached or refuses us.
+        """
+        from k8simg.clouds.openstack.tunnel import Tunnel
+        from k8simg.pki import cluster_pki
+
+        address = self.cluster.state.bastion_floating_ip
+        if not self.cfg.bastion.enabled or not address:
+            raise CloudError(f"the nodes on {self.where} are reached through the bastion, and "
+                             f"cluster {self.name} has "
+                             + ("none (bastion.enabled: false)" if not self.cfg.bastion.enabled
+                                else "no bastion address in its state (deploy it first)"))
+        host_key = cluster_pki(self.cluster, self.cfg).bastion_host_public_key()
+        with Tunnel(address, host_key=host_key, client_keys=self.ssh_keys) as t:
+            yield Reach(route=t.url)
+
+

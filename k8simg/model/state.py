@@ -1,0 +1,123 @@
+"""``state.json``: what deploy and upgrade learnt that the cloud alone does not say, and the
+one module that writes it.
+
+    api_floating_ip       the API's floating IP (it goes into the API server's certificate)
+    bastion_floating_ip   the bastion's floating IP (the operators' way in, the SSH tunnel)
+    nodes                 the node set, as ``<role>-<index>`` keys, once an upgrade replaced one
+    upgrade               an upgrade under way: its target ``image`` and the replacements
+                          chosen (``replacing``: old node name -> new node name)
+
+The cloud stays the source of truth for what exists; this file records choices and addresses.
+Every change is a read-modify-write under one lock, written atomically (0600).
+"""
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_write
+
+_LOCK = threading.Lock()  # deploy writes from several threads (the bastion's address)
+
+
+@dataclass(frozen=True)
+class UpgradeState:
+    """An upgrade under way."""
+
+    image: str
+    replacing: dict[str, str] = field(default_factory=dict)
+
+
+class ClusterState:
+    """The cluster's ``state.json``.
+
+    :param path: the file (it need not exist: an empty state).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise K8simgError(f"{self.path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise K8simgError(f"{self.path}: not a JSON object")
+        return data
+
+    def _update(self, **changes) -> None:
+        """Set (or, with None, remove) top-level keys."""
+        with _LOCK:
+            data = self._read()
+            before = dict(data)
+            for key, value in changes.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            if data != before:
+                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def api_floating_ip(self) -> str | None:
+        return self._read().get("api_floating_ip")
+
+    @property
+    def bastion_floating_ip(self) -> str | None:
+        return self._read().get("bastion_floating_ip")
+
+    def set_addresses(self, *, api: str | None = None, bastion: str | None = None) -> None:
+        """Record the floating IPs given (None leaves one as it is)."""
+        self._update(**{k: v for k, v in (("api_floating_ip", api),
+                                          ("bastion_floating_ip", bastion)) if v})
+
+    def forget_addresses(self) -> None:
+        """After destroy: the addresses are gone with the cloud's resources."""
+        self._update(api_floating_ip=None, bastion_floating_ip=None)
+
+    # -- the node set --------------------------------------------------------------------------
+    @property
+    def node_keys(self) -> list[str] | None:
+        """``<role>-<index>`` of every node, or None until an upgrade first changed the set."""
+        keys = self._read().get("nodes")
+        if keys is not None and not (isinstance(keys, list)
+                                     and all(isinstance(k, str) for k in keys)):
+            raise K8simgError(f"{self.path}: nodes: expected a list of <role>-<index>")
+        return keys
+
+    def set_node_keys(self, keys: list[str]) -> None:
+        self._update(nodes=list(keys))
+
+    # -- an upgrade under way ------------------------------------------------------------------
+    @property
+    def upgrade(self) -> UpgradeState | None:
+        up = self._read().get("upgrade")
+        if not up:
+            return None
+        try:
+            return UpgradeState(str(up["image"]), dict(up.get("replacing") or {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise K8simgError(f"{self.path}: upgrade: {e!r}") from None
+
+    def begin_upgrade(self, image: str) -> None:
+        """Record the target (keeping the replacements an interrupted run chose)."""
+        up = self.upgrade
+        self._update(upgrade={"image": image, "replacing": up.replacing if up else {}})
+
+    def set_replacing(self, old: str, new: str | None) -> None:
+        """``old`` is being replaced by ``new`` (None: no longer being replaced)."""
+        up = self.upgrade
+        if up is None:
+            raise K8simgError(f"{self.path}: no upgrade under way to record {old} in")
+        replacing = {**up.replacing, old: new}
+        self._update(upgrade={"image": up.image,
+                              "replacing": {k: v for k, v in replacing.items() if v}})
+
+    def end_upgrade(self) -> None:
+        self._update(upgrade=None)

@@ -1,0 +1,97 @@
+"""The one table of pinned Kubernetes releases k8simg knows how to build.
+
+Every version a cluster definition may name is a key here; bake, render and the add-ons read
+their component versions from the matching entry and nowhere else.
+"""
+
+from dataclasses import dataclass
+
+from k8simg.model.images import ImageSpec
+
+
+@dataclass(frozen=True)
+class Release:
+    """Component versions that are built, tested and shipped together."""
+
+    kubernetes: str  # kubelet, kubectl, kubeadm and the control-plane images
+    pause: str  # sandbox image, as kubeadm pins it for this release
+    coredns: str
+    etcd: str  # the etcd the image carries (Debian bookworm's etcd-server)
+    flannel: str
+    cni_plugins: str
+    ingress_nginx: str
+    cloud_provider_openstack: str  # openstack-cloud-controller-manager and cinder-csi-plugin
+
+
+RELEASES: dict[str, Release] = {
+    "1.35.2": Release(
+        kubernetes="1.35.2",
+        pause="3.10.1",
+        coredns="1.12.4",
+        etcd="3.4.23",
+        flannel="0.27.4",
+        cni_plugins="1.6.2",
+        ingress_nginx="1.13.3",
+        cloud_provider_openstack="1.34.1",
+    ),
+    "1.34.5": Release(
+        kubernetes="1.34.5",
+        pause="3.10.1",
+        coredns="1.12.1",
+        etcd="3.4.23",
+        flannel="0.27.4",
+        cni_plugins="1.6.2",
+        ingress_nginx="1.13.3",
+        cloud_provider_openstack="1.34.1",
+    ),
+}
+
+DEFAULT_KUBERNETES_VERSION = "1.35.2"
+
+# Sidecars and helpers that move independently of the Kubernetes release.
+_CSI_ATTACHER = "v4.8.1"
+_CSI_PROVISIONER = "v5.2.0"
+_CSI_RESIZER = "v1.13.2"
+_CSI_NODE_DRIVER_REGISTRAR = "v2.13.0"
+_FLANNEL_CNI_PLUGIN = "v1.7.1-flannel1"
+
+
+def images(release: Release) -> dict[str, str]:
+    """Every container image a node of ``release`` runs, by role in the cluster.
+
+    The bake pulls exactly these (and verifies their digests); the rendered manifests name
+    exactly these, so a node never pulls anything at run time.
+    """
+    k8s, cpo, sig = f"v{release.kubernetes}", f"v{release.cloud_provider_openstack}", \
+        "registry.k8s.io/sig-storage"
+    return {
+        "apiserver": f"registry.k8s.io/kube-apiserver:{k8s}",
+        "controller_manager": f"registry.k8s.io/kube-controller-manager:{k8s}",
+        "scheduler": f"registry.k8s.io/kube-scheduler:{k8s}",
+        "kube_proxy": f"registry.k8s.io/kube-proxy:{k8s}",
+        "pause": f"registry.k8s.io/pause:{release.pause}",
+        "coredns": f"registry.k8s.io/coredns/coredns:v{release.coredns}",
+        "flannel": f"ghcr.io/flannel-io/flannel:v{release.flannel}",
+        "flannel_cni_plugin": f"ghcr.io/flannel-io/flannel-cni-plugin:{_FLANNEL_CNI_PLUGIN}",
+        "ingress_nginx": f"registry.k8s.io/ingress-nginx/controller:v{release.ingress_nginx}",
+        "openstack_ccm": f"registry.k8s.io/provider-os/openstack-cloud-controller-manager:{cpo}",
+        "cinder_csi": f"registry.k8s.io/provider-os/cinder-csi-plugin:{cpo}",
+        "csi_attacher": f"{sig}/csi-attacher:{_CSI_ATTACHER}",
+        "csi_provisioner": f"{sig}/csi-provisioner:{_CSI_PROVISIONER}",
+        "csi_resizer": f"{sig}/csi-resizer:{_CSI_RESIZER}",
+        "csi_node_driver_registrar": f"{sig}/csi-node-driver-registrar:{_CSI_NODE_DRIVER_REGISTRAR}",
+    }
+
+
+# Digests (of the linux/amd64 image manifest) pinned by k8simg, by image reference. An image
+# listed here is pulled by this digest and nothing else; one that is not is resolved from its
+# tag when the image is baked, pulled by the digest found, and recorded as resolved in the
+# bake's manifest. Entries are added only once checked against the upstream registry: the
+# machine k8simg is developed on cannot reach one, and a digest nobody verified is worse than
+# none.
+PINNED_DIGESTS: dict[str, str] = {}
+
+
+def image_specs(release: Release):
+    """The images of :func:`images` as the bake pulls them (with pinned digests)."""
+    return [ImageSpec(key, ref, PINNED_DIGESTS.get(ref)) for key, ref in images(release).items()]

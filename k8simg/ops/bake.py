@@ -1,0 +1,263 @@
+"""``k8simg bake``: one node image with everything preinstalled, built by diskimage-builder.
+
+The bake stages what goes into the image (the first-boot machinery rendered for the release,
+the verified Kubernetes binaries, ``/etc/k8simg-release``), runs ``disk-image-create`` with
+k8simg's elements and the machine's own Debian mirrors, and writes a manifest beside the
+qcow2. Where the kernel has no device-mapper (a container, most CI runners) the block-device
+steps run through the stand-ins in ``k8simg/hooks``.
+"""
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from k8simg import __version__
+from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_write
+from k8simg.ignition.image import image_files
+from k8simg.model.images import ImageSpec
+from k8simg.model.manifest import NO_KUBERNETES, Manifest
+from k8simg.model.versions import RELEASES, image_specs
+from k8simg.ops.artifacts import RELEASE_BASE_URL, fetch, kubernetes_artifacts, sha256_file
+from k8simg.ops.images import BakedImage, collect
+
+
+def _elements_dir() -> Path:
+    """The elements: installed as ``k8simg.elements`` (a wheel), else beside the package."""
+    import importlib.util
+
+    found = importlib.util.find_spec("k8simg.elements")
+    if found and found.submodule_search_locations:
+        return Path(next(iter(found.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "elements"
+
+
+ELEMENTS_DIR = _elements_dir()
+HOOKS_DIR = Path(__file__).resolve().parents[1] / "hooks"  # k8simg/hooks, package data
+BASE_ELEMENTS = ["debian-minimal", "vm", "block-device-mbr"]
+K8SIMG_ELEMENTS = ["k8simg-node", "k8simg-ignition"]
+
+
+class BakeError(K8simgError):
+    pass
+
+
+@dataclass(frozen=True)
+class BakeRequest:
+    """What to bake.
+
+    :param without_kubernetes: bake an image with no Kubernetes binaries and no Kubernetes
+        container images, said so in its manifest and /etc/k8simg-release (for demos and
+        infrastructure tests).
+    :param extra_images: more images to preload (the operator's own, pinned or not).
+    :param registry_mirrors: source registry -> mirror to pull from instead
+        (``http://`` for a mirror without TLS).
+    :param extra_elements: more diskimage-builder elements (site CA certificates, agents),
+        found in ``elements_paths``.
+    :param image_cache: pulled image archives kept by digest across bakes.
+    """
+
+    kubernetes_version: str
+    output_dir: Path
+    artifacts_dir: Path | None = None
+    without_kubernetes: bool = False
+    release_base_url: str = RELEASE_BASE_URL
+    name: str = "k8simg"
+    image_size_gb: int = 4
+    extra_images: tuple[ImageSpec, ...] = ()
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
+    extra_elements: tuple[str, ...] = ()
+    elements_paths: tuple[Path, ...] = ()
+    image_cache: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    image: Path
+    manifest: Path
+    sha256: str
+    seconds: float
+
+
+def apt_mirrors(root: Path = Path("/etc/apt")) -> tuple[str, str]:
+    """The Debian and Debian security mirrors the machine's apt uses (deb822 or one-line)."""
+    uris: list[str] = []
+    for f in sorted([root / "sources.list", *sorted((root / "sources.list.d").glob("*"))]):
+        if not f.is_file():
+            continue
+        text = f.read_text()
+        uris += re.findall(r"^URIs:\s*(\S+)", text, re.M)
+        uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
+    security = next((u for u in uris if "security" in u), None)
+    main = next((u for u in uris if "security" not in u and re.search(r"/debian/?$", u)), None)
+    if not main:
+        raise BakeError(f"no Debian mirror found in {root}/sources.list*; the bake uses the "
+                        "machine's own apt mirrors")
+    return main.rstrip("/"), (security or "http://security.debian.org/debian-security").rstrip("/")
+
+
+def dib_command() -> Path:
+    """disk-image-create from PATH, or installed beside this Python (a virtualenv)."""
+    import sys
+
+    found = shutil.which("disk-image-create") or shutil.which(
+        "disk-image-create", path=str(Path(sys.executable).parent))
+    if not found:
+        raise BakeError("disk-image-create not found: install diskimage-builder "
+                        "(scripts/setup does)")
+    return Path(found)
+
+
+def has_device_mapper() -> bool:
+    try:
+        return "device-mapper" in Path("/proc/misc").read_text() and \
+            Path("/dev/mapper/control").exists()
+    except OSError:
+        return False
+
+
+def release_text(req: BakeRequest, binaries: dict[str, dict],
+                 baked_images: list[BakedImage]) -> str:
+    lines = [f"K8SIMG_VERSION={__version__}", f"KUBERNETES_VERSION={req.kubernetes_version}"]
+    if req.without_kubernetes:
+        lines.append(f"KUBERNETES_BINARIES={NO_KUBERNETES!r}")
+    else:
+        lines += [f"{n.upper()}_SHA256={b['sha256']}" for n, b in binaries.items()]
+    lines.append(f"CONTAINER_IMAGES={len(baked_images)}")
+    return "\n".join(lines) + "\n"
+
+
+def image_list(req: BakeRequest) -> list[ImageSpec]:
+    """The images a bake of ``req`` carries."""
+    base = [] if req.without_kubernetes else image_specs(RELEASES[req.kubernetes_version])
+    return base + list(req.extra_images)
+
+
+def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
+          ) -> tuple[dict, list[BakedImage]]:
+    """Lay out what the elements install; returns the binaries' and the images' records."""
+    binaries: dict[str, dict] = {}
+    if not req.without_kubernetes:
+        arts = kubernetes_artifacts(req.kubernetes_version, base_url=req.release_base_url)
+        for f in fetch(arts, staging / "bin", artifacts_dir=req.artifacts_dir,
+                       progress=progress):
+            binaries[f.name] = {"version": req.kubernetes_version, "sha256": f.sha256,
+                                "source": f.source}
+    baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
+                           mirrors=req.registry_mirrors, cache_dir=req.image_cache,
+                           progress=progress)
+    for path, (mode, text) in image_files(req.kubernetes_version).items():
+        dest = staging / "rootfs" / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+        dest.chmod(mode)
+    (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images))
+    return binaries, baked_images
+
+
+def elements(req: BakeRequest) -> list[str]:
+    return [*BASE_ELEMENTS, *K8SIMG_ELEMENTS, *req.extra_elements]
+
+
+def _dpkg_versions(manifest_dir: Path) -> dict[str, str]:
+    """Package versions from diskimage-builder's dpkg manifest of the image."""
+    found = {}
+    for f in manifest_dir.rglob("dib-manifest-dpkg-*"):
+        for p in json.loads(f.read_text()).get("packages", []):
+            if p.get("status", "").startswith("ii"):
+                found[p["package"]] = p["version"]
+    return found
+
+
+def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) -> BakeResult:
+    """Bake the image; see the module docstring.
+
+    :raises BakeError: when diskimage-builder fails (with the tail of its log) or the
+        release is unknown.
+    :raises ArtifactError: when a binary cannot be fetched or does not verify.
+    """
+    if req.kubernetes_version not in RELEASES:
+        raise BakeError(f"kubernetes version {req.kubernetes_version!r} is not one of "
+                        + ", ".join(sorted(RELEASES)))
+    start = dt.datetime.now(dt.UTC)
+    out_dir = Path(req.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / f"{req.name}-{req.kubernetes_version}"
+    with tempfile.TemporaryDirectory(prefix="k8simg-bake.") as tmp:
+        staging = Path(tmp) / "staging"
+        binaries, baked_images = stage(req, staging, progress)
+        main, security = apt_mirrors()
+        env = {**os.environ,
+               "DIB_RELEASE": "bookworm", "DIB_DEBIAN_MIRROR": main,
+               "DIB_DEBIAN_SECURITY_MIRROR": security,
+               "DIB_DEBIAN_COMPONENTS": "main",
+               "DIB_K8SIMG_STAGING": str(staging),
+               "ELEMENTS_PATH": os.pathsep.join(map(str, [ELEMENTS_DIR, *req.elements_paths])),
+               "DIB_IMAGE_SIZE": str(req.image_size_gb),
+               "DIB_SKIP_GRUB_PACKAGE_INSTALL": "True",  # k8simg-ignition installs grub-pc
+               "PYTHONUNBUFFERED": "1",  # diskimage-builder's log filter: progress as it happens
+               # The grub snippet's variable, kept literal into grub.cfg (see k8simg-ignition).
+               "DIB_BOOTLOADER_DEFAULT_CMDLINE": "nofb nomodeset gfxpayload=text "
+                                                 "\\$ignition_firstboot",
+               **req.extra_env}
+        dib = dib_command()
+        env["PATH"] = str(dib.parent) + os.pathsep + env.get("PATH", "")
+        if not has_device_mapper():
+            progress("no device-mapper here: partitions go through per-partition loop devices")
+            env["PATH"] = str(HOOKS_DIR) + os.pathsep + env["PATH"]
+        log_path = out_dir / f"{base.name}.bake.log"
+        cmd = [str(dib), *(["-x"] if os.environ.get("K8SIMG_BAKE_TRACE") else []),
+               "-o", str(base), "-t", "qcow2", "--no-tmpfs",
+               *elements(req)]
+        progress(f"running {' '.join(cmd)} (log: {log_path})")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if re.search(r"Running hooks from|Converting image|^.*ERROR", line):
+                        progress("  " + line.split("| ", 1)[-1].strip())
+                rc = proc.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, a CI timeout): let diskimage-builder run its own
+                # cleanup, which unmounts the chroot and detaches its loop devices.
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
+        if rc != 0:
+            tail = "".join(log_path.read_text().splitlines(True)[-25:])
+            raise BakeError(f"disk-image-create failed (exit {rc}); last lines of "
+                            f"{log_path}:\n{tail}")
+    image = Path(f"{base}.qcow2")
+    digest = sha256_file(image)
+    packages = _dpkg_versions(Path(f"{base}.d"))
+    manifest = Manifest(
+        k8simg_version=__version__, kubernetes_version=req.kubernetes_version,
+        built_at=start.isoformat(timespec="seconds"), image_file=image.name,
+        image_sha256=digest, image_bytes=image.stat().st_size,
+        kubernetes_binaries=binaries,
+        container_images=[
+            {"key": b.key, "ref": b.ref, "digest": b.digest, "digest_source": b.digest_source,
+             "source": b.source, "archive": b.path.name} for b in baked_images],
+        packages={p: packages.get(p) for p in (
+            "containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
+            "etcd-client", "ignition", "dracut", "linux-image-amd64", "systemd", "chrony",
+            "conntrack", "socat", "ethtool", "ipset")},
+        elements=elements(req))
+    manifest_path = Manifest.path_for(image)
+    atomic_write(manifest_path, manifest.to_json())
+    seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
+    return BakeResult(image, manifest_path, digest, seconds)

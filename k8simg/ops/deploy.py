@@ -1,0 +1,255 @@
+"""``deploy`` and ``destroy``: the one orchestration over a cloud (:mod:`k8simg.clouds`), the
+same for OpenStack and the local QEMU cloud.
+
+The order of a deploy: preflight (every problem at once, nothing created: the cloud's checks,
+every node's config rendered and sized), infrastructure (the API's address into the
+certificates), every node's config rendered, nodes booted (the cloud says which must boot one
+after another), the load balancer's members, the bastion's public address, the kubeconfigs,
+and last the workers beyond the plan retired (:mod:`k8simg.ops.lifecycle`).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from k8simg.clouds import open_cloud
+from k8simg.clouds.base import (
+    Change,
+    Cloud,
+    DestroyResult,
+    ImageFacts,
+    Infra,
+    Ledger,
+    Preflight,
+    PreflightError,
+    Problem,
+)
+from k8simg.errors import K8simgError, RenderError
+from k8simg.ignition.render import render_context, render_user_data
+from k8simg.model.cluster import ClusterDir
+from k8simg.ops.drain import DrainResult
+from k8simg.ops.lifecycle import Lifecycle
+from k8simg.pki import cluster_pki
+
+
+@dataclass
+class DeployResult:
+    changes: list[Change]
+    image: ImageFacts | None = None
+    api_endpoint: str | None = None
+    kubeconfig: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def image_warning(image: ImageFacts | None) -> str | None:
+    """What an operator is told about the image nodes boot from, built from its facts."""
+    if image is not None and not image.has_kubernetes:
+        return (f"image {image.name} was baked without Kubernetes binaries: its nodes run etcd "
+                "and containerd, no kubelet")
+    return None
+
+
+class Deployment:
+    """``deploy`` and ``destroy`` of one cluster on its cloud.
+
+    :param skip_unobservable: remove surplus workers undrained when the Kubernetes API cannot
+        be asked (said in the warnings), instead of refusing to.
+    :param kube: makes the Kubernetes API client (default: from the admin kubeconfig).
+    """
+
+    def __init__(self, cluster: ClusterDir, cloud: Cloud, *, skip_unobservable: bool = False,
+                 drain_timeout: float = 600, kube: Callable[[], object] | None = None):
+        self.cluster = cluster
+        self.cloud = cloud
+        self.cfg = cloud.cfg
+        self.nodes = cluster.nodes(self.cfg)
+        self.skip_unobservable = skip_unobservable
+        self.drain_timeout = drain_timeout
+        self.kube = kube
+        self.warnings: list[str] = []
+
+    @classmethod
+    def for_cluster(cls, cluster: ClusterDir, cloud: str | None = None, *, dry_run: bool = False,
+                    progress: Callable[[str], None] = lambda _m: None,
+                    skip_unobservable: bool = False, drain_timeout: float = 600,
+                    kube: Callable[[], object] | None = None, **kw) -> "Deployment":
+        """The deployment on the cluster's cloud.
+
+        :param cloud: overrides ``cloud:`` in its definition.
+        :param kw: go to the cloud (``concurrency``, ``timeout``, ``ssh_keys``).
+        """
+        cfg = cluster.load()
+        return cls(cluster, open_cloud(cluster, cfg, cloud, dry_run=dry_run, progress=progress,
+                                       **kw),
+                   skip_unobservable=skip_unobservable, drain_timeout=drain_timeout, kube=kube)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.cloud.ledger
+
+    @property
+    def dry(self) -> bool:
+        return self.cloud.dry
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.cloud.progress(f"warning: {message}")
+
+    # ------------------------------------------------------------------ deploy
+    def preflight(self) -> Preflight:
+        """The cloud's checks and every node's config, all problems at once.
+
+        :raises PreflightError: naming every problem; nothing was created.
+        """
+        pre = self.cloud.prepare(self.nodes)
+        problems = pre.problems + self.user_data_problems()
+        if problems:
+            raise PreflightError(self.cloud.where, problems)
+        if warning := image_warning(pre.image):
+            self.warn(warning)
+        return pre
+
+    def user_data_problems(self) -> list[Problem]:
+        """Every node's config is rendered and sized before anything is created (certificates
+        for new nodes are generated first; nothing else changes)."""
+        pki = cluster_pki(self.cluster, self.cfg)
+        if self.dry:
+            if not (self.cluster.pki_dir / "ca.crt").exists() or pki.missing():
+                self.warn("certificates for new nodes do not exist yet: their user_data sizes "
+                          "are checked when deploy generates them")
+                return []
+        else:
+            created = pki.ensure().created
+            if created:
+                self.cloud.progress(f"generated {len(created)} keys and certificates")
+        try:
+            ctx = render_context(self.cluster)
+        except K8simgError as e:
+            return [("pki", str(e))]
+        if ctx.credential is None:
+            ctx.credential = self.cloud.stand_in_credential()
+        problems = []
+        for node in self.nodes:
+            try:
+                render_user_data(ctx, node)
+            except RenderError as e:
+                problems.append((f"user_data.{node.name}", str(e).removeprefix(f"{node.name}: ")))
+        return problems
+
+    def refresh_pki(self, address: str | None) -> None:
+        """Put the API's external address into the state and the API server's certificate."""
+        if self.dry or address is None:
+            return
+        self.cluster.state.set_addresses(api=address)
+        pki = cluster_pki(self.cluster, self.cfg)
+        result = pki.ensure()
+        if result.created:
+            self.cloud.progress(f"generated {len(result.created)} keys and certificates")
+        if result.stale:
+            self.ledger.record("update", "certificate", ", ".join(result.stale),
+                               f"SANs now include {address}")
+            pki.renew(sorted({s.split("@")[0] for s in result.stale}))
+
+    def render(self) -> dict[str, bytes]:
+        """Every node's Ignition config, by node name."""
+        ctx = render_context(self.cluster)
+        return {n.name: render_user_data(ctx, n) for n in self.nodes}
+
+    def attach_bastion(self, infra: Infra) -> None:
+        """The bastion's public address, on the bastion as it is now (recorded in the state)."""
+        for node in self.nodes:
+            if node.role == "bastion":
+                address = self.cloud.attach_public_address(node, infra)
+                if address is not None and not self.dry:
+                    self.cluster.state.set_addresses(bastion=address)
+
+    def deploy(self) -> DeployResult:
+        """Create or reconcile everything; a second run changes nothing.
+
+        :raises PreflightError: before anything is created.
+        :raises NodeFailed: naming the nodes that did not boot (the rest is in place).
+        """
+        cloud = self.cloud
+        upgrading = self.cluster.state.upgrade
+        if upgrading:
+            raise K8simgError(f"an upgrade to {upgrading.image} is in progress "
+                              f"({self.cluster.state.path}); run `k8simg upgrade "
+                              f"{self.cluster.path}` to finish it before deploying")
+        pre = self.preflight()
+        infra = cloud.ensure_infrastructure(pre, self.nodes)
+        self.refresh_pki(infra.api_address)
+        user_data = self.render() if not self.dry else {}
+        masters = [n for n in self.nodes if n.role == "master"]
+
+        def in_turn(group):
+            return lambda: [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
+
+        said = cloud.parallel([in_turn(g) for g in cloud.boot_groups(self.nodes)]
+                              + [lambda: cloud.ensure_api_members(masters, infra)])
+        for warning in [w for group in said[:-1] for w in group if w]:
+            self.warn(warning)
+        if not self.dry:
+            cloud.wait_ready(self.nodes)
+        self.attach_bastion(infra)
+        pki = None if self.dry else cluster_pki(self.cluster, self.cfg)
+        if pki is not None:
+            pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
+        # Last: it may refuse (no API to drain through) with everything else in place.
+        self.remove_surplus(pre.image)
+        result = DeployResult(self.ledger.changes, pre.image, warnings=self.warnings)
+        if pki is not None:
+            result.api_endpoint = pki.ctx.api_server_url
+            result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
+        return result
+
+    def remove_surplus(self, image: ImageFacts | None = None) -> None:
+        """Scale down: workers beyond ``workers.count`` go, newest (highest index) first,
+        retired as the upgrade retires a worker (all cordoned, then each drained with
+        PodDisruptionBudgets honoured, then deleted).
+
+        :param image: the nodes' image (default: as the cloud finds it).
+        :raises Unobservable: when the Kubernetes API cannot be asked on nodes that run
+            Kubernetes, before any worker is deleted (``skip_unobservable`` deletes them
+            undrained, and says so in the warnings).
+        """
+        planned = {n.name for n in self.nodes}
+        surplus = sorted((s for s in self.cloud.nodes() if s.role == "worker" and
+                          s.name not in planned), key=lambda s: s.index, reverse=True)
+        if not surplus:
+            return
+        if self.dry:
+            for s in surplus:
+                self.ledger.record("delete", "server", s.name,
+                                   "beyond workers.count; to be drained first")
+            return
+        if image is None:
+            image = self.cloud.prepare(self.nodes).image
+        life = Lifecycle(self.cluster, self.cloud,
+                         has_kubernetes=image is None or image.has_kubernetes,
+                         skip_unobservable=self.skip_unobservable, timeout=self.drain_timeout,
+                         kube=self.kube,
+                         events=lambda e, d: self.cloud.progress(d["message"])
+                         if e == "drain-progress" else None)
+        names = ", ".join(s.name for s in surplus)
+        access = life.require_api(f"workers beyond workers.count ({names}) were not removed")
+        if access.api is None:
+            self.warn(f"workers {names} removed without draining: {access.why_not}")
+
+        def record(name: str, done: DrainResult | None) -> None:
+            detail = "beyond workers.count"
+            if done is None:
+                detail += "; not drained"
+            else:
+                detail += (f"; drained: {len(done.evicted)} pod(s) evicted"
+                           + (f", {done.refusals} eviction(s) waited for a disruption budget"
+                              if done.refusals else ""))
+            self.ledger.record("delete", "server", name, detail)
+
+        life.retire([s.name for s in surplus], f"workers beyond workers.count ({names})",
+                    before_delete=record)
+
+    def destroy(self) -> DestroyResult:
+        """Everything the cluster has in its cloud; its floating IPs leave the state with it."""
+        result = self.cloud.destroy()
+        if not self.dry and not result.left:
+            self.cluster.state.forget_addresses()
+        return result

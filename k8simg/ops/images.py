@@ -1,0 +1,252 @@
+"""Container images for the bake: pulled by digest into OCI archives, or taken from an
+artifacts directory, and never baked before they verify.
+
+A node never pulls at run time: every image its manifests name is baked into the node image as
+an OCI archive (``/usr/share/k8simg/images``), which the node imports into containerd's
+``k8s.io`` namespace before kubelet starts.
+
+The digest k8simg pins and records is that of the ``linux/amd64`` image manifest (what
+``crane digest --platform linux/amd64`` prints), not of a multi-platform index: it is the digest
+the archive carries, so an archive from an artifacts directory can be checked against it
+offline. An image with no pinned digest is resolved from its tag at bake time, then pulled by
+that digest; the manifest beside the baked image says which digests were pinned and which
+resolved.
+
+Pulls go through skopeo (``--preserve-digests``), which follows the machine's registries.conf
+and credentials, and verifies every blob it copies. Mirrors (a pull-through cache, a registry of
+an air-gapped site) are given per source registry.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.model.images import LIST_FILE, ImageError, ImageSpec
+
+PLATFORM = {"os": "linux", "architecture": "amd64"}
+INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json"}
+MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json"}
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    key: str
+    ref: str
+    digest: str
+    path: Path
+    digest_source: str  # "pinned", "resolved at bake time" or "artifacts directory"
+    source: str  # where the bytes came from
+
+
+def registries_conf(mirrors: dict[str, str]) -> str:
+    """A containers-registries.conf(5) (v2) sending pulls from each source registry to its
+    mirror; an ``http://`` mirror is used without TLS."""
+    out = []
+    for source, mirror in sorted(mirrors.items()):
+        insecure = mirror.startswith("http://")
+        location = re.sub(r"^https?://", "", mirror).rstrip("/")
+        out += ["[[registry]]", f'prefix = "{source}"', f'location = "{source}"',
+                "[[registry.mirror]]", f'location = "{location}"',
+                f"insecure = {'true' if insecure else 'false'}", ""]
+    return "\n".join(out)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def platform_digest(raw: bytes, ref: str) -> str:
+    """The linux/amd64 manifest's digest, given the raw manifest a registry returned for
+    ``ref`` (an image manifest, or a multi-platform index that names it)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ImageError(f"{ref}: the registry returned a manifest that is not JSON") from None
+    media = doc.get("mediaType") or ("application/vnd.oci.image.index.v1+json"
+                                     if "manifests" in doc else
+                                     "application/vnd.oci.image.manifest.v1+json")
+    if media in MANIFEST_TYPES:
+        return sha256_bytes(raw)
+    if media in INDEX_TYPES:
+        for m in doc.get("manifests", []):
+            p = m.get("platform", {})
+            if p.get("os") == PLATFORM["os"] and p.get("architecture") == PLATFORM["architecture"]:
+                return m["digest"]
+        raise ImageError(f"{ref}: no linux/amd64 image in its multi-platform index")
+    raise ImageError(f"{ref}: unsupported manifest type {media!r}")
+
+
+class Skopeo:
+    """skopeo with k8simg's registries.conf (mirrors), or the machine's own."""
+
+    def __init__(self, mirrors: dict[str, str] | None = None, workdir: Path | None = None,
+                 timeout: float = 600.0):
+        exe = shutil.which("skopeo")
+        if not exe:
+            raise ImageError("skopeo not found: it pulls the container images "
+                             "(scripts/setup installs it)")
+        self.base = [exe, "--override-os", PLATFORM["os"],
+                     "--override-arch", PLATFORM["architecture"]]
+        self.timeout = timeout
+        if mirrors:
+            conf = Path(workdir or tempfile.mkdtemp(prefix="k8simg-skopeo.")) / "registries.conf"
+            conf.write_text(registries_conf(mirrors))
+            self.base += ["--registries-conf", str(conf)]
+
+    def run(self, args: list[str], what: str) -> bytes:
+        try:
+            p = subprocess.run([*self.base, *args], capture_output=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise ImageError(f"{what}: skopeo gave no answer in {self.timeout:.0f} s") from None
+        if p.returncode != 0:
+            lines = [ln for ln in p.stderr.decode(errors="replace").splitlines() if ln.strip()]
+            reason = re.sub(r'^time="[^"]*" level=\w+ msg="?|"$', "", lines[-1] if lines else "")
+            raise ImageError(f"{what}: {reason or f'skopeo exited {p.returncode}'}")
+        return p.stdout
+
+    def resolve(self, spec: ImageSpec) -> str:
+        raw = self.run(["inspect", "--raw", f"docker://{spec.ref}"], f"cannot resolve {spec.ref}")
+        return platform_digest(raw, spec.ref)
+
+    def copy(self, spec: ImageSpec, digest: str, layout: Path) -> None:
+        self.run(["copy", "--quiet", "--preserve-digests",
+                  f"docker://{spec.name}@{digest}", f"oci:{layout}"],
+                 f"cannot pull {spec.name}@{digest}")
+
+
+def _pack(layout: Path, spec: ImageSpec, dest: Path) -> None:
+    """Write the OCI layout as one archive that ``ctr images import`` names ``spec.ref``."""
+    index = json.loads((layout / "index.json").read_text())
+    for m in index["manifests"]:
+        m["annotations"] = {"io.containerd.image.name": spec.ref,
+                            "org.opencontainers.image.ref.name": spec.ref.rsplit(":", 1)[1]}
+    (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
+    names = ["oci-layout", "index.json"] + sorted(
+        f"blobs/sha256/{b.name}" for b in (layout / "blobs" / "sha256").iterdir())
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as t:
+        for n in names:
+            info = t.gettarinfo(layout / n, arcname=n)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(layout / n, "rb") as f:
+                t.addfile(info, f)
+
+
+def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
+    """Check an OCI archive: one image, every blob matching its digest, the manifest's config
+    and layers all present; returns the manifest's digest.
+
+    :raises ImageError: naming the archive and what does not hold.
+    """
+    def fail(msg: str) -> ImageError:
+        return ImageError(f"{spec.ref}: {path}: {msg}")
+
+    try:
+        with tarfile.open(path) as t:
+            members = {m.name.removeprefix("./"): m for m in t.getmembers() if m.isfile()}
+            if "index.json" not in members:
+                raise fail("not an OCI image archive (no index.json)")
+            index = json.load(t.extractfile(members["index.json"]))
+            blobs = {}
+            for name, m in members.items():
+                if name.startswith("blobs/sha256/"):
+                    h = hashlib.sha256()
+                    f = t.extractfile(m)
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    digest = "sha256:" + name.rsplit("/", 1)[1]
+                    if "sha256:" + h.hexdigest() != digest:
+                        raise fail(f"blob {digest} does not match its digest (got "
+                                   f"sha256:{h.hexdigest()})")
+                    blobs[digest] = m
+            manifests = index.get("manifests", [])
+            if len(manifests) != 1:
+                raise fail(f"holds {len(manifests)} images, expected exactly one")
+            digest = manifests[0]["digest"]
+            if digest not in blobs:
+                raise fail(f"its manifest {digest} is missing")
+            manifest = json.load(t.extractfile(blobs[digest]))
+    except (tarfile.TarError, OSError, ValueError, KeyError) as e:
+        raise fail(f"unreadable ({e})") from None
+    for d in [manifest.get("config", {})] + manifest.get("layers", []):
+        if d.get("digest") not in blobs:
+            raise fail(f"blob {d.get('digest')} named by the manifest is missing")
+    if expected and digest != expected:
+        raise fail(f"digest mismatch: expected {expected}, the archive holds {digest}")
+    return digest
+
+
+def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path | None = None,
+            mirrors: dict[str, str] | None = None, cache_dir: Path | None = None,
+            progress: Callable[[str], None] = lambda _m: None) -> list[BakedImage]:
+    """Bring every image into ``dest_dir`` as a verified OCI archive, plus the list the node's
+    importer reads; nothing unverified is ever left there.
+
+    :param artifacts_dir: take ``images/<archive>`` from here instead of a registry.
+    :param cache_dir: archives already pulled, by digest (checked again before use).
+    :raises ImageError: naming the image and what failed.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    specs = list(specs)
+    seen: dict[str, ImageSpec] = {}
+    for s in specs:
+        if s.ref in seen and seen[s.ref].pinned != s.pinned:
+            raise ImageError(f"{s.ref}: pinned to two different digests")
+        seen[s.ref] = s
+    skopeo = None
+    out: list[BakedImage] = []
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".pull.") as tmp:
+        for s in seen.values():
+            final = dest_dir / s.archive
+            part = Path(tmp) / s.archive
+            if artifacts_dir is not None:
+                src = Path(artifacts_dir) / "images" / s.archive
+                if not src.is_file():
+                    raise ImageError(f"{s.ref}: {src} is missing from the artifacts directory")
+                progress(f"taking {s.ref} from {src}")
+                digest = verify_archive(src, s, s.pinned)
+                # Re-packed so that the node's importer names it ``s.ref`` whatever tool
+                # wrote the archive.
+                layout = Path(tmp) / "layout"
+                shutil.rmtree(layout, ignore_errors=True)
+                with tarfile.open(src) as t:
+                    t.extractall(layout, filter="data")
+                _pack(layout, s, part)
+                verify_archive(part, s, digest)
+                how, source = ("pinned" if s.pinned else "artifacts directory"), str(src)
+            else:
+                skopeo = skopeo or Skopeo(mirrors, Path(tmp))
+                digest = s.pinned or skopeo.resolve(s)
+                how = "pinned" if s.pinned else "resolved at bake time"
+                source = f"docker://{s.name}@{digest}"
+                cached = cache_dir and Path(cache_dir) / f"{digest[7:]}-{s.archive}"
+                if cached and cached.is_file():
+                    progress(f"taking {s.ref} ({digest}) from the cache")
+                    shutil.copyfile(cached, part)
+                else:
+                    progress(f"pulling {s.ref} ({digest})")
+                    layout = Path(tmp) / "layout"
+                    shutil.rmtree(layout, ignore_errors=True)
+                    skopeo.copy(s, digest, layout)
+                    _pack(layout, s, part)
+                verify_archive(part, s, digest)
+                if cached and not cached.is_file():
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(part, cached.with_suffix(".part"))
+                    os.replace(cached.with_suffix(".part"), cached)
+            os.replace(part, final)
+            out.append(BakedImage(s.key, s.ref, digest, final, how, source))
+    lines = [f"{b.path.name} {b.ref} {b.digest}" for b in out]
+    (dest_dir / LIST_FILE).write_text("".join(f"{ln}\n" for ln in lines))
+    return out

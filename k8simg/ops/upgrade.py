@@ -1,0 +1,329 @@
+"""``k8simg upgrade``: roll the cluster onto the image its ``cluster.yaml`` names, by replacing
+nodes, never by changing them.
+
+Masters (or dedicated etcd members) first, one at a time, surge by one: the replacement (the
+role's next index: a new name, address and certificates) boots with its etcd joining as a
+learner (:func:`k8simg.ops.etcd.replace_member`), is promoted, joins the API load balancer, then the
+old member leaves etcd (leadership moved off it first), the load balancer and the cloud. Then
+workers: the replacement boots and (where the API can be asked) must be Ready, the old one is
+cordoned and drained (:mod:`k8simg.ops.drain`), then deleted. Which nodes are stale is read from
+the cloud (each node carries its image), and the cluster's node set in ``state.json`` follows
+every step, so a killed upgrade run again goes on where it stopped and never replaces a node
+twice.
+
+Gates that cannot be observed are named as skipped, never as passed: etcd when its members
+cannot be reached from here (``--skip-unobservable`` says the operator knows, e.g. on the test
+cloud whose computes run nothing), the Kubernetes API on an image baked without Kubernetes.
+"""
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from k8simg.clouds.base import Infra, Preflight, problems_text
+from k8simg.errors import K8simgError
+from k8simg.ignition.render import render_context, render_user_data
+from k8simg.model.plan import Node, client_url, etcd_members, next_node
+from k8simg.ops.deploy import Deployment
+from k8simg.ops.drain import DrainResult
+from k8simg.ops.etcd import etcd_client, planned_endpoints, replace_member
+from k8simg.ops.lifecycle import Lifecycle
+from k8simg.pki import cluster_pki
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_ABORTED = 4  # a preflight refused; the cluster is as it was
+EXIT_NOTHING = 10  # every node already runs the target image
+ORDER = {"etcd": 0, "master": 1, "worker": 2, "bastion": 3}
+
+
+class UpgradeAborted(K8simgError):
+    """Refused before changing anything (or between whole steps): safe to retry."""
+
+    exit_code = EXIT_ABORTED
+
+
+@dataclass(frozen=True)
+class Step:
+    old: str
+    role: str
+    image: str
+
+
+@dataclass
+class UpgradeResult:
+    target: str
+    replaced: list[tuple[str, str]] = field(default_factory=list)
+    skipped_gates: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_DONE if self.replaced else EXIT_NOTHING
+
+
+class Upgrade:
+    """One cluster's rolling upgrade on its cloud.
+
+    :param events: receives ``(event, details)`` for every step (CI's JSON lines).
+    :param skip_unobservable: go on where a gate cannot be observed (named as skipped).
+    :param kube: makes the Kubernetes API client (default: from the cluster's admin.conf).
+    """
+
+    def __init__(self, deployment: Deployment, *, max_surge: int = 1, max_unavailable: int = 0,
+                 skip_unobservable: bool = False, timeout: float = 1800,
+                 events: Callable[[str, dict], None] = lambda _e, _d: None,
+                 kube: Callable[[], object] | None = None):
+        if max_surge < 0 or max_unavailable < 0 or max_surge + max_unavailable < 1:
+            raise UpgradeAborted("--max-surge and --max-unavailable cannot both be 0: no worker "
+                                 "could ever be replaced")
+        self.d = deployment
+        self.cloud = deployment.cloud
+        self.cluster = deployment.cluster
+        self.cfg = deployment.cfg
+        self.max_surge = max_surge
+        self.max_unavailable = max_unavailable
+        self.skip = skip_unobservable
+        self.timeout = timeout
+        self.emit = events
+        self.kube = kube
+
+    def nodes(self) -> list[Node]:
+        return self.cluster.nodes(self.cfg)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes() if n.name == name)
+
+    # ------------------------------------------------------------------ planning
+    def prepare(self) -> Preflight:
+        """The cloud's preflight.
+
+        :raises UpgradeAborted: naming every problem (nothing changed).
+        """
+        pre = self.cloud.prepare(self.nodes())
+        if pre.problems:
+            raise UpgradeAborted(f"preflight on {self.cloud.where} failed; nothing was "
+                                 f"changed:\n{problems_text(pre.problems)}")
+        return pre
+
+    def plan(self, pre: Preflight | None = None) -> tuple[str, list[Step]]:
+        """The target image and the nodes to replace, in order (etcd members first).
+
+        :raises UpgradeAborted: when the cloud's preflight fails (nothing changed).
+        """
+        pre = pre or self.prepare()
+        target = pre.image.ref
+        have = {n.name: n for n in self.cloud.nodes()}
+        steps = []
+        for node in sorted(self.nodes(), key=lambda n: (ORDER[n.role], n.index)):
+            status = have.get(node.name)
+            if status is None or status.image == target:
+                continue
+            steps.append(Step(node.name, node.role, status.image))
+        return target, steps
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> UpgradeResult:
+        """Replace every node not on the target image; resumes an interrupted run.
+
+        :raises UpgradeAborted: before changing anything, when a preflight refuses.
+        """
+        pre = self.prepare()
+        target, steps = self.plan(pre)
+        result = UpgradeResult(target)
+        state = self.cluster.state
+        resuming = state.upgrade is not None
+        if not steps and not resuming:
+            self.emit("nothing-to-do", {"image": target})
+            return result
+        self.emit("plan", {"image": target, "replace": [s.old for s in steps]})
+        life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
+                         skip_unobservable=self.skip, timeout=self.timeout, kube=self.kube,
+                         events=self.emit)
+        if any(s.role in ("master", "worker") for s in steps):
+            life.require_api("the upgrade replaced nothing ("
+                             + ", ".join(s.old for s in steps) + ")")
+        state.begin_upgrade(target)
+        if state.node_keys is None:
+            self.cluster.save_nodes(self.nodes())
+        infra = self.cloud.ensure_infrastructure(pre, self.nodes())
+        # First what a killed run left half done (an old node gone, its replacement not up),
+        # so capacity is whole again before anything else leaves.
+        self.finish_interrupted(life, infra, result)
+        if resuming:
+            self.ensure_bastion(life, infra, result)
+        masters = [s for s in steps if s.role in ("master", "etcd")]
+        if masters and len([n for n in self.nodes() if n.role == "master"]) == 1 \
+                and not self.cfg.dedicated_etcd:
+            self.emit("warning", {"message": "single master: the Kubernetes API is down from "
+                                  "the moment the old master leaves the load balancer until "
+                                  "the new one answers"})
+        with contextlib.ExitStack() as open_:
+            etcd = self.etcd(life, open_) if masters else None
+            if etcd is not None:
+                self.snapshot(etcd)
+            for step in masters:
+                self.replace_control_plane(step, etcd, life, infra, result)
+        workers = [s for s in steps if s.role == "worker"]
+        size = self.max_surge + self.max_unavailable
+        for i in range(0, len(workers), size):
+            self.replace_workers(workers[i:i + size], life, infra, result)
+        for step in steps:
+            if step.role == "bastion":
+                self.replace_bastion(step, life, infra, result)
+        state.end_upgrade()
+        result.skipped_gates = list(life.skipped)
+        self.emit("done", {"image": target, "replaced": [list(r) for r in result.replaced],
+                           "skipped_gates": result.skipped_gates})
+        return result
+
+    def etcd(self, life: Lifecycle, open_: contextlib.ExitStack):
+        """An etcd client through the cloud's way in (the local cloud's namespace, the
+        bastion's SSH tunnel on OpenStack), open until ``open_`` closes; or None (gate
+        skipped)."""
+        try:
+            return open_.enter_context(etcd_client(self.cloud, "apiserver-etcd-client"))
+        except K8simgError as e:
+            if not self.skip:
+                raise UpgradeAborted(f"etcd cannot be reached from here ({e}); replacing "
+                                     "masters without its membership changes would break it. "
+                                     "--skip-unobservable only where nothing runs etcd") from None
+            life.skip_gate("etcd", str(e))
+            return None
+
+    def snapshot(self, etcd) -> None:
+        dest = self.cluster.backups_dir / time.strftime("etcd-%Y%m%dT%H%M%SZ.db", time.gmtime())
+        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        etcd.snapshot(dest, planned_endpoints(self.cluster)[0])
+        self.emit("etcd-snapshot", {"path": str(dest)})
+
+    def _replacement_for(self, old: str, role: str) -> Node:
+        """The replacement an earlier, interrupted run chose for ``old``, or a new one: it
+        joins the node set (and gets its certificates) before it exists, so a run killed from
+        here on finds it in the state."""
+        chosen = self.cluster.state.upgrade.replacing
+        if old in chosen:
+            return self.node(chosen[old])
+        nodes = self.nodes()
+        new = next_node(self.cfg, role, nodes)
+        self.cluster.save_nodes([*nodes, new])
+        cluster_pki(self.cluster, self.cfg).ensure()
+        self.cluster.state.set_replacing(old, new.name)
+        return new
+
+    def _drop_node(self, name: str) -> None:
+        self.cluster.save_nodes([n for n in self.nodes() if n.name != name])
+        self.cluster.state.set_replacing(name, None)
+
+    def user_data(self, node: Node) -> bytes:
+        nodes = self.nodes()
+        joining = frozenset({node.name}) if node in etcd_members(nodes, self.cfg) else frozenset()
+        return render_user_data(render_context(self.cluster, nodes=nodes, joining=joining), node)
+
+    def boot(self, node: Node, life: Lifecycle, infra: Infra) -> None:
+        life.boot(node, self.user_data(node), infra)
+
+    def masters_now(self, without: str | None = None) -> list[Node]:
+        return [n for n in self.nodes() if n.role == "master" and n.name != without]
+
+    def replace_control_plane(self, step: Step, etcd, life: Lifecycle, infra: Infra,
+                              result: UpgradeResult) -> None:
+        old = self.node(step.old)
+        new = self._replacement_for(old.name, old.role)
+        self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
+
+        def swap_in_lb():
+            if old.role == "master":
+                life.ready_gate(new, gate="kubernetes-api")
+                self.cloud.ensure_api_members(self.masters_now(), infra)  # old and new
+                self.emit("lb-member-added", {"node": new.name})
+                self.cloud.ensure_api_members(self.masters_now(without=old.name), infra)
+                self.emit("lb-member-removed", {"node": old.name})
+
+        def stop(node):
+            self.cloud.delete_node(node.name)
+
+        if etcd is not None and old in etcd_members(self.nodes(), self.cfg):
+            voters = len(etcd_members(self.nodes(), self.cfg)) - 1
+            replace_member(
+                etcd, old, new, voters=voters, timeout=self.timeout,
+                start=lambda n, _initial: self.boot(n, life, infra), stop=stop,
+                endpoints=lambda: [client_url(n) for n in etcd_members(self.nodes(), self.cfg)],
+                before_remove=swap_in_lb,
+                events=lambda e, d: self.emit(f"etcd-{e}", d))
+        else:
+            self.boot(new, life, infra)
+            swap_in_lb()
+            stop(old)
+        self.emit("deleted", {"node": old.name})
+        self._drop_node(old.name)
+        result.replaced.append((old.name, new.name))
+
+    def replace_workers(self, batch: list[Step], life: Lifecycle, infra: Infra,
+                        result: UpgradeResult) -> None:
+        """One batch of up to maxSurge + maxUnavailable workers, as a Deployment rolls: the
+        first maxUnavailable old nodes are drained and deleted before their replacements
+        exist (capacity dips by that many), then every replacement boots, and each remaining
+        old node goes once its replacement is Ready (capacity peaks maxSurge above)."""
+        olds = [self.node(s.old) for s in batch]
+        pairs = [(old, self._replacement_for(old.name, old.role)) for old in olds]
+        for old, new in pairs:
+            self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
+        early = pairs[:self.max_unavailable]
+        for old, _new in early:
+            # Its replacement stays recorded until it is up: a run killed in between boots it.
+            self.retire(old, life)
+        self.cloud.parallel([lambda n=new: self.boot(n, life, infra) for _, new in pairs])
+        for old, new in pairs:
+            life.ready_gate(new)
+            if (old, new) not in early:
+                self.retire(old, life)
+            self._drop_node(old.name)
+            result.replaced.append((old.name, new.name))
+
+    def retire(self, old: Node, life: Lifecycle) -> None:
+        """Cordon and drain (where the API can be asked), then delete."""
+        def drained(name: str, done: DrainResult | None) -> None:
+            if done is not None:
+                self.emit("drained", {"node": name, "evicted": done.evicted,
+                                      "unmanaged": done.unmanaged, "refusals": done.refusals})
+
+        life.retire([old], f"{old.name} was not replaced", before_delete=drained)
+        self.emit("deleted", {"node": old.name})
+
+    def replace_bastion(self, step: Step, life: Lifecycle, infra: Infra,
+                        result: UpgradeResult) -> None:
+        """In place, last: its name, address and floating IP are the cluster's fixed way in
+        (and its host key, from the PKI, stays the same, so operators' known_hosts holds).
+        SSH to the cluster is down while it boots; nothing the cluster serves depends on it."""
+        node = self.node(step.old)
+        self.emit("replace", {"node": node.name, "with": node.name, "role": node.role})
+        self.emit("warning", {"message": f"{node.name} is replaced in place: SSH to the "
+                              "cluster is unavailable until the new one is up"})
+        self.cloud.delete_node(node.name)
+        self.emit("deleted", {"node": node.name})
+        self.boot(node, life, infra)
+        self.d.attach_bastion(infra)
+        result.replaced.append((node.name, node.name))
+
+    def ensure_bastion(self, life: Lifecycle, infra: Infra, result: UpgradeResult) -> None:
+        """A run killed between the old bastion's deletion and the new one's boot."""
+        bastion = [n for n in self.nodes() if n.role == "bastion"]
+        if bastion and bastion[0].name not in {n.name for n in self.cloud.nodes()}:
+            self.emit("resume", {"node": bastion[0].name, "with": bastion[0].name})
+            self.boot(bastion[0], life, infra)
+            self.d.attach_bastion(infra)
+            result.replaced.append((bastion[0].name, bastion[0].name))
+
+    def finish_interrupted(self, life: Lifecycle, infra: Infra, result: UpgradeResult) -> None:
+        """A replacement chosen by an interrupted run whose old node is already gone."""
+        have = {n.name for n in self.cloud.nodes()}
+        for old, new in list(self.cluster.state.upgrade.replacing.items()):
+            if old not in have:
+                node = self.node(new)
+                self.emit("resume", {"node": old, "with": new})
+                self.boot(node, life, infra)
+                if node.role == "worker":
+                    life.ready_gate(node)
+                self._drop_node(old)
+                result.replaced.append((old, new))

@@ -1,0 +1,177 @@
+"""Boot the baked image under QEMU (software emulation, no network) with a config drive
+holding a rendered single-node config, and read the result from the serial console."""
+
+import json
+import re
+import shlex
+
+import pytest
+
+from k8simg.clouds.local import vm as qemu
+from k8simg.ignition.document import data_url, dumps
+from k8simg.ignition.image import DEVICE_TIMEOUT, DEVICE_WAITS, path_unit_name
+from k8simg.ignition.render import render_context, render_node
+from k8simg.pki import cluster_pki
+from tests.conftest import write_cluster
+from tests.ops.bake.testimage import BUSYBOX
+
+pytestmark = pytest.mark.slow
+
+REPORT = r"""#!/bin/bash
+# Test-only: report what first boot produced on the serial console, then power off.
+exec > /dev/ttyS0 2>&1
+echo "K8SIMG-REPORT-BEGIN"
+echo "cmdline: $(cat /proc/cmdline)"
+echo "firstboot-flag: $([ -e /boot/ignition.firstboot ] && echo present || echo absent)"
+if [ -e /etc/k8simg/test-marker ]; then echo "marker: present"; rm -f /etc/k8simg/test-marker
+else echo "marker: absent"; fi
+for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.key \
+         /etc/kubernetes/pki/etcd/server.key /etc/k8simg/etcd.env \
+         /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/super-admin.conf; do
+    echo "file: $f $(stat -c %a "$f" 2>/dev/null || echo missing)"
+done
+echo "hostname: $(hostname)"
+for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
+         k8simg-addons.service docker.service etcd.service k8simg-images.service; do
+    echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
+done
+for d in $DEVICES; do
+    echo "wait: $d $(systemctl show -p JobRunningTimeoutUSec --value "$d")"
+done
+echo "mount: $(findmnt -n -o SOURCE,FSTYPE /var/lib/k8simg)"
+while read -r _archive ref _digest; do
+    got=$(ctr -n k8s.io images list "name==$ref" | awk 'NR == 2 { print $3 }')
+    echo "image: $ref ${got:-missing}"
+done < /usr/share/k8simg/images/images.list
+out=$(timeout 300 ctr -n k8s.io run --rm $BUSYBOX k8simg-test /bin/busybox echo container-ran 2>&1)
+echo "container: $(echo $out | tail -c 300)"
+pki=/etc/kubernetes/pki
+for i in $(seq 1 60); do
+    out=$(ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
+          --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
+          endpoint health 2>&1) && break
+    sleep 2
+done
+echo "etcd: $out"
+echo "K8SIMG-REPORT-END"
+systemctl poweroff
+"""
+
+
+def add_test_units(doc: dict, etcd_ip: str) -> dict:
+    """The rendered config plus a marker file and the report unit (test-only)."""
+    files = doc["storage"]["files"]
+    source, _ = data_url(b"written by Ignition\n", compress=False)
+    files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
+    devices = " ".join(shlex.quote(path_unit_name(d, "device")) for d in DEVICE_WAITS)
+    script, compression = data_url(REPORT.replace("$ETCD_IP", etcd_ip).replace(
+        "$BUSYBOX", BUSYBOX).replace("$DEVICES", devices).encode())
+    entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
+             "contents": {"source": script}}
+    if compression:
+        entry["contents"]["compression"] = compression
+    files.append(entry)
+    doc["systemd"]["units"].append({"name": "k8simg-test-report.service", "enabled": True,
+                                    "contents": (
+        "[Unit]\nAfter=multi-user.target k8simg-etcd.service containerd.service "
+        "k8simg-images.service\nWants=k8simg-images.service\n"
+        "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
+        "[Install]\nWantedBy=multi-user.target\n")})
+    return doc
+
+
+def report(console: str, nth: int) -> dict:
+    blocks = re.findall(r"K8SIMG-REPORT-BEGIN(.*?)K8SIMG-REPORT-END", console, re.S)
+    assert len(blocks) >= nth, console[-3000:]
+    out: dict = {"file": {}, "unit": {}, "image": {}, "wait": {},
+                 "trouble": "\n".join(systemd_trouble(console))}
+    # The serial getty's login prompt may land in the middle of a line: find the keys.
+    keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container)"
+            r": (.*)$")
+    for ln in blocks[nth - 1].splitlines():
+        m = re.search(keys, ln.strip())
+        if not m:
+            continue
+        key, value = m.groups()
+        if key in ("file", "unit", "image", "wait"):
+            name, _, rest = value.partition(" ")
+            out[key][name] = rest.strip()
+        else:
+            out[key] = value.strip()
+    return out
+
+
+def systemd_trouble(console: str) -> list[str]:
+    """systemd's own lines about what timed out or failed, for the failure messages."""
+    return [ln for ln in console.splitlines()
+            if re.search(r"systemd\[1\]: .*(timed out|Dependency failed|Failed to start)", ln)]
+
+
+def single_node_machine(image, work):
+    """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
+    config drive with its rendered config plus the report unit. The node subnet is a
+    loopback range, so etcd binds its planned address with no network.
+
+    :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
+    """
+    cd = write_cluster(work / "solo", topology="single",
+                       masters={"count": 1, "flavor": "m", "volume_size_gb": 25},
+                       workers={"count": 0, "flavor": "w", "volume_size_gb": 50},
+                       network={"node_cidr": "127.77.0.0/24", "service_cidr": "10.96.0.0/12",
+                                "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local",
+                                "dns_nameservers": []})
+    cluster_pki(cd).ensure()
+    ctx = render_context(cd)
+    node = ctx.nodes[0]
+    user_data = dumps(add_test_units(render_node(ctx, node), str(node.address)))
+    iso = qemu.config_drive(work / "config.iso", node.name, user_data)
+    disk = qemu.overlay(image, work / "root.qcow2")
+    volume = qemu.blank_disk(work / "volume.qcow2", 2)
+    return node, lambda console: qemu.boot(node.name, disk, console, config_iso=iso,
+                                           volume=volume)
+
+
+def boot_to_report(boot, console) -> dict:
+    """Boot once, wait for the report and the power-off, and parse the report."""
+    vm = boot(console)
+    try:
+        vm.wait_for("K8SIMG-REPORT-END", timeout=900)
+        vm.wait_exit(timeout=180)
+    finally:
+        vm.stop()
+    return report(vm.log(), 1)
+
+
+def test_boots_with_only_a_config_drive(baked_image, tmp_path):
+    image, manifest_path, _ = baked_image
+    baked = {i["ref"]: i["digest"] for i in json.loads(manifest_path.read_text())[
+        "container_images"]}
+    master, boot = single_node_machine(image, tmp_path)
+
+    r = boot_to_report(boot, tmp_path / "console-1.log")
+    assert "ignition.firstboot" in r["cmdline"]
+    assert r["marker"] == "present"
+    assert r["hostname"] == master.name
+    assert r["file"]["/etc/kubernetes/pki/apiserver.key"] == "600"
+    assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
+    assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
+    assert r["file"]["/etc/kubernetes/manifests/kube-apiserver.yaml"] == "644"
+    units = ("containerd.service", "k8simg-etcd.service", "var-lib-containerd.mount")
+    assert {u: r["unit"][u] for u in units} == dict.fromkeys(units, "enabled active"), \
+        r["trouble"]
+    # A late udev does not fail the volume's mounts or the console for good (the image's waits)
+    assert r["wait"] == {path_unit_name(d, "device"): DEVICE_TIMEOUT for d in DEVICE_WAITS}
+    assert r["unit"]["etcd.service"].split()[0] in ("disabled", "")  # Debian's own etcd stays off
+    assert r["mount"] == "/dev/vdb ext4"
+    assert f"https://{master.address}:2379 is healthy" in r["etcd"]
+    # Every baked image is in containerd under its manifest name and digest, and runs
+    assert r["unit"]["k8simg-images.service"] == "static active"
+    assert r["image"] == baked
+    assert r["container"].endswith("container-ran"), r["container"]
+
+    r2 = boot_to_report(boot, tmp_path / "console-2.log")  # the same disk, booted again
+    assert "ignition.firstboot" not in r2["cmdline"]
+    assert r2["firstboot-flag"] == "absent"
+    assert r2["marker"] == "absent"  # Ignition did not run again to write it back
+    assert r2["unit"]["k8simg-etcd.service"] == "enabled active"
+    assert f"https://{master.address}:2379 is healthy" in r2["etcd"]

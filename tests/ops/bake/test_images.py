@@ -1,0 +1,234 @@
+"""Container images for the bake, against a real registry on loopback (Debian's
+docker-registry) holding images the tests build, pulled with the real skopeo, and imported by
+the node's own importer into a real containerd."""
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from k8simg.ignition.image import IMAGE_IMPORTER, image_files
+from k8simg.model.images import LIST_FILE, ImageError, ImageSpec, parse_spec
+from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION
+from k8simg.ops.images import collect, registries_conf, verify_archive
+from tests.registry import build_image, push, registry, stand_in, tampering_proxy
+from tests.support import processes, wait_until
+
+pytestmark = pytest.mark.skipif(not (shutil.which("skopeo") and shutil.which("docker-registry")),
+                                reason="skopeo and docker-registry (scripts/setup installs them)")
+
+PAUSE = "registry.k8s.io/pause:3.10.1"
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    with registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def pause(reg, tmp_path_factory):
+    """A stand-in pushed where a mirror of registry.k8s.io serves ``pause:3.10.1``."""
+    layout = tmp_path_factory.mktemp("pause")
+    built = stand_in(layout, PAUSE)
+    push(layout, f"{reg.host}/{PAUSE}")
+    return built["digest"]
+
+
+def mirrors(reg):
+    return {"registry.k8s.io": reg.mirror_of("registry.k8s.io")}
+
+
+def index_annotations(archive):
+    with tarfile.open(archive) as t:
+        return json.load(t.extractfile("index.json"))["manifests"][0]["annotations"]
+
+
+def test_pulls_by_digest_through_a_mirror(reg, pause, tmp_path):
+    messages = []
+    got = collect([ImageSpec("pause", PAUSE)], tmp_path / "out", mirrors=mirrors(reg),
+                  progress=messages.append)
+    assert len(got) == 1
+    b = got[0]
+    assert (b.key, b.ref, b.digest, b.digest_source) == ("pause", PAUSE, pause,
+                                                        "resolved at bake time")
+    assert b.source == f"docker://registry.k8s.io/pause@{pause}"
+    assert verify_archive(b.path, ImageSpec("pause", PAUSE), pause) == pause
+    # containerd names the imported image exactly as the manifests reference it
+    assert index_annotations(b.path)["io.containerd.image.name"] == PAUSE
+    assert (tmp_path / "out" / LIST_FILE).read_text() == f"{b.path.name} {PAUSE} {pause}\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [b.path.name, LIST_FILE])
+    assert any("pulling registry.k8s.io/pause:3.10.1 (sha256:" in m for m in messages)
+
+
+def test_multi_platform_index_bakes_the_amd64_image(reg, tmp_path):
+    ref = "registry.k8s.io/coredns/coredns:v1.12.4"
+    built = build_image(tmp_path / "layout", {"coredns": b"stand-in\n"},
+                        arches=("arm64", "amd64", "s390x"))
+    push(tmp_path / "layout", f"{reg.host}/{ref}")
+    (b,) = collect([ImageSpec("coredns", ref)], tmp_path / "out", mirrors=mirrors(reg))
+    assert b.digest == built["platforms"]["amd64"] != built["digest"]
+    with tarfile.open(b.path) as t:
+        def blob(digest):
+            return t.extractfile(f"blobs/sha256/{digest.split(':')[1]}")
+
+        manifest = json.load(blob(json.load(t.extractfile("index.json"))["manifests"][0]["digest"]))
+        assert json.load(blob(manifest["config"]["digest"]))["architecture"] == "amd64"
+        assert len([m for m in t.getmembers() if m.name.startswith("blobs/")]) == 3
+
+
+def test_pinned_digest_is_pulled_and_a_wrong_pin_stops(reg, pause, tmp_path):
+    (b,) = collect([ImageSpec("pause", PAUSE, pause)], tmp_path / "ok", mirrors=mirrors(reg))
+    assert (b.digest, b.digest_source) == (pause, "pinned")
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(ImageError) as e:
+        collect([ImageSpec("pause", PAUSE, wrong)], tmp_path / "bad", mirrors=mirrors(reg))
+    assert f"cannot pull registry.k8s.io/pause@{wrong}" in str(e.value)
+    assert "manifest unknown" in str(e.value)
+    assert list((tmp_path / "bad").iterdir()) == []
+
+
+def test_tampered_blob_stops_the_pull(reg, pause, tmp_path):
+    with tampering_proxy(reg.host) as proxy:
+        with pytest.raises(ImageError) as e:
+            collect([ImageSpec("pause", PAUSE, pause)], tmp_path / "out",
+                    mirrors={"registry.k8s.io": f"http://{proxy}/registry.k8s.io"})
+    msg = str(e.value)
+    assert msg.startswith(f"cannot pull registry.k8s.io/pause@{pause}: ")
+    assert "Digest did not match, expected sha256:" in msg
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unreachable_registry_names_the_image(tmp_path):
+    with pytest.raises(ImageError) as e:
+        collect([ImageSpec("pause", PAUSE)], tmp_path / "out",
+                mirrors={"registry.k8s.io": "http://127.0.0.1:9/registry.k8s.io"})
+    assert str(e.value).startswith(f"cannot resolve {PAUSE}: ")
+    assert "connection refused" in str(e.value)
+
+
+def test_artifacts_directory_is_verified(reg, pause, tmp_path):
+    arts = tmp_path / "artifacts"
+    collect([ImageSpec("pause", PAUSE)], arts / "images", mirrors=mirrors(reg))
+    spec = ImageSpec("pause", PAUSE)
+    (b,) = collect([spec], tmp_path / "out", artifacts_dir=arts)
+    assert (b.digest, b.digest_source) == (pause, "artifacts directory")
+    (b,) = collect([ImageSpec("pause", PAUSE, pause)], tmp_path / "out2", artifacts_dir=arts)
+    assert b.digest_source == "pinned"
+
+    with pytest.raises(ImageError, match=r"digest mismatch: expected sha256:1{64}, the archive "
+                                         rf"holds {pause}"):
+        collect([ImageSpec("pause", PAUSE, "sha256:" + "1" * 64)], tmp_path / "o3",
+                artifacts_dir=arts)
+    with pytest.raises(ImageError, match=r"registry.k8s.io/coredns/coredns:v1: .*images/"
+                                         r"registry.k8s.io_coredns_coredns_v1.tar is missing "
+                                         r"from the artifacts directory"):
+        collect([parse_spec("dns", "registry.k8s.io/coredns/coredns:v1")], tmp_path / "o4",
+                artifacts_dir=arts)
+
+    # One flipped byte in a layer inside the archive
+    archive = arts / "images" / spec.archive
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as t:
+        t.extractall(unpacked, filter="data")
+    layer = max((unpacked / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(layer.read_bytes())
+    data[-1] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    with tarfile.open(archive, "w") as t:
+        for p in sorted(unpacked.rglob("*")):
+            if p.is_file():
+                t.add(p, arcname=str(p.relative_to(unpacked)))
+    with pytest.raises(ImageError, match=rf"blob sha256:{layer.name} does not match its digest"):
+        collect([spec], tmp_path / "o5", artifacts_dir=arts)
+    assert list((tmp_path / "o5").iterdir()) == []
+
+
+def test_cache_serves_pinned_images_without_the_registry(reg, pause, tmp_path):
+    cache = tmp_path / "cache"
+    collect([ImageSpec("pause", PAUSE, pause)], tmp_path / "a", mirrors=mirrors(reg),
+            cache_dir=cache)
+    assert len(list(cache.iterdir())) == 1
+    messages = []
+    (b,) = collect([ImageSpec("pause", PAUSE, pause)], tmp_path / "b",
+                   mirrors={"registry.k8s.io": "http://127.0.0.1:9/nothing"}, cache_dir=cache,
+                   progress=messages.append)
+    assert b.digest == pause
+    assert any("from the cache" in m for m in messages)
+
+
+def test_bad_references_are_refused():
+    assert parse_spec("x", f"{PAUSE}@sha256:{'a' * 64}").pinned == "sha256:" + "a" * 64
+    for bad in ("pause:3.10", "registry.k8s.io/pause", "registry.k8s.io/pause:3.1@sha256:abc",
+                "Registry.k8s.io/Pause:1"):
+        with pytest.raises(ImageError, match="expected registry/repository:tag"):
+            parse_spec("x", bad)
+    with pytest.raises(ImageError, match="pinned to two different digests"):
+        collect([ImageSpec("a", PAUSE, "sha256:" + "a" * 64),
+                 ImageSpec("b", PAUSE, "sha256:" + "b" * 64)], "/nonexistent/never-written")
+
+
+def test_registries_conf_marks_http_mirrors_insecure():
+    conf = registries_conf({"registry.k8s.io": "http://127.0.0.1:5000/k8s",
+                            "ghcr.io": "https://harbor.example.com/ghcr"})
+    assert 'location = "127.0.0.1:5000/k8s"\ninsecure = true' in conf
+    assert 'location = "harbor.example.com/ghcr"\ninsecure = false' in conf
+
+
+@pytest.fixture
+def containerd(tmp_path):
+    """A real containerd on a private socket (native snapshotter: this machine's /tmp is
+    already an overlay)."""
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root")
+    root = tmp_path / "ctd"
+    conf = tmp_path / "containerd.toml"
+    conf.write_text(f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
+                    f'[grpc]\n  address = "{root}/sock"\n')
+    with processes() as start, open(tmp_path / "containerd.log", "w") as log:
+        start(["containerd", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: (root / "sock").exists(), 20, "containerd's socket")
+        env = {**os.environ, "CONTAINERD_ADDRESS": f"{root}/sock",
+               "CONTAINERD_SNAPSHOTTER": "native"}
+        yield env, root
+
+
+def test_node_importer_loads_every_image_once(reg, pause, containerd, tmp_path):
+    """The importer baked into every node, run against a real containerd: each image lands in
+    the k8s.io namespace under its manifest name with its baked digest, once."""
+    env, root = containerd
+    ref2 = "registry.k8s.io/kube-proxy:v1.35.2"
+    d2 = stand_in(tmp_path / "kp", ref2)["digest"]
+    push(tmp_path / "kp", f"{reg.host}/{ref2}")
+    images_dir = tmp_path / "images"
+    collect([ImageSpec("pause", PAUSE), ImageSpec("kube_proxy", ref2)], images_dir,
+            mirrors=mirrors(reg))
+    mode, text = image_files(DEFAULT_KUBERNETES_VERSION)[IMAGE_IMPORTER]
+    script = tmp_path / "import-images"
+    script.write_text(text)
+    script.chmod(mode)
+    env = {**env, "K8SIMG_IMAGES_DIR": str(images_dir),
+           "K8SIMG_IMAGES_STAMP": str(root / "imported")}
+
+    first = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert f"imported {PAUSE} {pause}" in first.stdout
+    assert f"imported {ref2} {d2}" in first.stdout
+    listing = subprocess.run(["ctr", "-n", "k8s.io", "images", "list"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    rows = {ln.split()[0]: ln.split()[2] for ln in listing.splitlines()[1:]}
+    assert rows[PAUSE] == pause and rows[ref2] == d2
+
+    again = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert (again.returncode, again.stdout.strip()) == (0, "baked images already imported")
+
+    # A list whose digest does not match what the archive holds is an error, not a silent pass
+    (images_dir / LIST_FILE).write_text(
+        (images_dir / LIST_FILE).read_text().replace(pause, "sha256:" + "2" * 64))
+    bad = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert f"{PAUSE} has digest '{pause}', expected sha256:{'2' * 64}" in bad.stderr
