@@ -4,7 +4,7 @@ a node with what is its alone."""
 
 from dataclasses import dataclass
 
-from k8simg.clouds.openstack.connect import Scope, b64, server_fault, wait_for
+from k8simg.clouds.openstack.connect import Scope, b64, server_fault
 from k8simg.model.plan import Node
 
 # A server that goes to ERROR while being deleted will not go; nor a volume in these.
@@ -61,15 +61,15 @@ def delete_server(s: Scope, server) -> None:
     """
     c = s.conn.compute
     c.delete_server(server)
-    wait_for(f"server {server.name} to go", lambda: c.find_server(server.id, ignore_missing=True),
-             ok={"GONE", "DELETED"}, failures=SERVER_DELETE_FAILURES, timeout=s.timeout,
+    s.wait(f"server {server.name} to go", lambda: c.find_server(server.id, ignore_missing=True),
+             ok={"GONE"}, failures=SERVER_DELETE_FAILURES,
              describe=server_fault)
 
 
 def wait_volume(s: Scope, volume, ok: set[str], what: str):
     b = s.conn.block_storage
-    return wait_for(f"volume {volume.name}{what}", lambda: b.get_volume(volume.id), ok=ok,
-                    failures=VOLUME_FAILURES | ({"error"} - ok), timeout=s.timeout)
+    return s.wait(f"volume {volume.name}{what}", lambda: b.get_volume(volume.id), ok=ok,
+                    failures=VOLUME_FAILURES | ({"error"} - ok))
 
 
 def delete_volume(s: Scope, volume) -> None:
@@ -134,8 +134,8 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
             **({"availability_zone": s.cfg.openstack.availability_zone}
                if s.cfg.openstack.availability_zone else {}))
     if not s.dry and server.status != "ACTIVE":
-        wait_for(f"server {node.name}", lambda: c.get_server(server.id), ok={"ACTIVE"},
-                 failures={"ERROR"}, timeout=s.timeout, describe=server_fault)
+        s.wait(f"server {node.name}", lambda: c.get_server(server.id), ok={"ACTIVE"},
+                 failures={"ERROR"}, describe=server_fault)
 
 
 def delete_node(s: Scope, name: str) -> None:

@@ -88,13 +88,15 @@ class Scope:
     """
 
     def __init__(self, cloud: str | None, cfg: ClusterConfig, ledger: Ledger, *,
-                 timeout: float = 900, connect: Callable[[str | None], object] = connect):
+                 timeout: float = 900, poll: float = 1.0,
+                 connect: Callable[[str | None], object] = connect):
         self.cloud = cloud
         self.cfg = cfg
         self.name = cfg.name
         self.tag = cluster_tag(cfg.name)
         self.ledger = ledger
         self.timeout = timeout
+        self.poll = poll
         self._connect = connect
         self._local = threading.local()
 
@@ -114,6 +116,10 @@ class Scope:
             c = self._local.conn = self._connect(self.cloud)
             c.compute.default_microversion = SERVER_MICROVERSION
         return c
+
+    def wait(self, what: str, fetch: Callable[[], object], **kw):
+        """:func:`wait_for` with the cluster's timeout and poll interval."""
+        return wait_for(what, fetch, timeout=self.timeout, interval=self.poll, **kw)
 
     def record(self, action: str, kind: str, name: str, detail: str = "") -> None:
         self.ledger.record(action, kind, name, detail)

@@ -62,12 +62,14 @@ class OpenStackCloud(Cloud):
 
     :param cloud: its name in clouds.yaml (None: the ``OS_*`` variables).
     :param connect: makes a connection (tests give a fake's).
+    :param poll: seconds between two looks at a resource being waited for.
     """
 
     def __init__(self, cluster, cfg, cloud: str | None, *,
-                 connect: Callable[[str | None], object] = connect, **kw):
+                 connect: Callable[[str | None], object] = connect, poll: float = 1.0, **kw):
         super().__init__(cluster, cfg, **kw)
-        self.scope = Scope(cloud, cfg, self.ledger, timeout=self.timeout, connect=connect)
+        self.scope = Scope(cloud, cfg, self.ledger, timeout=self.timeout, poll=poll,
+                           connect=connect)
         self.where = self.scope.where
 
     # -- preflight ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 with exactly the masters as members and a health monitor. Every change waits out the load
 balancer's PENDING states (Octavia refuses the next change until then)."""
 
-from k8simg.clouds.openstack.connect import Scope, wait_for
+from k8simg.clouds.openstack.connect import Scope
 from k8simg.model.plan import Node, api_vip
 
 
@@ -13,19 +13,17 @@ def lb_name(cluster: str) -> str:
 def wait_active(s: Scope, lb_id: str) -> None:
     """:raises CloudError: when the load balancer goes to ERROR."""
     lbs = s.conn.load_balancer
-    wait_for(f"load balancer {lb_name(s.name)}", lambda: lbs.get_load_balancer(lb_id),
-             attribute="provisioning_status", ok={"ACTIVE"}, failures={"ERROR"},
-             timeout=s.timeout)
+    s.wait(f"load balancer {lb_name(s.name)}", lambda: lbs.get_load_balancer(lb_id),
+             attribute="provisioning_status", ok={"ACTIVE"}, failures={"ERROR"})
 
 
 def delete_load_balancer(s: Scope, lb) -> None:
     """Delete ``lb`` with everything under it and wait until it is gone."""
     lbs = s.conn.load_balancer
     lbs.delete_load_balancer(lb, cascade=True)
-    wait_for(f"load balancer {lb.name} to go",
+    s.wait(f"load balancer {lb.name} to go",
              lambda: lbs.find_load_balancer(lb.id, ignore_missing=True),
-             attribute="provisioning_status", ok={"DELETED", "GONE"}, failures={"ERROR"},
-             timeout=s.timeout)
+             attribute="provisioning_status", ok={"DELETED", "GONE"}, failures={"ERROR"})
 
 
 def ensure_load_balancer(s: Scope, *, subnet_id: str | None, vip_port_id: str | None,

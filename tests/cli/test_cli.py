@@ -1,0 +1,90 @@
+"""The command line as an operator meets it: results on stdout, every failure a message that
+names the field or file with its exit code, never a traceback."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from k8simg.cli import cli
+from tests.conftest import write_cluster
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    return result
+
+
+def test_init_then_validate_as_json(tmp_path):
+    r = run("init", tmp_path / "demo", "--workers", "1", "-o", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["config"] == str(tmp_path / "demo" / "cluster.yaml")
+    r = run("config", "validate", tmp_path / "demo", "-o", "json")
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["valid"] is True and out["api_vip"] == "10.0.0.5"
+    assert [n["name"] for n in out["nodes"]] == ["demo-master-0", "demo-master-1",
+                                                 "demo-master-2", "demo-worker-0",
+                                                 "demo-bastion"]
+    again = run("init", tmp_path / "demo")
+    assert again.exit_code == 1 and "already exists; not overwriting it" in again.output
+
+
+def test_an_invalid_definition_names_every_field_and_line(tmp_path):
+    cd = write_cluster(tmp_path / "bad", masters__count=2, network__pod_cidr="10.0.0.0/16")
+    r = run("config", "validate", cd.path)
+    assert r.exit_code == 2
+    assert "masters.count (line" in r.output and "HA needs an odd number >= 3, got 2" in r.output
+    assert "network.pod_cidr (line" in r.output and "overlaps" in r.output
+
+
+def test_deploy_plan_on_the_local_cloud_without_an_image_is_a_preflight_error(tmp_path):
+    cd = write_cluster(tmp_path / "pf", image=str(tmp_path / "missing.qcow2"),
+                       topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    r = run("deploy", cd.path, "--plan", "-o", "json")
+    assert r.exit_code == 2
+    assert "preflight on the local cloud failed; nothing was created" in r.output
+    assert f"image: {tmp_path / 'missing.qcow2'}: no such file" in r.output
+
+
+def test_an_openstack_cloud_that_is_not_configured_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
+    cd = write_cluster(tmp_path / "os", cloud="nowhere")
+    for args in (["deploy", cd.path, "--plan"], ["nodes", cd.path], ["destroy", cd.path, "--plan"]):
+        r = run(*args)
+        assert r.exit_code == 1 and "cloud 'nowhere'" in r.output, (args, r.output)
+
+
+def test_etcd_and_console_on_a_cluster_not_deployed(tmp_path):
+    cd = write_cluster(tmp_path / "nd", topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    r = run("etcd", "health", cd.path)
+    assert r.exit_code == 1 and "has no local network (deploy it first)" in r.output
+    r = run("console", cd.path, "nd-master-0", "--no-follow")
+    assert r.exit_code == 1 and "no node 'nd-master-0' in cluster nd (nodes: none)" in r.output
+    r = run("nodes", cd.path, "-o", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
+
+
+@pytest.mark.parametrize("args,code,said", [
+    (["--max-surge", "0", "--max-unavailable", "0"], 4, "cannot both be 0"),
+    (["--max-surge", "-1"], 2, "Invalid value for '--max-surge'"),
+])
+def test_upgrade_refuses_what_cannot_roll(tmp_path, args, code, said):
+    cd = write_cluster(tmp_path / "up", topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    r = run("upgrade", cd.path, *args)
+    assert r.exit_code == code and said in r.output
+
+
+def test_image_upload_of_a_file_that_is_not_a_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
+    bogus = tmp_path / "x.manifest.json"
+    bogus.write_text("{}")
+    r = run("image", "upload", bogus, "--cloud", "nowhere")
+    assert r.exit_code == 1 and "cloud 'nowhere'" in r.output

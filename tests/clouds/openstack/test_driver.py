@@ -1,0 +1,233 @@
+"""The OpenStack driver's logic, fast: the security-group rules a cluster wants, the quota
+arithmetic, a whole deploy, its re-run and its plan, what destroy takes (and what it leaves
+alone), and waits that fail at once on a failure state. Against the stateful fake of
+tests/clouds/openstack/fake.py (named as such; the real test cloud's tests are in
+tests/ops/deploy/test_openstack.py): it refuses what it does not model, goes through BUILD ->
+ACTIVE/ERROR, and refuses deletions in the wrong order as Neutron does."""
+
+import pytest
+
+from k8simg.clouds.base import CloudError, Ledger, PreflightError
+from k8simg.clouds.openstack import quota, security
+from k8simg.clouds.openstack.compute import Flavor
+from k8simg.clouds.openstack.driver import OpenStackCloud
+from k8simg.model import ports
+from k8simg.model.credential import CloudCredential
+from k8simg.model.plan import initial_nodes
+from k8simg.ops.deploy import Deployment
+from k8simg.pki import cluster_pki
+from tests.clouds.openstack.fake import FakeCloud
+from tests.conftest import write_cluster
+
+IMAGE = "k8simg-1.35.2"
+SMALL = {"flavor": "k8s.small", "volume_size_gb": 10}
+
+
+@pytest.fixture
+def fake():
+    cloud = FakeCloud()
+    cloud.add_flavor("k8s.small", vcpus=2, ram=2048)
+    cloud.add_flavor("k8s.tiny", vcpus=1, ram=512)
+    cloud.add_external_network("public")
+    cloud.add_image(IMAGE, properties={"k8simg_kubernetes_binaries": "included"})
+    return cloud
+
+
+def cluster(tmp_path, name="c1", masters=3, workers=2, **over):
+    settings = {"cloud": "fake", "image": IMAGE,
+                "topology": "ha" if masters == 3 else "one-master",
+                "masters": {"count": masters, **SMALL}, "workers": {"count": workers, **SMALL},
+                "bastion": {"enabled": True, "flavor": "k8s.tiny"}}
+    return write_cluster(tmp_path / name, **{**settings, **over})
+
+
+def on(fake, cd, *, dry_run=False, messages=None, project="p1") -> Deployment:
+    """The deployment of ``cd`` on the fake, as ``k8simg deploy`` makes it (no poll sleeps)."""
+    ledger = Ledger(dry_run=dry_run, progress=(messages.append if messages is not None
+                                               else lambda _m: None))
+    cloud = OpenStackCloud(cd, cd.load(), "fake", ledger=ledger, poll=0,
+                           connect=lambda _name: fake.connect(project_id=project))
+    return Deployment(cd, cloud)
+
+
+# -- pure logic ------------------------------------------------------------------------------
+
+def test_security_group_rules_wanted(tmp_path):
+    cfg = cluster(tmp_path).load()
+    ids = {g: f"id-{g}" for g in security.wanted_groups(cfg)}
+    rules = security.wanted_rules(cfg, ids)
+    assert sorted(rules) == ["bastion", "masters", "nodes", "workers"]
+    assert rules["nodes"] == {
+        ("udp", ports.FLANNEL_VXLAN, ports.FLANNEL_VXLAN, None, "id-nodes"),
+        ("icmp", None, None, None, "id-nodes"),
+        ("tcp", ports.KUBELET, ports.KUBELET, None, "id-masters"),
+        ("tcp", 22, 22, None, "id-bastion")}  # SSH only from the bastion
+    assert rules["masters"] == {
+        ("tcp", 6443, 6443, "0.0.0.0/0", None), ("tcp", 6443, 6443, "10.0.0.0/24", None),
+        ("tcp", 2379, 2380, None, "id-masters"),  # etcd among the members only
+        ("tcp", 2379, 2379, None, "id-bastion")}  # the upgrade's tunnel, client port only
+    assert rules["bastion"] == {("tcp", 22, 22, "0.0.0.0/0", None)}
+    assert rules["workers"] == {("tcp", 30000, 32767, "0.0.0.0/0", None),
+                                ("udp", 30000, 32767, "0.0.0.0/0", None)}
+
+
+def test_security_group_rules_for_dedicated_etcd_without_bastion(tmp_path):
+    cfg = cluster(tmp_path, etcd={"placement": "dedicated", "count": 3, "flavor": "k8s.small",
+                                  "volume_size_gb": 10},
+                  bastion={"enabled": False}, api={"allowed_cidrs": ["198.51.100.0/24"]}).load()
+    ids = {g: f"id-{g}" for g in security.wanted_groups(cfg)}
+    rules = security.wanted_rules(cfg, {**ids, "bastion": None})
+    assert sorted(rules) == ["etcds", "masters", "nodes", "workers"]
+    assert rules["etcds"] == {("tcp", 2379, 2379, None, "id-masters"),
+                              ("tcp", 2379, 2380, None, "id-etcds")}
+    assert rules["masters"] == {("tcp", 6443, 6443, "198.51.100.0/24", None),
+                                ("tcp", 6443, 6443, "10.0.0.0/24", None)}  # no etcd port
+    assert not any(r[1] == 22 for group in rules.values() for r in group)
+
+
+def test_quota_arithmetic(tmp_path):
+    cfg = cluster(tmp_path).load()
+    nodes = initial_nodes(cfg)  # 3 masters, 2 workers, a bastion
+    flavors = {"k8s.small": Flavor("s", "k8s.small", 2, 2048),
+               "k8s.tiny": Flavor("t", "k8s.tiny", 1, 512)}
+    need = quota.needed(cfg, nodes, flavors, volumes_present={"c1-master-0-storage"},
+                        floating_ips_present=1)
+    assert need == {("compute", "instances"): 6, ("compute", "cores"): 11,
+                    ("compute", "ram"): 5 * 2048 + 512, ("volume", "volumes"): 4,
+                    ("volume", "gigabytes"): 40, ("network", "floating_ips"): 1}
+
+    class Nova:  # a quota set with usage, as openstacksdk has it
+        instances, cores, ram = 8, -1, 100000
+        usage = {"instances": 3, "cores": 40, "ram": 0}
+
+    neutron = type("Neutron", (), {"floating_ips": {"limit": 2, "used": 2}})()
+    cinder = type("Cinder", (), {"volumes": 10, "gigabytes": 40,
+                                 "usage": {"volumes": 0, "gigabytes": 1}})()
+    problems = quota.shortfalls(need, {"compute": Nova(), "volume": cinder, "network": neutron})
+    assert problems == [
+        ("quota.instances", "the cluster needs 6 more, the project has 5 left (limit 8, in use 3)"),
+        ("quota.gigabytes", "the cluster needs 40 more, the project has 39 left (limit 40, in use 1)"),
+        ("quota.floating_ips", "the cluster needs 1 more, the project has 0 left (limit 2, in use 2)"),
+    ]  # cores are unlimited (-1)
+
+
+# -- against the fake --------------------------------------------------------------------------
+
+def test_preflight_names_every_problem_and_creates_nothing(fake, tmp_path):
+    cd = cluster(tmp_path, image="no-such-image", openstack={"external_network": "nope"},
+                 workers__flavor="k8s.huge")
+    with pytest.raises(PreflightError) as e:
+        on(fake, cd).deploy()
+    fields = [f for f, _ in e.value.problems]
+    assert fields == ["image", "workers.flavor", "openstack.external_network"]
+    assert fake.calls == []
+
+
+def test_preflight_counts_floating_ips_against_the_quota(fake, tmp_path):
+    """The floating-IP quota is read from Neutron's quota details (``floating_ips``)."""
+    fake.quota["floating_ips"] = 1  # the API's and the bastion's need 2
+    with pytest.raises(PreflightError, match=r"quota.floating_ips: the cluster needs 2 more"):
+        on(fake, cluster(tmp_path)).deploy()
+    assert fake.calls == []
+
+
+def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_path, clock):
+    cd = cluster(tmp_path)
+    plan = on(fake, cd, dry_run=True).deploy()
+    assert fake.calls == []  # the plan touched nothing
+    planned = {(c.action, c.kind, c.name) for c in plan.changes}
+    result = on(fake, cd).deploy()
+    made = {(c.action, c.kind, c.name) for c in result.changes}
+    assert planned <= made | {("create", "router interface", "c1-router")}
+    have = fake.inventory("p1")
+    nodes = [f"c1-master-{i}" for i in range(3)] + ["c1-worker-0", "c1-worker-1"]
+    assert have["servers"] == sorted(nodes + ["c1-bastion"])
+    assert have["volumes"] == sorted(f"{n}-storage" for n in nodes)
+    assert have["security_groups"] == sorted(f"c1-{g}" for g in
+                                             ("nodes", "masters", "workers", "bastion"))
+    assert have["server_groups"] == ["c1-masters", "c1-workers"]
+    assert have["load_balancers"] == ["c1-api"]
+    assert have["members"] == [f"c1-master-{i}" for i in range(3)]
+    assert have["floating_ips"] == ["c1-api", "c1-bastion"]
+    assert have["application_credentials"] == ["c1-k8simg"]
+    # every server ACTIVE, on its planned port, with the cluster's tag
+    statuses = {n.name: (n.state, n.address) for n in on(fake, cd).cloud.nodes()}
+    assert statuses["c1-master-0"] == ("ACTIVE", "10.0.0.10")
+    assert statuses["c1-worker-1"] == ("ACTIVE", "10.0.0.101")
+    # the API's floating IP went into the state and the API server's certificate
+    fip = cd.state.api_floating_ip
+    assert fip and result.api_endpoint == f"https://{fip}:6443"
+    assert cd.state.bastion_floating_ip
+    assert all(fip in r.sans for r in cluster_pki(cd).records()
+               if r.instance.id.startswith("apiserver@"))
+    # a second run, and a plan after it, change nothing
+    calls = len(fake.calls)
+    assert on(fake, cd).deploy().changes == []
+    assert on(fake, cd, dry_run=True).deploy().changes == []
+    assert fake.calls[calls:] == []
+
+
+def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
+    """``prod``'s destroy leaves ``prod-eu`` (a name that extends it) and another project's
+    resources alone, in a cloud that refuses deletions in the wrong order."""
+    prod = cluster(tmp_path, "prod", masters=1, workers=1)
+    prod_eu = cluster(tmp_path, "prod-eu", masters=1, workers=1)
+    other = cluster(tmp_path, "theirs", masters=1, workers=1)
+    fake.add_image(IMAGE, properties={"k8simg_kubernetes_binaries": "included"}, owner="p2")
+    on(fake, prod).deploy()
+    on(fake, prod_eu).deploy()
+    on(fake, other, project="p2").deploy()
+    # Left untagged by kills between a create and its tagging: prod's own group (by its exact
+    # name), and a network of prod-eu's whose name starts like prod's.
+    net = fake.connect(project_id="p1").network
+    net.create_security_group(name="prod-etcds", description="killed before its tag")
+    net.create_network(name="prod-eu-scratch")
+    before_eu, before_other = fake.inventory("p1"), fake.inventory("p2")
+    calls = len(fake.calls)
+
+    dry = on(fake, prod, dry_run=True)
+    plan = dry.destroy()
+    planned = {(c.kind, c.name) for c in dry.ledger.changes if c.action == "delete"}
+    assert plan.removed == [] and plan.left == []  # a plan removes nothing
+    assert fake.inventory("p1") == before_eu and len(fake.calls) == calls
+    assert {("server", "prod-master-0"), ("server", "prod-worker-0"), ("server", "prod-bastion"),
+            ("network", "prod-net"), ("subnet", "prod-subnet"), ("router", "prod-router"),
+            ("load-balancer", "prod-api"), ("volume", "prod-master-0-storage"),
+            ("security-group", "prod-nodes"), ("security-group", "prod-etcds"),
+            ("server-group", "prod-masters"),
+            ("application-credential", "prod-k8simg")} <= planned
+    assert not any(name.startswith(("prod-eu", "theirs")) for _, name in planned)
+
+    gone = on(fake, prod).destroy()
+    assert gone.left == []
+    left = fake.inventory("p1")
+    for kind, names in left.items():
+        assert not any(n.startswith("prod-") and not n.startswith("prod-eu") or n == "prod"
+                       for n in names), (kind, names)
+    for kind, names in before_eu.items():  # prod-eu's resources are all still there
+        assert [n for n in names if "prod-eu" in n] == [n for n in left.get(kind, [])
+                                                        if "prod-eu" in n], kind
+    assert "prod-etcds" not in left["security_groups"] and "prod-eu-scratch" in left["networks"]
+    assert fake.inventory("p2") == before_other
+    assert prod.state.api_floating_ip is None and prod.state.bastion_floating_ip is None
+    assert not CloudCredential.path(prod.path).exists()  # its secret went with it
+    assert CloudCredential.path(prod_eu.path).exists()
+
+
+def test_a_server_that_errors_fails_its_wait_at_once(fake, tmp_path):
+    fake.fail_servers.add("c1-worker-1")
+    cd = cluster(tmp_path)
+    d = on(fake, cd)
+    d.cloud.timeout = d.cloud.scope.timeout = 3600  # a wait that ran to its timeout would hang
+    with pytest.raises(CloudError, match=r"server c1-worker-1 went to ERROR: No valid host"):
+        d.deploy()
+
+
+def test_a_server_stuck_on_delete_fails_at_once(fake, tmp_path):
+    cd = cluster(tmp_path, masters=1, workers=1)
+    on(fake, cd).deploy()
+    fake.stuck_on_delete.add("c1-worker-0")
+    d = on(fake, cd)
+    d.cloud.scope.timeout = 3600
+    with pytest.raises(CloudError, match=r"server c1-worker-0 to go went to ERROR"):
+        d.cloud.delete_node("c1-worker-0")
