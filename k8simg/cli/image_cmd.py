@@ -30,3 +30,30 @@ def upload(manifest, cloud, output):
         emit_json(result)
     else:
         click.echo(result["image_id"])
+
+
+@image.command()
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@output_option
+def show(path, output):
+    """What a baked image carries, from its manifest (PATH: the qcow2 or its .manifest.json)."""
+    from k8simg.errors import K8simgError
+    from k8simg.model.manifest import Manifest, ManifestError
+
+    p = Path(path)
+    try:
+        m = Manifest.load(p if p.name.endswith(".manifest.json") else Manifest.path_for(p))
+    except ManifestError as e:
+        raise K8simgError(str(e)) from None
+    facts = {"image": str(p.parent / m.image_file), "sha256": m.image_sha256,
+             "built_at": m.built_at, "k8simg_version": m.k8simg_version,
+             "kubernetes_version": m.kubernetes_version, "has_kubernetes": m.has_kubernetes,
+             "binaries": sorted(m.kubernetes_binaries),
+             "container_images": [i.get("ref") for i in m.container_images]}
+    if output == "json":
+        emit_json(facts)
+        return
+    click.echo(f"image: {facts['image']}")
+    click.echo("kubernetes: " + (f"{m.kubernetes_version} ({', '.join(facts['binaries'])} "
+                                 "verified)" if m.has_kubernetes else
+                                 "ABSENT: this image was baked without Kubernetes binaries"))

@@ -88,3 +88,26 @@ def test_image_upload_of_a_file_that_is_not_a_manifest(tmp_path, monkeypatch):
     bogus.write_text("{}")
     r = run("image", "upload", bogus, "--cloud", "nowhere")
     assert r.exit_code == 1 and "cloud 'nowhere'" in r.output
+
+
+def test_image_show_reads_the_manifest(tmp_path):
+    from k8simg.model.manifest import NO_KUBERNETES, Manifest
+
+    base = dict(k8simg_version="0.1.0", kubernetes_version="1.35.2", built_at="2026-11-29T10:00:00+00:00",
+                image_file="k8simg-1.35.2.qcow2", image_sha256="ab" * 32, image_bytes=3)
+    without = Manifest(**base)
+    (tmp_path / "k8simg-1.35.2.qcow2").write_bytes(b"img")
+    (tmp_path / "k8simg-1.35.2.manifest.json").write_text(without.to_json())
+    assert json.loads(without.to_json())["kubernetes_binaries"] == NO_KUBERNETES
+    r = run("image", "show", tmp_path / "k8simg-1.35.2.qcow2")
+    assert r.exit_code == 0 and "kubernetes: ABSENT" in r.output
+    binaries = {n: {"version": "1.35.2", "sha256": "00" * 32, "source": "x"}
+                for n in ("kubelet", "kubectl", "kubeadm")}
+    (tmp_path / "k8simg-1.35.2.manifest.json").write_text(
+        Manifest(**base, kubernetes_binaries=binaries).to_json())
+    r = run("image", "show", tmp_path / "k8simg-1.35.2.manifest.json", "-o", "json")
+    out = json.loads(r.stdout)
+    assert out["has_kubernetes"] is True and out["binaries"] == ["kubeadm", "kubectl", "kubelet"]
+    (tmp_path / "k8simg-1.35.2.manifest.json").write_text('{"image": {}}')
+    r = run("image", "show", tmp_path / "k8simg-1.35.2.qcow2")
+    assert r.exit_code == 1 and "k8simg-1.35.2.manifest.json: not a k8simg bake manifest" in r.output

@@ -43,13 +43,12 @@ from k8simg.clouds.local.console import FAILURE, REPORT_END, REPORT_GRACE_S, con
 from k8simg.clouds.local.network import (
     BRIDGE,
     Namespace,
-    dnsmasq_config,
-    haproxy_config,
     mac_address,
     namespace_name,
     tap_name,
 )
 from k8simg.clouds.local.process import ProcessTable, terminate
+from k8simg.clouds.local.services import Services, run_daemon
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.model.manifest import Manifest, ManifestError
@@ -74,6 +73,7 @@ class LocalCloud(Cloud):
         self.procs = ProcessTable(self.root / "processes.json")
         self.timeout = float(self.cfg.local.boot_timeout_s)
         self.image = self._image_path()
+        self.services = Services(self.netdir, self.ns, self.procs, self.ledger, cfg)
 
     # ------------------------------------------------------------------ plumbing
     def _image_path(self) -> Path:
@@ -171,69 +171,18 @@ class LocalCloud(Cloud):
         self.ensure_dnsmasq(nodes)
         return Infra()
 
-    def _hosts_text(self, nodes: list[Node]) -> tuple[str, str]:
-        """dnsmasq's fixed leases (MAC, address, name) and DNS entries for every node."""
+    def ensure_dnsmasq(self, nodes: list[Node]) -> None:
+        """A fixed lease and a DNS name for every node of ``nodes`` (and every node still
+        recorded here: a node beyond the plan keeps its lease until it is deleted)."""
         entries = {n.name: (mac_address(n.name, self.cluster.path), str(n.address))
                    for n in nodes}
-        for rec in self._records():  # nodes beyond the plan keep their lease until deleted
+        for rec in self._records():
             entries.setdefault(rec["name"], (rec["mac"], rec["address"]))
-        items = sorted(entries.items())
-        return ("".join(f"{mac},{addr},{name}\n" for name, (mac, addr) in items),
-                "".join(f"{addr} {name} {name}.{self.name}.local\n"
-                        for name, (_mac, addr) in items))
-
-    def ensure_dnsmasq(self, nodes: list[Node]) -> None:
-        files = {k: self.netdir / f"dnsmasq.{k}" for k in ("conf", "hosts", "dns", "leases",
-                                                             "pid", "log")}
-        conf = dnsmasq_config(
-            bridge_address=str(gateway(self.cfg)), network=self.cfg.network.node_cidr,
-            domain=f"{self.name}.local", hosts_file=files["hosts"], dns_file=files["dns"],
-            lease_file=files["leases"], pid_file=files["pid"], log_file=files["log"])
-        hosts, dns = self._hosts_text(nodes)
-        running = (rec := self.procs.get("dnsmasq")) is not None and rec.alive
-        if self.dry:
-            if not running:
-                self.ledger.record("create", "dhcp server", "dnsmasq", f"{len(nodes)} leases")
-            return
-        self.netdir.mkdir(parents=True, mode=0o700, exist_ok=True)
-        conf_changed = _write_if_changed(files["conf"], conf)
-        hosts_changed = _write_if_changed(files["hosts"], hosts)
-        hosts_changed |= _write_if_changed(files["dns"], dns)
-        if running and conf_changed:
-            self.procs.stop("dnsmasq")
-            running = False
-        if not running:
-            self.ledger.record("create", "dhcp server", "dnsmasq", f"{len(nodes)} leases")
-            files["pid"].unlink(missing_ok=True)
-            _run(self.ns.exec(["dnsmasq", f"--conf-file={files['conf']}"]), "dnsmasq")
-            self.procs.record("dnsmasq", files["pid"], "dnsmasq")
-        elif hosts_changed:
-            self.ledger.record("update", "dhcp server", "dnsmasq", "leases")
-            os.kill(self.procs.get("dnsmasq").pid, 1)  # SIGHUP re-reads the hosts file
+        self.services.ensure_dnsmasq(entries)
 
     def ensure_api_members(self, masters: list[Node], infra: Infra) -> None:
         """haproxy in the namespace at the planned VIP, in front of exactly ``masters``."""
-        cfg_path, pid = self.netdir / "haproxy.cfg", self.netdir / "haproxy.pid"
-        text = haproxy_config(vip=str(api_vip(self.cfg)), port=self.cfg.api.port,
-                              masters=[(m.name, str(m.address)) for m in masters], pid_file=pid)
-        rec = self.procs.get("haproxy")
-        running = rec is not None and rec.alive
-        try:
-            current = cfg_path.read_text()
-        except FileNotFoundError:
-            current = None
-        if running and current == text:
-            return
-        names = ", ".join(m.name for m in masters)
-        self.ledger.record("update" if running else "create", "load balancer",
-                           f"{self.name}-api", f"{api_vip(self.cfg)}:{self.cfg.api.port} -> {names}")
-        if self.dry:
-            return
-        atomic_write(cfg_path, text, 0o600)
-        self.procs.stop("haproxy")
-        pid.unlink(missing_ok=True)
-        _run(self.ns.exec(["haproxy", "-D", "-q", "-f", str(cfg_path)]), "haproxy")
-        self.procs.record("haproxy", pid, "haproxy")
+        self.services.ensure_haproxy(masters)
 
     # ------------------------------------------------------------------ nodes
     def ensure_node(self, node: Node, user_data: bytes | None, infra: Infra) -> str | None:
@@ -277,7 +226,7 @@ class LocalCloud(Cloud):
         if volume_gb is not None:
             qemu.blank_disk(d / "storage.qcow2", volume_gb)
         qemu.config_drive(d / "config.iso", node.name, user_data, instance_id=instance,
-                          network_data=_network_data(node, mac, self.cfg))
+                          network_data=qemu.network_data(node, mac, self.cfg))
         rec = {"name": node.name, "role": node.role, "index": node.index,
                "address": str(node.address), "mac": mac,
                "tap": tap_name(node.name, self.name), "uuid": instance,
@@ -304,7 +253,7 @@ class LocalCloud(Cloud):
             memory_mb=self.cfg.local.memory_mb, cpus=self.cfg.local.cpus,
             kvm=self.cfg.local.accel == "kvm", nic=(rec["tap"], rec["mac"]),
             append_console=True, reboot=True)
-        _run(self.ns.exec(args + ["-daemonize", "-pidfile", str(pid)]), f"QEMU {rec['name']}")
+        run_daemon(self.ns.exec(args + ["-daemonize", "-pidfile", str(pid)]), f"QEMU {rec['name']}")
         self.procs.record(f"qemu:{rec['name']}", pid, "qemu-system-x86_64")
 
     def _records(self) -> list[dict]:
@@ -449,37 +398,8 @@ class LocalCloud(Cloud):
         return DestroyResult(removed, left)
 
 
-def _network_data(node: Node, mac: str, cfg) -> dict:
-    """OpenStack's network_data.json for the node's one port (as Neutron would give it)."""
-    net = cfg.network.node_cidr
-    return {"links": [{"id": "tap0", "type": "ethernet", "ethernet_mac_address": mac,
-                       "mtu": 1500}],
-            "networks": [{"id": "network0", "type": "ipv4", "link": "tap0",
-                          "ip_address": str(node.address), "netmask": str(net.netmask),
-                          "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0",
-                                      "gateway": str(gateway(cfg))}],
-                          "network_id": f"{cfg.name}-net"}],
-            "services": [{"type": "dns", "address": str(gateway(cfg))}]}
-
-
 def _sha(data: bytes | None) -> str:
     return hashlib.sha256(data or b"").hexdigest()
-
-
-def _write_if_changed(path: Path, text: str) -> bool:
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, text, 0o600)
-    return True
-
-
-def _run(argv: list[str], what: str) -> None:
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise K8simgError(f"{what} did not start: {(r.stderr or r.stdout).strip()}")
 
 
 def _mem_available_mb() -> int | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k8simg.errors import K8simgError
+from k8simg.model.plan import gateway
 
 
 class VmError(K8simgError):
@@ -172,3 +173,16 @@ def boot(name: str, disk: Path, console: Path, *, config_iso: Path | None = None
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)
     return Vm(name, proc, console)
+
+
+def network_data(node, mac: str, cfg) -> dict:
+    """OpenStack's network_data.json for the node's one port (as Neutron would give it)."""
+    net = cfg.network.node_cidr
+    return {"links": [{"id": "tap0", "type": "ethernet", "ethernet_mac_address": mac,
+                       "mtu": 1500}],
+            "networks": [{"id": "network0", "type": "ipv4", "link": "tap0",
+                          "ip_address": str(node.address), "netmask": str(net.netmask),
+                          "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0",
+                                      "gateway": str(gateway(cfg))}],
+                          "network_id": f"{cfg.name}-net"}],
+            "services": [{"type": "dns", "address": str(gateway(cfg))}]}
