@@ -5,6 +5,8 @@ import click
 from k8simg.cli.options import emit_json, output_option, progress
 from k8simg.errors import ConfigError
 from k8simg.model.cluster import init_cluster
+from k8simg.model.config import ssh_public_key_problem
+from k8simg.model.validate import TextError, read_text
 
 
 @click.command()
@@ -20,12 +22,21 @@ from k8simg.model.cluster import init_cluster
 @output_option
 def init(path, cloud, ssh_keys, kubernetes_version, image, workers, output):
     """Create the cluster directory NAME with a commented cluster.yaml."""
+    if not path.strip() or Path(path).resolve() == Path.cwd() or not Path(path).resolve().name:
+        raise click.BadParameter("give the new cluster's directory (its name is the cluster's "
+                                 "name), not the current one", param_hint="NAME")
     keys = []
     for f in ssh_keys:
         try:
-            keys.append(Path(f).read_text().strip())
+            text = read_text(Path(f)).strip()
         except OSError as e:
             raise ConfigError(f, [("", f"cannot read: {e.strerror}")]) from None
+        except TextError as e:
+            raise ConfigError(f, [("", str(e))]) from None
+        why = ssh_public_key_problem(text)
+        if why:
+            raise ConfigError(f, [("", f"--ssh-public-key: the file {why}")])
+        keys.append(text)
     cd = init_cluster(path, cloud=cloud, ssh_keys=keys, kubernetes_version=kubernetes_version,
                       image=image, workers=workers)
     progress(f"wrote {cd.config_path}; edit it, then run `k8simg pki init {path}`")

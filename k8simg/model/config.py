@@ -20,6 +20,22 @@ _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 _DNS_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def ssh_public_key_problem(text: str) -> str | None:
+    """Why ``text`` is not one OpenSSH public key k8simg can use, or None."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if "PRIVATE KEY" in text:
+        return "is a private key: give the public one (the .pub file), never the private"
+    try:
+        load_ssh_public_key(text.strip().encode())
+    except UnsupportedAlgorithm as e:
+        return f"is not a supported OpenSSH public key ({e})"
+    except (ValueError, TypeError) as e:
+        return f"is not an OpenSSH public key ({e})"
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -46,13 +62,10 @@ class BastionSpec(_Strict):
     @field_validator("ssh_authorized_keys")
     @classmethod
     def _keys_parse(cls, keys: list[str]) -> list[str]:
-        from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
         for i, key in enumerate(keys):
-            try:
-                load_ssh_public_key(key.strip().encode())
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"entry {i} is not an OpenSSH public key ({e})") from None
+            why = ssh_public_key_problem(key)
+            if why:
+                raise ValueError(f"entry {i} {why}")
         return [k.strip() for k in keys]
 
 

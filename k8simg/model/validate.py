@@ -10,11 +10,15 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.events import AliasEvent
 
 from k8simg.errors import ConfigError
+from k8simg.model import ports
 from k8simg.model.config import ClusterConfig
 from k8simg.model.plan import address_problems
 from k8simg.model.versions import RELEASES
+
+MAX_BYTES = 256 * 1024  # a cluster definition is a few KiB
 
 
 def semantic_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
@@ -47,6 +51,24 @@ def semantic_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
         for b in names[i + 1:]:
             if cidrs[a].overlaps(cidrs[b]):
                 problems.append((b, f"{cidrs[b]} overlaps {a} {cidrs[a]}"))
+    if net.node_cidr.prefixlen < 16:
+        # The address plan needs no more; a /8 would give the cloud 16.7 million addresses
+        # to allocate from.
+        problems.append(("network.node_cidr",
+                         f"at most a /16 (65,534 addresses) is used, got /{net.node_cidr.prefixlen}"))
+    if net.service_cidr.prefixlen > 24:
+        # The API's service takes the first address, cluster DNS the tenth; room for services.
+        problems.append(("network.service_cidr",
+                         f"needs at least a /24 (the API service at .1, cluster DNS at .10, room "
+                         f"for the cluster's services), got /{net.service_cidr.prefixlen}"))
+    reserved = {ports.ETCD_CLIENT: "etcd's client port", ports.ETCD_PEER: "etcd's peer port",
+                ports.KUBELET: "the kubelet's port", ports.SSH: "SSH"}
+    if cfg.api.port in reserved:
+        problems.append(("api.port", f"{cfg.api.port} is {reserved[cfg.api.port]} on the "
+                                     "masters; choose another (6443 is the usual)"))
+    elif ports.NODE_PORTS[0] <= cfg.api.port <= ports.NODE_PORTS[1]:
+        problems.append(("api.port", f"{cfg.api.port} is in the NodePort range "
+                                     f"{ports.NODE_PORTS[0]}-{ports.NODE_PORTS[1]}"))
     if net.node_cidr.prefixlen > 24:
         problems.append(("network.node_cidr",
                          f"needs at least a /24 for the address plan, got /{net.node_cidr.prefixlen}"))
@@ -90,7 +112,17 @@ def parse_config(text: str, source: str = "cluster.yaml") -> ClusterConfig:
     :param source: the file name used in error messages.
     :raises ConfigError: listing every problem, each with its dotted path and line.
     """
+    if len(text) > MAX_BYTES:
+        raise ConfigError(source, [("", f"is {len(text)} characters; a cluster definition is "
+                                        f"at most {MAX_BYTES}")])
     try:
+        # An alias can make a few hundred bytes expand into gigabytes (a "billion laughs"):
+        # a cluster definition never needs one, so none is read.
+        for event in _yaml().parse(text):
+            if isinstance(event, AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise ConfigError(source, [("", f"line {line}: YAML aliases (*{event.anchor}) "
+                                                "are not allowed in a cluster definition")])
         doc = _yaml().load(text)
     except YAMLError as e:
         raise ConfigError(source, [("", f"not valid YAML: {e}")]) from None
@@ -140,7 +172,29 @@ def load_config(path: Path) -> ClusterConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(str(path), [("", f"is {path.stat().st_size} bytes; a cluster "
+                                               f"definition is at most {MAX_BYTES}")])
+        return parse_config(read_text(path), str(path))
     except OSError as e:
         raise ConfigError(str(path), [("", f"cannot read: {e.strerror}")]) from None
-    return parse_config(text, str(path))
+    except TextError as e:
+        raise ConfigError(str(path), [("", str(e))]) from None
+
+
+class TextError(ValueError):
+    """A file that is not UTF-8 text."""
+
+
+def read_text(path: Path) -> str:
+    """``path`` as UTF-8 text.
+
+    :raises TextError: naming the first byte that is not UTF-8, and where it is.
+    :raises OSError: when it cannot be read.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TextError(f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}") from None

@@ -150,8 +150,9 @@ def test_init_writes_nothing_for_bad_input(tmp_path):
     key.write_text("ssh-ed25519 garbage\n")
     r = CliRunner().invoke(cli, ["init", str(tmp_path / "demo"), "--ssh-public-key", str(key)])
     assert r.exit_code == 2
-    assert "bastion.ssh_authorized_keys (line" in r.output
-    assert "entry 0 is not an OpenSSH public key" in r.output
+    # named as the operator gave it: the key file, not the cluster.yaml init would write
+    assert f"{key}: 1 problem(s)" in r.output
+    assert "--ssh-public-key: the file is not an OpenSSH public key" in r.output
     r = CliRunner().invoke(cli, ["init", str(tmp_path / "demo"), "--kubernetes-version", "1.2.3"])
     assert r.exit_code == 2 and "'1.2.3' is not one of" in r.output
     assert not (tmp_path / "demo").exists()

@@ -39,12 +39,14 @@ def ensure_network(s: Scope) -> Subnet:
         if s.dry:
             return Subnet(None, net.id)
         cidr = s.cfg.network.node_cidr
-        hosts = list(cidr.hosts())
+        hosts = cidr.num_addresses - 2  # counted, never enumerated
+        first = cidr.network_address + 1
         sub = n.create_subnet(
             name=sname, network_id=net.id, ip_version=4, cidr=str(cidr),
             gateway_ip=str(gateway(s.cfg)),
             dns_nameservers=[str(d) for d in s.cfg.network.dns_nameservers],
-            allocation_pools=[{"start": str(hosts[-len(hosts) // 5]), "end": str(hosts[-1])}])
+            allocation_pools=[{"start": str(first + hosts + (-hosts // 5)),
+                               "end": str(first + hosts - 1)}])
         s.tagged(sub, record=False)
     return Subnet(sub.id, net.id)
 
