@@ -24,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.ops.etcd import Etcd, client_url, peer_url, replace_member, wait_healthy  # noqa: E402
+from k8simg.model.plan import client_url, peer_url  # noqa: E402
+from k8simg.ops.etcd import Etcd  # noqa: E402
+from k8simg.ops.membership import replace_member, wait_healthy  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
 from tests.ops.upgrade.test_etcd_roll import NET, Members, Writer  # noqa: E402
 from tests.support import processes, wait_until  # noqa: E402

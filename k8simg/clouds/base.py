@@ -39,6 +39,7 @@ class WaitTimeout(CloudError):
 
 
 def problems_text(problems: list[Problem]) -> str:
+    """``problems`` as indented ``field: message`` lines, for an error message."""
     return "\n".join(f"  {f}: {m}" for f, m in problems)
 
 
@@ -67,6 +68,13 @@ class NodeFailed(K8simgError):
 
 @dataclass(frozen=True)
 class Change:
+    """One change a run made (or, planning, would make), as the ledger records it.
+
+    :param action: ``create``, ``update``, ``delete``, ``replace`` or ``start``.
+    :param kind: what sort of resource it is (``server``, ``load balancer``), for messages.
+    :param detail: shown after the name, in parentheses.
+    """
+
     action: str  # create, update, delete, replace, start
     kind: str
     name: str
@@ -87,6 +95,7 @@ class Ledger:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, action: str, kind: str, name: str, detail: str = "") -> None:
+        """Add a :class:`Change` and report it as progress (as "would ..." in a dry run)."""
         change = Change(action, kind, name, detail)
         with self._lock:
             self.changes.append(change)
@@ -152,6 +161,11 @@ class NodeStatus:
 
 @dataclass(frozen=True)
 class DestroyResult:
+    """What :meth:`Cloud.destroy` removed, and what it could not.
+
+    :param left: each with the error that kept it; empty when everything went.
+    """
+
     removed: list[str]
     left: list[str]
 
@@ -194,9 +208,11 @@ class Cloud(abc.ABC):
 
     @property
     def dry(self) -> bool:
+        """Whether this is a dry run: changes are recorded in the ledger, not made."""
         return self.ledger.dry_run
 
     def progress(self, message: str) -> None:
+        """Tell the operator ``message`` (through the ledger's progress callback)."""
         self.ledger.progress(message)
 
     def parallel(self, tasks: list[Callable[[], object]]) -> list:

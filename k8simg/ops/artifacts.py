@@ -29,17 +29,30 @@ class ArtifactError(K8simgError):
 
 @dataclass(frozen=True)
 class Artifact:
+    """One release binary to fetch.
+
+    :param pinned_sha256: the digest k8simg's version table pins for it, checked as well as the
+        published one.
+    """
+
     name: str
     url: str
     pinned_sha256: str | None = None
 
     @property
     def checksum_url(self) -> str:
+        """Where upstream publishes the binary's ``.sha256``."""
         return self.url + ".sha256"
 
 
 @dataclass(frozen=True)
 class Fetched:
+    """A binary in the destination directory, verified.
+
+    :param sha256: its digest, as verified.
+    :param source: the URL or the artifacts-directory file it came from.
+    """
+
     name: str
     path: Path
     sha256: str
@@ -55,6 +68,7 @@ def kubernetes_artifacts(version: str, arch: str = "amd64", base_url: str = RELE
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256, as hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):

@@ -47,6 +47,8 @@ K8SIMG_ELEMENTS = ["k8simg-node", "k8simg-ignition"]
 
 
 class BakeError(K8simgError):
+    """The bake could not be made: an unknown release, no Debian mirror or diskimage-builder
+    on this machine, or diskimage-builder failed."""
     pass
 
 
@@ -82,6 +84,14 @@ class BakeRequest:
 
 @dataclass(frozen=True)
 class BakeResult:
+    """What a bake made.
+
+    :param image: the qcow2.
+    :param manifest: the manifest written beside it.
+    :param sha256: the qcow2's.
+    :param seconds: how long the bake took.
+    """
+
     image: Path
     manifest: Path
     sha256: str
@@ -118,6 +128,8 @@ def dib_command() -> Path:
 
 
 def has_device_mapper() -> bool:
+    """Whether the kernel has device-mapper (not in a container, nor on most CI runners);
+    without it the bake's block-device steps go through the stand-ins in ``k8simg/hooks``."""
     try:
         return "device-mapper" in Path("/proc/misc").read_text() and \
             Path("/dev/mapper/control").exists()
@@ -127,6 +139,9 @@ def has_device_mapper() -> bool:
 
 def release_text(req: BakeRequest, binaries: dict[str, dict],
                  baked_images: list[BakedImage]) -> str:
+    """The image's ``/etc/k8simg-release`` (``KEY=value`` lines): k8simg's and Kubernetes'
+    versions, the binaries' sha256 (or that the image has none), how many container images it
+    carries."""
     lines = [f"K8SIMG_VERSION={__version__}", f"KUBERNETES_VERSION={req.kubernetes_version}"]
     if req.without_kubernetes:
         lines.append(f"KUBERNETES_BINARIES={NO_KUBERNETES!r}")
@@ -165,6 +180,8 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
 
 
 def elements(req: BakeRequest) -> list[str]:
+    """The diskimage-builder elements a bake of ``req`` runs: the base ones, k8simg's, then the
+    request's own."""
     return [*BASE_ELEMENTS, *K8SIMG_ELEMENTS, *req.extra_elements]
 
 

@@ -33,6 +33,14 @@ from k8simg.pki import cluster_pki
 
 @dataclass
 class DeployResult:
+    """What a deploy did, and how to reach the cluster.
+
+    :param changes: every change made (or, in a dry run, planned).
+    :param image: the image the nodes boot from, as the cloud found it.
+    :param api_endpoint: the API server's URL (None in a dry run).
+    :param kubeconfig: the admin kubeconfig's path (None in a dry run).
+    """
+
     changes: list[Change]
     image: ImageFacts | None = None
     api_endpoint: str | None = None
@@ -84,13 +92,16 @@ class Deployment:
 
     @property
     def ledger(self) -> Ledger:
+        """Where the cloud records every change (or, in a dry run, planned change)."""
         return self.cloud.ledger
 
     @property
     def dry(self) -> bool:
+        """Whether this is a dry run: nothing is changed."""
         return self.cloud.dry
 
     def warn(self, message: str) -> None:
+        """Tell the operator ``message`` now, and keep it for the result's warnings."""
         self.warnings.append(message)
         self.cloud.progress(f"warning: {message}")
 

@@ -27,6 +27,14 @@ class DrainError(K8simgError):
 
 @dataclass
 class DrainResult:
+    """What draining ``node`` did; pods are named ``namespace/name``.
+
+    :param left_alone: DaemonSet and static pods, not evicted.
+    :param unmanaged: evicted pods that no controller recreates.
+    :param refusals: evictions a PodDisruptionBudget refused for a while (every refused try).
+    :param seconds: how long the drain took.
+    """
+
     node: str
     evicted: list[str] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # DaemonSet and static pods

@@ -1,28 +1,11 @@
-"""The cluster's etcd seen from the operator's machine, and the member replacement that a rolling
-upgrade does, one membership change at a time.
+"""The cluster's etcd seen from the operator's machine: members, health, status, alarms,
+membership changes retried while etcd says "too soon", snapshots.
 
 Every request is made with ``etcdctl`` and a client certificate of the cluster's own PKI,
 through the cloud's way into the nodes' network (the local cloud's namespace; on OpenStack
 a tunnel through the bastion); :class:`Etcd` only needs a function that wraps the command.
 
-The replacement of one member by another (:func:`replace_member`) follows what etcd requires
-and what it takes to lose no write:
-
-1. preflight, as Cluster API's control-plane controller does before touching a member: every
-   voting member healthy, as many voters as expected, no alarm;
-2. the new member is added as a **learner** (it takes no part in quorum while it catches up);
-3. it is started (the caller boots the node, whose etcd starts with
-   ``initial-cluster-state=existing`` and the member list as it is now);
-4. it is **promoted** once etcd says it is in sync;
-5. if the member to be removed is the leader, **leadership is moved** to another voter first,
-   so the removal costs no election;
-6. the old member is removed, then its node stopped.
-
-Each step looks at the member list first, so a run interrupted anywhere and run again goes on
-where it stopped; a learner added by an interrupted run that never started (it blocks the next
-learner add and cannot be promoted) is removed. etcd 3.4 refuses a membership change for about
-5 s after the previous one ("unhealthy cluster", its strict reconfiguration check): those are
-retried with backoff.
+The member replacement a rolling upgrade does is :mod:`k8simg.ops.membership`.
 """
 
 import contextlib
@@ -35,10 +18,11 @@ from pathlib import Path
 
 from k8simg.clouds.base import Cloud
 from k8simg.errors import K8simgError
-from k8simg.model.plan import Node, client_url, etcd_members, peer_url
+from k8simg.model.plan import client_url, etcd_members
 
 
 class EtcdError(K8simgError):
+    """etcdctl is missing, or etcd did not answer or refused a request."""
     pass
 
 
@@ -50,6 +34,12 @@ class EtcdAbort(EtcdError):
 
 @dataclass(frozen=True)
 class Member:
+    """A member as ``etcdctl member list`` shows it.
+
+    :param name: empty until the member has started.
+    :param learner: a learner, not (yet) a voting member.
+    """
+
     id: int
     name: str  # empty until the member has started
     peer_urls: tuple[str, ...]
@@ -58,15 +48,23 @@ class Member:
 
     @property
     def hex(self) -> str:
+        """The member's ID in hex, as etcdctl takes it."""
         return f"{self.id:x}"
 
     @property
     def started(self) -> bool:
+        """Whether the member has started (one only added has no name nor client URLs yet)."""
         return bool(self.name) and bool(self.client_urls)
 
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One endpoint's health.
+
+    :param endpoint: the member's client URL (not the one dialed).
+    :param detail: the error, or how long the check took.
+    """
+
     endpoint: str
     healthy: bool
     detail: str
@@ -74,6 +72,12 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Status:
+    """What one member says of itself and its leader.
+
+    :param endpoint: the member's client URL (not the one dialed).
+    :param leader_id: 0 when the member knows no leader (an election is under way, or no quorum).
+    """
+
     endpoint: str
     member_id: int
     leader_id: int  # 0: the member knows no leader (an election is under way, or no quorum)
@@ -104,6 +108,12 @@ class Etcd:
 
     def ctl(self, args: list[str], endpoints: list[str], timeout: float = 30
             ) -> subprocess.CompletedProcess:
+        """Run ``etcdctl`` with ``args`` against ``endpoints``; the finished process, whatever its
+        exit status.
+
+        :param timeout: seconds the whole command may take.
+        :raises EtcdError: when etcdctl is not installed or does not finish in ``timeout``.
+        """
         dial = []
         for url in endpoints:
             dial.append(self.route(url))
@@ -131,12 +141,20 @@ class Etcd:
         return json.loads(r.stdout)
 
     def members(self, endpoints: list[str]) -> list[Member]:
+        """The members, learners included.
+
+        :raises EtcdError: when etcdctl fails.
+        """
         data = self._json(["member", "list"], endpoints)
         return [Member(m["ID"], m.get("name", ""), tuple(m.get("peerURLs", [])),
                        tuple(m.get("clientURLs", [])), bool(m.get("isLearner")))
                 for m in data.get("members", [])]
 
     def health(self, endpoints: list[str]) -> list[Endpoint]:
+        """Each endpoint's health, named by its member's client URL.
+
+        :raises EtcdError: when etcdctl gives no answer to read.
+        """
         r = self.ctl(["endpoint", "health", "-w", "json"], endpoints)
         try:
             data = json.loads(r.stdout or "[]")
@@ -159,6 +177,10 @@ class Etcd:
                 for s in data]
 
     def alarms(self, endpoints: list[str]) -> list[str]:
+        """The alarms etcd has raised (e.g. ``NOSPACE``), as etcdctl lists them; empty when none.
+
+        :raises EtcdError: when etcdctl fails.
+        """
         r = self.ctl(["alarm", "list"], endpoints)
         if r.returncode != 0:
             raise EtcdError(f"etcdctl alarm list: {r.stderr.strip()}")
@@ -190,6 +212,11 @@ class Etcd:
             delay = min(delay * 1.5, 3)
 
     def snapshot(self, dest: Path, endpoint: str) -> Path:
+        """Save a snapshot of etcd's data from ``endpoint`` as ``dest`` (mode 0600, in place only once
+        complete); returns ``dest``.
+
+        :raises EtcdError: when etcdctl fails (the partial file is removed).
+        """
         tmp = dest.with_name(f".{dest.name}.part")
         r = self.ctl(["snapshot", "save", str(tmp)], [endpoint], timeout=300)
         if r.returncode != 0:
@@ -216,178 +243,3 @@ def planned_endpoints(cluster) -> list[str]:
     """The client URLs of the cluster's etcd members as its node set has them."""
     cfg = cluster.load()
     return [client_url(n) for n in etcd_members(cluster.nodes(cfg), cfg)]
-
-
-# -- the choreography ------------------------------------------------------------------------
-
-Events = Callable[[str, dict], None]
-
-
-def preflight(etcd: Etcd, endpoints: list[str], voters: int) -> list[Member]:
-    """Cluster API's checks before a membership change: every voting member started and
-    healthy, ``voters`` of them, no alarm. Returns the member list.
-
-    :raises EtcdAbort: naming what is wrong; nothing has been changed.
-    """
-    members = etcd.members(endpoints)
-    voting = [m for m in members if not m.learner]
-    problems = []
-    if len(voting) != voters:
-        problems.append(f"{len(voting)} voting members, expected {voters}")
-    started = [m for m in voting if m.started]
-    if len(started) != len(voting):
-        problems.append("voting members not started: "
-                        + ", ".join(m.hex for m in voting if not m.started))
-    health = {e.endpoint: e for e in etcd.health([u for m in started for u in m.client_urls])}
-    for m in started:
-        bad = [health.get(u) for u in m.client_urls if not (health.get(u) and health[u].healthy)]
-        if bad:
-            problems.append(f"member {m.name} unhealthy: "
-                            + "; ".join(b.detail if b else "no answer" for b in bad))
-    alarms = etcd.alarms(endpoints) if not problems else []
-    if alarms:
-        problems.append("alarms: " + ", ".join(alarms))
-    if problems:
-        raise EtcdAbort("etcd is not fit for a membership change; nothing was changed: "
-                        + "; ".join(problems))
-    return members
-
-
-def voter_urls(members: list[Member]) -> list[str]:
-    """Where membership changes go: started voting members (a learner refuses them)."""
-    return [u for m in members if m.started and not m.learner for u in m.client_urls]
-
-
-def _by_peer(members: list[Member], node: Node) -> Member | None:
-    return next((m for m in members if peer_url(node) in m.peer_urls), None)
-
-
-def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
-                   start: Callable[[Node, list[tuple[str, str]]], None],
-                   stop: Callable[[Node], None], endpoints: Callable[[], list[str]],
-                   events: Events = lambda _step, _detail: None, timeout: float = 600,
-                   hook: Callable[[str], None] = lambda _step: None,
-                   before_remove: Callable[[], None] = lambda: None) -> None:
-    """Replace the member on ``old`` by one on ``new`` (see the module's docstring).
-
-    :param voters: how many voting members the cluster has when it is whole.
-    :param start: boots ``new`` given the initial cluster ``[(name, peer URL)]`` it must start
-        with; must do nothing if ``new`` already runs.
-    :param stop: stops ``old`` for good; must do nothing if it is already gone.
-    :param endpoints: client URLs to find the members by (any live ones); changes go to the
-        started voters among them.
-    :param events: called with each step done, for progress and CI events.
-    :param hook: called before each step with its name (tests interrupt the roll here).
-    :param before_remove: called once the new member is healthy, before the old one goes
-        (the upgrade moves the API load balancer's members there).
-    :raises EtcdAbort: when the preflight finds etcd unfit (nothing changed).
-    """
-    members = etcd.members(endpoints())
-    mine, theirs = _by_peer(members, new), _by_peer(members, old)
-    if theirs is None and mine is not None and mine.started and not mine.learner:
-        hook("stop")
-        stop(old)  # an earlier run removed the member; the node may still run
-        events("old-stopped", {"node": old.name})
-        return
-
-    # Learners: ours (added by an interrupted run) is kept; any other that never started
-    # blocks the next learner add and can never be promoted: remove it.
-    for m in members:
-        if m.learner and m is not mine:
-            if m.started:
-                raise EtcdAbort(f"etcd has a started learner {m.name} ({m.hex}) that this "
-                                "upgrade did not add; resolve it before upgrading")
-            hook("remove-stale-learner")
-            etcd.change(["member", "remove", m.hex], voter_urls(members),
-                        f"remove stale learner {m.hex}",
-                        ok=lambda e: "member not found" in e)
-            events("stale-learner-removed", {"member": m.hex, "peer_urls": list(m.peer_urls)})
-    expected = voters if (mine is None or mine.learner) else voters + 1
-    members = preflight(etcd, endpoints(), expected)
-    mine = _by_peer(members, new)
-
-    if mine is None:
-        hook("add-learner")
-        # A timed-out add may have been applied: then its retry finds the peer URL taken.
-        etcd.change(["member", "add", new.name, f"--peer-urls={peer_url(new)}", "--learner"],
-                    voter_urls(members), f"add {new.name} as a learner",
-                    ok=lambda e: "Peer URLs already exists" in e)
-        members = etcd.members(endpoints())
-        mine = _by_peer(members, new)
-        events("learner-added", {"node": new.name, "member": mine.hex})
-
-    hook("start")
-    initial = [(m.name or new.name, m.peer_urls[0]) for m in members]
-    start(new, initial)
-    events("started", {"node": new.name})
-
-    if mine.learner:
-        hook("promote")
-        # Refused ("...which is in sync with leader") until it has caught up; an earlier
-        # run may have promoted it already ("...can only promote a learner member").
-        etcd.change(["member", "promote", mine.hex], voter_urls(members),
-                    f"promote {new.name}",
-                    retry_for=timeout,
-                    ok=lambda e: e.rstrip().endswith("can only promote a learner member"))
-        events("promoted", {"node": new.name, "member": mine.hex})
-    wait_healthy(etcd, client_url(new), timeout)
-
-    theirs = _by_peer(etcd.members(endpoints()), old)
-    if theirs is not None:
-        hook("before-remove")
-        before_remove()
-        hook("move-leader")
-        move_leader_off(etcd, theirs, new, endpoints)
-        events("leader-checked", {"node": old.name})
-        hook("remove")
-        etcd.change(["member", "remove", theirs.hex], [client_url(new)],
-                    f"remove {old.name}", ok=lambda e: "member not found" in e)
-        events("removed", {"node": old.name, "member": theirs.hex})
-    hook("stop")
-    stop(old)
-    events("old-stopped", {"node": old.name})
-
-
-def wait_healthy(etcd: Etcd, endpoint: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = etcd.health([endpoint])
-        if got and got[0].healthy:
-            return
-        if time.monotonic() > deadline:
-            raise EtcdError(f"{endpoint} not healthy after {timeout:.0f} s: "
-                            f"{got[0].detail if got else 'no answer'}")
-        time.sleep(1)
-
-
-def move_leader_off(etcd: Etcd, leaving: Member, to: Node,
-                    endpoints: Callable[[], list[str]], wait_for_leader: float = 60) -> bool:
-    """If ``leaving`` leads, hand leadership to the member on ``to`` first; returns whether
-    it had to.
-
-    While ``leaving`` knows no leader (an election under way: on a starved node a missed
-    heartbeat is enough) it is asked again, for up to ``wait_for_leader`` seconds: taking that
-    for "not the leader" would remove the member the election may be about to make leader.
-    """
-    deadline = time.monotonic() + wait_for_leader
-    failed = 0
-    while True:
-        statuses = etcd.status(list(leaving.client_urls))
-        if not statuses:
-            return False  # not answering: its removal costs no leader it holds
-        if statuses[0].leader_id == 0:
-            if time.monotonic() > deadline:
-                raise EtcdError(f"{leaving.name} knows no leader after {wait_for_leader:.0f} s "
-                                "(an election that does not end, or no quorum); not removing it")
-            time.sleep(1)
-            continue
-        if statuses[0].leader_id != leaving.id:
-            return False
-        target = _by_peer(etcd.members(endpoints()), to)
-        r = etcd.ctl(["move-leader", f"{target.id:x}"], list(leaving.client_urls))
-        if r.returncode == 0:
-            return True
-        failed += 1
-        if failed == 10:
-            raise EtcdError(f"could not move leadership off {leaving.name}: {r.stderr.strip()}")
-        time.sleep(1)

@@ -41,6 +41,15 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class BakedImage:
+    """One container image in the bake, as a verified OCI archive.
+
+    :param key: what the cluster uses it for (as :class:`~k8simg.model.images.ImageSpec` says).
+    :param digest: its linux/amd64 manifest's digest.
+    :param path: the archive.
+    :param digest_source: ``pinned``, ``resolved at bake time`` or ``artifacts directory``.
+    :param source: where its bytes came from (a ``docker://`` reference or an archive's path).
+    """
+
     key: str
     ref: str
     digest: str
@@ -63,6 +72,7 @@ def registries_conf(mirrors: dict[str, str]) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """``data``'s digest as OCI writes digests: ``sha256:<hex>``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -105,6 +115,11 @@ class Skopeo:
             self.base += ["--registries-conf", str(conf)]
 
     def run(self, args: list[str], what: str) -> bytes:
+        """Run skopeo with ``args``; its output.
+
+        :param what: what the error says failed.
+        :raises ImageError: when skopeo fails (with its last error line) or does not answer in time.
+        """
         try:
             p = subprocess.run([*self.base, *args], capture_output=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -116,10 +131,18 @@ class Skopeo:
         return p.stdout
 
     def resolve(self, spec: ImageSpec) -> str:
+        """The digest of ``spec``'s linux/amd64 image, as the registry has its tag now.
+
+        :raises ImageError: when the registry does not answer or has no linux/amd64 image for it.
+        """
         raw = self.run(["inspect", "--raw", f"docker://{spec.ref}"], f"cannot resolve {spec.ref}")
         return platform_digest(raw, spec.ref)
 
     def copy(self, spec: ImageSpec, digest: str, layout: Path) -> None:
+        """Pull ``spec``'s image by ``digest`` into the OCI layout ``layout``, digests preserved.
+
+        :raises ImageError: when the pull fails.
+        """
         self.run(["copy", "--quiet", "--preserve-digests",
                   f"docker://{spec.name}@{digest}", f"oci:{layout}"],
                  f"cannot pull {spec.name}@{digest}")

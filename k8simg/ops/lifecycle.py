@@ -73,6 +73,8 @@ class Lifecycle:
         return access
 
     def skip_gate(self, gate: str, why: str) -> None:
+        """Name ``gate`` as skipped (once in :attr:`skipped`) and tell the events why
+        (``gate-skipped``)."""
         if gate not in self.skipped:
             self.skipped.append(gate)
         self.emit("gate-skipped", {"gate": gate, "why": why})

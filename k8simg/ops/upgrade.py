@@ -3,7 +3,7 @@ nodes, never by changing them.
 
 Masters (or dedicated etcd members) first, one at a time, surge by one: the replacement (the
 role's next index: a new name, address and certificates) boots with its etcd joining as a
-learner (:func:`k8simg.ops.etcd.replace_member`), is promoted, joins the API load balancer, then the
+learner (:func:`k8simg.ops.membership.replace_member`), is promoted, joins the API load balancer, then the
 old member leaves etcd (leadership moved off it first), the load balancer and the cloud. Then
 workers: the replacement boots and (where the API can be asked) must be Ready, the old one is
 cordoned and drained (:mod:`k8simg.ops.drain`), then deleted. Which nodes are stale is read from
@@ -27,8 +27,9 @@ from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.plan import Node, client_url, etcd_members, next_node
 from k8simg.ops.deploy import Deployment
 from k8simg.ops.drain import DrainResult
-from k8simg.ops.etcd import etcd_client, planned_endpoints, replace_member
+from k8simg.ops.etcd import etcd_client, planned_endpoints
 from k8simg.ops.lifecycle import Lifecycle
+from k8simg.ops.membership import replace_member
 from k8simg.pki import cluster_pki
 
 EXIT_DONE = 0
@@ -46,6 +47,12 @@ class UpgradeAborted(K8simgError):
 
 @dataclass(frozen=True)
 class Step:
+    """One node to replace.
+
+    :param old: the node's name.
+    :param image: the image it runs now (as the cloud names images).
+    """
+
     old: str
     role: str
     image: str
@@ -53,12 +60,22 @@ class Step:
 
 @dataclass
 class UpgradeResult:
+    """What an upgrade did.
+
+    :param target: the image the cluster was rolled onto (as the cloud names images).
+    :param replaced: ``(old, new)`` node names in the order replaced (a bastion, replaced in place,
+        keeps its name).
+    :param skipped_gates: the gates that could not be observed and were skipped.
+    """
+
     target: str
     replaced: list[tuple[str, str]] = field(default_factory=list)
     skipped_gates: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        """The command's exit status: :data:`EXIT_DONE` when nodes were replaced,
+        :data:`EXIT_NOTHING` when none needed to be."""
         return EXIT_DONE if self.replaced else EXIT_NOTHING
 
 
@@ -89,9 +106,11 @@ class Upgrade:
         self.kube = kube
 
     def nodes(self) -> list[Node]:
+        """The cluster's node set as it is now (every step of the upgrade changes it)."""
         return self.cluster.nodes(self.cfg)
 
     def node(self, name: str) -> Node:
+        """The node named ``name`` in the node set as it is now (it must be there)."""
         return next(n for n in self.nodes() if n.name == name)
 
     # ------------------------------------------------------------------ planning
@@ -192,6 +211,11 @@ class Upgrade:
             return None
 
     def snapshot(self, etcd) -> None:
+        """Save an etcd snapshot in the cluster's backups directory (named by the time), before any
+        membership change.
+
+        :raises EtcdError: when etcd cannot be snapshotted.
+        """
         dest = self.cluster.backups_dir / time.strftime("etcd-%Y%m%dT%H%M%SZ.db", time.gmtime())
         dest.parent.mkdir(mode=0o700, exist_ok=True)
         etcd.snapshot(dest, planned_endpoints(self.cluster)[0])
@@ -216,18 +240,34 @@ class Upgrade:
         self.cluster.state.set_replacing(name, None)
 
     def user_data(self, node: Node) -> bytes:
+        """``node``'s Ignition config against the node set as it is now (a new etcd member's joins
+        the running cluster)."""
         nodes = self.nodes()
         joining = frozenset({node.name}) if node in etcd_members(nodes, self.cfg) else frozenset()
         return render_user_data(render_context(self.cluster, nodes=nodes, joining=joining), node)
 
     def boot(self, node: Node, life: Lifecycle, infra: Infra) -> None:
+        """Boot ``node`` with its config and wait until the cloud says it is up.
+
+        :raises NodeFailed: when its boot fails.
+        """
         life.boot(node, self.user_data(node), infra)
 
     def masters_now(self, without: str | None = None) -> list[Node]:
+        """The masters in the node set as it is now, except the one named ``without``: the API
+        load balancer's members."""
         return [n for n in self.nodes() if n.role == "master" and n.name != without]
 
     def replace_control_plane(self, step: Step, etcd, life: Lifecycle, infra: Infra,
                               result: UpgradeResult) -> None:
+        """Replace the master or dedicated etcd member of ``step`` by a new node, surge by one: it
+        boots (its etcd joining as a learner, then promoted), a new master joins the API load
+        balancer once its API answers, then the old node leaves etcd, the load balancer and the cloud.
+
+        :param etcd: the etcd client; None where the etcd gate is skipped (no membership changes).
+        :raises EtcdAbort: when etcd is not fit for a membership change (nothing changed).
+        :raises NodeFailed: when the new node does not boot.
+        """
         old = self.node(step.old)
         new = self._replacement_for(old.name, old.role)
         self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})

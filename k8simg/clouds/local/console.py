@@ -17,6 +17,8 @@ REPORT_END = "k8simg: end of Ignition's messages"
 REPORT_GRACE_S = 90  # for the image's report to follow systemd's [FAILED] line
 
 def console_text(path: Path, offset: int = 0) -> str:
+    """The console log from byte ``offset`` on (where a boot began), ANSI escapes and
+    carriage returns removed; empty when there is no log yet."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)

@@ -101,9 +101,11 @@ class LocalCloud(Cloud):
         return ImageFacts(ref, self.image.name, has_kubernetes=bool(m and m.has_kubernetes))
 
     def node_path(self, name: str) -> Path:
+        """The node's directory: its disks, config drive, console log and record."""
         return self.nodedir / name
 
     def record(self, name: str) -> dict | None:
+        """The node's record (``node.json``), or None when it has none here."""
         try:
             return json.loads((self.node_path(name) / "node.json").read_text())
         except FileNotFoundError:
@@ -114,6 +116,7 @@ class LocalCloud(Cloud):
                      json.dumps(rec, indent=2) + "\n", 0o600)
 
     def console_path(self, name: str) -> Path:
+        """The node's serial console log (it keeps the lines of earlier boots)."""
         return self.node_path(name) / "console.log"
 
     # ------------------------------------------------------------------ preflight
@@ -331,6 +334,8 @@ class LocalCloud(Cloud):
                 + ("\n".join(f"    | {ln}" for ln in lines) or "    (nothing on it)"))
 
     def nodes(self) -> list[NodeStatus]:
+        """Every node recorded here, its state from QEMU and its console since its last boot,
+        sorted by name."""
         return [self.status(r["name"], r["role"], state=self._state(r), address=r["address"],
                             image=r["image_id"], generation=r.get("generation", 1),
                             console_file=self.console_path(r["name"]))
@@ -343,6 +348,8 @@ class LocalCloud(Cloud):
         return console_text(self.console_path(name))
 
     def delete_node(self, name: str) -> None:
+        """Stop the node's QEMU, remove its tap and its directory (disks, console, record) and,
+        while dnsmasq runs, its lease; a node that is not here is no error."""
         rec = self.record(name)
         self.procs.stop(f"qemu:{name}")
         if rec is not None and self.ns.exists:

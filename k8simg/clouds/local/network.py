@@ -14,12 +14,14 @@ import subprocess
 from pathlib import Path
 
 from k8simg.errors import K8simgError
+from k8simg.model.plan import parse_node_name
 
 BRIDGE = "br0"
 NETNS_DIR = Path("/run/netns")
 
 
 class NetworkError(K8simgError):
+    """A command on the cluster's network namespace failed, or a name is not one of its nodes."""
     pass
 
 
@@ -33,10 +35,12 @@ def namespace_name(cluster_name: str, cluster_path: Path) -> str:
 def tap_name(node_name: str, cluster_name: str) -> str:
     """The node's tap (interface names have at most 15 characters; the namespace is the
     cluster's own, so the role and index are enough)."""
-    suffix = node_name.removeprefix(f"{cluster_name}-")
-    short = {"master": "m", "worker": "w", "etcd": "e", "bastion": "b"}
-    role, _, index = suffix.partition("-")
-    return f"tap-{short.get(role, role[:1])}{index}"[:15]
+    parsed = parse_node_name(cluster_name, node_name)
+    if parsed is None:
+        raise NetworkError(f"{node_name!r} is not a node of cluster {cluster_name}")
+    role, index = parsed
+    short = {"master": "m", "worker": "w", "etcd": "e"}
+    return "tap-b" if role == "bastion" else f"tap-{short[role]}{index}"[:15]
 
 
 def mac_address(node_name: str, cluster_path: Path) -> str:
@@ -46,6 +50,11 @@ def mac_address(node_name: str, cluster_path: Path) -> str:
 
 
 def run(argv: list[str], what: str) -> str:
+    """Run the network command ``argv``; its output.
+
+    :param what: what the error says failed.
+    :raises NetworkError: when it exits non-zero (with its error output).
+    """
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         raise NetworkError(f"{what}: {' '.join(argv)} failed: {r.stderr.strip() or r.stdout}")
@@ -60,6 +69,7 @@ class Namespace:
 
     @property
     def exists(self) -> bool:
+        """Whether the namespace is there (created and not yet deleted)."""
         return (NETNS_DIR / self.name).exists()
 
     def exec(self, argv: list[str]) -> list[str]:
@@ -67,9 +77,16 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def ip(self, *args: str, what: str = "network") -> str:
+        """Run ``ip`` with ``args`` on the namespace; its output.
+
+        :param what: what the error says failed.
+        :raises NetworkError: when it fails.
+        """
         return run(["ip", "-n", self.name, *args], what)
 
     def inode(self) -> int | None:
+        """The namespace's inode (what ``/proc/<pid>/ns/net`` is for its processes), or None
+        when it does not exist."""
         try:
             return os.stat(NETNS_DIR / self.name).st_ino
         except FileNotFoundError:
@@ -100,6 +117,7 @@ class Namespace:
         return added
 
     def taps(self) -> set[str]:
+        """The names of the taps in the namespace (none when it does not exist)."""
         if not self.exists:
             return set()
         out = self.ip("-o", "link", "show")
@@ -115,6 +133,7 @@ class Namespace:
         return True
 
     def delete_tap(self, tap: str) -> None:
+        """Remove the tap ``tap`` where it is there."""
         if tap in self.taps():
             self.ip("link", "delete", tap, what=f"tap {tap}")
 

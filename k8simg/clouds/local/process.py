@@ -54,6 +54,7 @@ class Recorded:
 
     @property
     def alive(self) -> bool:
+        """Whether the process still runs (the same one: a reused PID is not it)."""
         return running(self.pid, self.started)
 
 
@@ -80,6 +81,10 @@ class ProcessTable:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def all(self) -> dict[str, Recorded]:
+        """Every recorded process by key; none before anything was recorded.
+
+        :raises K8simgError: when the file is not valid JSON.
+        """
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -89,6 +94,7 @@ class ProcessTable:
         return {k: Recorded(k, v["pid"], v["started"], v["command"]) for k, v in data.items()}
 
     def get(self, key: str) -> Recorded | None:
+        """The process recorded as ``key``, or None (running or not: see :attr:`Recorded.alive`)."""
         return self.all().get(key)
 
     def _save(self, table: dict[str, Recorded]) -> None:
@@ -120,6 +126,7 @@ class ProcessTable:
         return rec
 
     def forget(self, key: str) -> None:
+        """Drop ``key`` from the table; the process itself is not signalled."""
         with self._locked():
             table = self.all()
             if table.pop(key, None) is not None:

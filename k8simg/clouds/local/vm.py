@@ -18,6 +18,7 @@ from k8simg.model.plan import gateway
 
 
 class VmError(K8simgError):
+    """A tool QEMU needs is missing, or a VM did not do what was waited for."""
     pass
 
 
@@ -67,6 +68,10 @@ def overlay(base: Path, dest: Path) -> Path:
 
 
 def blank_disk(dest: Path, size_gb: int) -> Path:
+    """An empty qcow2 of ``size_gb`` GiB at ``dest`` (a node's volume); returns ``dest``.
+
+    :raises VmError: when qemu-img is not installed.
+    """
     tool = _need("qemu-img", "qemu-utils")
     subprocess.run([tool, "create", "-q", "-f", "qcow2", str(dest), f"{size_gb}G"],
                    check=True, capture_output=True)
@@ -87,6 +92,7 @@ class Vm:
     console: Path
 
     def log(self) -> str:
+        """The console's text so far (empty before QEMU has written any)."""
         try:
             return self.console.read_text(errors="replace")
         except FileNotFoundError:
@@ -110,12 +116,18 @@ class Vm:
         raise VmError(f"{self.name}: {state}; last console lines:\n{tail}")
 
     def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to exit; its exit status.
+
+        :raises VmError: when it still runs after ``timeout`` seconds (it is left running).
+        """
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise VmError(f"{self.name}: still running after {timeout:.0f} s") from None
 
     def stop(self) -> None:
+        """Stop QEMU if it still runs (SIGTERM to its process group, SIGKILL after 10 s) and wait
+        until it has exited."""
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)

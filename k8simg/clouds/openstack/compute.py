@@ -14,6 +14,11 @@ VOLUME_FAILURES = {"error_deleting", "error_detaching", "error_restoring", "erro
 
 @dataclass(frozen=True)
 class Flavor:
+    """A Nova flavor, as :meth:`~k8simg.clouds.openstack.driver.OpenStackCloud.prepare` found it.
+
+    :param ram: memory in MiB.
+    """
+
     id: str
     name: str
     vcpus: int
@@ -31,6 +36,8 @@ def wanted_server_groups(s: Scope) -> dict[str, str]:
 
 
 def server_group_names(cluster: str) -> set[str]:
+    """Every name a server group of cluster ``cluster`` can have (those it does not need
+    included), for destroy."""
     return {f"{cluster}-{g}" for g in ("masters", "workers", "etcds")}
 
 
@@ -51,6 +58,10 @@ def ensure_server_groups(s: Scope) -> dict[str, str | None]:
 
 
 def find_server(s: Scope, name: str):
+    """The cluster's server named ``name`` (tagged as the cluster's), or None.
+
+    :raises CloudError: when there are several.
+    """
     return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
 
 
@@ -67,6 +78,12 @@ def delete_server(s: Scope, server) -> None:
 
 
 def wait_volume(s: Scope, volume, ok: set[str], what: str):
+    """Wait until ``volume`` is in one of the states ``ok``; the volume as it then is.
+
+    :param what: follows the volume's name in messages (``" to detach"``).
+    :raises CloudError: when it goes to an error state (``error`` too, unless in ``ok``).
+    :raises WaitTimeout: when it does not get there in the cluster's timeout.
+    """
     b = s.conn.block_storage
     return s.wait(f"volume {volume.name}{what}", lambda: b.get_volume(volume.id), ok=ok,
                     failures=VOLUME_FAILURES | ({"error"} - ok))

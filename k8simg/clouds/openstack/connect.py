@@ -72,11 +72,13 @@ def wait_for(what: str, fetch: Callable[[], object], *, ok: set[str], failures: 
 
 
 def server_fault(server) -> str:
+    """Nova's fault message for ``server``; empty when it has none."""
     fault = getattr(server, "fault", None) or {}
     return fault.get("message", "") if isinstance(fault, dict) else str(fault)
 
 
 def b64(data: bytes) -> str:
+    """``data`` base64-encoded as text (as Nova takes user_data)."""
     return base64.b64encode(data).decode()
 
 
@@ -102,10 +104,12 @@ class Scope:
 
     @property
     def where(self) -> str:
+        """How messages name the cloud."""
         return f"cloud {self.cloud!r}"
 
     @property
     def dry(self) -> bool:
+        """Whether this is a dry run: changes are recorded, not made."""
         return self.ledger.dry_run
 
     @property
@@ -122,6 +126,7 @@ class Scope:
         return wait_for(what, fetch, timeout=self.timeout, interval=self.poll, **kw)
 
     def record(self, action: str, kind: str, name: str, detail: str = "") -> None:
+        """Record a change (or, in a dry run, a planned one) in the cluster's ledger."""
         self.ledger.record(action, kind, name, detail)
 
     def one(self, items, kind: str, name: str):

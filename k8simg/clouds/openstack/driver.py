@@ -94,6 +94,8 @@ class OpenStackCloud(Cloud):
         return OpenStackPreflight(problems, image, ext.id if ext is not None else None, flavors)
 
     def stand_in_credential(self) -> CloudCredential:
+        """A stand-in of the cluster's application credential (same shape), for sizing user_data
+        before deploy creates the real one."""
         # Not created yet (deploy creates it after preflight): sized with a stand-in.
         return identity.stand_in_credential(self.scope)
 
@@ -121,6 +123,8 @@ class OpenStackCloud(Cloud):
 
     # -- nodes ---------------------------------------------------------------------------------
     def boot_groups(self, nodes: list[Node]) -> list[list[Node]]:
+        """Masters in one group and dedicated etcd members in another, each group's members booted
+        one after the other; every other node alone."""
         # Members of a hard anti-affinity group boot one after the other: booted at once, the
         # scheduler places them before any has landed and the compute's late check rejects
         # them (seen here: "Anti-affinity instance group policy was violated").
@@ -145,6 +149,11 @@ class OpenStackCloud(Cloud):
             server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
 
     def ensure_api_members(self, masters: list[Node], infra: OpenStackInfra) -> None:
+        """The Octavia load balancer, its listener, pool and health monitor, with exactly
+        ``masters`` as the pool's members; waits until each change is applied.
+
+        :raises CloudError: when the load balancer goes to ERROR.
+        """
         loadbalancer.ensure_load_balancer(self.scope, subnet_id=infra.subnet.id,
                                           vip_port_id=infra.vip_port_id, masters=masters)
 
@@ -160,6 +169,8 @@ class OpenStackCloud(Cloud):
                                               infra.external_network_id)
 
     def nodes(self) -> list[NodeStatus]:
+        """The servers tagged as the cluster's, their role, image and generation from their metadata,
+        sorted by name."""
         out = []
         for srv in self.scope.conn.compute.servers(tags=self.scope.tag):
             meta = srv.metadata or {}
@@ -171,6 +182,11 @@ class OpenStackCloud(Cloud):
         return sorted(out, key=lambda n: n.name)
 
     def delete_node(self, name: str) -> None:
+        """The server (waiting until it is gone), then its volume and its port; a node that is not
+        there is no error.
+
+        :raises CloudError: when the server goes to ERROR instead of going.
+        """
         compute.delete_node(self.scope, name)
 
     def console_log(self, name: str) -> str:
@@ -185,6 +201,9 @@ class OpenStackCloud(Cloud):
         return (out or {}).get("output", "")
 
     def destroy(self):
+        """Everything the cluster has on the cloud, removed in dependency order (see
+        :func:`k8simg.clouds.openstack.destroy.destroy`); the cluster directory's credential goes only
+        when nothing was left."""
         return destroy.destroy(self.scope, self.parallel,
                                node_names=[n.name for n in self.cluster.nodes(self.cfg)],
                                cluster_path=self.cluster.path)

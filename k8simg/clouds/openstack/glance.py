@@ -18,6 +18,11 @@ IN_FLIGHT = ("queued", "saving", "importing", "uploading")
 
 @dataclass(frozen=True)
 class Uploaded:
+    """An image in Glance, as :func:`upload` left it.
+
+    :param created: False when an image with the same checksum was already there.
+    """
+
     id: str
     name: str
     created: bool  # False when an image with the same checksum was already there
@@ -31,6 +36,8 @@ def image_name(manifest: Manifest) -> str:
 
 
 def image_properties(manifest: Manifest, manifest_bytes: bytes) -> dict[str, str]:
+    """The Glance properties a baked image is uploaded with: the hypervisor's hints and what
+    the image carries (versions, whether Kubernetes is in it, its and its manifest's sha256)."""
     return {
         "os_distro": "debian", "os_version": "12", "os_type": "linux",
         "hw_disk_bus": "virtio", "hw_qemu_guest_agent": "no", "hw_vif_model": "virtio",

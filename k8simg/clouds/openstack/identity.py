@@ -7,6 +7,7 @@ from k8simg.model.credential import CloudCredential
 
 
 def credential_name(cluster: str) -> str:
+    """The name of cluster ``cluster``'s application credential in Keystone."""
     return f"{cluster}-k8simg"
 
 

@@ -7,6 +7,7 @@ from k8simg.model.plan import Node, api_vip
 
 
 def lb_name(cluster: str) -> str:
+    """The name of cluster ``cluster``'s API load balancer."""
     return f"{cluster}-api"
 
 

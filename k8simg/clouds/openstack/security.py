@@ -20,6 +20,8 @@ def groups_of(node: Node) -> list[str]:
 
 
 def wanted_groups(cfg: ClusterConfig) -> list[str]:
+    """The security groups the cluster needs: every node's and the masters', and the workers',
+    dedicated etcd members' and bastion's where it has them."""
     groups = [NODES, "masters"]
     if cfg.workers.count:
         groups.append("workers")
@@ -31,6 +33,7 @@ def wanted_groups(cfg: ClusterConfig) -> list[str]:
 
 
 def group_name(cluster: str, group: str) -> str:
+    """The cloud's name for the cluster's security group ``group``."""
     return f"{cluster}-{group}"
 
 
@@ -72,6 +75,7 @@ def wanted_rules(cfg: ClusterConfig, ids: dict[str, str | None]) -> dict[str, se
 
 
 def rule_text(rule: Rule) -> str:
+    """``rule`` for messages, e.g. ``tcp 6443 from 10.0.0.0/24``."""
     proto, lo, hi, prefix, remote = rule
     span = "" if lo is None else (f" {lo}" if lo == hi else f" {lo}-{hi}")
     return f"{proto}{span} from {prefix or remote}"

@@ -61,6 +61,11 @@ class Tunnel:
                               f"{timeout:.0f} s") from None
 
     def open(self) -> None:
+        """Connect to the bastion (on a thread of its own), checking its host key.
+
+        :raises TunnelError: when it cannot be reached, its host key is not the pinned one, or it
+            refuses the keys.
+        """
         import asyncssh
 
         self._loop = asyncio.new_event_loop()
@@ -93,6 +98,7 @@ class Tunnel:
                               f"{getattr(e, 'reason', None) or e}") from None
 
     def close(self) -> None:
+        """Close the connection and every forward; a tunnel not open is no error."""
         if self._loop is None:
             return
         if self._conn is not None:

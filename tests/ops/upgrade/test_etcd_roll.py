@@ -2,7 +2,7 @@
 
 Three members, run exactly as the rendered master configs define them (the node subnet is a
 loopback range, so each binds its planned address), are replaced by three new ones through
-:func:`k8simg.ops.etcd.replace_member`, the code path the upgrade uses, while a writer writes a key
+:func:`k8simg.ops.membership.replace_member`, the code path the upgrade uses, while a writer writes a key
 every few milliseconds and records which writes etcd acknowledged. Afterwards every
 acknowledged write is readable, no write failed for lack of a leader, and the member list holds
 exactly the new members. Then the same with the roll interrupted before each of its steps and
@@ -23,13 +23,8 @@ import pytest
 
 from k8simg.ignition.render import render_context, render_node
 from k8simg.model.plan import client_url, make_node, peer_url
-from k8simg.ops.etcd import (
-    Etcd,
-    EtcdAbort,
-    EtcdError,
-    move_leader_off,
-    replace_member,
-)
+from k8simg.ops.etcd import Etcd, EtcdAbort, EtcdError
+from k8simg.ops.membership import move_leader_off, replace_member
 from k8simg.pki import Pki, PkiContext
 from tests.conftest import write_cluster
 from tests.ignition.support import env_values, materialise, unit_text
