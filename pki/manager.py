@@ -330,13 +330,17 @@ class Pki:
     # -- reporting ---------------------------------------------------------------------------
 
     def records(self) -> list[CertRecord]:
-        """Every certificate that exists on disk, in table order."""
+        """Every certificate that exists on disk and parses, in table order (one that does
+        not parse is among :meth:`verify`'s problems)."""
         out = []
         for inst in table.instances(self.ctx):
             crt, _ = self.paths(inst)
             if not crt.exists():
                 continue
-            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            try:
+                cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            except ValueError:
+                continue
             sans = cert_sans(cert)
             out.append(CertRecord(
                 instance=inst, file=self._rel(crt), subject=cert.subject.rfc4514_string(),

@@ -28,6 +28,13 @@ class _Group(click.Group):
             err = click.ClickException(str(e))
             err.exit_code = e.exit_code
             raise err from None
+        except OSError as e:
+            # A file the library did not expect to fail on (unreadable, a file where a folder
+            # belongs, a full disk): named, never a traceback.
+            where = f"{e.filename}: " if e.filename else ""
+            hint = (" (a file stands where a folder is expected)"
+                    if isinstance(e, FileExistsError | NotADirectoryError) else "")
+            raise click.ClickException(f"{where}{e.strerror or e}{hint}") from None
 
 
 @click.group(cls=_Group)

@@ -117,3 +117,50 @@ def test_an_unreadable_cluster_yaml_is_named(tmp_path):
     finally:
         if cd.config_path.is_file():
             cd.config_path.chmod(0o600)
+
+
+@pytest.mark.parametrize("state,words", [
+    ("[]", "state.json: not a JSON object"),
+    ('{"nodes": "x"}', "state.json: nodes: expected a list of <role>-<index>"),
+    ('{"nodes": ["gpu-1"]}', "state.json: nodes: 'gpu-1' is not <role>-<index>"),
+    ('{"upgrade": 5}', "state.json: upgrade:"),
+    ("{not json", "state.json: not valid JSON"),
+])
+def test_a_state_file_of_the_wrong_shape_is_named(tmp_path, state, words):
+    cd = write_cluster(tmp_path / "c", topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    (cd.path / "state.json").write_text(state)
+    before = snapshot(tmp_path)
+    # pki init reads the node set; deploy reads it and the upgrade under way
+    for args in ([["deploy", cd.path, "--plan"]] if "upgrade" in state else
+                 [["pki", "init", cd.path], ["deploy", cd.path, "--plan"]]):
+        r = run(*args)
+        assert r.exit_code == 1 and words in r.output, (args, r.output)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_file_where_a_folder_belongs_is_named(tmp_path):
+    cd = write_cluster(tmp_path / "c", topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    (cd.path / "pki").write_text("not a folder")
+    r = run("pki", "init", cd.path)
+    assert r.exit_code == 1
+    assert f"{cd.path / 'pki'}" in r.output and "a file stands where a folder is expected" in r.output
+    (cd.path / "pki").unlink()
+    assert run("pki", "init", cd.path).exit_code == 0
+    before = snapshot(tmp_path)
+    r = run("render", cd.path, "--node", "c-master-0", "--out", cd.config_path / "x.ign")
+    assert r.exit_code == 1 and "cluster.yaml" in r.output and "folder is expected" in r.output
+    assert snapshot(tmp_path) == before
+
+
+def test_a_truncated_certificate_is_reported_not_raised(tmp_path):
+    cd = write_cluster(tmp_path / "c", topology="single", masters__count=1, workers__count=0,
+                       bastion__enabled=False)
+    assert run("pki", "init", cd.path).exit_code == 0
+    crt = cd.pki_dir / "apiserver-kubelet-client.crt"
+    crt.write_bytes(crt.read_bytes()[:100])
+    r = run("pki", "show", cd.path)
+    assert "problem: apiserver-kubelet-client.crt: not a PEM certificate" in r.output
+    r = run("pki", "check-expiration", cd.path)
+    assert r.exit_code == 1 and "apiserver-kubelet-client.crt: not a PEM certificate" in r.output
