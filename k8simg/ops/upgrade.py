@@ -159,30 +159,33 @@ class Upgrade:
         life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
                          skip_unobservable=self.skip, timeout=self.timeout, kube=self.kube,
                          events=self.emit)
-        if any(s.role in ("master", "worker") for s in steps):
-            life.require_api("the upgrade replaced nothing ("
-                             + ", ".join(s.old for s in steps) + ")")
-        state.begin_upgrade(target)
-        if state.node_keys is None:
-            self.cluster.save_nodes(self.nodes())
-        infra = self.cloud.ensure_infrastructure(pre, self.nodes())
-        # First what a killed run left half done (an old node gone, its replacement not up),
-        # so capacity is whole again before anything else leaves.
-        self.finish_interrupted(life, infra, result)
-        if resuming:
-            self.ensure_bastion(life, infra, result)
         masters = [s for s in steps if s.role in ("master", "etcd")]
-        if masters and len([n for n in self.nodes() if n.role == "master"]) == 1 \
-                and not self.cfg.dedicated_etcd:
-            self.emit("warning", {"message": "single master: the Kubernetes API is down from "
-                                  "the moment the old master leaves the load balancer until "
-                                  "the new one answers"})
         with contextlib.ExitStack() as open_:
+            # What cannot be observed refuses here, before anything changed: etcd first, then
+            # the Kubernetes API that drains and gates.
             etcd = self.etcd(life, open_) if masters else None
+            if any(s.role in ("master", "worker") for s in steps):
+                life.require_api("the upgrade replaced nothing ("
+                                 + ", ".join(s.old for s in steps) + ")")
+            state.begin_upgrade(target)
+            if state.node_keys is None:
+                self.cluster.save_nodes(self.nodes())
+            infra = self.cloud.ensure_infrastructure(pre, self.nodes())
+            # First what a killed run left half done (an old node gone, its replacement not
+            # up), so capacity is whole again before anything else leaves.
+            self.finish_interrupted(life, infra, result)
+            if resuming:
+                self.ensure_bastion(life, infra, result)
+            if masters and len([n for n in self.nodes() if n.role == "master"]) == 1 \
+                    and not self.cfg.dedicated_etcd:
+                self.emit("warning", {"message": "single master: the Kubernetes API is down "
+                                      "from the moment the old master leaves the load balancer "
+                                      "until the new one answers"})
             if etcd is not None:
                 self.snapshot(etcd)
             for step in masters:
                 self.replace_control_plane(step, etcd, life, infra, result)
+        # etcd's way in (the bastion's tunnel) is closed: workers need none.
         workers = [s for s in steps if s.role == "worker"]
         size = self.max_surge + self.max_unavailable
         for i in range(0, len(workers), size):
