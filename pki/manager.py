@@ -303,6 +303,22 @@ class Pki:
 
     # -- kubeconfigs -------------------------------------------------------------------------
 
+    def client_credentials(self, name: str = "admin") -> tuple[str, Path, Path, Path]:
+        """``(API URL, CA file, certificate file, key file)`` of the kubeconfig identity
+        ``name``, as files in the cluster's PKI: a client given these paths writes no copy of
+        the key anywhere (the Kubernetes client writes an embedded key to /tmp, and a killed
+        process leaves it there).
+
+        :raises PkiError: when the identity's certificate or key is missing.
+        """
+        inst = next(i for i in table.instances(self.ctx) if i.spec.name == name)
+        crt, key = self.paths(inst)
+        missing = [(self._rel(p), "missing; run `k8simg pki init`") for p in (crt, key)
+                   if not p.exists()]
+        if missing:
+            raise PkiError(missing)
+        return self.kubeconfig_server(inst), self.root / "ca.crt", crt, key
+
     def kubeconfig_server(self, inst: CertInstance) -> str:
         name = inst.spec.name
         if name in ("controller-manager", "scheduler"):

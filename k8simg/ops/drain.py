@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from k8simg.errors import K8simgError
+from k8simg.pki import cluster_pki
 
 MIRROR = "kubernetes.io/config.mirror"
 
@@ -72,10 +73,15 @@ def api_access(cluster, cfg, *, has_kubernetes: bool,
     if cfg.is_local:
         return ApiAccess(None, "the local cloud's API is inside its network namespace, which "
                                "this version does not reach with the Kubernetes client")
-    from kubernetes import client, config
+    from kubernetes import client
 
+    # From the PKI's files, not admin.conf: loading a kubeconfig with embedded credentials
+    # writes the cluster-admin key to /tmp, where a killed run leaves it.
+    url, ca, crt, key = cluster_pki(cluster, cfg).client_credentials("admin")
+    conf = client.Configuration()
+    conf.host, conf.ssl_ca_cert, conf.cert_file, conf.key_file = url, str(ca), str(crt), str(key)
     try:
-        api = config.new_client_from_config(str(cluster.kubeconfig_dir / "admin.conf"))
+        api = client.ApiClient(conf)
         client.VersionApi(api).get_code(_request_timeout=10)
     except Exception as e:  # any failure to reach it is reported, not hidden
         return ApiAccess(None, f"the API does not answer ({type(e).__name__}: {e})"[:300])

@@ -28,8 +28,11 @@ def tls_server(cert, key, client_ca=None):
             peer = self.connection.getpeercert()
             if peer:
                 seen.append(dict(x[0] for x in peer["subject"]))
+            # every field kube-apiserver's /version has (the Python client requires them)
             body = json.dumps({"major": "1", "minor": "35", "gitVersion": "v1.35.2",
-                               "platform": "linux/amd64"}).encode()
+                               "gitCommit": "0" * 40, "gitTreeState": "clean",
+                               "buildDate": "2026-02-10T00:00:00Z", "goVersion": "go1.25.6",
+                               "compiler": "gc", "platform": "linux/amd64"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
