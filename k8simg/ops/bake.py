@@ -115,6 +115,20 @@ def apt_mirrors(root: Path = Path("/etc/apt")) -> tuple[str, str]:
     return main.rstrip("/"), (security or "http://security.debian.org/debian-security").rstrip("/")
 
 
+# What diskimage-builder (and every script of every element it runs as root) never needs: the
+# operator's cloud credentials (OS_*), anything named like a secret, the SSH agent.
+_SECRET = re.compile(r"^(OS_|SSH_AUTH_SOCK$)|PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY",
+                     re.I)
+
+
+def scrubbed_environ(environ) -> dict[str, str]:
+    """``environ`` without credentials and secrets, for diskimage-builder and its elements.
+
+    :returns: a new mapping; ``environ`` is not changed.
+    """
+    return {k: v for k, v in environ.items() if not _SECRET.search(k)}
+
+
 def dib_command() -> Path:
     """disk-image-create from PATH, or installed beside this Python (a virtualenv)."""
     import sys
@@ -213,7 +227,7 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
         staging = Path(tmp) / "staging"
         binaries, baked_images = stage(req, staging, progress)
         main, security = apt_mirrors()
-        env = {**os.environ,
+        env = {**scrubbed_environ(os.environ),
                "DIB_RELEASE": "bookworm", "DIB_DEBIAN_MIRROR": main,
                "DIB_DEBIAN_SECURITY_MIRROR": security,
                "DIB_DEBIAN_COMPONENTS": "main",
