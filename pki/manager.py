@@ -146,7 +146,68 @@ class Pki:
             elif not signed_by(got.cert, ca):
                 problems.append((self._rel(self.paths(inst)[0]), f"does not chain to {ca_file}"))
         self._check_sa(problems)
+        self._check_files(problems)
+        self._check_ca_validity(loaded, problems)
+        self._check_bastion_host_key(problems)
         return loaded, problems
+
+    def _files(self) -> list[tuple[Path, bool]]:
+        """Every file of the PKI that exists, with whether it is a private key."""
+        out = []
+        for inst in table.instances(self.ctx):
+            crt, key = self.paths(inst)
+            out += [(crt, False), (key, True)]
+        host = self.bastion_host_key_path
+        out += [(self.root / "sa.key", True), (self.root / "sa.pub", False), (host, True),
+                (host.with_name(host.name + ".pub"), False)]
+        return [(p, private) for p, private in out if p.exists() or p.is_symlink()]
+
+    def _check_files(self, problems: list) -> None:
+        """Keys readable by anyone but their owner, and files that lead out of the PKI."""
+        root = self.root.resolve()
+        for path, private in self._files():
+            rel = self._rel(path)
+            real = path.resolve()
+            if not real.is_relative_to(root):
+                problems.append((rel, f"leads to {real}, outside the cluster's pki/: k8simg "
+                                      "never follows a link out of it; put the file itself "
+                                      "there"))
+            elif private and path.exists() and path.stat().st_mode & 0o077:
+                mode = path.stat().st_mode & 0o777
+                problems.append((rel, f"is a private key readable by others (mode "
+                                      f"{mode:04o}): chmod 600 {path}"))
+
+    def _check_ca_validity(self, loaded: dict[str, Loaded], problems: list) -> None:
+        """A CA that has expired or is not valid yet (nothing it signs verifies)."""
+        now = self.clock()
+        for inst in table.instances(self.ctx):
+            cert = loaded[inst.id].cert
+            if not inst.spec.is_ca or cert is None:
+                continue
+            rel = self._rel(self.paths(inst)[0])
+            if now < cert.not_valid_before_utc:
+                start = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+                problems.append((rel, f"is not valid until {start} UTC (this machine's clock, or "
+                                      "a CA from the future)"))
+            elif now > cert.not_valid_after_utc:
+                problems.append((rel, f"expired on {cert.not_valid_after_utc:%Y-%m-%d}: a new "
+                                      "CA means new certificates and new nodes for the whole "
+                                      "cluster, which k8simg does not automate yet"))
+
+    def _check_bastion_host_key(self, problems: list) -> None:
+        key = self.bastion_host_key_path
+        pub = key.with_name(key.name + ".pub")
+        if key.is_file():
+            try:
+                serialization.load_ssh_private_key(key.read_bytes(), None)
+            except (ValueError, TypeError) as e:
+                problems.append((BASTION_HOST_KEY, f"not an OpenSSH private key ({e})"))
+        if pub.is_file():
+            try:
+                kind, data = pub.read_bytes().split()[:2]
+                serialization.load_ssh_public_key(kind + b" " + data)
+            except (ValueError, TypeError) as e:
+                problems.append((BASTION_HOST_KEY + ".pub", f"not an OpenSSH public key ({e})"))
 
     def _check_sa(self, problems: list) -> None:
         key, pub = self.root / "sa.key", self.root / "sa.pub"

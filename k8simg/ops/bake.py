@@ -123,10 +123,12 @@ _SECRET = re.compile(r"^(OS_|SSH_AUTH_SOCK$)|PASSWORD|PASSWD|TOKEN|SECRET|CREDEN
 
 def scrubbed_environ(environ) -> dict[str, str]:
     """``environ`` without credentials and secrets, for diskimage-builder and its elements.
+    ``DIB_*`` settings are diskimage-builder's own and stay (``DIB_DEV_USER_PASSWORD`` is what
+    the devuser element is given on purpose).
 
     :returns: a new mapping; ``environ`` is not changed.
     """
-    return {k: v for k, v in environ.items() if not _SECRET.search(k)}
+    return {k: v for k, v in environ.items() if k.startswith("DIB_") or not _SECRET.search(k)}
 
 
 def dib_command() -> Path:

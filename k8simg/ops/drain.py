@@ -77,10 +77,14 @@ def api_access(cluster, cfg, *, has_kubernetes: bool,
 
     # From the PKI's files, not admin.conf: loading a kubeconfig with embedded credentials
     # writes the cluster-admin key to /tmp, where a killed run leaves it.
-    url, ca, crt, key = cluster_pki(cluster, cfg).client_credentials("admin")
-    conf = client.Configuration()
-    conf.host, conf.ssl_ca_cert, conf.cert_file, conf.key_file = url, str(ca), str(crt), str(key)
     try:
+        url, ca, crt, key = cluster_pki(cluster, cfg).client_credentials("admin")
+    except K8simgError as e:  # skippable like any other reason the API cannot be asked
+        return ApiAccess(None, f"no cluster-admin credentials to ask it with ({e})"[:300])
+    try:
+        conf = client.Configuration()
+        conf.host, conf.ssl_ca_cert = url, str(ca)
+        conf.cert_file, conf.key_file = str(crt), str(key)
         api = client.ApiClient(conf)
         client.VersionApi(api).get_code(_request_timeout=10)
     except Exception as e:  # any failure to reach it is reported, not hidden

@@ -160,9 +160,18 @@ class Upgrade:
                          skip_unobservable=self.skip, timeout=self.timeout, kube=self.kube,
                          events=self.emit)
         masters = [s for s in steps if s.role in ("master", "etcd")]
+        # The infrastructure first (a reconcile: e.g. the rule that lets the bastion reach
+        # etcd), then what a killed run left half done (an old node gone, its replacement not
+        # up; the bastion deleted, not yet booted), so capacity and the way in are whole again
+        # before anything is asked or anything else leaves.
+        infra = self.cloud.ensure_infrastructure(pre, self.nodes())
+        if resuming:
+            state.begin_upgrade(target)
+            self.finish_interrupted(life, infra, result)
+            self.ensure_bastion(life, infra, result)
         with contextlib.ExitStack() as open_:
-            # What cannot be observed refuses here, before anything changed: etcd first, then
-            # the Kubernetes API that drains and gates.
+            # What cannot be observed refuses here, before any node of this run is touched:
+            # etcd first, then the Kubernetes API that drains and gates.
             etcd = self.etcd(life, open_) if masters else None
             if any(s.role in ("master", "worker") for s in steps):
                 life.require_api("the upgrade replaced nothing ("
@@ -170,12 +179,6 @@ class Upgrade:
             state.begin_upgrade(target)
             if state.node_keys is None:
                 self.cluster.save_nodes(self.nodes())
-            infra = self.cloud.ensure_infrastructure(pre, self.nodes())
-            # First what a killed run left half done (an old node gone, its replacement not
-            # up), so capacity is whole again before anything else leaves.
-            self.finish_interrupted(life, infra, result)
-            if resuming:
-                self.ensure_bastion(life, infra, result)
             if masters and len([n for n in self.nodes() if n.role == "master"]) == 1 \
                     and not self.cfg.dedicated_etcd:
                 self.emit("warning", {"message": "single master: the Kubernetes API is down "

@@ -2,6 +2,7 @@
 (config drive, its Ignition config as user_data), the nodes as the cloud has them, and deleting
 a node with what is its alone."""
 
+import time
 from dataclasses import dataclass
 
 from k8simg.clouds.openstack.connect import Scope, b64, server_fault
@@ -9,6 +10,7 @@ from k8simg.model.plan import Node
 
 # A server that goes to ERROR while being deleted will not go; nor a volume in these.
 SERVER_DELETE_FAILURES = {"ERROR"}
+DELETE_GRACE_S = 30  # for Nova to mark an ERROR server's delete as under way
 VOLUME_FAILURES = {"error_deleting", "error_detaching", "error_restoring", "error_extending"}
 
 
@@ -65,16 +67,45 @@ def find_server(s: Scope, name: str):
     return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
 
 
-def delete_server(s: Scope, server) -> None:
-    """Delete ``server`` and wait until it is gone.
+class _Deleting:
+    """A server being deleted, as the wait sees it: Nova keeps a server's status (ERROR
+    included) while its delete is under way, and says so in ``task_state``; an ERROR server
+    whose delete is no longer under way did not go."""
 
-    :raises CloudError: when it goes to ERROR instead.
+    def __init__(self, server, was_error: bool):
+        self.server = server
+        self.status = server.status
+        if was_error and server.status == "ERROR" and getattr(server, "task_state", None) \
+                in ("deleting", None):
+            self.status = "DELETING"  # still (or not yet seen) being deleted
+        self.fault = getattr(server, "fault", None)
+
+
+def delete_server(s: Scope, server) -> None:
+    """Delete ``server`` and wait until it is gone (one already in ERROR too).
+
+    :raises CloudError: when it goes to ERROR instead (for one that was in ERROR: when no delete
+        is under way any more and it is still there).
     """
     c = s.conn.compute
+    was_error = server.status == "ERROR"
     c.delete_server(server)
-    s.wait(f"server {server.name} to go", lambda: c.find_server(server.id, ignore_missing=True),
-             ok={"GONE"}, failures=SERVER_DELETE_FAILURES,
-             describe=server_fault)
+    started = time.monotonic()
+
+    def fetch():
+        found = c.find_server(server.id, ignore_missing=True)
+        if found is None:
+            return None
+        seen = _Deleting(found, was_error)
+        # task_state None on an ERROR server: not yet marked as deleting, or its delete failed;
+        # after a grace it is the latter.
+        if seen.status == "DELETING" and getattr(found, "task_state", None) is None \
+                and time.monotonic() - started > DELETE_GRACE_S:
+            seen.status = "ERROR"
+        return seen
+
+    s.wait(f"server {server.name} to go", fetch, ok={"GONE"},
+           failures=SERVER_DELETE_FAILURES, describe=server_fault)
 
 
 def wait_volume(s: Scope, volume, ok: set[str], what: str):

@@ -86,6 +86,7 @@ class FakeCloud:
         self.fail_servers: set[str] = set()  # server names whose build ends in ERROR
         self.fault_message = "No valid host was found. There are not enough hosts available."
         self.stuck_on_delete: set[str] = set()  # server names that go to ERROR on delete
+        self.slow_deletes: dict[str, int] = {}  # server name -> reads its delete takes
         self.console: dict[str, str] = {}  # server name -> console output
         self.quota = dict(QUOTA)  # limits (-1: unlimited), the same for every project
 
@@ -303,6 +304,7 @@ class FakeCloud:
         s = self.objs["servers"][sid]
         if s.name in self.stuck_on_delete:
             s.status, s.fault = "ERROR", {"code": 500, "message": "fake: stuck while deleting"}
+            s.task_state = None  # no delete under way any more: it failed
             return
         for p in self.objs["ports"].values():
             if p.device_id == sid:
@@ -548,7 +550,11 @@ class ComputeProxy(_Proxy):
     def delete_server(self, server, ignore_missing=True, force=False):
         s = self._target("servers", server, ignore_missing)
         if s is not None:
-            self._cloud.pending(s, functools.partial(self._cloud.server_gone, s.id))
+            # As Nova: the status stays what it was (ERROR included) while the delete is under
+            # way, which task_state says; slow_deletes holds a server that long, in reads.
+            s.task_state = "deleting"
+            waits = [lambda: None] * self._cloud.slow_deletes.get(s.name, 0)
+            self._cloud.pending(s, *waits, functools.partial(self._cloud.server_gone, s.id))
 
     @_read
     def get_server_console_output(self, server, length=None):
@@ -1164,8 +1170,9 @@ def _shared(name):
 class FakeConnection(_Strict):
     """One project's connection; without ``cloud``, a fresh :class:`FakeCloud` of its own."""
 
-    calls, fail_servers, fault_message, stuck_on_delete, console, quota = map(
-        _shared, ("calls", "fail_servers", "fault_message", "stuck_on_delete", "console", "quota"))
+    calls, fail_servers, fault_message, stuck_on_delete, slow_deletes, console, quota = map(
+        _shared, ("calls", "fail_servers", "fault_message", "stuck_on_delete", "slow_deletes",
+                  "console", "quota"))
 
     def __init__(self, project_id="p1", user_id="u1", auth_url="http://keystone.example/v3",
                  region="RegionOne", *, admin=False, cloud=None):

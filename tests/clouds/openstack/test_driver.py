@@ -231,3 +231,33 @@ def test_a_server_stuck_on_delete_fails_at_once(fake, tmp_path):
     d.cloud.scope.timeout = 3600
     with pytest.raises(CloudError, match=r"server c1-worker-0 to go went to ERROR"):
         d.cloud.delete_node("c1-worker-0")
+
+
+def test_a_server_in_error_is_replaced_though_nova_keeps_it_in_error_while_deleting(fake, tmp_path):
+    """Nova keeps an ERROR server's status while its delete is under way (task_state says
+    so): the next deploy waits for it to go, then boots the node again."""
+    fake.fail_servers.add("c1-worker-1")
+    cd = cluster(tmp_path)
+    with pytest.raises(CloudError, match="went to ERROR"):
+        on(fake, cd).deploy()
+    fake.fail_servers.clear()
+    fake.slow_deletes["c1-worker-1"] = 3  # three reads in ERROR, deleting
+    result = on(fake, cd).deploy()
+    assert ("replace", "server", "c1-worker-1") in {(c.action, c.kind, c.name)
+                                                     for c in result.changes}
+    assert {n.name: n.state for n in on(fake, cd).cloud.nodes()}["c1-worker-1"] == "ACTIVE"
+
+
+def test_a_server_in_error_whose_delete_fails_is_said(fake, tmp_path, monkeypatch):
+    from k8simg.clouds.openstack import compute
+
+    monkeypatch.setattr(compute, "DELETE_GRACE_S", 0)
+    cd = cluster(tmp_path, masters=1, workers=1)
+    fake.fail_servers.add("c1-worker-0")
+    with pytest.raises(CloudError, match="went to ERROR"):
+        on(fake, cd).deploy()
+    fake.stuck_on_delete.add("c1-worker-0")
+    d = on(fake, cd)
+    d.cloud.scope.timeout = 3600
+    with pytest.raises(CloudError, match=r"server c1-worker-0 to go went to ERROR"):
+        d.cloud.delete_node("c1-worker-0")

@@ -14,7 +14,8 @@ SECRETS = {"OS_PASSWORD": "hunter2", "OS_CLOUD": "production", "OS_AUTH_URL": "h
            "SSH_AUTH_SOCK": "/run/agent.sock", "DEPLOY_PRIVATE_KEY": "-----BEGIN",
            "Os_Token": "mixed-case"}
 KEPT = {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "localhost", "LANG": "C.UTF-8",
-        "DIB_EXTRA_SETTING": "1"}
+        "DIB_EXTRA_SETTING": "1",
+        "DIB_DEV_USER_PASSWORD": "given to the devuser element on purpose"}
 
 
 def test_scrubbed_environ_drops_secrets_and_keeps_the_rest():

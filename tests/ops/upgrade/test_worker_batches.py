@@ -126,3 +126,27 @@ def test_bastion_replaced_in_place_last_and_after_a_kill(tmp_path):
                      ("delete", "wb-bastion"), ("boot", "wb-bastion")]
     assert ("resume", {"node": "wb-bastion", "with": "wb-bastion"}) in events
     assert result.exit_code == 0 and cd.state.upgrade is None
+
+
+def test_a_run_killed_during_the_bastion_boots_it_before_anything_is_asked(tmp_path):
+    """Killed between the old bastion's deletion and the new one's boot; the next pipeline
+    names a newer image, so the masters are stale again and their etcd is reached through the
+    bastion. The interrupted replacement is finished first (the bastion boots), then the run
+    refuses, with nothing else changed, on what it cannot observe (the double has no way into
+    the nodes' network): the cluster is not left without its way in."""
+    cd = write_cluster(tmp_path / "wb", topology="one-master", masters__count=1,
+                       workers={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": True, "flavor": "b"})
+    cluster_pki(cd, cd.load()).ensure()
+    with KubeApiDouble(termination_s=0.05, start_s=0.1) as api:
+        cloud = CloudDouble(cd, api, "img-new", kill_before=("boot", "wb-bastion"))
+        for node in cd.nodes(cd.load()):
+            cloud.place(node, "img-new" if node.role == "master" else "img-old")
+        with pytest.raises(Killed):
+            run(cd, cloud, api, 1, 0, [])
+        assert "wb-bastion" not in {s.name for s in cloud.nodes()}
+        cloud.image = "img-newer"
+        with pytest.raises(UpgradeAborted, match="etcd cannot be reached from here"):
+            run(cd, cloud, api, 1, 0, [])
+        assert {s.name: s.image for s in cloud.nodes()} == {
+            "wb-master-0": "img-new", "wb-worker-1": "img-new", "wb-bastion": "img-newer"}
