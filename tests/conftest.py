@@ -175,6 +175,18 @@ def _skipped(item) -> bool:
                for m in item.iter_markers() if m.name in ("skip", "skipif"))
 
 
+def pytest_configure(config):
+    """SIGTERM (a cancelled CI job, ``timeout``, scripts/test stopping the cloud's half)
+    unwinds the session as Ctrl-C does, so pytest_sessionfinish still stops the test cloud and
+    the bakes: a plain SIGTERM ended pytest and left the cloud's services running."""
+    import signal
+
+    def terminated(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def pytest_collection_finish(session):
     config = session.config
     if config.option.collectonly:

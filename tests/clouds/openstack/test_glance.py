@@ -13,6 +13,7 @@ from k8simg.clouds.base import CloudError
 from k8simg.clouds.openstack.connect import connect
 from k8simg.clouds.openstack.glance import TAG, find_uploaded, image_name, upload
 from k8simg.model.manifest import Manifest
+from tests.ops.bake.conftest import baked_image  # noqa: F401  (the slow tier's image)
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_cli_upload_json_and_unknown_cloud(os_cloud, tmp_path, monkeypatch):
     assert "cloud 'no-such-cloud'" in bad.stderr
 
 
-def test_baked_image_uploads(baked_image, os_cloud):
+def test_baked_image_uploads(baked_image, os_cloud):  # noqa: F811
     """The real image of the slow tier's bake, uploaded and read back."""
     image, manifest_path, _ = baked_image
     conn = connect(os_cloud)
