@@ -38,3 +38,44 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def atomic_write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
+    """Write every file, or none: each is written in full beside its destination first, and
+    only when all of them are there are they moved into place (a rename each). A failure
+    before that leaves every destination as it was and no temporary file behind.
+
+    :param files: destination -> ``(data, mode)``.
+    :raises OSError: naming the file that could not be written.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, (data, mode) in files.items():
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(21, "Is a directory", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if isinstance(data, str):
+                data = data.encode()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    for parent in {path.parent for _, path in staged}:
+        dirfd = os.open(parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)

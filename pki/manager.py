@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from k8simg.errors import PkiError
-from k8simg.fsutil import atomic_write
+from k8simg.fsutil import atomic_write, atomic_write_all
 from k8simg.pki import certs as table
 from k8simg.pki.certs import CertInstance, PkiContext
 from k8simg.pki.keys import (
@@ -328,7 +328,8 @@ class Pki:
             atomic_write(pub_path, public_pem(key), 0o644)
         return created
 
-    def renew(self, names: list[str] | None = None) -> list[str]:
+    def renew(self, names: list[str] | None = None, kubeconfig_dir: Path | None = None
+              ) -> list[str]:
         """Reissue leaf certificates from the existing CAs, keeping their keys.
 
         Subjects and SANs are derived from the table again, so a renewal also picks up a new
@@ -336,8 +337,11 @@ class Pki:
 
         :param names: table names (``apiserver``) or instance ids (``apiserver@node``); all
             leaves when ``None``.
+        :param kubeconfig_dir: where the kubeconfigs are: rewritten with the new certificates in
+            the same all-or-nothing step (nothing is renewed when one cannot be written).
         :returns: the ids renewed.
         :raises PkiError: for an unknown name, a CA, or an inconsistent PKI.
+        :raises OSError: when a file cannot be written (then nothing was changed).
         """
         all_leaves = [i for i in table.instances(self.ctx) if not i.spec.is_ca]
         if names:
@@ -355,11 +359,18 @@ class Pki:
                    for i in chosen if loaded[i.id].cert is None]
         if problems or missing:
             raise PkiError(problems + missing)
+        renewed: dict[str, bytes] = {}
         for inst in chosen:
             self.progress(f"renewing {inst.display}")
             ca = loaded[inst.spec.ca]
-            key = loaded[inst.id].key
-            self._write(inst, self._issue(inst, key, (ca.cert, ca.key)), None)
+            cert = self._issue(inst, loaded[inst.id].key, (ca.cert, ca.key))
+            renewed[inst.id] = cert.public_bytes(serialization.Encoding.PEM)
+        files = {self.paths(i)[0]: (renewed[i.id], 0o644) for i in chosen}
+        if kubeconfig_dir is not None:
+            files.update({p: (text, 0o600) for p, text in
+                          self._kubeconfigs(kubeconfig_dir, renewed).items()})
+        # Every certificate and every kubeconfig carrying one, or none of them.
+        atomic_write_all(files)
         return [i.id for i in chosen]
 
     # -- kubeconfigs -------------------------------------------------------------------------
@@ -388,17 +399,27 @@ class Pki:
             return self.ctx.internal_api_server_url
         return self.ctx.api_server_url
 
-    def write_kubeconfigs(self, out_dir: Path) -> list[Path]:
-        """(Re)write every kubeconfig, credentials embedded, 0600. They are derived files."""
+    def _kubeconfigs(self, out_dir: Path, certs: dict[str, bytes] | None = None
+                     ) -> dict[Path, str]:
+        """Every kubeconfig's path and text, credentials embedded; ``certs`` (by instance id)
+        stand in for the certificates on disk."""
         ca_pem = (self.root / "ca.crt").read_bytes()
-        written = []
+        out = {}
         for inst in table.instances(self.ctx):
             if not inst.spec.kubeconfig:
                 continue
             crt, key = self.paths(inst)
+            cert_pem = (certs or {}).get(inst.id) or crt.read_bytes()
             text = kubeconfig(self.ctx.config.name, self.kubeconfig_server(inst), inst.cn,
-                              ca_pem=ca_pem, cert_pem=crt.read_bytes(), key_pem=key.read_bytes())
-            dest = out_dir / (f"nodes/{inst.node.name}/" if inst.node else "") / inst.spec.kubeconfig
+                              ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key.read_bytes())
+            out[out_dir / (f"nodes/{inst.node.name}/" if inst.node else "")
+                / inst.spec.kubeconfig] = text
+        return out
+
+    def write_kubeconfigs(self, out_dir: Path) -> list[Path]:
+        """(Re)write every kubeconfig, credentials embedded, 0600. They are derived files."""
+        written = []
+        for dest, text in self._kubeconfigs(out_dir).items():
             if not dest.exists() or dest.read_text() != text:
                 atomic_write(dest, text, 0o600)
             written.append(dest)

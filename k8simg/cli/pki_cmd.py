@@ -93,8 +93,7 @@ def renew(cluster, names, output):
     """Reissue leaf certificates (all, or NAMES) from the existing CAs, keeping their keys."""
     cd = cluster_dir(cluster)
     p = cluster_pki(cd, progress=progress)
-    renewed = p.renew(list(names) or None)
-    p.write_kubeconfigs(cd.kubeconfig_dir)
+    renewed = p.renew(list(names) or None, kubeconfig_dir=cd.kubeconfig_dir)
     if output == "json":
         emit_json({"renewed": renewed})
     else:

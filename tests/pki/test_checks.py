@@ -3,9 +3,11 @@ others can read, a file that leads out of the cluster directory, a CA that has e
 valid yet, a bastion host key that does not parse. Each as a problem naming the file and the
 fix; the commands that use the PKI stop with it, exit 1, no traceback."""
 
+import base64
 import datetime as dt
 
 import pytest
+import yaml
 
 from k8simg.errors import PkiError
 from k8simg.pki import cluster_pki
@@ -85,3 +87,34 @@ def test_a_corrupt_bastion_host_key_is_refused(cd, clock, content):
     assert r.exit_code == 1 and "ssh/bastion_host_ed25519_key: not an OpenSSH private key" in r.output
     (cd.pki_dir / "ssh" / "bastion_host_ed25519_key.pub").write_text("ssh-ed25519 !!!\n")
     assert "ssh/bastion_host_ed25519_key.pub" in problems(cd, clock)
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_renew_is_all_or_nothing(cd, clock):
+    """A kubeconfig that cannot be written (a folder where admin.conf belongs) stops the
+    renewal before any certificate changed: nothing is half-renewed, no temporary file stays."""
+    cluster_pki(cd, clock=clock).write_kubeconfigs(cd.kubeconfig_dir)
+    (cd.kubeconfig_dir / "admin.conf").unlink()
+    (cd.kubeconfig_dir / "admin.conf").mkdir()
+    before = _files(cd.path)
+    later = lambda: NOW + dt.timedelta(days=100)  # noqa: E731
+    with pytest.raises(IsADirectoryError):
+        cluster_pki(cd, clock=later).renew(kubeconfig_dir=cd.kubeconfig_dir)
+    assert _files(cd.path) == before
+    r = run("pki", "renew", cd.path)
+    assert r.exit_code == 1 and "kubeconfigs/admin.conf: Is a directory" in r.output
+    assert _files(cd.path) == before
+
+    (cd.kubeconfig_dir / "admin.conf").rmdir()
+    renewed = cluster_pki(cd, clock=later).renew(kubeconfig_dir=cd.kubeconfig_dir)
+    assert "admin" in renewed and "front-proxy-client" in renewed
+    after = _files(cd.path)
+    admin_crt = after["pki/kubeconfig/admin.crt"]
+    assert admin_crt != before["pki/kubeconfig/admin.crt"]
+    conf = yaml.safe_load(after["kubeconfigs/admin.conf"])
+    assert base64.b64decode(conf["users"][0]["user"]["client-certificate-data"]) == admin_crt
+    assert not [p for p in cd.path.rglob(".*.tmp")]
