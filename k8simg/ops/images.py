@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from k8simg.model.images import LIST_FILE, ImageError, ImageSpec
 
@@ -176,6 +176,14 @@ def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
 
     try:
         with tarfile.open(path) as t:
+            for m in t.getmembers():
+                # Nothing of it may land outside the folder it is unpacked into.
+                parts = PurePosixPath(m.name).parts
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                    raise fail(f"member {m.name!r} is "
+                               + ("a link or a device" if not (m.isfile() or m.isdir())
+                                  else "outside the archive's folder")
+                               + ": an image archive holds plain files only")
             members = {m.name.removeprefix("./"): m for m in t.getmembers() if m.isfile()}
             if "index.json" not in members:
                 raise fail("not an OCI image archive (no index.json)")
@@ -243,8 +251,11 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
                 # wrote the archive.
                 layout = Path(tmp) / "layout"
                 shutil.rmtree(layout, ignore_errors=True)
-                with tarfile.open(src) as t:
-                    t.extractall(layout, filter="data")
+                try:
+                    with tarfile.open(src) as t:
+                        t.extractall(layout, filter="data")
+                except (tarfile.TarError, OSError) as e:
+                    raise ImageError(f"{s.ref}: {src}: cannot be unpacked ({e})") from None
                 _pack(layout, s, part)
                 verify_archive(part, s, digest)
                 how, source = ("pinned" if s.pinned else "artifacts directory"), str(src)
