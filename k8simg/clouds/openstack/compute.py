@@ -4,6 +4,7 @@ a node with what is its alone."""
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from k8simg.clouds.openstack.connect import Scope, b64, server_fault
 from k8simg.model.plan import Node
@@ -67,20 +68,6 @@ def find_server(s: Scope, name: str):
     return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
 
 
-class _Deleting:
-    """A server being deleted, as the wait sees it: Nova keeps a server's status (ERROR
-    included) while its delete is under way, and says so in ``task_state``; an ERROR server
-    whose delete is no longer under way did not go."""
-
-    def __init__(self, server, was_error: bool):
-        self.server = server
-        self.status = server.status
-        if was_error and server.status == "ERROR" and getattr(server, "task_state", None) \
-                in ("deleting", None):
-            self.status = "DELETING"  # still (or not yet seen) being deleted
-        self.fault = getattr(server, "fault", None)
-
-
 def delete_server(s: Scope, server) -> None:
     """Delete ``server`` and wait until it is gone (one already in ERROR too).
 
@@ -94,15 +81,15 @@ def delete_server(s: Scope, server) -> None:
 
     def fetch():
         found = c.find_server(server.id, ignore_missing=True)
-        if found is None:
-            return None
-        seen = _Deleting(found, was_error)
-        # task_state None on an ERROR server: not yet marked as deleting, or its delete failed;
-        # after a grace it is the latter.
-        if seen.status == "DELETING" and getattr(found, "task_state", None) is None \
-                and time.monotonic() - started > DELETE_GRACE_S:
-            seen.status = "ERROR"
-        return seen
+        if found is None or not (was_error and found.status == "ERROR"):
+            return found
+        # Nova keeps an ERROR server in ERROR while its delete is under way (task_state says
+        # so); with no task yet it may not have marked it, so a grace; past that, it failed.
+        task = getattr(found, "task_state", None)
+        deleting = task == "deleting" or (task is None
+                                           and time.monotonic() - started <= DELETE_GRACE_S)
+        return SimpleNamespace(status="DELETING" if deleting else "ERROR",
+                               fault=getattr(found, "fault", None))
 
     s.wait(f"server {server.name} to go", fetch, ok={"GONE"},
            failures=SERVER_DELETE_FAILURES, describe=server_fault)
