@@ -116,8 +116,7 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
         etcd.change(["member", "add", new.name, f"--peer-urls={peer_url(new)}", "--learner"],
                     voter_urls(members), f"add {new.name} as a learner",
                     ok=lambda e: "Peer URLs already exists" in e)
-        members = etcd.members(endpoints())
-        mine = _by_peer(members, new)
+        members, mine = listed(etcd, endpoints, new)
         events("learner-added", {"node": new.name, "member": mine.hex})
 
     hook("start")
@@ -150,6 +149,28 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
     hook("stop")
     stop(old)
     events("old-stopped", {"node": old.name})
+
+
+def listed(etcd: Etcd, endpoints: Callable[[], list[str]], node: Node,
+           timeout: float = 30) -> tuple[list[Member], Member]:
+    """The member list once it shows the member on ``node``, and that member.
+
+    ``member list`` is answered from the asked member's own view (etcd 3.4 does not make it
+    linearizable): right after an add, a follower that has not applied it yet lists the cluster
+    without the new member.
+
+    :raises EtcdError: when no member lists it within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        members = etcd.members(endpoints())
+        mine = _by_peer(members, node)
+        if mine is not None:
+            return members, mine
+        if time.monotonic() > deadline:
+            raise EtcdError(f"etcd does not list a member for {node.name} ({peer_url(node)}) "
+                            f"{timeout:.0f} s after it was added")
+        time.sleep(0.5)
 
 
 def wait_healthy(etcd: Etcd, endpoint: str, timeout: float) -> None:
@@ -191,7 +212,7 @@ def move_leader_off(etcd: Etcd, leaving: Member, to: Node,
             continue
         if statuses[0].leader_id != leaving.id:
             return False
-        target = _by_peer(etcd.members(endpoints()), to)
+        _, target = listed(etcd, endpoints, to)
         r = etcd.ctl(["move-leader", f"{target.id:x}"], list(leaving.client_urls))
         if r.returncode == 0:
             return True
