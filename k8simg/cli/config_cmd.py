@@ -1,4 +1,5 @@
 import click
+import yaml
 
 from k8simg.cli.options import cluster_argument, cluster_dir, emit_json, output_option
 from k8simg.model.plan import api_vip, initial_nodes
@@ -24,3 +25,17 @@ def validate(cluster, output):
     else:
         click.echo(f"{cfg.name}: valid ({cfg.topology}, {len(nodes)} nodes, "
                    f"Kubernetes {cfg.kubernetes_version})")
+
+
+@config.command()
+@cluster_argument
+@output_option
+def show(cluster, output):
+    """Print CLUSTER's effective configuration (every default filled in) with its UID."""
+    cd = cluster_dir(cluster)
+    cfg = cd.load()
+    effective = {"uid": cd.state.uid, **cfg.model_dump(mode="json")}
+    if output == "json":
+        emit_json(effective)
+    else:
+        click.echo(yaml.safe_dump(effective, sort_keys=False), nl=False)

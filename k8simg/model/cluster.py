@@ -3,7 +3,7 @@
     <cluster>/cluster.yaml        the definition (k8simg init)
     <cluster>/pki/                every key and certificate (k8simg pki init)
     <cluster>/kubeconfigs/        admin.conf, super-admin.conf, ... and nodes/<node>/kubelet.conf
-    <cluster>/state.json          what deploy and upgrade learnt (:mod:`k8simg.model.state`)
+    <cluster>/state.json          its UID, and what deploy and upgrade learnt (:mod:`k8simg.model.state`)
     <cluster>/openstack/          the application credential of the in-cluster integrations
     <cluster>/backups/            etcd snapshots taken before a control-plane roll
 """
@@ -93,5 +93,6 @@ def init_cluster(path: str | Path, *, cloud: str = "local", ssh_keys: list[str] 
     text = render_template(cd.path.resolve().name, cloud=cloud, ssh_keys=ssh_keys, **kw)
     parse_config(text, str(cd.config_path))  # validate before anything is written
     cd.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cd.state.ensure_uid()  # a re-init of a lost directory is a new cluster, never the old one
     atomic_write(cd.config_path, text, 0o600)
     return cd

@@ -98,6 +98,17 @@ class ApiSpec(_Strict):
 class OpenStackSpec(_Strict):
     external_network: Annotated[str, Field(min_length=1)] = "public"
     availability_zone: str | None = None
+    # The roles of the application credential the cloud controller manager and Cinder CSI use:
+    # named explicitly, never whatever the deploying token happens to carry.
+    credential_roles: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
+                                Field(min_length=1, max_length=20)] = ["member"]
+
+    @field_validator("credential_roles")
+    @classmethod
+    def _roles_unique(cls, roles: list[str]) -> list[str]:
+        if len(set(roles)) != len(roles):
+            raise ValueError("a role is listed twice")
+        return roles
 
 
 class LocalSpec(_Strict):

@@ -1,6 +1,9 @@
-"""``state.json``: what deploy and upgrade learnt that the cloud alone does not say, and the
-one module that writes it.
+"""``state.json``: the cluster's identity, what deploy and upgrade learnt that the cloud alone
+does not say, and the one module that writes it.
 
+    uid                   the cluster's identity (:func:`new_uid`): every cloud resource the
+                          cluster creates carries it, and only what carries it is the cluster's
+    adopting              a cluster from before UIDs whose old resources deploy still adopts
     api_floating_ip       the API's floating IP (it goes into the API server's certificate)
     bastion_floating_ip   the bastion's floating IP (the operators' way in, the SSH tunnel)
     nodes                 the node set, as ``<role>-<index>`` keys, once an upgrade replaced one
@@ -12,6 +15,8 @@ Every change is a read-modify-write under one lock, written atomically (0600).
 """
 
 import json
+import re
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,13 @@ from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 
 _LOCK = threading.Lock()  # deploy writes from several threads (the bastion's address)
+UID_PATTERN = re.compile(r"[0-9a-f]{16}")
+
+
+def new_uid() -> str:
+    """A fresh cluster UID: 64 random bits as 16 hex digits (short enough for every cloud's
+    tag and name limits, and no two clusters share one by chance)."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,44 @@ class ClusterState:
                     data[key] = value
             if data != before:
                 atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def uid(self) -> str | None:
+        """The cluster's UID; None for a cluster made before k8simg had them (its next deploy
+        gives it one).
+
+        :raises K8simgError: when the file holds something that is not a UID.
+        """
+        uid = self._read().get("uid")
+        if uid is not None and not (isinstance(uid, str) and UID_PATTERN.fullmatch(uid)):
+            raise K8simgError(f"{self.path}: uid: expected 16 lowercase hex digits, found "
+                              f"{uid!r}")
+        return uid
+
+    def ensure_uid(self, *, legacy: bool = False) -> str:
+        """The cluster's UID, made and recorded now if it has none.
+
+        :param legacy: the cluster may have resources from before UIDs: when a UID is made,
+            record that they are still to be adopted (:attr:`adopting`).
+        """
+        with _LOCK:
+            data = self._read()
+            if data.get("uid") is None:
+                data["uid"] = new_uid()
+                if legacy:
+                    data["adopting"] = True
+                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+        return self.uid
+
+    @property
+    def adopting(self) -> bool:
+        """Whether resources from before the cluster had a UID are still to be adopted (until
+        a deploy has done it: an interrupted one does it again)."""
+        return self._read().get("adopting") is True
+
+    def adopted(self) -> None:
+        self._update(adopting=None)
 
     # -- addresses -----------------------------------------------------------------------------
     @property

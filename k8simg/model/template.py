@@ -112,6 +112,7 @@ api:
 openstack:
   external_network: {d.openstack.external_network}     # the "floating" network the router uses
   availability_zone: {v["az"]}
+  credential_roles: [{", ".join(d.openstack.credential_roles)}]   # the in-cluster integrations' credential
 
 local:                         # the QEMU virtual machines of `cloud: local`
   memory_mb: {d.local.memory_mb}              # per node

@@ -185,6 +185,9 @@ class Deployment:
             raise K8simgError(f"an upgrade to {upgrading.image} is in progress "
                               f"({self.cluster.state.path}); run `k8simg upgrade "
                               f"{self.cluster.path}` to finish it before deploying")
+        if not self.dry:
+            # A cluster from before UIDs gets one now, and its cloud adopts its old resources.
+            self.cluster.state.ensure_uid(legacy=True)
         pre = self.preflight()
         infra = cloud.ensure_infrastructure(pre, self.nodes)
         self.refresh_pki(infra.api_address)

@@ -43,6 +43,7 @@ DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0"
 # Four: a rolling upgrade surges a fourth master into the hard anti-affinity group.
 COMPUTES = ("compute-1", "compute-2", "compute-3", "compute-4")
 PROJECT, USER = "k8simg", "k8simg"  # what the tests deploy as: a member of one project
+MEMBER_ONLY = "k8simg-member"  # holds only `member` on PROJECT
 FLAVORS = {"k8s.small": (2, 4096, 20), "k8s.medium": (4, 8192, 40), "k8s.tiny": (1, 1024, 10)}
 EXTERNAL_NETWORK, EXTERNAL_CIDR = "public", "172.24.4.0/24"
 
@@ -615,15 +616,34 @@ class TestCloud:
                                    ip_version=4, cidr=EXTERNAL_CIDR, enable_dhcp=False,
                                    gateway_ip=EXTERNAL_CIDR.replace("0/24", "1"))
 
+    def users_for_isolation_tests(self) -> None:
+        """A user holding only ``member`` on the tests' project (Keystone's default inference
+        implies ``reader``), and the admin holding ``admin`` there too (admin credentials that
+        see every project's resources). Idempotent."""
+        ident = self.admin().identity
+        project = ident.find_project(PROJECT, domain_id="default")
+        roles = {r.name: r for r in ident.roles()}
+        user = ident.find_user(MEMBER_ONLY, domain_id="default")
+        if user is None:
+            user = ident.create_user(name=MEMBER_ONLY, password=self.password,
+                                     domain_id="default", default_project_id=project.id)
+        ident.assign_project_role_to_user(project, user, roles["member"])
+        admin = ident.find_user("admin", domain_id="default")
+        ident.assign_project_role_to_user(project, admin, roles["admin"])
+
     def clouds_yaml(self, path: Path) -> Path:
-        """A clouds.yaml with ``k8simg-test`` (a project member) and ``k8simg-test-admin``."""
+        """A clouds.yaml with ``k8simg-test`` (a project member), ``k8simg-test-admin``, and
+        the users of :meth:`users_for_isolation_tests`."""
         def cloud(user, project):
             return {"auth": {"auth_url": self.auth_url, "username": user,
                              "password": self.password, "project_name": project,
                              "user_domain_name": "Default", "project_domain_name": "Default"},
                     "region_name": REGION, "identity_api_version": 3}
         data = {"clouds": {"k8simg-test": cloud(USER, PROJECT),
-                           "k8simg-test-admin": cloud("admin", "admin")}}
+                           "k8simg-test-admin": cloud("admin", "admin"),
+                           # made by users_for_isolation_tests():
+                           "k8simg-test-member": cloud(MEMBER_ONLY, PROJECT),
+                           "k8simg-test-admin-in-project": cloud("admin", PROJECT)}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

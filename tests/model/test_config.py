@@ -177,7 +177,7 @@ def test_validate_cli_reports_all_and_exits_nonzero(make_cluster):
     # Every command that reads the file refuses it too, and writes nothing.
     r = CliRunner().invoke(cli, ["pki", "init", str(cd.path)])
     assert r.exit_code == 2 and "HA needs an odd number" in r.output
-    assert sorted(p.name for p in cd.path.iterdir()) == before == ["cluster.yaml"]
+    assert sorted(p.name for p in cd.path.iterdir()) == before == ["cluster.yaml", "state.json"]
 
 
 def test_validate_json(make_cluster):

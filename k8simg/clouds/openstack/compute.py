@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from k8simg.clouds.openstack.connect import Scope, b64, server_fault
+from k8simg.clouds.openstack.connect import UID_KEY, Scope, b64, server_fault
 from k8simg.model.plan import Node
 
 # A server that goes to ERROR while being deleted will not go; nor a volume in these.
@@ -38,10 +38,22 @@ def wanted_server_groups(s: Scope) -> dict[str, str]:
     return groups
 
 
-def server_group_names(cluster: str) -> set[str]:
-    """Every name a server group of cluster ``cluster`` can have (those it does not need
-    included), for destroy."""
-    return {f"{cluster}-{g}" for g in ("masters", "workers", "etcds")}
+def server_group_name(s: Scope, group: str) -> str:
+    """The name of the cluster's server group ``group``: Nova's server groups have neither
+    tags nor metadata, so the UID is in the name."""
+    return f"{s.name}-{group}-{s.uid}"
+
+
+def server_groups_of(s: Scope, servers: list) -> list:
+    """The cluster's server groups: named with its UID, or (made before UIDs) named as it
+    named them then and holding only servers of ``servers`` (the cluster's), at least one.
+    An empty group of the old name proves nothing and is left alone."""
+    ours = {srv.id for srv in servers}
+    legacy = {f"{s.name}-{g}" for g in ("masters", "workers", "etcds")}
+    current = {server_group_name(s, g) for g in ("masters", "workers", "etcds")}
+    return [g for g in s.conn.compute.server_groups()
+            if g.name in current
+            or (g.name in legacy and g.member_ids and set(g.member_ids) <= ours)]
 
 
 def ensure_server_groups(s: Scope) -> dict[str, str | None]:
@@ -50,7 +62,7 @@ def ensure_server_groups(s: Scope) -> dict[str, str | None]:
     existing = {g.name: g for g in c.server_groups()}
     out = {}
     for group, policy in wanted_server_groups(s).items():
-        name = f"{s.name}-{group}"
+        name = server_group_name(s, group)
         sg = existing.get(name)
         if sg is None:
             s.record("create", "server group", name, policy)
@@ -127,7 +139,8 @@ def ensure_volume(s: Scope, node: Node):
             return None
         b = s.conn.block_storage
         volume = b.create_volume(name=vname, size=size,
-                                 metadata={s.tag: "true", "k8simg-node": node.name})
+                                 metadata={UID_KEY: s.uid, "k8simg-cluster": s.name,
+                                           "k8simg-node": node.name})
         volume = wait_volume(s, volume, {"available", "in-use"}, "")
     return volume
 
@@ -164,7 +177,7 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
             block_device_mapping_v2=bdm,
             scheduler_hints={"group": server_group_id} if server_group_id else {},
             tags=[s.tag],
-            metadata={"k8simg-cluster": s.name, "k8simg-role": node.role,
+            metadata={UID_KEY: s.uid, "k8simg-cluster": s.name, "k8simg-role": node.role,
                       "k8simg-image": image_id, "k8simg-generation": "1"},
             **({"availability_zone": s.cfg.openstack.availability_zone}
                if s.cfg.openstack.availability_zone else {}))
@@ -183,6 +196,7 @@ def delete_node(s: Scope, name: str) -> None:
         if v.name == f"{name}-storage":
             s.record("delete", "volume", v.name)
             delete_volume(s, v)
-    for port in n.ports(name=f"{name}-port", project_id=n.get_project_id()):
+    for port in [p for p in n.ports(name=f"{name}-port", project_id=s.project_id)
+                 if s.owns(p)]:
         s.record("delete", "port", port.name)
         n.delete_port(port)

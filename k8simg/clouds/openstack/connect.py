@@ -1,9 +1,18 @@
 """The connection to an OpenStack cloud, and the plumbing every service module shares: one
-cluster's :class:`Scope` (its connection per thread, its tag, where changes are recorded),
+cluster's :class:`Scope` (its connection per thread, its identity, where changes are recorded),
 waits that name their failure states, tagging, and the "at most one" lookup.
 
-Everything created carries the cluster's tag (metadata where a service has no tags, the name
-where it has neither), so a re-run finds it and destroy misses nothing.
+A cluster is known by its UID, never by its name (two cluster directories may share a name in
+one project). Everything it creates carries the UID: as the tag ``k8simg-uid-<uid>`` (Nova,
+Neutron, Octavia), in Cinder metadata (``k8simg-uid``), and in the name of what has neither
+(server groups, the application credential). Neutron takes tags only after a create, so a
+Neutron resource also carries the UID in its description from the create on: one a kill left
+untagged is still provably the cluster's. Every listing is scoped to the cluster's project,
+so admin credentials see no other project's resources either.
+
+Clusters made before UIDs carried the tag ``k8simg-cluster-<name>``; such a cluster gets a UID
+on its next deploy, which adopts (:mod:`k8simg.clouds.openstack.adopt`) what carries its old
+tag and no UID.
 """
 
 import base64
@@ -15,7 +24,9 @@ from k8simg.clouds.base import CloudError, Ledger, WaitTimeout
 from k8simg.model.config import ClusterConfig
 
 SERVER_MICROVERSION = "2.67"  # server tags at create (2.52), BDM volume_type (2.67)
-TAG_PREFIX = "k8simg-cluster-"
+TAG_PREFIX = "k8simg-uid-"
+LEGACY_TAG_PREFIX = "k8simg-cluster-"
+UID_KEY = "k8simg-uid"  # Cinder and Nova metadata, and the description marker
 
 
 def connect(cloud: str | None):
@@ -38,9 +49,14 @@ def connect(cloud: str | None):
     return conn
 
 
-def cluster_tag(cluster: str) -> str:
-    """The tag every resource of cluster ``cluster`` carries."""
-    return f"{TAG_PREFIX}{cluster}"
+def cluster_tag(uid: str) -> str:
+    """The tag every resource of the cluster with UID ``uid`` carries."""
+    return f"{TAG_PREFIX}{uid}"
+
+
+def legacy_tag(name: str) -> str:
+    """The tag of a cluster made before UIDs, named ``name``."""
+    return f"{LEGACY_TAG_PREFIX}{name}"
 
 
 def wait_for(what: str, fetch: Callable[[], object], *, ok: set[str], failures: set[str],
@@ -86,21 +102,57 @@ class Scope:
     """One cluster on one cloud, as every service module's functions take it.
 
     :param cloud: the cloud's name in clouds.yaml (None: the ``OS_*`` variables).
+    :param uid: reads the cluster's UID (None before a cluster from before UIDs has one).
     :param connect: makes a connection (tests give a fake's).
     """
 
     def __init__(self, cloud: str | None, cfg: ClusterConfig, ledger: Ledger, *,
-                 timeout: float = 900, poll: float = 1.0,
+                 uid: Callable[[], str | None], timeout: float = 900, poll: float = 1.0,
                  connect: Callable[[str | None], object] = connect):
         self.cloud = cloud
         self.cfg = cfg
         self.name = cfg.name
-        self.tag = cluster_tag(cfg.name)
+        self._uid_of = uid
+        self._uid: str | None = None
         self.ledger = ledger
         self.timeout = timeout
         self.poll = poll
         self._connect = connect
         self._local = threading.local()
+
+    @property
+    def uid(self) -> str:
+        """The cluster's UID.
+
+        :raises CloudError: for a cluster made before UIDs that no deploy has adopted yet.
+        """
+        if self._uid is None:
+            self._uid = self._uid_of()  # deploy gives a cluster from before UIDs one
+        if self._uid is None:
+            raise CloudError(
+                f"cluster {self.name} has no UID yet (it was made before k8simg knew clusters "
+                f"by UID): run `k8simg deploy` on it once; it adopts the resources tagged "
+                f"{legacy_tag(self.name)} that no other cluster has claimed")
+        return self._uid
+
+    @property
+    def tag(self) -> str:
+        """The tag every resource of the cluster carries."""
+        return cluster_tag(self.uid)
+
+    @property
+    def marker(self) -> str:
+        """What ends the description of each Neutron resource the cluster creates."""
+        return f"{UID_KEY}={self.uid}"
+
+    def describe(self, what: str) -> str:
+        """The description of a Neutron resource: for people, and the UID for :meth:`owns`."""
+        return f"k8simg cluster {self.name}: {what} {self.marker}"
+
+    @property
+    def project_id(self) -> str:
+        """The project every listing is scoped to."""
+        return self.conn.network.get_project_id()
 
     @property
     def where(self) -> str:
@@ -142,7 +194,7 @@ class Scope:
 
     def tagged(self, res, record: bool = True):
         """Tag a Neutron resource right after creating it (Neutron takes no tags in a POST);
-        a resource left untagged by a kill in between is found again by its name.
+        a resource left untagged by a kill in between is known by its description.
 
         :param record: whether to record the tagging (a fresh creation is recorded already).
         """
@@ -154,18 +206,22 @@ class Scope:
         return res
 
     def volumes(self) -> list:
-        """The cluster's volumes (Cinder has no tags; k8simg marks them in metadata, and
-        filters here: Cinder's metadata query filter is not reliably exposed to members)."""
+        """The cluster's volumes (Cinder has no tags: the UID is in their metadata; filtered
+        here, as Cinder's metadata query filter is not reliably exposed to members)."""
         return [v for v in self.conn.block_storage.volumes()
-                if (v.metadata or {}).get(self.tag) == "true"]
+                if (v.metadata or {}).get(UID_KEY) == self.uid]
 
-    def owns(self, res, names: set[str]) -> bool:
-        """Tagged with this cluster, or untagged and named exactly as this cluster names it
-        (``names``: a kill can fall between a create and its tagging). A prefix match would
-        take ``prod-eu``'s resources for ``prod``'s."""
+    def owns(self, res) -> bool:
+        """Whether the Neutron resource ``res`` is the cluster's: tagged with its UID, or
+        carrying no UID tag and the cluster's marker in its description (a kill fell between
+        its create and its tagging). Names prove nothing: another cluster may share them."""
         tags = res.tags or []
         if self.tag in tags:
             return True
         if any(t.startswith(TAG_PREFIX) for t in tags):
             return False  # another cluster's
-        return res.name in names
+        return (getattr(res, "description", None) or "").endswith(self.marker)
+
+    def mine(self, items, kind: str, name: str):
+        """:meth:`one` of the resources in ``items`` that are the cluster's (:meth:`owns`)."""
+        return self.one([x for x in items if self.owns(x)], kind, name)

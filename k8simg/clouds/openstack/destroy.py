@@ -1,32 +1,25 @@
 """Removing everything a cluster has on an OpenStack cloud, in dependency order, and nothing
-that is not provably its own: tagged with the cluster's tag, or (Neutron resources a kill left
-untagged) named exactly as this cluster names them; server groups and the credential, which
-carry no tags, by their exact names."""
+that is not provably its own: what carries the cluster's UID (a tag, Cinder metadata, the
+description of a Neutron resource a kill left untagged, the name of a server group or of the
+application credential), in the cluster's project."""
 
 from k8simg.clouds.base import DestroyResult
-from k8simg.clouds.openstack import compute, identity, loadbalancer, security
+from k8simg.clouds.openstack import compute, identity, loadbalancer
 from k8simg.clouds.openstack.connect import Scope
 from k8simg.model.credential import CloudCredential
 
 
-def own_names(s: Scope, node_names: list[str]) -> set[str]:
-    """The names of the Neutron resources this cluster makes (its nodes' ports included)."""
-    names = {f"{s.name}-{x}" for x in ("net", "subnet", "router", "api-vip")}
-    names |= {security.group_name(s.name, g) for g in security.GROUPS}
-    return names | {f"{n}-port" for n in node_names}
-
-
-def destroy(s: Scope, parallel, *, node_names: list[str], cluster_path) -> DestroyResult:
+def destroy(s: Scope, parallel, *, cluster_path) -> DestroyResult:
     """Remove the cluster's resources: load balancer, servers, volumes, floating IPs (the
     operator's ``api.floating_ip`` only detached), router, ports, subnet, network, security
-    groups, server groups, the application credential. Every failure is reported in
+    groups, server groups, the application credential. Only what carries the cluster's UID
+    (:meth:`Scope.owns`), in the cluster's project. Every failure is reported in
     :attr:`DestroyResult.left` and destroy goes on with the rest; in a dry run it only
     records what it would remove.
-
-    :param node_names: the cluster's nodes as planned (their ports' names).
     """
     conn, tag = s.conn, s.tag
     n, c = conn.network, conn.compute
+    pid = s.project_id
     removed, left = [], []
 
     def attempt(what: str, fn) -> None:
@@ -39,48 +32,52 @@ def destroy(s: Scope, parallel, *, node_names: list[str], cluster_path) -> Destr
         except Exception as e:  # reported, and destroy goes on with the rest
             left.append(f"{what}: {e}")
 
-    for lb in conn.load_balancer.load_balancers(tags=tag):
+    for lb in conn.load_balancer.load_balancers(tags=tag, project_id=pid):
         attempt(f"load-balancer {lb.name}", lambda lb=lb: loadbalancer.delete_load_balancer(s, lb))
+    servers = list(c.servers(tags=tag))
+    server_groups = compute.server_groups_of(s, servers)  # a legacy group: by its members
     parallel([lambda srv=srv: attempt(f"server {srv.name}", lambda: compute.delete_server(s, srv))
-              for srv in c.servers(tags=tag)])
+              for srv in servers])
     for v in s.volumes():
         attempt(f"volume {v.name}", lambda v=v: compute.delete_volume(s, v))
-    pid = n.get_project_id()
-    names = own_names(s, node_names)
     fixed = str(s.cfg.api.floating_ip) if s.cfg.api.floating_ip else None
-    for ip in [ip for ip in n.ips(project_id=pid) if tag in (ip.tags or []) or
-               ip.description in (f"{s.name}-api", f"{s.name}-bastion")]:
+    for ip in [ip for ip in n.ips(project_id=pid) if s.owns(ip)]:
         if ip.floating_ip_address == fixed:
             continue  # the operator's own address: only detached
         attempt(f"floating-ip {ip.floating_ip_address}", lambda ip=ip: n.delete_ip(ip))
     if fixed:
-        for ip in n.ips(floating_ip_address=fixed):
+        for ip in n.ips(floating_ip_address=fixed, project_id=pid):
             if ip.port_id:
                 s.record("update", "floating IP", fixed, "detached (api.floating_ip is kept)")
                 if not s.dry:
                     n.update_ip(ip, port_id=None)
-    for r in [r for r in n.routers(project_id=pid) if s.owns(r, names)]:
+    for r in [r for r in n.routers(project_id=pid) if s.owns(r)]:
         def drop_router(r=r):
             for p in n.ports(device_id=r.id, device_owner="network:router_interface"):
                 n.remove_interface_from_router(r, port=p.id)
             n.delete_router(r)
         attempt(f"router {r.name}", drop_router)
-    for p in [p for p in n.ports(project_id=pid) if s.owns(p, names) and not p.device_owner]:
+    for p in [p for p in n.ports(project_id=pid) if s.owns(p) and not p.device_owner]:
         attempt(f"port {p.name}", lambda p=p: n.delete_port(p))
-    for sub in [x for x in n.subnets(project_id=pid) if s.owns(x, names)]:
+    for sub in [x for x in n.subnets(project_id=pid) if s.owns(x)]:
         attempt(f"subnet {sub.name}", lambda sub=sub: n.delete_subnet(sub))
-    for net in [x for x in n.networks(project_id=pid) if s.owns(x, names)]:
+    for net in [x for x in n.networks(project_id=pid) if s.owns(x)]:
         attempt(f"network {net.name}", lambda net=net: n.delete_network(net))
-    for sg in [g for g in n.security_groups(project_id=pid) if s.owns(g, names)]:
+    for sg in [g for g in n.security_groups(project_id=pid) if s.owns(g)]:
         attempt(f"security-group {sg.name}", lambda sg=sg: n.delete_security_group(sg))
-    for g in c.server_groups():
-        if g.name in compute.server_group_names(s.name):
-            attempt(f"server-group {g.name}", lambda g=g: c.delete_server_group(g))
+    for g in server_groups:
+        attempt(f"server-group {g.name}", lambda g=g: c.delete_server_group(g))
     user = conn.current_user_id
-    for cred in conn.identity.application_credentials(
-            user, name=identity.credential_name(s.name)):
+    creds = identity.credentials_of(s, cluster_path)
+    for cred in creds:
         attempt(f"application-credential {cred.name}",
                 lambda cred=cred: conn.identity.delete_application_credential(user, cred))
+    saved = identity.saved_credential_id(cluster_path)
+    if saved and saved not in {c.id for c in creds}:
+        # Keystone shows a user only their own: another user's deploy made it.
+        left.append(f"application-credential {saved}: not one of your application credentials "
+                    f"in {s.where}; delete it as the user who deployed the cluster (or, if it "
+                    f"is gone, remove {CloudCredential.path(cluster_path)})")
     if not s.dry and not left:
         CloudCredential.forget(cluster_path)
     return DestroyResult(removed, left)

@@ -1,6 +1,6 @@
 """The OpenStack :class:`~k8simg.clouds.base.Cloud`: the cluster definition turned into the
 cloud resources it needs, reconciled (a second run changes nothing), planned without touching
-anything (a dry run), and removed by tag.
+anything (a dry run), and removed by the cluster's UID.
 
 What each step makes, each phase's independent resources concurrently:
 
@@ -28,7 +28,17 @@ from k8simg.clouds.base import (
     Preflight,
     Reach,
 )
-from k8simg.clouds.openstack import compute, destroy, glance, identity, loadbalancer, network, quota, security
+from k8simg.clouds.openstack import (
+    adopt,
+    compute,
+    destroy,
+    glance,
+    identity,
+    loadbalancer,
+    network,
+    quota,
+    security,
+)
 from k8simg.clouds.openstack.compute import Flavor
 from k8simg.clouds.openstack.connect import Scope, connect
 from k8simg.clouds.openstack.network import Subnet
@@ -68,14 +78,20 @@ class OpenStackCloud(Cloud):
     def __init__(self, cluster, cfg, cloud: str | None, *,
                  connect: Callable[[str | None], object] = connect, poll: float = 1.0, **kw):
         super().__init__(cluster, cfg, **kw)
-        self.scope = Scope(cloud, cfg, self.ledger, timeout=self.timeout, poll=poll,
-                           connect=connect)
+        self.scope = Scope(cloud, cfg, self.ledger, uid=lambda: cluster.state.uid,
+                           timeout=self.timeout, poll=poll, connect=connect)
         self.where = self.scope.where
 
     # -- preflight ---------------------------------------------------------------------------
     def prepare(self, nodes: list[Node]) -> OpenStackPreflight:
-        """The image, every flavor, the external network and the quotas."""
+        """The image, every flavor, the external network, the credential's roles and the
+        quotas; first, for a cluster
+        from before UIDs, its old resources are adopted (:mod:`.adopt`)."""
         s, conn = self.scope, self.scope.conn
+        if self.cluster.state.adopting:
+            adopt.adopt(s)
+            if not s.dry:
+                self.cluster.state.adopted()
         image, problems = glance.image_facts(s, self.cfg.image)
         flavors = {}
         for field_name, name in self.cfg.flavor_fields().items():
@@ -89,6 +105,7 @@ class OpenStackCloud(Cloud):
         if ext is None or not ext.is_router_external:
             problems.append(("openstack.external_network",
                              f"no external network {self.cfg.openstack.external_network!r}"))
+        problems += identity.role_problems(s, self.cluster.path)
         if not problems:
             problems += quota.quota_problems(s, nodes, flavors)
         return OpenStackPreflight(problems, image, ext.id if ext is not None else None, flavors)
@@ -162,9 +179,10 @@ class OpenStackCloud(Cloud):
         s = self.scope
         port = None
         if infra.subnet.network_id is not None:
-            port = s.one(s.conn.network.ports(name=f"{node.name}-port",
-                                              network_id=infra.subnet.network_id),
-                         "port", f"{node.name}-port")
+            port = s.mine(s.conn.network.ports(name=f"{node.name}-port",
+                                               network_id=infra.subnet.network_id,
+                                               project_id=s.project_id),
+                          "port", f"{node.name}-port")
         return network.ensure_bastion_address(s, port.id if port is not None else None,
                                               infra.external_network_id)
 
@@ -204,9 +222,7 @@ class OpenStackCloud(Cloud):
         """Everything the cluster has on the cloud, removed in dependency order (see
         :func:`k8simg.clouds.openstack.destroy.destroy`); the cluster directory's credential goes only
         when nothing was left."""
-        return destroy.destroy(self.scope, self.parallel,
-                               node_names=[n.name for n in self.cluster.nodes(self.cfg)],
-                               cluster_path=self.cluster.path)
+        return destroy.destroy(self.scope, self.parallel, cluster_path=self.cluster.path)
 
     # -- the way in ----------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -33,7 +33,8 @@ def ensure_load_balancer(s: Scope, *, subnet_id: str | None, vip_port_id: str | 
     lbs = s.conn.load_balancer
     port = s.cfg.api.port
     name = lb_name(s.name)
-    lb = s.one(lbs.load_balancers(name=name), "load balancer", name)
+    lb = s.one(lbs.load_balancers(name=name, tags=s.tag, project_id=s.project_id),
+               "load balancer", name)
     if lb is None:
         s.record("create", "load balancer", name, str(api_vip(s.cfg)))
         if s.dry:

@@ -21,17 +21,19 @@ def ensure_network(s: Scope) -> Subnet:
     node CIDR, DHCP hands out the top fifth."""
     n = s.conn.network
     name = f"{s.name}-net"
-    net = s.one(n.networks(name=name, project_id=n.get_project_id()), "network", name)
+    net = s.mine(n.networks(name=name, project_id=s.project_id), "network", name)
     if net is None:
         s.record("create", "network", name)
         if s.dry:
             s.record("create", "subnet", f"{s.name}-subnet", str(s.cfg.network.node_cidr))
             return Subnet(None, None)
-        net = s.tagged(n.create_network(name=name), record=False)
+        net = s.tagged(n.create_network(name=name, description=s.describe("network")),
+                       record=False)
     else:
         s.tagged(net)
     sname = f"{s.name}-subnet"
-    sub = s.one(n.subnets(name=sname, network_id=net.id), "subnet", sname)
+    sub = s.mine(n.subnets(name=sname, network_id=net.id, project_id=s.project_id), "subnet",
+                 sname)
     if sub is not None:
         s.tagged(sub)
     else:
@@ -43,6 +45,7 @@ def ensure_network(s: Scope) -> Subnet:
         first = cidr.network_address + 1
         sub = n.create_subnet(
             name=sname, network_id=net.id, ip_version=4, cidr=str(cidr),
+            description=s.describe("node subnet"),
             gateway_ip=str(gateway(s.cfg)),
             dns_nameservers=[str(d) for d in s.cfg.network.dns_nameservers],
             allocation_pools=[{"start": str(first + hosts + (-hosts // 5)),
@@ -55,7 +58,7 @@ def ensure_router(s: Scope, external_network_id: str | None, sub: Subnet) -> Non
     """The router to the external network, with an interface on the cluster's subnet."""
     n = s.conn.network
     name = f"{s.name}-router"
-    router = s.one(n.routers(name=name, project_id=n.get_project_id()), "router", name)
+    router = s.mine(n.routers(name=name, project_id=s.project_id), "router", name)
     if router is not None:
         s.tagged(router)
     else:
@@ -63,7 +66,7 @@ def ensure_router(s: Scope, external_network_id: str | None, sub: Subnet) -> Non
         if s.dry:
             s.record("create", "router interface", name)
             return
-        router = n.create_router(name=name,
+        router = n.create_router(name=name, description=s.describe("router"),
                                  external_gateway_info={"network_id": external_network_id})
         s.tagged(router, record=False)
     if sub.id is None:
@@ -83,14 +86,15 @@ def ensure_port(s: Scope, sub: Subnet, name: str, address, **attrs):
     n = s.conn.network
     port = None
     if sub.id is not None:
-        port = s.one(n.ports(name=name, network_id=sub.network_id), "port", name)
+        port = s.mine(n.ports(name=name, network_id=sub.network_id, project_id=s.project_id),
+                      "port", name)
         if port is not None:
             s.tagged(port)
     if port is None:
         s.record("create", "port", name, str(address))
         if not s.dry:
             port = s.tagged(n.create_port(
-                name=name, network_id=sub.network_id,
+                name=name, network_id=sub.network_id, description=s.describe(name),
                 fixed_ips=[{"subnet_id": sub.id, "ip_address": str(address)}], **attrs),
                 record=False)
     return port
@@ -107,14 +111,14 @@ def ensure_api_address(s: Scope, sub: Subnet, external_network_id: str | None
     n = s.conn.network
     vip = ensure_port(s, sub, f"{s.name}-api-vip", api_vip(s.cfg))
     if s.cfg.api.floating_ip:
-        fip = s.one(n.ips(floating_ip_address=str(s.cfg.api.floating_ip)), "floating IP",
-                    str(s.cfg.api.floating_ip))
+        fip = s.one(n.ips(floating_ip_address=str(s.cfg.api.floating_ip),
+                          project_id=s.project_id), "floating IP", str(s.cfg.api.floating_ip))
         if fip is None:
             raise CloudError(f"api.floating_ip: {s.cfg.api.floating_ip} is not a floating IP "
                              f"of this project in {s.where}")
     else:
-        fip = s.one(n.ips(description=f"{s.name}-api", project_id=n.get_project_id()),
-                    "floating IP", f"{s.name}-api")
+        fip = s.mine(n.ips(description=s.describe("api"), project_id=s.project_id),
+                     "floating IP", f"{s.name}-api")
         if fip is not None and not s.dry:
             s.tagged(fip)
     if fip is None:
@@ -122,7 +126,7 @@ def ensure_api_address(s: Scope, sub: Subnet, external_network_id: str | None
         if s.dry:
             return None, None
         fip = n.create_ip(floating_network_id=external_network_id, port_id=vip.id,
-                          description=f"{s.name}-api")
+                          description=s.describe("api"))
         s.tagged(fip, record=False)
     elif vip is not None and fip.port_id != vip.id:
         s.record("update", "floating IP", fip.floating_ip_address, "-> API VIP")
@@ -140,13 +144,14 @@ def ensure_bastion_address(s: Scope, port_id: str | None, external_network_id: s
     """
     n = s.conn.network
     name = f"{s.name}-bastion"
-    fip = s.one(n.ips(description=name, project_id=n.get_project_id()), "floating IP", name)
+    fip = s.mine(n.ips(description=s.describe("bastion"), project_id=s.project_id),
+                 "floating IP", name)
     if fip is None:
         s.record("create", "floating IP", name)
         if s.dry:
             return None
         fip = n.create_ip(floating_network_id=external_network_id, port_id=port_id,
-                          description=name)
+                          description=s.describe("bastion"))
         s.tagged(fip, record=False)
     elif port_id is not None and fip.port_id != port_id:
         s.record("update", "floating IP", name, "to the new bastion")

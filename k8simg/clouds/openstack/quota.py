@@ -61,7 +61,7 @@ def quota_problems(s: Scope, nodes: list[Node], flavors: dict[str, Flavor]) -> l
     pid = conn.current_project_id
     existing = {srv.name for srv in conn.compute.servers(tags=s.tag)}
     fips = [ip for ip in conn.network.ips(project_id=pid)
-            if ip.description in (f"{s.name}-api", f"{s.name}-bastion")]
+            if s.owns(ip) and ip.description in (s.describe("api"), s.describe("bastion"))]
     need = needed(s.cfg, [n for n in nodes if n.name not in existing], flavors,
                   volumes_present={v.name for v in s.volumes()},
                   floating_ips_present=len(fips))

@@ -88,18 +88,18 @@ def ensure_security_groups(s: Scope, parallel) -> dict[str, str | None]:
     :returns: each group's ID by group (None for a group a dry run would create).
     """
     n = s.conn.network
-    pid = n.get_project_id()
+    pid = s.project_id
 
     def one(group):
         name = group_name(s.name, group)
-        sg = s.one(n.security_groups(name=name, project_id=pid), "security group", name)
+        sg = s.mine(n.security_groups(name=name, project_id=pid), "security group", name)
         if sg is not None:
             s.tagged(sg)
             return group, sg
         s.record("create", "security group", name)
         if s.dry:
             return group, None
-        sg = n.create_security_group(name=name, description=f"k8simg cluster {s.name}: {group}")
+        sg = n.create_security_group(name=name, description=s.describe(group))
         return group, s.tagged(sg, record=False)
 
     groups = dict(parallel([lambda g=g: one(g) for g in wanted_groups(s.cfg)]))

@@ -145,11 +145,21 @@ def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_pa
     assert have["volumes"] == sorted(f"{n}-storage" for n in nodes)
     assert have["security_groups"] == sorted(f"c1-{g}" for g in
                                              ("nodes", "masters", "workers", "bastion"))
-    assert have["server_groups"] == ["c1-masters", "c1-workers"]
+    uid = cd.state.uid
+    assert have["server_groups"] == [f"c1-masters-{uid}", f"c1-workers-{uid}"]
     assert have["load_balancers"] == ["c1-api"]
     assert have["members"] == [f"c1-master-{i}" for i in range(3)]
-    assert have["floating_ips"] == ["c1-api", "c1-bastion"]
-    assert have["application_credentials"] == ["c1-k8simg"]
+    assert have["floating_ips"] == [f"k8simg cluster c1: {r} k8simg-uid={uid}"
+                                    for r in ("api", "bastion")]
+    assert have["application_credentials"] == [f"c1-k8simg-{uid}"]
+    # every resource carries the UID: a tag, or Cinder metadata
+    conn = fake.connect()
+    for kind in ("networks", "subnets", "routers", "security_groups", "floating_ips"):
+        assert all(f"k8simg-uid-{uid}" in o.tags for o in fake.objs[kind].values()
+                   if fake.owner[o.id] == "p1" and not getattr(o, "router_external", False)
+                   ), kind
+    assert all(f"k8simg-uid-{uid}" in s.tags for s in conn.compute.servers())
+    assert all(v.metadata["k8simg-uid"] == uid for v in conn.block_storage.volumes())
     # every server ACTIVE, on its planned port, with the cluster's tag
     statuses = {n.name: (n.state, n.address) for n in on(fake, cd).cloud.nodes()}
     assert statuses["c1-master-0"] == ("ACTIVE", "10.0.0.10")
@@ -177,11 +187,12 @@ def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
     on(fake, prod).deploy()
     on(fake, prod_eu).deploy()
     on(fake, other, project="p2").deploy()
-    # Left untagged by kills between a create and its tagging: prod's own group (by its exact
-    # name), and a network of prod-eu's whose name starts like prod's.
+    # Left untagged by kills between a create and its tagging: prod's own group (its UID in
+    # the description), and a network named as prod names its own, without the UID.
     net = fake.connect(project_id="p1").network
-    net.create_security_group(name="prod-etcds", description="killed before its tag")
-    net.create_network(name="prod-eu-scratch")
+    net.create_security_group(name="prod-etcds",
+                              description=f"k8simg cluster prod: etcds k8simg-uid={prod.state.uid}")
+    net.create_network(name="prod-scratch", description="someone else's")
     before_eu, before_other = fake.inventory("p1"), fake.inventory("p2")
     calls = len(fake.calls)
 
@@ -194,20 +205,21 @@ def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
             ("network", "prod-net"), ("subnet", "prod-subnet"), ("router", "prod-router"),
             ("load-balancer", "prod-api"), ("volume", "prod-master-0-storage"),
             ("security-group", "prod-nodes"), ("security-group", "prod-etcds"),
-            ("server-group", "prod-masters"),
-            ("application-credential", "prod-k8simg")} <= planned
+            ("server-group", f"prod-masters-{prod.state.uid}"),
+            ("application-credential", f"prod-k8simg-{prod.state.uid}")} <= planned
     assert not any(name.startswith(("prod-eu", "theirs")) for _, name in planned)
 
     gone = on(fake, prod).destroy()
     assert gone.left == []
     left = fake.inventory("p1")
     for kind, names in left.items():
-        assert not any(n.startswith("prod-") and not n.startswith("prod-eu") or n == "prod"
+        assert not any((n.startswith("prod-") and not n.startswith("prod-eu")
+                        and n != "prod-scratch") or n == "prod"
                        for n in names), (kind, names)
     for kind, names in before_eu.items():  # prod-eu's resources are all still there
         assert [n for n in names if "prod-eu" in n] == [n for n in left.get(kind, [])
                                                         if "prod-eu" in n], kind
-    assert "prod-etcds" not in left["security_groups"] and "prod-eu-scratch" in left["networks"]
+    assert "prod-etcds" not in left["security_groups"] and "prod-scratch" in left["networks"]
     assert fake.inventory("p2") == before_other
     assert prod.state.api_floating_ip is None and prod.state.bastion_floating_ip is None
     assert not CloudCredential.path(prod.path).exists()  # its secret went with it

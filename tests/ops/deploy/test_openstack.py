@@ -17,6 +17,7 @@ from k8simg.clouds.base import CloudError, PreflightError
 from k8simg.clouds.openstack.connect import cluster_tag, connect
 from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
+from k8simg.model.credential import CloudCredential
 from k8simg.model.plan import initial_nodes
 from k8simg.ops.deploy import Deployment
 from tests.conftest import edit_cluster as edit
@@ -43,26 +44,36 @@ def cluster(tmp_path, name, topology="ha", masters=3, workers=2, bastion=True, *
     return write_cluster(tmp_path / name, **{**settings, **over})
 
 
-def listing(conn, name: str) -> dict[str, set[str]]:
-    """Everything in the cloud that carries the cluster's tag (or, for server groups, which
-    have none, its name), by kind."""
-    tag = cluster_tag(name)
+def tag_of(cd) -> str:
+    return cluster_tag(cd.state.uid)
+
+
+def listing(conn, cd) -> dict[str, set[str]]:
+    """Everything in the connection's project that carries the cluster's UID (a tag, Cinder
+    metadata, the name of a server group or of the application credential), by kind."""
+    tag, uid, name = tag_of(cd), cd.state.uid, cd.load().name
     n, c, b, lb = conn.network, conn.compute, conn.block_storage, conn.load_balancer
+    pid = conn.current_project_id  # admin credentials list every project's
     return {
-        "network": {x.name for x in n.networks(tags=[tag])},
-        "subnet": {x.name for x in n.subnets(tags=[tag])},
-        "router": {x.name for x in n.routers(tags=[tag])},
-        "security_group": {x.name for x in n.security_groups(tags=[tag])},
-        "port": {x.name for x in n.ports(tags=[tag])},
-        "floating_ip": {x.description for x in n.ips(tags=[tag])},
+        "network": {x.name for x in n.networks(tags=[tag], project_id=pid)},
+        "subnet": {x.name for x in n.subnets(tags=[tag], project_id=pid)},
+        "router": {x.name for x in n.routers(tags=[tag], project_id=pid)},
+        "security_group": {x.name for x in n.security_groups(tags=[tag], project_id=pid)},
+        "port": {x.name for x in n.ports(tags=[tag], project_id=pid)},
+        # "k8simg cluster <name>: api k8simg-uid=<uid>" -> "<name>-api"
+        "floating_ip": {f"{name}-{x.description.split(': ')[1].split()[0]}"
+                        for x in n.ips(tags=[tag], project_id=pid)},
         "server": {x.name for x in c.servers(tags=tag)},
-        "volume": {x.name for x in b.volumes() if (x.metadata or {}).get(tag) == "true"},
-        "server_group": {g.name for g in c.server_groups() if g.name.startswith(f"{name}-")},
-        "load_balancer": {x.name for x in lb.load_balancers(tags=tag)},
+        "volume": {x.name for x in b.volumes() if (x.metadata or {}).get("k8simg-uid") == uid},
+        "server_group": {g.name for g in c.server_groups() if g.name.endswith(f"-{uid}")},
+        "load_balancer": {x.name for x in lb.load_balancers(tags=tag, project_id=pid)},
+        "application_credential": {x.name for x in conn.identity.application_credentials(
+            conn.current_user_id) if x.name.endswith(f"-{uid}")},
     }
 
 
-def expected(name, masters, workers, bastion) -> dict[str, set[str]]:
+def expected(cd, masters, workers, bastion) -> dict[str, set[str]]:
+    name, uid = cd.load().name, cd.state.uid
     nodes = [f"{name}-master-{i}" for i in range(masters)] + \
             [f"{name}-worker-{i}" for i in range(workers)]
     everything = nodes + ([f"{name}-bastion"] if bastion else [])
@@ -74,18 +85,20 @@ def expected(name, masters, workers, bastion) -> dict[str, set[str]]:
         "port": {f"{n}-port" for n in everything} | {f"{name}-api-vip"},
         "floating_ip": {f"{name}-api"} | ({f"{name}-bastion"} if bastion else set()),
         "server": set(everything), "volume": {f"{n}-storage" for n in nodes},
-        "server_group": {f"{name}-masters"} | ({f"{name}-workers"} if workers else set()),
+        "server_group": {f"{name}-masters-{uid}"} | ({f"{name}-workers-{uid}"} if workers
+                                                     else set()),
         "load_balancer": {f"{name}-api"},
+        "application_credential": {f"{name}-k8simg-{uid}"},
     }
 
 
-def nothing_left(conn, name) -> None:
-    assert all(not v for v in listing(conn, name).values()), listing(conn, name)
+def nothing_left(conn, cd) -> None:
+    assert all(not v for v in listing(conn, cd).values()), listing(conn, cd)
     # nor anything untagged that the cluster made
-    assert not [p for p in conn.network.ports() if (p.name or "").startswith(f"{name}-")]
-    assert not [v for v in conn.block_storage.volumes() if v.name.startswith(f"{name}-")]
-    assert not list(conn.identity.application_credentials(conn.current_user_id,
-                                                          name=f"{name}-k8simg"))
+    marker = f"k8simg-uid={cd.state.uid}"
+    assert not [p for p in conn.network.ports() if (p.description or "").endswith(marker)]
+    assert not [v for v in conn.block_storage.volumes()
+                if (v.metadata or {}).get("k8simg-uid") == cd.state.uid]
 
 
 def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image, tmp_path):
@@ -93,12 +106,12 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
     result = Deployment.for_cluster(cd, None).deploy()
     assert result.changes
     conn = connect(os_cloud)
-    assert listing(conn, "ha") == expected("ha", 3, 2, True)
+    assert listing(conn, cd) == expected(cd, 3, 2, True)
 
     admin = connect("k8simg-test-admin")
     admin.compute.default_microversion = "2.67"
     servers = {s.name: admin.compute.get_server(s.id) for s in conn.compute.servers(tags=
-                                                                                   cluster_tag("ha"))}
+                                                                                   tag_of(cd))}
     assert all(s.status == "ACTIVE" for s in servers.values())
     masters = [s for name, s in servers.items() if "-master-" in name]
     assert len({s.compute_host for s in masters}) == 3  # anti-affinity over three hosts
@@ -119,7 +132,8 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
     assert members == {n.name: str(n.address) for n in initial_nodes(cd.load())
                        if n.role == "master"}
     assert pool.health_monitor_id
-    fip = next(conn.network.ips(tags=[cluster_tag("ha")], description="ha-api"))
+    fip = next(conn.network.ips(tags=[tag_of(cd)],
+                                description=f"k8simg cluster ha: api k8simg-uid={cd.state.uid}"))
     vip = conn.network.find_port("ha-api-vip")
     assert fip.port_id == vip.id
     # The API's floating IP is in the API server's certificate and the admin kubeconfig
@@ -143,11 +157,11 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
 
     again = Deployment.for_cluster(cd, None).deploy()
     assert again.changes == []
-    assert listing(conn, "ha") == expected("ha", 3, 2, True)
+    assert listing(conn, cd) == expected(cd, 3, 2, True)
 
     gone = Deployment.for_cluster(cd, None).destroy()
     assert gone.left == []
-    nothing_left(conn, "ha")
+    nothing_left(conn, cd)
     assert not (cd.path / "openstack" / "application-credential.json").exists()
 
 
@@ -159,14 +173,14 @@ def test_smaller_topologies(os_cloud, image, tmp_path, name, topology, masters, 
                  bastion=bastion)
     plan = Deployment.for_cluster(cd, None, dry_run=True).deploy()
     conn = connect(os_cloud)
-    assert all(not v for v in listing(conn, name).values())  # --plan touched nothing
+    assert all(not v for v in listing(conn, cd).values())  # --plan touched nothing
     planned_servers = {c.name for c in plan.changes if c.kind == "server"}
-    assert planned_servers == expected(name, masters, workers, bastion)["server"]
+    assert planned_servers == expected(cd, masters, workers, bastion)["server"]
     Deployment.for_cluster(cd, None).deploy()
-    assert listing(conn, name) == expected(name, masters, workers, bastion)
+    assert listing(conn, cd) == expected(cd, masters, workers, bastion)
     assert Deployment.for_cluster(cd, None, dry_run=True).deploy().changes == []
     assert Deployment.for_cluster(cd, None).destroy().left == []
-    nothing_left(conn, name)
+    nothing_left(conn, cd)
 
 
 def test_bad_input_fails_preflight_with_nothing_created(os_cloud, image, tmp_path):
@@ -184,8 +198,8 @@ def test_bad_input_fails_preflight_with_nothing_created(os_cloud, image, tmp_pat
         Deployment.for_cluster(big, None).deploy()
     assert [f for f, _ in e.value.problems] == ["user_data.big-master-0"]
     assert "Nova accepts at most 49149" in str(e.value)
-    for name in ("bad", "big"):
-        nothing_left(conn, name)
+    for c in (cd, big):
+        nothing_left(conn, c)
 
 
 def test_quota_refusal_then_recovery(test_cloud, os_cloud, image, tmp_path):
@@ -200,11 +214,11 @@ def test_quota_refusal_then_recovery(test_cloud, os_cloud, image, tmp_path):
             Deployment.for_cluster(cd, None).deploy()
         assert e.value.problems[0][0] == "quota.instances"
         assert "needs 3 more, the project has 2 left (limit 2" in str(e.value)
-        nothing_left(conn, "quota")
+        nothing_left(conn, cd)
     finally:
         admin.compute.update_quota_set(pid, instances=50)
     Deployment.for_cluster(cd, None).deploy()
-    assert listing(conn, "quota") == expected("quota", 1, 2, False)
+    assert listing(conn, cd) == expected(cd, 1, 2, False)
     assert Deployment.for_cluster(cd, None).destroy().left == []
 
 
@@ -224,12 +238,12 @@ def test_server_in_error_is_reported_then_replaced(test_cloud, os_cloud, image, 
         result = Deployment.for_cluster(cd, None).deploy()
         assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == \
             [("replace", "err-worker-0"), ("create", "err-worker-0")]
-        assert listing(conn, "err") == expected("err", 1, 1, False)
-        assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=cluster_tag("err")))
+        assert listing(conn, cd) == expected(cd, 1, 1, False)
+        assert all(s.status == "ACTIVE" for s in conn.compute.servers(tags=tag_of(cd)))
     finally:
         assert Deployment.for_cluster(cd, None).destroy().left == []
         admin.compute.update_quota_set(conn.current_project_id, ram=51200)
-    nothing_left(conn, "err")
+    nothing_left(conn, cd)
 
 
 @pytest.mark.parametrize("kill_after", ["create   security group", "create   server",
@@ -258,17 +272,17 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     conn = connect(os_cloud)
-    assert listing(conn, name) == expected(name, 1, 2, True)
+    assert listing(conn, cd) == expected(cd, 1, 2, True)
     # exactly one of each (a killed run may not leave a duplicate behind)
-    assert len(list(conn.compute.servers(tags=cluster_tag(name)))) == 4
-    assert len(list(conn.network.ips(tags=[cluster_tag(name)]))) == 2
+    assert len(list(conn.compute.servers(tags=tag_of(cd)))) == 4
+    assert len(list(conn.network.ips(tags=[tag_of(cd)]))) == 2
     r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
                        capture_output=True, text=True, env=env, timeout=900)
     assert json.loads(r.stdout)["changes"] == []
     r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(cd.path)],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    nothing_left(conn, name)
+    nothing_left(conn, cd)
 
 
 def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
@@ -280,7 +294,7 @@ def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
     assert {(c.action, c.kind, c.name) for c in up.changes} == {
         ("create", "port", "scale-worker-2-port"), ("create", "volume", "scale-worker-2-storage"),
         ("create", "server", "scale-worker-2")}
-    assert listing(conn, "scale") == expected("scale", 1, 3, False)
+    assert listing(conn, cd) == expected(cd, 1, 3, False)
     edit(cd, workers__count=1)
     plan = Deployment.for_cluster(cd, None, dry_run=True).deploy()
     assert [(c.action, c.name) for c in plan.changes] == [("delete", "scale-worker-2"),
@@ -289,7 +303,7 @@ def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
     with pytest.raises(K8simgError, match=r"workers beyond workers.count \(scale-worker-2, "
                        r"scale-worker-1\) were not removed: the Kubernetes API cannot be asked"):
         Deployment.for_cluster(cd, None).deploy()
-    assert listing(conn, "scale") == expected("scale", 1, 3, False)
+    assert listing(conn, cd) == expected(cd, 1, 3, False)
     # ...unless the operator says so, and then it is said back.
     down = Deployment.for_cluster(cd, None, skip_unobservable=True).deploy()
     assert [(c.action, c.name, c.detail) for c in down.changes if c.kind == "server"] == \
@@ -297,10 +311,10 @@ def test_scaling_workers_up_and_down(os_cloud, image, tmp_path):
          ("delete", "scale-worker-1", "beyond workers.count; not drained")]
     assert any(w.startswith("workers scale-worker-2, scale-worker-1 removed without draining")
                for w in down.warnings)
-    assert listing(conn, "scale") == expected("scale", 1, 1, False)
+    assert listing(conn, cd) == expected(cd, 1, 1, False)
     assert Deployment.for_cluster(cd, None).deploy().changes == []
     assert Deployment.for_cluster(cd, None).destroy().left == []
-    nothing_left(conn, "scale")
+    nothing_left(conn, cd)
 
 
 def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
@@ -309,8 +323,8 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
                        "volume_size_gb": 10})
     Deployment.for_cluster(cd, None).deploy()
     conn = connect(os_cloud)
-    got = listing(conn, "ded")
-    want = expected("ded", 1, 1, True)
+    got = listing(conn, cd)
+    want = expected(cd, 1, 1, True)
     etcd = {f"ded-etcd-{i}" for i in range(3)}
     assert got["server"] == want["server"] | etcd
     assert got["volume"] == want["volume"] | {f"{n}-storage" for n in etcd}
@@ -318,11 +332,11 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
     assert got["server_group"] == want["server_group"] | {"ded-etcds"}
     admin = connect("k8simg-test-admin")
     hosts = {admin.compute.get_server(s.id).compute_host
-             for s in conn.compute.servers(tags=cluster_tag("ded")) if s.name in etcd}
+             for s in conn.compute.servers(tags=tag_of(cd)) if s.name in etcd}
     assert len(hosts) == 3
 
     n = conn.network
-    ids = {sg.name: sg.id for sg in n.security_groups(tags=[cluster_tag("ded")])}
+    ids = {sg.name: sg.id for sg in n.security_groups(tags=[tag_of(cd)])}
 
     def ingress(group):
         return {(r.protocol, r.port_range_min, r.port_range_max,
@@ -342,11 +356,11 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
     assert ingress("ded-bastion") == {("tcp", 22, 22, "0.0.0.0/0")}
     assert ingress("ded-workers") == {("tcp", 30000, 32767, "0.0.0.0/0"),
                                       ("udp", 30000, 32767, "0.0.0.0/0")}
-    ports = {p.name: set(p.security_group_ids) for p in n.ports(tags=[cluster_tag("ded")])}
+    ports = {p.name: set(p.security_group_ids) for p in n.ports(tags=[tag_of(cd)])}
     assert ports["ded-etcd-0-port"] == {ids["ded-nodes"], ids["ded-etcds"]}
     assert ports["ded-bastion-port"] == {ids["ded-bastion"]}
     assert Deployment.for_cluster(cd, None).destroy().left == []
-    nothing_left(conn, "ded")
+    nothing_left(conn, cd)
 
 
 def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
@@ -368,16 +382,147 @@ def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
                for m in messages)
 
 
-def test_destroy_spares_a_cluster_whose_name_extends_it(os_cloud, image, tmp_path):
-    prod = cluster(tmp_path, "prod", topology="single", masters=1, workers=0, bastion=False)
-    prod_eu = cluster(tmp_path, "prod-eu", topology="single", masters=1, workers=0,
-                      bastion=False)
-    Deployment.for_cluster(prod, None).deploy()
-    Deployment.for_cluster(prod_eu, None).deploy()
+@pytest.fixture(scope="module")
+def isolation_users(test_cloud):
+    test_cloud.users_for_isolation_tests()
+
+
+def admin_project_load_balancer(admin, name: str, tag: str):
+    """A load balancer in the admin's own project, named and tagged as a cluster's would be
+    (what a copy of its directory deployed there would make); with its network and subnet."""
+    net = admin.network.create_network(name=f"{name}-elsewhere")
+    sub = admin.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.99.0.0/24",
+                                      name=f"{name}-elsewhere")
+    lb = admin.load_balancer.create_load_balancer(name=name, vip_subnet_id=sub.id, tags=[tag])
+    deadline = time.monotonic() + 120
+    while admin.load_balancer.get_load_balancer(lb.id).provisioning_status != "ACTIVE":
+        assert time.monotonic() < deadline, "the admin project's load balancer never went ACTIVE"
+        time.sleep(1)
+    return net, sub, lb
+
+
+def test_two_clusters_of_one_name_each_keep_to_their_own(os_cloud, image, tmp_path,
+                                                         isolation_users):
+    """Two cluster directories named ``twin`` in one project (a copy for a second region, a
+    re-init after losing the directory), one deployed with admin credentials, which list
+    every project's load balancers: each destroy removes exactly its own, and a lost
+    credential file replaces only its own cluster's credential."""
+    a = cluster(tmp_path / "a", "twin", topology="single", masters=1, workers=0, bastion=False)
+    b = cluster(tmp_path / "b", "twin", topology="single", masters=1, workers=0, bastion=False)
+    assert a.load().name == b.load().name == "twin" and a.state.uid != b.state.uid
+    as_admin = "k8simg-test-admin-in-project"
+    admin = connect("k8simg-test-admin")
+    elsewhere = admin_project_load_balancer(admin, "twin-api", tag_of(a))
+    try:
+        Deployment.for_cluster(a, as_admin).deploy()
+        Deployment.for_cluster(b, None).deploy()
+        member, in_project = connect(os_cloud), connect(as_admin)
+        assert listing(member, b) == expected(b, 1, 0, False)
+        got_a = listing(in_project, a)  # its credential is the admin's
+        assert got_a == expected(a, 1, 0, False)
+        # the admin sees both projects' load balancers tagged as a's; a has one of them
+        seen = {(x.name, x.project_id) for x in in_project.load_balancer.load_balancers(
+            tags=tag_of(a))}
+        assert len(seen) == 2
+
+        # b's credential file is lost: its next deploy replaces b's own credential only
+        a_cred = CloudCredential.load(a.path).application_credential_id
+        b_cred = CloudCredential.load(b.path).application_credential_id
+        CloudCredential.path(b.path).unlink()
+        Deployment.for_cluster(b, None).deploy()
+        b_new = CloudCredential.load(b.path).application_credential_id
+        mine = {c.id for c in member.identity.application_credentials(member.current_user_id)}
+        assert b_new in mine and b_cred not in mine
+        assert in_project.identity.get_application_credential(
+            in_project.current_user_id, a_cred).id == a_cred
+
+        assert Deployment.for_cluster(a, as_admin).destroy().left == []
+        nothing_left(in_project, a)
+        assert listing(member, b) == expected(b, 1, 0, False)
+        assert admin.load_balancer.get_load_balancer(elsewhere[2].id).provisioning_status \
+            == "ACTIVE"
+        assert Deployment.for_cluster(b, None).destroy().left == []
+        nothing_left(member, b)
+    finally:  # a failed assertion leaves nothing behind either
+        Deployment.for_cluster(a, as_admin).destroy()
+        Deployment.for_cluster(b, None).destroy()
+        net, sub, lb = elsewhere
+        admin.load_balancer.delete_load_balancer(lb, cascade=True)
+        deadline = time.monotonic() + 120
+        while admin.load_balancer.find_load_balancer(lb.id, ignore_missing=True) is not None \
+                and time.monotonic() < deadline:
+            time.sleep(1)
+        admin.network.delete_subnet(sub, ignore_missing=True)
+        admin.network.delete_network(net, ignore_missing=True)
+
+
+def test_a_cluster_from_before_uids_is_adopted_on_deploy(os_cloud, image, tmp_path):
+    cd = cluster(tmp_path, "old", topology="single", masters=1, workers=0, bastion=False)
+    cd.state.path.unlink()  # made before UIDs: its state held no UID
     conn = connect(os_cloud)
-    assert Deployment.for_cluster(prod, None).destroy().left == []
-    nothing_left_tagged = listing(conn, "prod")
-    assert all(not v for k, v in nothing_left_tagged.items() if k != "server_group")
-    assert listing(conn, "prod-eu") == expected("prod-eu", 1, 0, False)
-    assert Deployment.for_cluster(prod_eu, None).destroy().left == []
-    nothing_left(conn, "prod-eu")
+    n = conn.network
+    old = "k8simg-cluster-old"
+    public = n.find_network("public")
+    # What an earlier k8simg made and tagged: adopted.
+    net = n.create_network(name="old-net")
+    n.set_tags(net, [old])
+    sg = n.create_security_group(name="old-nodes")
+    n.set_tags(sg, [old])
+    fip = n.create_ip(floating_network_id=public.id, description="old-api")
+    n.set_tags(fip, [old])
+    # Another cluster's (it carries a UID), and an untagged group of one of its names: not.
+    claimed = n.create_network(name="old-net")
+    n.set_tags(claimed, [old, "k8simg-uid-00000000000000ff"])
+    stray = n.create_security_group(name="old-masters")
+    try:
+        with pytest.raises(CloudError, match="no UID yet.*run `k8simg deploy`"):
+            Deployment.for_cluster(cd, None).destroy()
+        Deployment.for_cluster(cd, None).deploy()
+        assert cd.state.uid and not cd.state.adopting
+        assert listing(conn, cd) == expected(cd, 1, 0, False)
+        tag = tag_of(cd)
+        assert [x.id for x in n.networks(tags=[tag])] == [net.id]
+        assert sg.id in {x.id for x in n.security_groups(tags=[tag])}
+        assert cd.state.api_floating_ip == fip.floating_ip_address
+        assert tag not in n.get_network(claimed.id).tags
+        assert tag not in (n.get_security_group(stray.id).tags or [])
+        assert Deployment.for_cluster(cd, None, dry_run=True).deploy().changes == []
+        assert Deployment.for_cluster(cd, None).destroy().left == []
+        nothing_left(conn, cd)
+        assert n.get_network(claimed.id) and n.get_security_group(stray.id)
+    finally:
+        if cd.state.uid:
+            Deployment.for_cluster(cd, None).destroy()
+        n.delete_network(claimed, ignore_missing=True)
+        n.delete_security_group(stray, ignore_missing=True)
+
+
+def test_the_credential_carries_only_its_roles(os_cloud, image, tmp_path, isolation_users):
+    """Deployed as a user who holds only ``member`` (``reader`` implied): the credential has
+    exactly the roles asked for; a role the user does not hold is refused by name."""
+    member_only = "k8simg-test-member"
+    cd = cluster(tmp_path, "roles", topology="single", masters=1, workers=0, bastion=False,
+                 openstack__credential_roles=["member", "admin"])
+    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "--cloud",
+                        member_only], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr  # a preflight problem: the definition's
+    assert "preflight on cloud 'k8simg-test-member' failed; nothing was created" in r.stderr
+    assert "openstack.credential_roles: role 'admin' is not one you hold" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not CloudCredential.path(cd.path).exists()
+    conn = connect(member_only)
+    assert not list(conn.identity.application_credentials(conn.current_user_id))
+    nothing_left(conn, cd)  # refused in the preflight: nothing was created
+
+    edit(cd, openstack__credential_roles=["member"])
+    try:
+        Deployment.for_cluster(cd, member_only).deploy()
+        saved = CloudCredential.load(cd.path)
+        cred = conn.identity.get_application_credential(conn.current_user_id,
+                                                        saved.application_credential_id)
+        # member and what Keystone's default inference makes it imply; never more
+        assert sorted(role["name"] for role in cred.roles) == ["member", "reader"]
+        assert cred.unrestricted is False
+    finally:
+        assert Deployment.for_cluster(cd, member_only).destroy().left == []
+    nothing_left(conn, cd)

@@ -62,11 +62,11 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
         "up-master-0", "up-master-1", "up-master-2", "up-worker-0", "up-worker-1", "up-bastion"]
 
     # Without leave to skip what cannot be observed, it refuses and changes nothing.
-    before = listing(conn, "up")
+    before = listing(conn, cd)
     code, _, err = upgrade(cd)
     assert code == 4, err
     assert "etcd cannot be reached from here" in err
-    assert listing(conn, "up") == before
+    assert listing(conn, cd) == before
 
     # Killed in the middle of the second master's replacement, then run again.
     code, events, err = upgrade(cd, "--skip-unobservable", kill_after=("lb-member-added", 2))
@@ -85,7 +85,7 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     # Every node on the new image, each old one replaced exactly once, nothing leaked.
     masters = ["up-master-3", "up-master-4", "up-master-5"]
     workers = ["up-worker-2", "up-worker-3"]
-    got = listing(conn, "up")
+    got = listing(conn, cd)
     assert got["server"] == {*masters, *workers, "up-bastion"}
     assert got["volume"] == {f"{n}-storage" for n in masters + workers}
     assert got["port"] == {f"{n}-port" for n in masters + workers} | {"up-bastion-port",
@@ -94,7 +94,8 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
               if s.name in got["server"]}
     assert images == {n: new_image for n in got["server"]}
     # The operators' address stayed and now leads to the new bastion.
-    fip = next(conn.network.ips(description="up-bastion"))
+    fip = next(conn.network.ips(
+        description=f"k8simg cluster up: bastion k8simg-uid={cd.state.uid}"))
     port = next(conn.network.ports(name="up-bastion-port"))
     assert fip.port_id == port.id and fip.floating_ip_address == cd.state.bastion_floating_ip
     lb = conn.load_balancer
@@ -107,4 +108,4 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     assert (code, events[-1]["event"]) == (10, "nothing-to-do")
     assert Deployment.for_cluster(cd, dry_run=True).deploy().changes == []
     assert Deployment.for_cluster(cd).destroy().left == []
-    nothing_left(conn, "up")
+    nothing_left(conn, cd)
