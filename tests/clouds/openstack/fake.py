@@ -56,6 +56,9 @@ IMAGE_FIELDS = {c.name: attr for attr, c in _SdkImage._attributes_iterator()}  #
 Bad, Conflict, NotFound = osx.BadRequestException, osx.ConflictException, osx.NotFoundException
 
 
+_UNSET = object()
+
+
 def _id(x):
     return x if isinstance(x, str) else x.id
 
@@ -89,6 +92,8 @@ class FakeCloud:
         self.slow_deletes: dict[str, int] = {}  # server name -> reads its delete takes
         self.console: dict[str, str] = {}  # server name -> console output
         self.quota = dict(QUOTA)  # limits (-1: unlimited), the same for every project
+        # the roles every token carries on its project (Keystone's inference applied)
+        self.token_roles = {"member", "reader", "load-balancer_member"}
 
     def connect(self, project_id="p1", user_id="u1", auth_url="http://keystone.example/v3",
                 region="RegionOne", *, admin=False):
@@ -488,6 +493,20 @@ class ComputeProxy(_Proxy):
     def get_server(self, server):
         return self._get("servers", server)
 
+    @_write
+    def add_tag_to_server(self, server, tag):
+        srv = self._target("servers", server, write=True)
+        if not isinstance(tag, str) or not tag or len(tag) > 60 or "/" in tag or "," in tag:
+            raise Bad(f"Invalid tag: {tag!r}")
+        if tag not in srv.tags:
+            srv.tags.append(tag)
+
+    @_write
+    def set_server_metadata(self, server, **metadata):
+        srv = self._target("servers", server, write=True)
+        srv.metadata = {**(srv.metadata or {}), **{k: str(v) for k, v in metadata.items()}}
+        return self._cloud.view("servers", srv)
+
     @_read
     def find_server(self, name_or_id, ignore_missing=True, *, details=True):
         return self._find("servers", name_or_id, ignore_missing)
@@ -607,6 +626,12 @@ class BlockStorageProxy(_Proxy):
     @_read
     def get_volume(self, volume):
         return self._get("volumes", volume)
+
+    @_write
+    def set_volume_metadata(self, volume, **metadata):
+        v = self._target("volumes", volume, write=True)
+        v.metadata = {**(v.metadata or {}), **{k: str(x) for k, x in metadata.items()}}
+        return self._cloud.view("volumes", v)
 
     @_write
     def create_volume(self, *, name, size, metadata=None, description=None,
@@ -940,9 +965,12 @@ class NetworkProxy(_Proxy):
         return self._cloud.view("floating_ips", fip)
 
     @_write
-    def update_ip(self, floating_ip, if_revision=None, *, port_id):
+    def update_ip(self, floating_ip, if_revision=None, *, port_id=_UNSET, description=None):
         fip = self._target("floating_ips", floating_ip, write=True)
-        self._attach(fip, port_id)
+        if port_id is not _UNSET:
+            self._attach(fip, port_id)
+        if description is not None:
+            fip.description = description
         return self._cloud.view("floating_ips", fip)
 
     @_write
@@ -979,6 +1007,15 @@ class LoadBalancerProxy(_Proxy):
     @_read
     def get_load_balancer(self, load_balancer):
         return self._get("load_balancers", load_balancer)
+
+    @_write
+    def update_load_balancer(self, load_balancer, **attrs):
+        lb = self._target("load_balancers", load_balancer, write=True)
+        if set(attrs) - {"tags", "name", "description"}:
+            raise Bad(f"Invalid input for update: {sorted(attrs)}")
+        for k, v in attrs.items():
+            setattr(lb, k, list(v) if k == "tags" else v)
+        return self._cloud.view("load_balancers", lb)
 
     @_read
     def find_load_balancer(self, name_or_id, ignore_missing=True):
@@ -1127,6 +1164,12 @@ class IdentityProxy(_Proxy):
     def create_application_credential(self, user, name, *, unrestricted=False, description=None,
                                       secret=None, expires_at=None, roles=None):
         uid = self._user(user)
+        for role in roles or []:
+            if role.get("name") not in self._cloud.token_roles:
+                raise osx.NotFoundException(
+                    "Could not find role assignment with role: "
+                    f"{role.get('name')}, user or group: {uid}, project, domain, or system: "
+                    f"{self._pid}.")
         if any(a.user_id == uid and a.name == name
                for a in self._cloud.objs["application_credentials"].values()):
             raise Conflict("Conflict occurred attempting to store application_credential - "
@@ -1170,9 +1213,9 @@ def _shared(name):
 class FakeConnection(_Strict):
     """One project's connection; without ``cloud``, a fresh :class:`FakeCloud` of its own."""
 
-    calls, fail_servers, fault_message, stuck_on_delete, slow_deletes, console, quota = map(
-        _shared, ("calls", "fail_servers", "fault_message", "stuck_on_delete", "slow_deletes",
-                  "console", "quota"))
+    calls, fail_servers, fault_message, stuck_on_delete, slow_deletes, console, quota, \
+        token_roles = map(_shared, ("calls", "fail_servers", "fault_message", "stuck_on_delete",
+                                    "slow_deletes", "console", "quota", "token_roles"))
 
     def __init__(self, project_id="p1", user_id="u1", auth_url="http://keystone.example/v3",
                  region="RegionOne", *, admin=False, cloud=None):
@@ -1182,6 +1225,9 @@ class FakeConnection(_Strict):
         self.image, self.compute = ImageProxy(self), ComputeProxy(self)
         self.block_storage, self.network = BlockStorageProxy(self), NetworkProxy(self)
         self.load_balancer, self.identity = LoadBalancerProxy(self), IdentityProxy(self)
+        # keystoneauth's view of the token: session.auth.get_access(session).role_names
+        self.session = NS(auth=NS(get_access=lambda _session: NS(
+            role_names=sorted(self.cloud.token_roles))))
 
     def authorize(self):
         return "fake-token"

@@ -8,7 +8,7 @@ ACTIVE/ERROR, and refuses deletions in the wrong order as Neutron does."""
 import pytest
 
 from k8simg.clouds.base import CloudError, Ledger, PreflightError
-from k8simg.clouds.openstack import quota, security
+from k8simg.clouds.openstack import identity, quota, security
 from k8simg.clouds.openstack.compute import Flavor
 from k8simg.clouds.openstack.driver import OpenStackCloud
 from k8simg.model import ports
@@ -41,12 +41,14 @@ def cluster(tmp_path, name="c1", masters=3, workers=2, **over):
     return write_cluster(tmp_path / name, **{**settings, **over})
 
 
-def on(fake, cd, *, dry_run=False, messages=None, project="p1") -> Deployment:
+def on(fake, cd, *, dry_run=False, messages=None, project="p1", user="u1",
+       admin=False) -> Deployment:
     """The deployment of ``cd`` on the fake, as ``k8simg deploy`` makes it (no poll sleeps)."""
     ledger = Ledger(dry_run=dry_run, progress=(messages.append if messages is not None
                                                else lambda _m: None))
     cloud = OpenStackCloud(cd, cd.load(), "fake", ledger=ledger, poll=0,
-                           connect=lambda _name: fake.connect(project_id=project))
+                           connect=lambda _name: fake.connect(project_id=project, user_id=user,
+                                                              admin=admin))
     return Deployment(cd, cloud)
 
 
@@ -273,3 +275,135 @@ def test_a_server_in_error_whose_delete_fails_is_said(fake, tmp_path, monkeypatc
     d.cloud.scope.timeout = 3600
     with pytest.raises(CloudError, match=r"server c1-worker-0 to go went to ERROR"):
         d.cloud.delete_node("c1-worker-0")
+
+
+def owned(fake, uid) -> dict[str, set[str]]:
+    """The IDs of everything that carries ``uid``, by kind."""
+    tag = f"k8simg-uid-{uid}"
+    out = {}
+    for kind, objs in fake.objs.items():
+        ids = {o.id for o in objs.values()
+               if tag in (getattr(o, "tags", None) or [])
+               or (getattr(o, "metadata", None) or {}).get("k8simg-uid") == uid
+               or (getattr(o, "name", None) or "").endswith(uid)}
+        if ids:
+            out[kind] = ids
+    return out
+
+
+def test_two_clusters_of_one_name_keep_to_their_own(fake, tmp_path):
+    """Two directories named ``twin`` in one project, one deployed with admin credentials
+    (which list every project's Neutron and Octavia resources), next to a third ``twin`` in
+    another project: each destroy takes exactly its own; a lost credential file replaces only
+    its own cluster's credential."""
+    a = cluster(tmp_path / "a", "twin", masters=1, workers=1)
+    b = cluster(tmp_path / "b", "twin", masters=1, workers=1)
+    c = cluster(tmp_path / "c", "twin", masters=1, workers=1)
+    fake.add_image(IMAGE, properties={"k8simg_kubernetes_binaries": "included"}, owner="p2")
+    on(fake, a, admin=True).deploy()
+    on(fake, b).deploy()
+    on(fake, c, project="p2").deploy()
+    assert len({a.state.uid, b.state.uid, c.state.uid}) == 3
+    of_a, of_b, of_c = (owned(fake, x.state.uid) for x in (a, b, c))
+    assert of_a.keys() == of_b.keys() == of_c.keys() and not (set.union(*of_a.values())
+                                                             & set.union(*of_b.values()))
+    # a second run of each changes nothing: nothing of the other is taken for its own
+    assert on(fake, a, admin=True).deploy().changes == []
+    assert on(fake, b).deploy().changes == []
+
+    b_cred = CloudCredential.load(b.path).application_credential_id
+    CloudCredential.path(b.path).unlink()
+    changes = on(fake, b).deploy().changes
+    assert [(x.action, x.kind) for x in changes] == [("replace", "application credential")]
+    creds = {o.id for o in fake.objs["application_credentials"].values()}
+    assert CloudCredential.load(a.path).application_credential_id in creds
+    assert b_cred not in creds and CloudCredential.load(b.path).application_credential_id in creds
+
+    of_b, of_c = owned(fake, b.state.uid), owned(fake, c.state.uid)
+    assert on(fake, a, admin=True).destroy().left == []
+    assert owned(fake, a.state.uid) == {}
+    assert owned(fake, b.state.uid) == of_b and owned(fake, c.state.uid) == of_c
+    assert on(fake, b).destroy().left == []
+    assert owned(fake, c.state.uid) == of_c
+
+
+def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
+    """Made as k8simg made clusters before UIDs (tagged k8simg-cluster-<name>, volumes marked
+    in metadata, floating IPs by description): its next deploy adopts exactly what carries the
+    old tag and no UID, creates nothing it already has, and destroy then takes it all."""
+    old = cluster(tmp_path / "x", "old", masters=1, workers=1)
+    on(fake, old).deploy()
+    uid = old.state.uid
+    tag, legacy = f"k8simg-uid-{uid}", "k8simg-cluster-old"
+    # Turn it into what an earlier k8simg left: the old tag, no UID anywhere.
+    for kind in ("networks", "subnets", "routers", "ports", "security_groups", "floating_ips",
+                 "servers", "load_balancers"):
+        for o in fake.objs[kind].values():
+            if tag in (o.tags or []):
+                o.tags = [legacy if t == tag else t for t in o.tags]
+                if kind == "floating_ips":
+                    o.description = "old-" + o.description.split(": ")[1].split()[0]
+                elif kind in ("networks", "subnets", "routers", "ports", "security_groups"):
+                    o.description = ""
+    for v in fake.objs["volumes"].values():
+        v.metadata = {legacy: "true", "k8simg-node": v.metadata["k8simg-node"]}
+    for g in fake.objs["server_groups"].values():
+        g.name = g.name.removesuffix(f"-{uid}")
+    old.state.path.write_text(old.state.path.read_text().replace(f'  "uid": "{uid}",\n', ""))
+    assert old.state.uid is None
+    # Another same-named cluster's network (it carries a UID) and an untagged look-alike.
+    conn = fake.connect()
+    theirs = conn.network.create_network(name="old-net")
+    conn.network.set_tags(theirs, [legacy, "k8simg-uid-00000000000000ff"])
+    stray = conn.network.create_security_group(name="old-masters")
+    before = {k: {o.id for o in v.values()} for k, v in fake.objs.items()}
+
+    with pytest.raises(CloudError, match="no UID yet"):
+        on(fake, old).destroy()
+    result = on(fake, old).deploy()
+    new_uid = old.state.uid
+    assert new_uid and new_uid != uid and not old.state.adopting
+    adopted = {(c.kind, c.name) for c in result.changes if c.detail.startswith("adopted")}
+    assert ("server", "old-master-0") in adopted and ("volume", "old-master-0-storage") in adopted
+    assert ("load balancer", "old-api") in adopted and ("network", "old-net") in adopted
+    made = [(c.action, c.kind, c.name) for c in result.changes if c.action == "create"]
+    # only the server groups, whose old ones carry no mark, are made anew
+    assert {k for _, k, _ in made} == {"server group"}, made
+    new_tag = f"k8simg-uid-{new_uid}"
+    assert new_tag not in fake.objs["networks"][theirs.id].tags
+    assert new_tag not in (fake.objs["security_groups"][stray.id].tags or [])
+    assert on(fake, old).deploy().changes == []
+
+    assert on(fake, old).destroy().left == []
+    left = fake.inventory("p1")
+    left.pop("images")
+    left.pop("security_group_rules")  # the stray group's default egress rules
+    # what was the cluster's is gone, the old server groups (known by their members) too
+    assert left == {"networks": ["old-net"], "security_groups": ["old-masters"]}
+    assert theirs.id in fake.objs["networks"] and stray.id in fake.objs["security_groups"]
+    assert before  # (the IDs before the adoption, for a failing assertion's context)
+
+
+def test_a_role_the_token_lacks_is_refused_before_anything_is_made(fake, tmp_path):
+    cd = cluster(tmp_path, masters=1, workers=0, topology="single",
+                 openstack__credential_roles=["member", "admin"])
+    fake.token_roles = {"member", "reader"}
+    with pytest.raises(PreflightError, match="(?s)nothing was created.*openstack.credential_"
+                                             "roles: role 'admin' is not one you hold .*you "
+                                             "hold: member, reader"):
+        on(fake, cd).deploy()
+    assert fake.calls == []
+
+
+def test_keystone_refusing_a_role_is_said_with_its_reason(fake, tmp_path, monkeypatch):
+    """When the token does not say its roles, Keystone decides: its refusal (the one seen on a
+    real cloud: "Could not find role assignment with role ...") ends in a message naming the
+    field and the roles, not a traceback."""
+    cd = cluster(tmp_path, masters=1, workers=0, topology="single",
+                 openstack__credential_roles=["member", "admin"])
+    monkeypatch.setattr(identity, "token_roles", lambda _s: None)
+    with pytest.raises(CloudError, match="openstack.credential_roles: Keystone refused the "
+                                         "application credential .* with roles member, admin"
+                                         ".*Could not find role assignment with role: admin"):
+        on(fake, cd).deploy()
+    assert not CloudCredential.path(cd.path).exists()
