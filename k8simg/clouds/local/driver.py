@@ -70,7 +70,8 @@ class LocalCloud(Cloud):
         self.netdir = self.root / "network"
         self.nodedir = self.root / "nodes"
         self.ns = Namespace(namespace_name(self.name, cluster.path))
-        self.procs = ProcessTable(self.root / "processes.json")
+        self.procs = ProcessTable(self.root / "processes.json", home=self.root,
+                                  owner=lambda: f"{cluster.state.uid}@{self.root}")
         self.timeout = float(self.cfg.local.boot_timeout_s)
         self.image = self._image_path()
         self.services = Services(self.netdir, self.ns, self.procs, self.ledger, cfg)

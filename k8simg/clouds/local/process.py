@@ -2,7 +2,10 @@
 
 Each daemon writes its own PID file; k8simg records the PID together with the process's start
 time (``/proc/<pid>/stat`` field 22), so a PID the kernel has since reused for an unrelated
-process is never taken for ours, and never signalled.
+process is never taken for ours, and never signalled. Each record is bound to the cluster's
+UID and directory, and a process counts as the record's only while its command line names
+that directory: a copy of the cluster directory (its ``processes.json`` included) or a new
+cluster made in the place of a deleted one never stops the original's processes.
 """
 
 import fcntl
@@ -11,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,15 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def command_line(pid: int) -> str | None:
+    """The process's command line (arguments joined by spaces), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
 def running(pid: int, started: int | None = None) -> bool:
     """Whether ``pid`` is a live process (not a zombie), and the same one that started at
     ``started`` when that is given."""
@@ -51,11 +64,16 @@ class Recorded:
     pid: int
     started: int
     command: str
+    owner: str = ""  # the cluster's UID and directory, as the table that recorded it has them
+    home: str = ""  # a directory the process's command line names ("": not checked)
 
     @property
     def alive(self) -> bool:
-        """Whether the process still runs (the same one: a reused PID is not it)."""
-        return running(self.pid, self.started)
+        """Whether the process still runs (the same one: a reused PID is not it, nor a
+        process whose command line does not name the record's directory)."""
+        if not running(self.pid, self.started):
+            return False
+        return not self.home or self.home in (command_line(self.pid) or "")
 
 
 class ProcessTable:
@@ -67,8 +85,17 @@ class ProcessTable:
 
     _threads = threading.Lock()
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, owner: Callable[[], str] | str = "", home: Path | None = None):
+        """:param owner: the cluster's identity (its UID and directory); records of another
+            are not this table's.
+        :param home: the directory each recorded process's command line must name."""
         self.path = path
+        self._owner = owner
+        self.home = str(home) if home is not None else ""
+
+    @property
+    def owner(self) -> str:
+        return self._owner() if callable(self._owner) else self._owner
 
     @contextmanager
     def _locked(self):
@@ -87,11 +114,16 @@ class ProcessTable:
         """
         try:
             data = json.loads(self.path.read_text())
+            owner = self.owner
+            return {k: Recorded(k, int(v["pid"]), int(v["started"]), str(v["command"]),
+                                owner, self.home)
+                    for k, v in data.items() if v.get("owner", owner) == owner}
         except FileNotFoundError:
             return {}
         except ValueError as e:
             raise K8simgError(f"{self.path}: not valid JSON ({e})") from None
-        return {k: Recorded(k, v["pid"], v["started"], v["command"]) for k, v in data.items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise K8simgError(f"{self.path}: not a process table ({e!r})") from None
 
     def get(self, key: str) -> Recorded | None:
         """The process recorded as ``key``, or None (running or not: see :attr:`Recorded.alive`)."""
@@ -99,7 +131,7 @@ class ProcessTable:
 
     def _save(self, table: dict[str, Recorded]) -> None:
         atomic_write(self.path, json.dumps(
-            {k: {"pid": r.pid, "started": r.started, "command": r.command}
+            {k: {"pid": r.pid, "started": r.started, "command": r.command, "owner": r.owner}
              for k, r in sorted(table.items())}, indent=2) + "\n", 0o600)
 
     def record(self, key: str, pid_file: Path, command: str, timeout: float = 10) -> Recorded:
@@ -118,7 +150,7 @@ class ProcessTable:
             if time.monotonic() > deadline:
                 raise K8simgError(f"{command}: no running process behind {pid_file}")
             time.sleep(0.05)
-        rec = Recorded(key, pid, started, command)
+        rec = Recorded(key, pid, started, command, self.owner, self.home)
         with self._locked():
             table = self.all()
             table[key] = rec

@@ -15,8 +15,9 @@ from k8simg.clouds import open_cloud
 from k8simg.clouds.base import Infra, Preflight, PreflightError
 from k8simg.clouds.local.console import failure_lines
 from k8simg.clouds.local.network import BRIDGE, Namespace, mac_address, namespace_name
-from k8simg.clouds.local.process import ProcessTable, Recorded
+from k8simg.clouds.local.process import ProcessTable, Recorded, running
 from k8simg.clouds.local.vm import config_drive
+from k8simg.model.cluster import ClusterDir
 from k8simg.model.plan import initial_nodes
 from k8simg.ops.deploy import Deployment
 from tests.clouds.local.conftest import leftovers, reap
@@ -139,6 +140,14 @@ def test_namespace_dhcp_and_api_load_balancer(cluster, tmp_path):
     assert again.ledger.changes == []
     pids = [r.pid for r in cloud.procs.all().values()]
     assert len(pids) == 2  # dnsmasq, haproxy
+    # A copy of the cluster directory (its process table included) is another cluster: its
+    # destroy stops none of the original's processes.
+    copy = tmp_path / "copy" / cluster.path.name
+    (copy / "local").mkdir(parents=True)
+    for f in ("cluster.yaml", "state.json", "local/processes.json"):
+        (copy / f).write_bytes((cluster.path / f).read_bytes())
+    assert Deployment.for_cluster(ClusterDir(copy)).destroy().left == []
+    assert all(running(pid) for pid in pids)
     result = Deployment.for_cluster(cluster).destroy()
     assert result.left == []
     assert leftovers(cluster, pids) == []
@@ -164,6 +173,41 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_record_is_the_cluster_s_only_by_its_uid_and_directory(tmp_path):
+    """The table of a copied directory, of a cluster re-made in the place of a deleted one,
+    or a record from before UIDs in a copy: none of them stops the original's process."""
+    home = tmp_path / "a" / "local"
+    home.mkdir(parents=True)
+    proc = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)", str(home)])
+    try:
+        pid_file = home / "p.pid"
+        pid_file.write_text(str(proc.pid))
+        original = ProcessTable(home / "processes.json", owner=f"u1@{home}", home=home)
+        assert original.record("vm", pid_file, "python3").alive
+        # a copy: same UID (state.json was copied), another directory
+        copy = tmp_path / "b" / "local"
+        copy.mkdir(parents=True)
+        (copy / "processes.json").write_bytes((home / "processes.json").read_bytes())
+        copied = ProcessTable(copy / "processes.json", owner=f"u1@{copy}", home=copy)
+        assert copied.all() == {} and copied.stop("vm") is False
+        # a new cluster in the old one's place: same directory, another UID
+        remade = ProcessTable(home / "processes.json", owner=f"u2@{home}", home=home)
+        assert remade.all() == {} and remade.stop("vm") is False
+        # a record from before owners, in a copy: the process does not name the copy
+        data = json.loads((home / "processes.json").read_text())
+        del data["vm"]["owner"]
+        (copy / "processes.json").write_text(json.dumps(data))
+        legacy = ProcessTable(copy / "processes.json", owner=f"u1@{copy}", home=copy)
+        assert list(legacy.all()) == ["vm"] and not legacy.all()["vm"].alive
+        assert legacy.stop("vm") is False
+        assert proc.poll() is None
+        assert original.stop("vm") is True
+        assert proc.wait(10) == -15  # SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_concurrent_records_are_all_kept(tmp_path):
