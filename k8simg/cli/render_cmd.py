@@ -23,6 +23,10 @@ def render(cluster, node_name, all_nodes, out_file, out_dir, output):
     """
     if bool(node_name) == bool(all_nodes):
         raise click.UsageError("give exactly one of --node NAME and --all")
+    if all_nodes and out_file:
+        raise click.UsageError("--out goes with --node; --all writes into --out-dir")
+    if node_name and out_dir:
+        raise click.UsageError("--out-dir goes with --all; --node writes to --out FILE")
     cd = cluster_dir(cluster)
     ctx = render_context(cd)
     if all_nodes:

@@ -60,6 +60,10 @@ class ClusterState:
             raise K8simgError(f"{self.path}: not valid JSON ({e})") from None
         if not isinstance(data, dict):
             raise K8simgError(f"{self.path}: not a JSON object")
+        uid = data.get("uid")
+        if uid is not None and not (isinstance(uid, str) and UID_PATTERN.fullmatch(uid)):
+            raise K8simgError(f"{self.path}: uid: expected 16 lowercase hex digits, found "
+                              f"{uid!r}")
         return data
 
     def _update(self, **changes) -> None:
@@ -83,11 +87,7 @@ class ClusterState:
 
         :raises K8simgError: when the file holds something that is not a UID.
         """
-        uid = self._read().get("uid")
-        if uid is not None and not (isinstance(uid, str) and UID_PATTERN.fullmatch(uid)):
-            raise K8simgError(f"{self.path}: uid: expected 16 lowercase hex digits, found "
-                              f"{uid!r}")
-        return uid
+        return self._read().get("uid")  # its shape is checked on every read
 
     def ensure_uid(self, *, legacy: bool = False) -> str:
         """The cluster's UID, made and recorded now if it has none.

@@ -61,6 +61,11 @@ def semantic_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
         problems.append(("network.service_cidr",
                          f"needs at least a /24 (the API service at .1, cluster DNS at .10, room "
                          f"for the cluster's services), got /{net.service_cidr.prefixlen}"))
+    if cfg.pki.cert_validity_days >= cfg.pki.ca_validity_days:
+        # A certificate must not outlive its CA: clients stop trusting it with the CA.
+        problems.append(("pki.cert_validity_days",
+                         f"{cfg.pki.cert_validity_days} days would outlive the CA "
+                         f"(pki.ca_validity_days: {cfg.pki.ca_validity_days}); make it shorter"))
     reserved = {ports.ETCD_CLIENT: "etcd's client port", ports.ETCD_PEER: "etcd's peer port",
                 ports.KUBELET: "the kubelet's port", ports.SSH: "SSH"}
     if cfg.api.port in reserved:

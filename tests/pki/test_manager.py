@@ -151,13 +151,17 @@ def test_renew_refuses_cas_and_unknown_names(make_cluster, clock):
 
 
 def test_leaf_never_outlives_its_ca(make_cluster, clock):
-    cd = make_cluster(pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 30,
+    """A definition whose leaves would outlive the CA does not validate; a leaf renewed when
+    the CA has less left than a leaf's validity ends with the CA."""
+    cd = make_cluster(pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 400,
                            "cert_validity_days": 365})
     cluster_pki(cd, clock=clock).ensure()
+    later = NOW + dt.timedelta(days=100)
+    cluster_pki(cd, clock=lambda: later).renew(["apiserver-kubelet-client"])
     ca = x509.load_pem_x509_certificate((cd.pki_dir / "ca.crt").read_bytes())
     leaf = x509.load_pem_x509_certificate((cd.pki_dir / "apiserver-kubelet-client.crt").read_bytes())
-    assert leaf.not_valid_after_utc == ca.not_valid_after_utc == NOW + dt.timedelta(days=30)
-    assert leaf.not_valid_before_utc == NOW - dt.timedelta(minutes=5)
+    assert leaf.not_valid_after_utc == ca.not_valid_after_utc == NOW + dt.timedelta(days=400)
+    assert leaf.not_valid_before_utc == later - dt.timedelta(minutes=5)
 
 
 def test_check_expiration_cli(make_cluster):
