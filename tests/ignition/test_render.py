@@ -128,6 +128,11 @@ def test_master_has_the_control_plane(rendered_cluster):
                 ("ClusterRoleBinding", "kubeadm:cluster-admins"),
                 ("ClusterRoleBinding", "kubeadm:node-autoapprove-certificate-rotation")]:
         assert obj in addons, obj
+    conf = next(o for p, o in kube_objects(doc, version)
+                if o["kind"] == "Secret" and o["metadata"]["name"] == "cloud-config")
+    # the cloud controller and Cinder CSI read instance data from the config drive only
+    assert "[Metadata]\n# Instance data from the config drive only: the nodes block the " \
+           "metadata service.\nsearch-order=configDrive\n" in conf["stringData"]["cloud.conf"]
     assert env_values(doc, "/etc/k8simg/addons.env")["ADDONS"] == (
         "-f /usr/share/k8simg/addons/core -f /usr/share/k8simg/addons/openstack "
         "-f /etc/k8simg/addons.yaml")
