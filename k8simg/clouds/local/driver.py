@@ -2,11 +2,13 @@
 
 Everything lives in ``<cluster>/local/`` and in the cluster's network namespace::
 
-    local/processes.json          every process started (dnsmasq, haproxy, one QEMU per node)
-                                  with its PID and start time; destroy stops exactly these
-    local/network/                dnsmasq's and haproxy's config, PID files, leases and logs
+    local/processes.json          every process started (dnsmasq, haproxy, the metadata service,
+                                  one QEMU per node) with its PID and start time; destroy stops
+                                  exactly these
+    local/network/                their config, PID files, leases and logs
     local/nodes/<node>/           root.qcow2 (overlay on the image), storage.qcow2 (the volume),
-                                  config.iso (config drive), console.log, node.json
+                                  config.iso (config drive), user_data (what the metadata
+                                  service answers it), console.log, node.json
 
 A node is booted like Nova boots one: its root disk a copy-on-write overlay on the baked image,
 a config drive labelled ``config-2`` with ``openstack/latest/{meta_data,network_data}.json`` and
@@ -38,6 +40,7 @@ from k8simg.clouds.base import (
     Preflight,
     Reach,
 )
+from k8simg.clouds.local import metadata
 from k8simg.clouds.local import vm as qemu
 from k8simg.clouds.local.console import FAILURE, REPORT_END, REPORT_GRACE_S, console_text, failure_lines
 from k8simg.clouds.local.network import (
@@ -158,21 +161,24 @@ class LocalCloud(Cloud):
 
     # ------------------------------------------------------------------ network
     def ensure_infrastructure(self, pre: Preflight, nodes: list[Node]) -> Infra:
-        """The cluster's namespace with its bridge (the gateway and the API VIP on it) and
-        dnsmasq with a fixed lease per node; the planned VIP is the API's address."""
+        """The cluster's namespace with its bridge (the gateway, the API VIP and the metadata
+        address on it), dnsmasq with a fixed lease per node, and the metadata service; the
+        planned VIP is the API's address."""
         net = self.cfg.network.node_cidr
         gw = IPv4Interface(f"{gateway(self.cfg)}/{net.prefixlen}")
         vip = IPv4Interface(f"{api_vip(self.cfg)}/{net.prefixlen}")
+        meta = IPv4Interface(f"{metadata.ADDRESS}/32")
         if not self.ns.exists:
             self.ledger.record("create", "network namespace", self.ns.name,
                                f"bridge {BRIDGE} {gw}, no uplink")
             if not self.dry:
                 self.root.mkdir(mode=0o700, exist_ok=True)
-                self.ns.create(gw, [vip])
+                self.ns.create(gw, [vip, meta])
         elif not self.dry:
-            for added in self.ns.ensure_addresses([gw, vip]):
+            for added in self.ns.ensure_addresses([gw, vip, meta]):
                 self.ledger.record("update", "bridge address", added)
         self.ensure_dnsmasq(nodes)
+        self.services.ensure_metadata(self.nodedir)
         return Infra()
 
     def ensure_dnsmasq(self, nodes: list[Node]) -> None:
@@ -229,6 +235,7 @@ class LocalCloud(Cloud):
         qemu.overlay(self.image, d / "root.qcow2")
         if volume_gb is not None:
             qemu.blank_disk(d / "storage.qcow2", volume_gb)
+        atomic_write(d / "user_data", user_data, 0o600)  # the metadata service's answer
         qemu.config_drive(d / "config.iso", node.name, user_data, instance_id=instance,
                           network_data=qemu.network_data(node, mac, self.cfg))
         rec = {"name": node.name, "role": node.role, "index": node.index,

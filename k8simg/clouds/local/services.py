@@ -1,9 +1,11 @@
 """The local cloud's network services in the cluster's namespace: dnsmasq (a fixed lease and a
-DNS name per node) and haproxy (the API load balancer at the planned VIP), each restarted or
-reloaded only when its configuration changes, each recorded in the process table."""
+DNS name per node), haproxy (the API load balancer at the planned VIP) and the metadata service
+(:mod:`k8simg.clouds.local.metadata`, as Nova's at 169.254.169.254), each restarted or reloaded
+only when its configuration changes, each recorded in the process table."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from k8simg.clouds.base import Ledger
@@ -104,3 +106,21 @@ class Services:
         pid.unlink(missing_ok=True)
         run_daemon(self.ns.exec(["haproxy", "-D", "-q", "-f", str(cfg_path)]), "haproxy")
         self.procs.record("haproxy", pid, "haproxy")
+
+    def ensure_metadata(self, nodes_dir: Path) -> None:
+        """The metadata service at 169.254.169.254 (it answers from the node records in
+        ``nodes_dir``, so a new node needs no restart)."""
+        from k8simg.clouds.local import metadata
+
+        rec = self.procs.get("metadata")
+        if rec is not None and rec.alive:
+            return
+        self.ledger.record("create", "metadata service", f"{metadata.ADDRESS}:{metadata.PORT}",
+                           "as Nova's: each node's user_data")
+        if self.ledger.dry_run:
+            return
+        pid, log = self.netdir / "metadata.pid", self.netdir / "metadata.log"
+        pid.unlink(missing_ok=True)
+        run_daemon(self.ns.exec([sys.executable, "-m", "k8simg.clouds.local.metadata",
+                                 str(nodes_dir), str(pid), str(log)]), "the metadata service")
+        self.procs.record("metadata", pid, "metadata")

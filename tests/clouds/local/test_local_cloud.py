@@ -9,6 +9,7 @@ upgrade` rolls an HA cluster onto a re-baked image (new VMs, one at a time) unde
 keeping every acknowledged write and quorum.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -57,6 +58,29 @@ for u in containerd.service k8simg-etcd.service var-lib-containerd.mount etcd.se
     echo "K8SIMG-NODE-REPORT unit $u $(systemctl is-active $u)"
 done
 echo "K8SIMG-NODE-REPORT hostname $(hostname)"
+# The metadata service (the local cloud's, at 169.254.169.254, as Nova's): asked from a network
+# namespace standing for a pod (routed by the node, masqueraded as flannel does) and from the
+# node itself, then from the pod again with the image's block lifted.
+ip netns add k8simg-probe
+ip link add k8sprobe0 type veth peer name eth0 netns k8simg-probe
+ip addr add 10.255.255.1/30 dev k8sprobe0
+ip link set k8sprobe0 up
+ip -n k8simg-probe addr add 10.255.255.2/30 dev eth0
+ip -n k8simg-probe link set eth0 up
+ip -n k8simg-probe route add default via 10.255.255.1
+sysctl -qw net.ipv4.ip_forward=1
+nft add table ip k8simg_probe
+nft add chain ip k8simg_probe post '{ type nat hook postrouting priority 100; }'
+nft add rule ip k8simg_probe post ip saddr 10.255.255.0/30 masquerade
+url=http://169.254.169.254/openstack/latest/user_data
+echo "K8SIMG-NODE-REPORT metadata-block $(systemctl is-active k8simg-metadata-block.service)"
+echo "K8SIMG-NODE-REPORT metadata-pod $(ip netns exec k8simg-probe curl -s -m 10 -o /dev/null \
+    -w '%{http_code}' $url; echo "-exit$?")"
+echo "K8SIMG-NODE-REPORT metadata-node $(curl -s -m 10 -o /dev/null -w '%{http_code}' $url; \
+    echo "-exit$?")"
+nft delete table inet k8simg_metadata
+echo "K8SIMG-NODE-REPORT metadata-unblocked-pod $(ip netns exec k8simg-probe curl -s -m 10 $url \
+    | sha256sum | cut -c1-64)"
 echo "K8SIMG-NODE-REPORT end"
 """
 
@@ -93,7 +117,7 @@ def node_report(console: Path, timeout: float = 600) -> dict:
             break
         time.sleep(5)
     found = {}
-    for m in re.finditer(r"K8SIMG-NODE-REPORT (unit \S+|hostname) (\S+)", text):
+    for m in re.finditer(r"K8SIMG-NODE-REPORT (unit \S+|hostname|metadata-\S+) (\S+)", text):
         found[m.group(1)] = m.group(2)
     assert found, f"no report on {console}"
     return found
@@ -122,6 +146,7 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
     assert made == sorted([
         ("create", "network namespace", open_cloud(cd, cd.load()).ns.name),
         ("create", "dhcp server", "dnsmasq"),
+        ("create", "metadata service", "169.254.169.254:80"),
         ("create", "load balancer", "ha-api"),
         *[("create", "server", f"ha-master-{i}") for i in range(3)]])
     assert result.api_endpoint == "https://10.0.0.5:6443"
@@ -140,6 +165,13 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         assert report["unit k8simg-etcd.service"] == "active", report
         assert report["unit var-lib-containerd.mount"] == "active", report  # the volume
         assert report["unit etcd.service"] == "inactive", report  # Debian's own stays off
+        # Nothing on the node reaches the metadata service, while it stands there: with the
+        # block lifted, the pod's namespace got the node's user_data (the keys it holds).
+        assert report["metadata-block"] == "active", report
+        assert report["metadata-pod"].startswith("000-exit"), report
+        assert report["metadata-node"].startswith("000-exit"), report
+        user_data = (open_cloud(cd, cd.load()).node_path(n["name"]) / "user_data").read_bytes()
+        assert report["metadata-unblocked-pod"] == hashlib.sha256(user_data).hexdigest(), report
         console = console_text(Path(n["console_file"]))  # escape sequences removed
         assert f"{n['name']} login:" in console
         assert "k8simg: first boot failed" not in console

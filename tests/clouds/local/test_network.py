@@ -4,6 +4,7 @@ test's own, with the node's planned MAC) that asks for a lease with busybox's re
 and serves the API port. Everything is real; only the VM is missing."""
 
 import json
+import shutil
 import subprocess
 import uuid
 from contextlib import contextmanager
@@ -106,6 +107,27 @@ def test_namespace_dhcp_and_api_load_balancer(cluster, tmp_path):
         r = _sh("ip", "netns", "exec", node_ns, "busybox", "nslookup",
                 f"{worker0.name}", "10.0.0.1", check=False)
         assert str(worker0.address) in r.stdout, r.stdout + r.stderr
+        # The metadata service answers a node with its own user_data, as Nova does, and
+        # anyone else with 404.
+        _sh("ip", "-n", node_ns, "route", "add", "default", "via", "10.0.0.1")
+        rec = cloud.node_path(master0.name)
+        rec.mkdir(parents=True)
+        (rec / "node.json").write_text(json.dumps({"name": master0.name, "uuid": "u-0",
+                                                   "address": str(master0.address)}))
+        (rec / "user_data").write_bytes(b"master-0's ignition config")
+        url = "http://169.254.169.254/openstack/latest/user_data"
+        r = _sh("ip", "netns", "exec", node_ns, "busybox", "wget", "-q", "-O", "-", url)
+        assert r.stdout == "master-0's ignition config"
+        r = _sh("ip", "netns", "exec", node_ns, "busybox", "wget", "-q", "-O", "-",
+                "http://169.254.169.254/openstack/latest/meta_data.json")
+        assert json.loads(r.stdout) == {"uuid": "u-0", "name": master0.name,
+                                        "hostname": master0.name}
+        (rec / "node.json").write_text(json.dumps({"name": master0.name, "uuid": "u-0",
+                                                   "address": "10.0.0.99"}))
+        r = _sh("ip", "netns", "exec", node_ns, "busybox", "wget", "-q", "-O", "-", url,
+                check=False)
+        assert r.returncode != 0 and r.stdout == ""  # 404: not the node at that address
+        shutil.rmtree(rec)
         # Nothing outside the namespace is reachable from a node.
         r = _sh("ip", "netns", "exec", node_ns, "busybox", "ping", "-c", "1", "-W", "1",
                 "192.0.2.1", check=False)
@@ -139,7 +161,7 @@ def test_namespace_dhcp_and_api_load_balancer(cluster, tmp_path):
     again.ensure_api_members(masters, Infra())
     assert again.ledger.changes == []
     pids = [r.pid for r in cloud.procs.all().values()]
-    assert len(pids) == 2  # dnsmasq, haproxy
+    assert len(pids) == 3  # dnsmasq, haproxy, the metadata service
     # A copy of the cluster directory (its process table included) is another cluster: its
     # destroy stops none of the original's processes.
     copy = tmp_path / "copy" / cluster.path.name
