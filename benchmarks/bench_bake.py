@@ -23,17 +23,17 @@ from k8simg.model.images import ImageSpec  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from k8simg.ops.bake import BakeRequest, bake  # noqa: E402
 from tests.ops.bake.test_boot import single_node_machine  # noqa: E402
-from tests.ops.bake.testimage import BUSYBOX, artifacts_tree, publish_stand_ins, serve  # noqa: E402
+from tests.ops.bake.testimage import BUSYBOX, publish_stand_ins, release_tree, serve  # noqa: E402
 from tests.registry import registry  # noqa: E402
 from tests.support import kubectl_binary  # noqa: E402
 
 
-def timed_bake(out: Path, base_url: str, mirrors: dict, cache: str | None
-               ) -> tuple[float, Path]:
+def timed_bake(out: Path, base_url: str, mirrors: dict, cache: str | None,
+               pins: dict[str, str]) -> tuple[float, Path]:
     env = {"DIB_IMAGE_CACHE": cache} if cache else {}
     start = time.perf_counter()
     result = bake(BakeRequest(kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=out,
-                              release_base_url=base_url, extra_env=env,
+                              release_base_url=base_url, extra_env=env, tarball_sha512=pins,
                               registry_mirrors=mirrors,
                               extra_images=(ImageSpec("extra", BUSYBOX),)),
                   progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -68,16 +68,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d, registry(Path(d) / "registry") as reg:
         work = Path(d)
-        tree = artifacts_tree(work / "release", kubectl_binary(work), DEFAULT_KUBERNETES_VERSION)
+        pins = release_tree(work / "release", kubectl_binary(work), work / "layouts")
+        tree = work / "release"
         mirrors = publish_stand_ins(reg, work / "layouts")
         server, thread = serve(tree)
         url = f"http://127.0.0.1:{server.server_address[1]}"
         try:
             if not args.skip_cold:
-                secs, image = timed_bake(work / "cold", url, mirrors, str(work / "dib-cache"))
+                secs, image = timed_bake(work / "cold", url, mirrors, str(work / "dib-cache"),
+                                         pins)
                 rows.append({"what": "bake, cold (empty DIB cache)", "value": f"{secs:.0f} s"})
             if not args.skip_warm:
-                secs, image = timed_bake(work / "warm", url, mirrors, None)
+                secs, image = timed_bake(work / "warm", url, mirrors, None, pins)
                 rows.append({"what": "bake, warm", "value": f"{secs:.0f} s"})
             rows.append({"what": "image size (qcow2)",
                          "value": f"{image.stat().st_size / (1 << 20):.0f} MiB"})

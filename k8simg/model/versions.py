@@ -48,6 +48,30 @@ RELEASES: dict[str, Release] = {
 
 DEFAULT_KUBERNETES_VERSION = "1.35.2"
 
+# The SHA-512 of each supported release's tarballs, as upstream's CHANGELOG publishes them
+# (kubernetes/kubernetes CHANGELOG/CHANGELOG-1.35.md and CHANGELOG-1.34.md at commit
+# 008b3652959ca58af8be3fb5b6ecfe9ae7638282, "Server Binaries" and "Node Binaries"). The bake
+# trusts a tarball only when it matches (k8simg.ops.artifacts); kubelet, kubeadm, kubectl and
+# the control-plane images come out of these two files.
+TARBALL_SHA512: dict[str, dict[str, str]] = {
+    "1.35.2": {
+        "kubernetes-node-linux-amd64.tar.gz":
+            "499a61b38dbcddb7105a89cac0f63e1d9a08178c051d693a8095de65939deb4e"
+            "12ff4a11116d69ec69e14da0d929c8344bbb8ea8ad06cc65d749d327ee0c7c55",
+        "kubernetes-server-linux-amd64.tar.gz":
+            "73b7e15267995f488159628f27b1742199de97a673e0728bf9c539a06d9454d3"
+            "e9725516bf5d6c05cea7d4c8b847fe44fe835d39e0d7eeedc453833918022296",
+    },
+    "1.34.5": {
+        "kubernetes-node-linux-amd64.tar.gz":
+            "11baab6d40a273b32d5d07c143cdcc41929e3173fe6ec76d68857c1339f1122b"
+            "4f57d314ea95af09af8591438fd200e915d5978fc297bd7e176b6e0ccc9017e5",
+        "kubernetes-server-linux-amd64.tar.gz":
+            "c7970e1e061a1c07acfa23d9166aeae583d27cbe2fdf14f0d7c17d2425a7292a"
+            "7347775413258635ca458c5fd84e8f48e63ff6e12fb37489d9cf2106e8c721a2",
+    },
+}
+
 # Sidecars and helpers that move independently of the Kubernetes release.
 _CSI_ATTACHER = "v4.8.1"
 _CSI_PROVISIONER = "v5.2.0"

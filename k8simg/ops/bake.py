@@ -26,7 +26,14 @@ from k8simg.ignition.image import image_files
 from k8simg.model.images import ImageSpec
 from k8simg.model.manifest import NO_KUBERNETES, Manifest
 from k8simg.model.versions import RELEASES, image_specs
-from k8simg.ops.artifacts import RELEASE_BASE_URL, fetch, kubernetes_artifacts, sha256_file
+from k8simg.ops.artifacts import (
+    RELEASE_BASE_URL,
+    fetch,
+    node_binaries,
+    release_tarballs,
+    server_image_archives,
+    sha256_file,
+)
 from k8simg.ops.images import BakedImage, collect
 
 
@@ -65,6 +72,8 @@ class BakeRequest:
     :param extra_elements: more diskimage-builder elements (site CA certificates, agents),
         found in ``elements_paths``.
     :param image_cache: pulled image archives kept by digest across bakes.
+    :param tarball_sha512: the release tarballs' SHA-512 by file name, instead of the ones
+        k8simg pins (a build of one's own; the CLI offers no way to give them).
     """
 
     kubernetes_version: str
@@ -80,6 +89,7 @@ class BakeRequest:
     elements_paths: tuple[Path, ...] = ()
     image_cache: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    tarball_sha512: dict[str, str] | None = None  # None: k8simg's pins (versions.py)
 
 
 @dataclass(frozen=True)
@@ -177,15 +187,20 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
           ) -> tuple[dict, list[BakedImage]]:
     """Lay out what the elements install; returns the binaries' and the images' records."""
     binaries: dict[str, dict] = {}
+    from_release = {}
     if not req.without_kubernetes:
-        arts = kubernetes_artifacts(req.kubernetes_version, base_url=req.release_base_url)
-        for f in fetch(arts, staging / "bin", artifacts_dir=req.artifacts_dir,
-                       progress=progress):
-            binaries[f.name] = {"version": req.kubernetes_version, "sha256": f.sha256,
-                                "source": f.source}
+        release = staging.parent / "release"
+        node, server = fetch(release_tarballs(req.kubernetes_version, base_url=req.release_base_url,
+                                              pins=req.tarball_sha512),
+                             release, artifacts_dir=req.artifacts_dir, progress=progress)
+        for f in node_binaries(node, staging / "bin"):
+            binaries[f.name] = {"version": req.kubernetes_version, "sha256": f.digest,
+                                "source": f.source, "tarball_sha512": node.digest}
+        from_release = {key: (f.path, f.source)
+                        for key, f in server_image_archives(server, release / "images").items()}
     baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
                            mirrors=req.registry_mirrors, cache_dir=req.image_cache,
-                           progress=progress)
+                           from_release=from_release, progress=progress)
     for path, (mode, text) in image_files(req.kubernetes_version).items():
         dest = staging / "rootfs" / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +231,8 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
 
     :raises BakeError: when diskimage-builder fails (with the tail of its log) or the
         release is unknown.
-    :raises ArtifactError: when a binary cannot be fetched or does not verify.
+    :raises ArtifactError: when a release tarball cannot be had or does not match its pinned
+        SHA-512.
     """
     if req.kubernetes_version not in RELEASES:
         raise BakeError(f"kubernetes version {req.kubernetes_version!r} is not one of "

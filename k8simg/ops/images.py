@@ -46,7 +46,8 @@ class BakedImage:
     :param key: what the cluster uses it for (as :class:`~k8simg.model.images.ImageSpec` says).
     :param digest: its linux/amd64 manifest's digest.
     :param path: the archive.
-    :param digest_source: ``pinned``, ``resolved at bake time`` or ``artifacts directory``.
+    :param digest_source: ``pinned``, ``resolved at bake time``, ``artifacts directory`` or
+        ``release tarball (SHA-512 pinned)``.
     :param source: where its bytes came from (a ``docker://`` reference or an archive's path).
     """
 
@@ -219,11 +220,14 @@ def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
 
 def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path | None = None,
             mirrors: dict[str, str] | None = None, cache_dir: Path | None = None,
+            from_release: dict[str, tuple[Path, str]] | None = None,
             progress: Callable[[str], None] = lambda _m: None) -> list[BakedImage]:
     """Bring every image into ``dest_dir`` as a verified OCI archive, plus the list the node's
     importer reads; nothing unverified is ever left there.
 
     :param artifacts_dir: take ``images/<archive>`` from here instead of a registry.
+    :param from_release: image key -> (docker-archive, where it came from): the control-plane
+        images out of the verified server tarball, taken instead of any registry.
     :param cache_dir: archives already pulled, by digest (checked again before use).
     :raises ImageError: naming the image and what failed.
     """
@@ -241,7 +245,18 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
         for s in seen.values():
             final = dest_dir / s.archive
             part = Path(tmp) / s.archive
-            if artifacts_dir is not None:
+            if from_release and s.key in from_release:
+                src, source = from_release[s.key]
+                progress(f"taking {s.ref} from the release's server tarball")
+                layout = Path(tmp) / "layout"
+                shutil.rmtree(layout, ignore_errors=True)
+                skopeo = skopeo or Skopeo(mirrors, Path(tmp))
+                skopeo.run(["copy", "--quiet", f"docker-archive:{src}", f"oci:{layout}"],
+                           f"{s.ref}: {source} is not an image archive")
+                _pack(layout, s, part)
+                digest = verify_archive(part, s, s.pinned)
+                how = "release tarball (SHA-512 pinned)"
+            elif artifacts_dir is not None:
                 src = Path(artifacts_dir) / "images" / s.archive
                 if not src.is_file():
                     raise ImageError(f"{s.ref}: {src} is missing from the artifacts directory")

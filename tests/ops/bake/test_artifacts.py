@@ -1,22 +1,28 @@
-"""The fetch-and-verify path against a real HTTP server on loopback, and the air-gapped path."""
+"""The release tarballs' fetch-and-verify path against a real HTTP server on loopback, and the
+air-gapped path: a tarball is used only when its SHA-512 matches the pinned one, and only the
+members the bake names are ever read out of it."""
 
 import hashlib
+import io
+import tarfile
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from k8simg.ops.artifacts import ArtifactError, fetch, kubernetes_artifacts
+from k8simg.model.versions import TARBALL_SHA512
+from k8simg.ops.artifacts import (
+    ArtifactError,
+    fetch,
+    node_binaries,
+    release_tarballs,
+    server_image_archives,
+)
+from tests.release import release_dir
 
 VERSION = "1.35.2"
-
-
-def publish(root, name, data, digest=None):
-    d = root / f"v{VERSION}/bin/linux/amd64"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_bytes(data)
-    (d / f"{name}.sha256").write_text(digest or hashlib.sha256(data).hexdigest())
+NODE, SERVER = "kubernetes-node-linux-amd64.tar.gz", "kubernetes-server-linux-amd64.tar.gz"
 
 
 @pytest.fixture
@@ -29,8 +35,7 @@ def release_server(tmp_path):
         def log_message(self, *args):
             pass
 
-    handler = partial(Quiet, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -41,82 +46,104 @@ def release_server(tmp_path):
         thread.join()
 
 
-BINS = {"kubelet": b"\x7fELF test stand-in kubelet\n" * 1000,
-        "kubectl": b"\x7fELF test stand-in kubectl\n" * 1000,
-        "kubeadm": b"\x7fELF test stand-in kubeadm\n" * 1000}
+def test_k8simg_pins_both_tarballs_of_every_release():
+    from k8simg.model.versions import RELEASES
+
+    assert set(TARBALL_SHA512) == set(RELEASES)
+    for version in RELEASES:
+        tarballs = release_tarballs(version)
+        assert [t.url for t in tarballs] == [f"https://dl.k8s.io/v{version}/{NODE}",
+                                             f"https://dl.k8s.io/v{version}/{SERVER}"]
+        assert all(len(t.sha512) == 128 for t in tarballs), version
 
 
-def test_fetches_and_verifies(release_server, tmp_path):
+def test_fetches_verifies_and_takes_only_what_it_names(release_server, tmp_path):
     root, url = release_server
-    for name, data in BINS.items():
-        publish(root, name, data)
+    pins = release_dir(root, VERSION)
     messages = []
-    got = fetch(kubernetes_artifacts(VERSION, base_url=url), tmp_path / "out",
-                progress=messages.append)
-    assert [f.name for f in got] == ["kubelet", "kubectl", "kubeadm"]
-    for f in got:
-        assert f.path.read_bytes() == BINS[f.name]
-        assert f.sha256 == hashlib.sha256(BINS[f.name]).hexdigest()
-        assert f.path.stat().st_mode & 0o777 == 0o755
-        assert f.source == f"{url}/v{VERSION}/bin/linux/amd64/{f.name}"
-    assert f"fetching {url}/v{VERSION}/bin/linux/amd64/kubelet" in messages
+    node, server = fetch(release_tarballs(VERSION, base_url=url, pins=pins), tmp_path / "out",
+                         progress=messages.append)
+    assert (node.name, server.name) == (NODE, SERVER)
+    assert node.digest == pins[NODE] and node.source == f"{url}/v{VERSION}/{NODE}"
+    bins = node_binaries(node, tmp_path / "bin")
+    assert [b.name for b in bins] == ["kubelet", "kubectl", "kubeadm"]
+    for b in bins:
+        assert b.path.stat().st_mode & 0o777 == 0o755
+        assert b"TEST STAND-IN for " + b.name.encode() in b.path.read_bytes()
+        assert b.digest == hashlib.sha256(b.path.read_bytes()).hexdigest()
+        assert b.source == f"{url}/v{VERSION}/{NODE}#kubernetes/node/bin/{b.name}"
+    archives = server_image_archives(server, tmp_path / "images")
+    assert sorted(archives) == ["apiserver", "controller_manager", "kube_proxy", "scheduler"]
+    assert archives["apiserver"].path.read_bytes() == b"stand-in archive of kube-apiserver\n"
+    # nothing else of the tarballs was unpacked
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
+        "kube-apiserver.tar", "kube-controller-manager.tar", "kube-proxy.tar",
+        "kube-scheduler.tar"]
+    assert any("fetching" in m for m in messages)
 
 
-def test_tampered_binary_fails_and_leaves_nothing(release_server, tmp_path):
+def test_a_tampered_tarball_is_refused_naming_it(release_server, tmp_path):
     root, url = release_server
-    for name, data in BINS.items():
-        publish(root, name, data)
-    (root / f"v{VERSION}/bin/linux/amd64/kubeadm").write_bytes(b"tampered")
-    out = tmp_path / "out"
-    with pytest.raises(ArtifactError) as e:
-        fetch(kubernetes_artifacts(VERSION, base_url=url), out)
-    want = hashlib.sha256(BINS["kubeadm"]).hexdigest()
-    assert str(e.value) == (
-        f"kubeadm: checksum mismatch for {url}/v{VERSION}/bin/linux/amd64/kubeadm: expected "
-        f"sha256 {want} (published), got {hashlib.sha256(b'tampered').hexdigest()}")
-    assert sorted(p.name for p in out.iterdir()) == ["kubectl", "kubelet"]  # verified ones only
+    pins = release_dir(root, VERSION)
+    served = root / f"v{VERSION}" / SERVER
+    data = bytearray(served.read_bytes())
+    data[len(data) // 2] ^= 1
+    served.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{SERVER}: SHA-512 mismatch for {url}/v{VERSION}/"
+                                            rf"{SERVER}: expected {pins[SERVER]} \(pinned by "
+                                            r"k8simg from the Kubernetes CHANGELOG\), got "):
+        fetch(release_tarballs(VERSION, base_url=url, pins=pins), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [NODE]  # verified, kept
 
 
-def test_pinned_digest_must_match_too(release_server, tmp_path):
+def test_a_wrong_pin_or_none_is_refused(release_server, tmp_path):
     root, url = release_server
-    for name, data in BINS.items():
-        publish(root, name, data)
-    arts = kubernetes_artifacts(VERSION, base_url=url, pinned={"kubelet": "0" * 64})
-    with pytest.raises(ArtifactError, match=r"kubelet: .* expected sha256 0{64} \(pinned by k8simg\)"):
-        fetch(arts, tmp_path / "out")
+    pins = release_dir(root, VERSION)
+    with pytest.raises(ArtifactError, match=rf"{NODE}: SHA-512 mismatch .* expected 0{{128}}"):
+        fetch(release_tarballs(VERSION, base_url=url, pins={**pins, NODE: "0" * 128}),
+              tmp_path / "out")
+    with pytest.raises(ArtifactError, match=rf"{NODE}: k8simg pins no SHA-512 for it"):
+        fetch(release_tarballs("1.99.0", base_url=url), tmp_path / "out")
+    # k8simg's own pins are upstream's: the stand-ins do not match them
+    with pytest.raises(ArtifactError, match=rf"{NODE}: SHA-512 mismatch .* expected "
+                                            rf"{TARBALL_SHA512[VERSION][NODE]}"):
+        fetch(release_tarballs(VERSION, base_url=url), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_unreachable_names_the_url(tmp_path):
-    url = "http://127.0.0.1:9/release"  # discard port: nothing listens
-    with pytest.raises(ArtifactError, match=r"cannot fetch http://127.0.0.1:9/release/v1.35.2/bin/"
-                                            r"linux/amd64/kubelet.sha256: .*[Cc]onnection refused"):
-        fetch(kubernetes_artifacts(VERSION, base_url=url), tmp_path / "out", timeout=5)
+def test_air_gapped_from_an_artifacts_directory(tmp_path):
+    pins = release_dir(tmp_path / "r", VERSION)
+    src = tmp_path / "r" / f"v{VERSION}"
+    node, server = fetch(release_tarballs(VERSION, pins=pins), tmp_path / "out",
+                         artifacts_dir=src)
+    assert node.source == str(src / NODE) and server.digest == pins[SERVER]
+    (src / SERVER).unlink()
+    with pytest.raises(ArtifactError, match=rf"{SERVER}: {src / SERVER} is missing from the "
+                                            "artifacts directory"):
+        fetch(release_tarballs(VERSION, pins=pins), tmp_path / "out2", artifacts_dir=src)
 
 
-def test_missing_on_server_names_the_url(release_server, tmp_path):
-    _, url = release_server
-    with pytest.raises(ArtifactError, match=r"cannot fetch .*/kubelet.sha256: HTTP 404 File not found"):
-        fetch(kubernetes_artifacts(VERSION, base_url=url), tmp_path / "out")
+def test_a_member_that_is_a_link_or_missing_is_refused(tmp_path):
+    """The tarball verified, but not what the bake expects in it: named, nothing taken."""
+    from k8simg.ops.artifacts import Fetched
 
-
-def test_artifacts_directory(tmp_path):
-    src = tmp_path / "artifacts"
-    src.mkdir()
-    for name, data in BINS.items():
-        (src / name).write_bytes(data)
-        (src / f"{name}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
-    got = fetch(kubernetes_artifacts(VERSION), tmp_path / "out", artifacts_dir=src)
-    assert {f.name: f.source for f in got} == {n: str(src / n) for n in BINS}
-    (src / "kubectl").write_bytes(b"other")
-    with pytest.raises(ArtifactError, match="kubectl: checksum mismatch"):
-        fetch(kubernetes_artifacts(VERSION), tmp_path / "out2", artifacts_dir=src)
-    (src / "kubeadm.sha256").unlink()
-    with pytest.raises(ArtifactError, match=r"kubeadm: .*kubeadm.sha256 is missing from the "
-                                            r"artifacts directory"):
-        fetch(kubernetes_artifacts(VERSION)[2:], tmp_path / "out3", artifacts_dir=src)
-    (src / "kubelet.sha256").write_text("not a digest")
-    with pytest.raises(ArtifactError, match="kubelet.sha256: not a SHA-256 checksum file"):
-        fetch(kubernetes_artifacts(VERSION)[:1], tmp_path / "out4", artifacts_dir=src)
+    path = tmp_path / NODE
+    with tarfile.open(path, "w:gz") as t:
+        link = tarfile.TarInfo("kubernetes/node/bin/kubelet")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        t.addfile(link)
+        data = b"kubectl"
+        info = tarfile.TarInfo("kubernetes/node/bin/kubectl")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    fetched = Fetched(NODE, path, "x", str(path))
+    with pytest.raises(ArtifactError, match=rf"{NODE}: kubernetes/node/bin/kubelet is not a "
+                                            "regular file in it"):
+        node_binaries(fetched, tmp_path / "bin")
+    with pytest.raises(ArtifactError, match=rf"{SERVER}: kubernetes/server/bin/kube-apiserver"
+                                            r".tar is missing in it"):
+        server_image_archives(Fetched(SERVER, path, "x", str(path)), tmp_path / "img")
+    assert not (tmp_path / "bin" / "kubelet").exists()
 
 
 def test_bake_offline_stops_naming_what_it_could_not_fetch(tmp_path):
@@ -125,14 +152,13 @@ def test_bake_offline_stops_naming_what_it_could_not_fetch(tmp_path):
 
     from k8simg.cli import cli
     from k8simg.ops.bake import BakeRequest, bake
-    with pytest.raises(ArtifactError, match=r"cannot fetch http://127.0.0.1:9/v1.35.2/bin/linux/"
-                                            r"amd64/kubelet.sha256"):
+    with pytest.raises(ArtifactError, match=rf"cannot fetch http://127.0.0.1:9/v1.35.2/{NODE}"):
         bake(BakeRequest(kubernetes_version=VERSION, output_dir=tmp_path / "out",
                          release_base_url="http://127.0.0.1:9"))
     assert not list((tmp_path / "out").iterdir())
     r = CliRunner().invoke(cli, ["bake", "--artifacts", str(tmp_path), "--output-dir",
                                  str(tmp_path / "out2")])
-    assert r.exit_code == 1 and "kubelet" in r.output and "is missing from the artifacts" in r.output
+    assert r.exit_code == 1 and NODE in r.output and "is missing from the artifacts" in r.output
 
 
 def test_unreachable_tells_why_or_nothing(release_server):
@@ -141,8 +167,8 @@ def test_unreachable_tells_why_or_nothing(release_server):
 
     root, url = release_server
     assert "HTTP 404" in unreachable(VERSION, url)
-    publish(root, "kubelet", BINS["kubelet"])
+    release_dir(root, VERSION)
     assert unreachable(VERSION, url) is None
     why = unreachable(VERSION, "http://127.0.0.1:9", timeout=5)
-    assert why.startswith("http://127.0.0.1:9/v1.35.2/bin/linux/amd64/kubelet.sha256: ")
+    assert why.startswith(f"http://127.0.0.1:9/v1.35.2/{NODE}: ")
     assert "refused" in why.lower()

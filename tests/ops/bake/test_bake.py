@@ -22,9 +22,12 @@ def test_manifest_lists_every_component(baked_image):
     assert manifest["image"]["sha256"] == subprocess.run(
         ["sha256sum", str(image)], capture_output=True, text=True, check=True).stdout.split()[0]
     assert set(manifest["kubernetes_binaries"]) == {"kubelet", "kubectl", "kubeadm"}
-    for entry in manifest["kubernetes_binaries"].values():
-        assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) and entry["source"].startswith(
-            "http://127.0.0.1:")
+    for name, entry in manifest["kubernetes_binaries"].items():
+        # out of the node tarball, which verified against its pinned SHA-512
+        assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1\.35\.2/kubernetes-node-linux-amd64"
+                            rf"\.tar\.gz#kubernetes/node/bin/{name}", entry["source"]), entry
+        assert re.fullmatch(r"[0-9a-f]{128}", entry["tarball_sha512"])
     for pkg in ("containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
                 "etcd-client", "ignition", "dracut", "linux-image-amd64"):
         assert manifest["packages"][pkg], pkg
@@ -33,10 +36,19 @@ def test_manifest_lists_every_component(baked_image):
     baked = {i["ref"]: i for i in manifest["container_images"]}
     wanted = set(images(RELEASES[manifest["kubernetes_version"]]).values()) | {BUSYBOX}
     assert set(baked) == wanted
+    from_tarball = {"apiserver": "kube-apiserver", "controller_manager":
+                    "kube-controller-manager", "scheduler": "kube-scheduler",
+                    "kube_proxy": "kube-proxy"}
     for ref, entry in baked.items():
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), ref
-        assert entry["digest_source"] == "resolved at bake time"  # nothing is pinned yet
-        assert entry["source"] == f"docker://{ref.rsplit(':', 1)[0]}@{entry['digest']}"
+        if entry["key"] in from_tarball:  # the control-plane images: the server tarball's
+            assert entry["digest_source"] == "release tarball (SHA-512 pinned)", entry
+            assert entry["source"].endswith(
+                f"/v1.35.2/kubernetes-server-linux-amd64.tar.gz#kubernetes/server/bin/"
+                f"{from_tarball[entry['key']]}.tar"), entry
+        else:
+            assert entry["digest_source"] == "resolved at bake time"  # nothing pinned yet
+            assert entry["source"] == f"docker://{ref.rsplit(':', 1)[0]}@{entry['digest']}"
 
 
 def test_files_are_in_the_image(baked_image, tmp_path):
@@ -51,7 +63,10 @@ def test_files_are_in_the_image(baked_image, tmp_path):
         "/etc/systemd/system/k8simg-etcd.service", "/etc/containerd/config.toml",
         "/usr/share/k8simg/addons/core/30-flannel.yaml", "/boot/ignition.firstboot",
         "/etc/systemd/system-preset/80-k8simg.preset", "/usr/bin/cloud-init",
-        "/etc/systemd/system/multi-user.target.wants/etcd.service", "/boot/grub/grub.cfg"])
+        "/etc/systemd/system/multi-user.target.wants/etcd.service", "/boot/grub/grub.cfg",
+        "/etc/k8simg/metadata-block.nft", "/usr/sbin/nft",
+        "/etc/systemd/system/k8simg-metadata-block.service",
+        "/etc/systemd/system/sysinit.target.wants/k8simg-metadata-block.service"])
     assert b"KUBERNETES_VERSION=1.35.2" in got["/etc/k8simg-release"]
     assert b"TEST STAND-IN for kubelet" in got["/usr/bin/kubelet"]
     import hashlib
@@ -65,6 +80,13 @@ def test_files_are_in_the_image(baked_image, tmp_path):
     assert got["/usr/bin/cloud-init"] is None  # no cloud-init
     assert got["/etc/systemd/system/multi-user.target.wants/etcd.service"] is None  # disabled
     assert b"$ignition_firstboot" in got["/boot/grub/grub.cfg"]
+    # the metadata service is refused from the first boot on (enabled in the image)
+    assert b"ip daddr 169.254.169.254" in got["/etc/k8simg/metadata-block.nft"]
+    assert got["/usr/sbin/nft"] is not None
+    assert b"nft -f /etc/k8simg/metadata-block.nft" in \
+        got["/etc/systemd/system/k8simg-metadata-block.service"]
+    assert got["/etc/systemd/system/sysinit.target.wants/k8simg-metadata-block.service"] \
+        is not None  # the enablement link
     # The container images: the importer's list matches the manifest, and an archive read
     # back from the image verifies against the digest the manifest records
     listed = [ln.split() for ln in got[f"{IMAGES_DIR}/{LIST_FILE}"].decode().splitlines()]

