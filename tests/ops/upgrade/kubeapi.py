@@ -43,7 +43,19 @@ class KubeApiDouble:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{getattr(self, 'scheme', 'http')}://127.0.0.1:{self.server.server_address[1]}"
+
+    def serve_tls(self, cert, key, client_ca) -> None:
+        """Serve HTTPS instead, requiring a client certificate of ``client_ca`` (as
+        kube-apiserver does); call before entering."""
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https"
 
     def __enter__(self):
         for t in self.threads:
@@ -180,6 +192,11 @@ class KubeApiDouble:
     # -- HTTP -----------------------------------------------------------------------------
     def _route(self, method: str, path: str, query: dict, body: dict | None):
         with self.lock:
+            if path in ("/version", "/version/") and method == "GET":  # kube-apiserver's fields
+                return 200, {"major": "1", "minor": "35", "gitVersion": "v1.35.2",
+                             "gitCommit": "0" * 40, "gitTreeState": "clean",
+                             "buildDate": "2026-02-10T00:00:00Z", "goVersion": "go1.25.6",
+                             "compiler": "gc", "platform": "linux/amd64"}
             m = re.fullmatch(r"/api/v1/nodes/([^/]+)", path)
             if m and method == "GET":
                 node = self.nodes.get(m[1])
