@@ -111,3 +111,24 @@ def test_image_show_reads_the_manifest(tmp_path):
     (tmp_path / "k8simg-1.35.2.manifest.json").write_text('{"image": {}}')
     r = run("image", "show", tmp_path / "k8simg-1.35.2.qcow2")
     assert r.exit_code == 1 and "k8simg-1.35.2.manifest.json: not a k8simg bake manifest" in r.output
+
+
+def test_config_show_prints_the_effective_configuration_with_the_uid(tmp_path):
+    assert run("init", tmp_path / "a", "--workers", "1").exit_code == 0
+    assert run("init", tmp_path / "b", "--workers", "1").exit_code == 0
+    r = run("config", "show", tmp_path / "a", "-o", "json")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    state = json.loads((tmp_path / "a" / "state.json").read_text())
+    assert shown["uid"] == state["uid"] and len(shown["uid"]) == 16
+    assert shown["name"] == "a" and shown["workers"]["count"] == 1
+    assert shown["openstack"]["credential_roles"] == ["member"]  # defaults filled in
+    assert shown["network"]["node_cidr"] == "10.0.0.0/24"
+    # two clusters, two identities, whatever their names
+    other = json.loads(run("config", "show", tmp_path / "b", "-o", "json").stdout)
+    assert other["uid"] != shown["uid"]
+    # a cluster made before UIDs shows none until its next deploy gives it one
+    (tmp_path / "a" / "state.json").unlink()
+    assert json.loads(run("config", "show", tmp_path / "a", "-o", "json").stdout)["uid"] is None
+    text = run("config", "show", tmp_path / "b").stdout
+    assert text.startswith(f"uid: {other['uid']}\nname: b\n")
