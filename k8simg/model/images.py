@@ -26,11 +26,14 @@ class ImageSpec:
     :param ref: ``registry/repository:tag``, exactly as the node's manifests name it.
     :param pinned: the ``sha256:`` digest of its linux/amd64 manifest, when k8simg or the
         operator pins one.
+    :param pinned_index: the ``sha256:`` digest of its multi-platform index, when that is what
+        its project publishes (the bake reads the linux/amd64 digest out of that index).
     """
 
     key: str
     ref: str
     pinned: str | None = None
+    pinned_index: str | None = None
 
     @property
     def name(self) -> str:

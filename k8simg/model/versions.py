@@ -115,7 +115,21 @@ def images(release: Release) -> dict[str, str]:
 # none.
 PINNED_DIGESTS: dict[str, str] = {}
 
+# Digests of multi-platform indexes, where the image's project publishes one for the tag
+# (its own release manifests pin the index): the bake fetches the index by this digest and
+# takes the linux/amd64 digest it names.
+PINNED_INDEX_DIGESTS: dict[str, str] = {
+    # kubernetes/ingress-nginx changelog/controller-1.13.3.md ("Images:"), commit 19df4d1e8a15
+    "registry.k8s.io/ingress-nginx/controller:v1.13.3":
+        "sha256:1b044f6dcac3afbb59e05d98463f1dec6f3d3fb99940bc12ca5d80270358e3bd",
+}
 
-def image_specs(release: Release):
-    """The images of :func:`images` as the bake pulls them (with pinned digests)."""
-    return [ImageSpec(key, ref, PINNED_DIGESTS.get(ref)) for key, ref in images(release).items()]
+
+def image_specs(release: Release, index_pins: dict[str, str] | None = None):
+    """The images of :func:`images` as the bake pulls them (with pinned digests).
+
+    :param index_pins: instead of :data:`PINNED_INDEX_DIGESTS` (a bake of stand-ins).
+    """
+    index_pins = PINNED_INDEX_DIGESTS if index_pins is None else index_pins
+    return [ImageSpec(key, ref, PINNED_DIGESTS.get(ref), index_pins.get(ref))
+            for key, ref in images(release).items()]

@@ -74,6 +74,8 @@ class BakeRequest:
     :param image_cache: pulled image archives kept by digest across bakes.
     :param tarball_sha512: the release tarballs' SHA-512 by file name, instead of the ones
         k8simg pins (a build of one's own; the CLI offers no way to give them).
+    :param pinned_index_digests: image reference -> its index digest, instead of the ones
+        k8simg pins (likewise).
     """
 
     kubernetes_version: str
@@ -90,6 +92,7 @@ class BakeRequest:
     image_cache: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     tarball_sha512: dict[str, str] | None = None  # None: k8simg's pins (versions.py)
+    pinned_index_digests: dict[str, str] | None = None  # None: k8simg's (versions.py)
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ def release_text(req: BakeRequest, binaries: dict[str, dict],
 
 def image_list(req: BakeRequest) -> list[ImageSpec]:
     """The images a bake of ``req`` carries."""
-    base = [] if req.without_kubernetes else image_specs(RELEASES[req.kubernetes_version])
+    base = [] if req.without_kubernetes else image_specs(RELEASES[req.kubernetes_version],
+                                                         req.pinned_index_digests)
     return base + list(req.extra_images)
 
 

@@ -139,6 +139,21 @@ class Skopeo:
         raw = self.run(["inspect", "--raw", f"docker://{spec.ref}"], f"cannot resolve {spec.ref}")
         return platform_digest(raw, spec.ref)
 
+    def from_index(self, spec: ImageSpec) -> str:
+        """The linux/amd64 digest named by ``spec``'s pinned multi-platform index, fetched by
+        that digest and checked against it.
+
+        :raises ImageError: when the index is not there, does not match its digest, or names
+            no linux/amd64 image.
+        """
+        pinned = spec.pinned_index
+        raw = self.run(["inspect", "--raw", f"docker://{spec.name}@{pinned}"],
+                       f"cannot fetch the pinned index {spec.name}@{pinned}")
+        if sha256_bytes(raw) != pinned:
+            raise ImageError(f"{spec.ref}: the index the registry returned for {pinned} is "
+                             f"{sha256_bytes(raw)}")
+        return platform_digest(raw, spec.ref)
+
     def copy(self, spec: ImageSpec, digest: str, layout: Path) -> None:
         """Pull ``spec``'s image by ``digest`` into the OCI layout ``layout``, digests preserved.
 
@@ -276,8 +291,12 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
                 how, source = ("pinned" if s.pinned else "artifacts directory"), str(src)
             else:
                 skopeo = skopeo or Skopeo(mirrors, Path(tmp))
-                digest = s.pinned or skopeo.resolve(s)
-                how = "pinned" if s.pinned else "resolved at bake time"
+                if s.pinned:
+                    digest, how = s.pinned, "pinned"
+                elif s.pinned_index:
+                    digest, how = skopeo.from_index(s), f"pinned index {s.pinned_index}"
+                else:
+                    digest, how = skopeo.resolve(s), "resolved at bake time"
                 source = f"docker://{s.name}@{digest}"
                 cached = cache_dir and Path(cache_dir) / f"{digest[7:]}-{s.archive}"
                 if cached and cached.is_file():

@@ -264,3 +264,21 @@ def test_control_plane_images_from_the_server_tarballs_archives(tmp_path):
     with pytest.raises(ImageError, match="digest mismatch"):
         collect([ImageSpec("apiserver", ref, "sha256:" + "0" * 64)], tmp_path / "out3",
                 from_release={"apiserver": (archive, source)})
+
+
+def test_a_pinned_index_gives_the_amd64_digest_and_a_wrong_one_stops(reg, tmp_path):
+    """What a project publishes is the digest of its multi-platform index: the bake fetches
+    the index by it and pulls the linux/amd64 image that index names."""
+    ref = "registry.k8s.io/ingress-nginx/controller:v1.13.3"
+    built = build_image(tmp_path / "layout", {"controller": b"stand-in\n"},
+                        arches=("arm64", "amd64"))
+    push(tmp_path / "layout", f"{reg.host}/{ref}")
+    (b,) = collect([ImageSpec("ingress_nginx", ref, pinned_index=built["digest"])],
+                   tmp_path / "out", mirrors=mirrors(reg))
+    assert b.digest == built["platforms"]["amd64"]
+    assert b.digest_source == f"pinned index {built['digest']}"
+    wrong = "sha256:" + "1" * 64
+    with pytest.raises(ImageError, match=f"cannot fetch the pinned index "
+                                         f"registry.k8s.io/ingress-nginx/controller@{wrong}"):
+        collect([ImageSpec("ingress_nginx", ref, pinned_index=wrong)], tmp_path / "out2",
+                mirrors=mirrors(reg))

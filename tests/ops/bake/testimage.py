@@ -22,13 +22,19 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from k8simg.model.images import ImageSpec
-from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION, RELEASES, images
+from k8simg.model.versions import (
+    DEFAULT_KUBERNETES_VERSION,
+    PINNED_INDEX_DIGESTS,
+    RELEASES,
+    images,
+)
 from k8simg.ops.artifacts import SERVER_IMAGES
 from k8simg.ops.bake import ELEMENTS_DIR, BakeRequest, bake
 from tests.registry import build_image, push, registry, stand_in
 from tests.release import docker_archive, release_dir
 
 BUSYBOX = "registry.k8simg.test/busybox:1.35"  # a runnable image the boot test starts
+STAND_IN_INDEX_PINS: dict[str, str] = {}  # the stand-ins' digests where k8simg pins an index
 TEST_CASES = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
 
 def inputs_digest() -> str:
@@ -79,7 +85,7 @@ def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
             result = bake(BakeRequest(
                 kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
                 release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
-                tarball_sha512=pins,
+                tarball_sha512=pins, pinned_index_digests=STAND_IN_INDEX_PINS,
                 extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
                 extra_elements=tuple(c.name for c in TEST_CASES),
                 elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
@@ -111,8 +117,10 @@ def publish_stand_ins(reg, layouts: Path) -> dict[str, str]:
     refs = [ref for key, ref in images(RELEASES[DEFAULT_KUBERNETES_VERSION]).items()
             if key not in SERVER_IMAGES]
     for i, ref in enumerate(refs):
-        stand_in(layouts / str(i), ref)
+        built = stand_in(layouts / str(i), ref)
         push(layouts / str(i), f"{reg.host}/{ref}")
+        if ref in PINNED_INDEX_DIGESTS:  # pinned as its project publishes it: an index
+            STAND_IN_INDEX_PINS[ref] = built["digest"]
     build_image(layouts / "busybox", {"bin/busybox": Path("/bin/busybox").read_bytes()},
                 labels={"io.k8simg.test-image": "busybox-static from Debian"},
                 entrypoint=["/bin/busybox"])
