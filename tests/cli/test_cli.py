@@ -132,3 +132,40 @@ def test_config_show_prints_the_effective_configuration_with_the_uid(tmp_path):
     assert json.loads(run("config", "show", tmp_path / "a", "-o", "json").stdout)["uid"] is None
     text = run("config", "show", tmp_path / "b").stdout
     assert text.startswith(f"uid: {other['uid']}\nname: b\n")
+
+
+def test_config_set_keeps_comments_and_refuses_what_does_not_validate(tmp_path):
+    assert run("init", tmp_path / "c").exit_code == 0
+    path = tmp_path / "c" / "cluster.yaml"
+    before = path.read_text()
+    r = run("config", "set", tmp_path / "c", "workers.count", "4", "-o", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"cluster": "c", "path": "workers.count", "value": 4}
+    r = run("config", "set", tmp_path / "c", "api.extra_sans", "[api.example.com, 203.0.113.7]")
+    assert r.exit_code == 0, r.output
+    after = path.read_text()
+    # exactly those lines changed; every comment and the rest of the layout kept
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=False)
+               if a != b]
+    assert changed[0] == ("  count: 2", "  count: 4")
+    assert changed[1][0].startswith("  extra_sans: []") and "# more names" in changed[1][1]
+    assert [ln for ln in before.splitlines() if ln.lstrip().startswith("#")] == \
+        [ln for ln in after.splitlines() if ln.lstrip().startswith("#")]
+    assert json.loads(run("config", "show", tmp_path / "c", "-o", "json").stdout)["api"][
+        "extra_sans"] == ["api.example.com", "203.0.113.7"]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    unchanged = path.read_bytes()
+    for args, words in [
+        (["masters.count", "4"], "masters.count (line 23): HA needs an odd number >= 3, got 4"),
+        (["masters.colour", "red"], "masters.colour (line 27): unknown key"),
+        (["name.first", "x"], "name: is not a mapping or a list"),
+        (["workers.count", "[1"], "workers.count: the value '[1' is not YAML"),
+        (["bastion.allowed_cidrs.7", "10.0.0.0/8"],
+         "bastion.allowed_cidrs.7: '7' is not an index of the list (it has 1 items)"),
+        (["api.port", "2379"], "api.port (line 55): 2379 is etcd's client port"),
+        (["..", "1"], "give a dotted path such as workers.count"),
+    ]:
+        r = run("config", "set", tmp_path / "c", *args)
+        assert r.exit_code == 2 and words in r.output, (args, r.output)
+        assert path.read_bytes() == unchanged, args
