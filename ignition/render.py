@@ -226,6 +226,8 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
         "ETCD_INITIAL_CLUSTER": etcd_initial_cluster(ctx.etcd_nodes),
         "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.name in ctx.joining else "new",
         "ETCD_INITIAL_CLUSTER_TOKEN": ctx.config.name,
+        "ETCD_HEARTBEAT_INTERVAL": str(ctx.config.etcd_timing()[0]),
+        "ETCD_ELECTION_TIMEOUT": str(ctx.config.etcd_timing()[1]),
     }))
     ign.unit("k8simg-etcd.service")
 

@@ -51,6 +51,11 @@ class EtcdSpec(_Strict):
     count: Annotated[int, Field(ge=0, le=7)] = 3
     flavor: Annotated[str, Field(min_length=1)] = "m1.medium"
     volume_size_gb: Annotated[int, Field(ge=10, le=16384)] = 20
+    # Raft timing (etcd's --heartbeat-interval and --election-timeout); None: etcd's own
+    # (100/1000 ms), or 500/5000 ms on the local cloud under software emulation, where a
+    # starved VM misses heartbeats and the members would hold elections by themselves.
+    heartbeat_ms: Annotated[int | None, Field(ge=10, le=10000)] = None
+    election_ms: Annotated[int | None, Field(ge=50, le=50000)] = None
 
 
 class BastionSpec(_Strict):
@@ -149,6 +154,14 @@ class ClusterConfig(_Strict):
     @property
     def is_local(self) -> bool:
         return self.cloud == "local"
+
+    def etcd_timing(self) -> tuple[int, int]:
+        """``(heartbeat ms, election timeout ms)`` the members run with (see
+        :class:`EtcdSpec`)."""
+        emulated = self.is_local and self.local.accel == "tcg"
+        heartbeat = self.etcd.heartbeat_ms or (500 if emulated else 100)
+        election = self.etcd.election_ms or max(10 * heartbeat, 5000 if emulated else 1000)
+        return heartbeat, election
 
     @property
     def dedicated_etcd(self) -> bool:

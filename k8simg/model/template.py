@@ -88,6 +88,8 @@ etcd:
   count: {d.etcd.count}                   # used when dedicated
   flavor: {d.etcd.flavor}
   volume_size_gb: {d.etcd.volume_size_gb}
+  heartbeat_ms: null             # Raft timing; null: 100 (etcd's), 500 on the emulated local cloud
+  election_ms: null              # null: 10 heartbeats, at least 1000 (5000 emulated)
 
 bastion:
   enabled: {str(d.bastion.enabled).lower()}

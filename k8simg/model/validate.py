@@ -61,6 +61,11 @@ def semantic_problems(cfg: ClusterConfig) -> list[tuple[str, str]]:
         problems.append(("network.service_cidr",
                          f"needs at least a /24 (the API service at .1, cluster DNS at .10, room "
                          f"for the cluster's services), got /{net.service_cidr.prefixlen}"))
+    heartbeat, election = cfg.etcd_timing()
+    if election < 5 * heartbeat:  # etcd refuses to start otherwise
+        problems.append(("etcd.election_ms",
+                         f"{election} ms is less than 5 heartbeats ({heartbeat} ms each); etcd "
+                         "needs at least 5 (10 is usual)"))
     if cfg.pki.cert_validity_days >= cfg.pki.ca_validity_days:
         # A certificate must not outlive its CA: clients stop trusting it with the CA.
         problems.append(("pki.cert_validity_days",

@@ -192,3 +192,17 @@ def test_validate_json(make_cluster):
 def test_missing_file_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(cli, ["config", "validate", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "nope/cluster.yaml" in r.output and "cannot read" in r.output
+
+
+def test_etcd_timing_defaults_and_the_five_heartbeat_rule(make_cluster):
+    from k8simg.errors import ConfigError
+
+    assert make_cluster(cloud="k8simg-test").load().etcd_timing() == (100, 1000)
+    assert make_cluster(cloud="local").load().etcd_timing() == (500, 5000)  # emulated
+    assert make_cluster(cloud="local", local__accel="kvm").load().etcd_timing() == (100, 1000)
+    assert make_cluster(etcd__heartbeat_ms=250).load().etcd_timing() == (250, 5000)
+    assert make_cluster(cloud="x", etcd__heartbeat_ms=250).load().etcd_timing() == (250, 2500)
+    cd = make_cluster(cloud="x", etcd__heartbeat_ms=300, etcd__election_ms=1000)
+    with pytest.raises(ConfigError, match=r"etcd.election_ms \(line \d+\): 1000 ms is less than "
+                                          r"5 heartbeats \(300 ms each\)"):
+        cd.load()
