@@ -177,7 +177,8 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         assert "k8simg: first boot failed" not in console
     cloud = open_cloud(cd, cd.load())
     procs = cloud.procs.all()
-    assert sorted(procs) == ["dnsmasq", "haproxy", *[f"qemu:ha-master-{i}" for i in range(3)]]
+    assert sorted(procs) == ["dnsmasq", "haproxy", "metadata",
+                             *[f"qemu:ha-master-{i}" for i in range(3)]]
     assert all(p.alive for p in procs.values())
     assert sorted(cloud.ns.taps()) == ["tap-m0", "tap-m1", "tap-m2"]
 
