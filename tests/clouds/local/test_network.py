@@ -6,6 +6,7 @@ and serves the API port. Everything is real; only the VM is missing."""
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,7 +203,8 @@ def test_a_record_is_the_cluster_s_only_by_its_uid_and_directory(tmp_path):
     or a record from before UIDs in a copy: none of them stops the original's process."""
     home = tmp_path / "a" / "local"
     home.mkdir(parents=True)
-    proc = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)", str(home)])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(home)],
+                            cwd=tmp_path)
     try:
         pid_file = home / "p.pid"
         pid_file.write_text(str(proc.pid))
