@@ -246,6 +246,19 @@ class Pki:
             atomic_write(key_path, key_pem(key), 0o600)
         atomic_write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
+    def stale_sans(self) -> list[str]:
+        """The leaf certificates (instance IDs) whose SANs lack what the definition now asks
+        for (an extra API name, a new floating IP); reads only.
+
+        :raises PkiError: listing every inconsistency.
+        """
+        loaded, problems = self._check_all()
+        if problems:
+            raise PkiError(problems)
+        return [inst.id for inst in table.instances(self.ctx)
+                if not inst.spec.is_ca and loaded[inst.id].cert is not None
+                and _missing_sans(loaded[inst.id].cert, inst.sans(self.ctx))]
+
     def ensure(self) -> EnsureResult:
         """Create every missing key and certificate; never touch one that exists.
 

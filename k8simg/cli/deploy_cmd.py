@@ -50,7 +50,8 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
     changes = [c.__dict__ for c in result.changes]
     if output == "json":
         emit_json({"plan": plan, "changes": changes, "api_endpoint": result.api_endpoint,
-                   "kubeconfig": result.kubeconfig, "warnings": result.warnings})
+                   "kubeconfig": result.kubeconfig, "warnings": result.warnings,
+                   "stale": [x.as_dict() for x in result.stale]})
         return
     for c in result.changes:
         click.echo(str(c))
@@ -84,14 +85,24 @@ def destroy(cluster, cloud, plan, output):
 @cluster_cloud_option
 @output_option
 def nodes(cluster, cloud, output):
-    """The cluster's nodes as its cloud has them: state, address, image, console."""
-    found = _deployment(cluster, cloud).cloud.nodes()
+    """The cluster's nodes as its cloud has them: state, address, image, whether each is
+    current (its image and config what cluster.yaml gives it now) or stale, and why."""
+    d = _deployment(cluster, cloud)
+    found = d.cloud.nodes()
+    try:
+        desired = d.desired_state(found)
+    except K8simgError as e:  # e.g. the image or the PKI is not there: said, not guessed
+        progress(f"warning: cannot tell whether the nodes are current: {e}")
+        desired = {}
     if output == "json":
         emit_json([{**n.__dict__, "console_file": str(n.console_file) if n.console_file
-                    else None} for n in found])
+                    else None,
+                    "desired": desired[n.name].as_dict() if n.name in desired else None}
+                   for n in found])
         return
-    rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "CONSOLE")]
+    rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "DESIRED", "CONSOLE")]
     rows += [(n.name, n.role, n.state, n.address or "-", n.image, str(n.generation),
+              desired[n.name].reason() if n.name in desired else "?",
               str(n.console_file) if n.console_file else f"k8simg console {cluster} {n.name}")
              for n in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

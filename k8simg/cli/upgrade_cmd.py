@@ -64,15 +64,18 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
         if warning := image_warning(pre.image):
             planning("warning", {"message": warning})
         target, steps = up.plan(pre)
-        rows = [{"order": i + 1, "node": s.old, "role": s.role, "from": s.image, "to": target}
+        rows = [{"order": i + 1, "node": s.old, "role": s.role, "from": s.image, "to": target,
+                 "why": s.why.reason() if s.why else "stale",
+                 "config_changes": list(s.why.config) if s.why and s.why.config else []}
                 for i, s in enumerate(steps)]
         if output == "json":
             emit_json({"image": target, "replace": rows, "warnings": warnings})
         else:
             for r in rows:
-                click.echo(f"{r['order']:3}  {r['node']}  ({r['role']}: {r['from']} -> {r['to']})")
+                click.echo(f"{r['order']:3}  {r['node']}  ({r['role']}) {r['why']}")
         if not steps:
-            progress("nothing to do: every node runs the target image")
+            progress("nothing to do: every node runs the target image and its config as "
+                     "cluster.yaml gives it now")
             sys.exit(EXIT_NOTHING)
         return
     result = up.run()

@@ -147,6 +147,8 @@ class NodeStatus:
     :param image: what it was booted from, as :attr:`ImageFacts.ref` names images.
     :param console_file: its serial console log on this machine, where there is one (the
         local cloud); :meth:`Cloud.console_log` reads it on every cloud.
+    :param config: the digest of the config it was booted with (:func:`config_of`); empty
+        for a node booted before k8simg recorded it.
     """
 
     name: str
@@ -157,6 +159,18 @@ class NodeStatus:
     image: str
     generation: int = 1
     console_file: Path | None = None
+    config: str = ""
+
+
+def config_of(user_data: bytes | None) -> str:
+    """The digest a node's cloud keeps of the config it boots with (``""`` for none): over
+    its files, units and users, bootstrap-only values left out
+    (:mod:`k8simg.ignition.digest`)."""
+    if user_data is None:
+        return ""
+    from k8simg.ignition.digest import config_digest, file_digests
+
+    return config_digest(file_digests(user_data))
 
 
 @dataclass(frozen=True)

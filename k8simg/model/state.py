@@ -4,6 +4,8 @@ does not say, and the one module that writes it.
     uid                   the cluster's identity (:func:`new_uid`): every cloud resource the
                           cluster creates carries it, and only what carries it is the cluster's
     adopting              a cluster from before UIDs whose old resources deploy still adopts
+    configs               for each config a node runs (by the digest its cloud records): the
+                          digest of every file in it, so a plan can name what changed
     api_floating_ip       the API's floating IP (it goes into the API server's certificate)
     bastion_floating_ip   the bastion's floating IP (the operators' way in, the SSH tunnel)
     nodes                 the node set, as ``<role>-<index>`` keys, once an upgrade replaced one
@@ -143,6 +145,27 @@ class ClusterState:
 
     def set_node_keys(self, keys: list[str]) -> None:
         self._update(nodes=list(keys))
+
+    # -- what each config held (paths and digests, never contents) ------------------------------
+    def config_files(self, digest: str) -> dict[str, str] | None:
+        """The file digests of the config whose digest is ``digest`` (as a node's cloud
+        records it), or None when it was not recorded here."""
+        got = (self._read().get("configs") or {}).get(digest)
+        if got is not None and not (isinstance(got, dict)
+                                    and all(isinstance(v, str) for v in got.values())):
+            raise K8simgError(f"{self.path}: configs: {digest}: expected path -> digest")
+        return got
+
+    def record_configs(self, configs: dict[str, dict[str, str]], keep: set[str]) -> None:
+        """Add ``configs`` (config digest -> file digests) and drop every other one not in
+        ``keep`` (the configs the nodes run)."""
+        with _LOCK:
+            data = self._read()
+            have = data.get("configs") or {}
+            merged = {d: f for d, f in {**have, **configs}.items() if d in keep or d in configs}
+            if merged != have:
+                data["configs"] = merged
+                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
 
     # -- an upgrade under way ------------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ from k8simg.clouds.base import (
     ImageFacts,
     Infra,
     Ledger,
+    NodeStatus,
     Preflight,
     PreflightError,
     Problem,
@@ -26,6 +27,8 @@ from k8simg.clouds.base import (
 from k8simg.errors import K8simgError, RenderError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
+from k8simg.ops import desired
+from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.pki import cluster_pki
@@ -46,6 +49,7 @@ class DeployResult:
     api_endpoint: str | None = None
     kubeconfig: str | None = None
     warnings: list[str] = field(default_factory=list)
+    stale: list[Staleness] = field(default_factory=list)
 
 
 def image_warning(image: ImageFacts | None) -> str | None:
@@ -165,6 +169,16 @@ class Deployment:
         ctx = render_context(self.cluster)
         return {n.name: render_user_data(ctx, n) for n in self.nodes}
 
+    def desired_state(self, statuses: list[NodeStatus]) -> dict[str, Staleness]:
+        """Each of ``statuses`` as current or stale against the image ``cluster.yaml`` names
+        and the config each node would be rendered now (nothing is written)."""
+        pre = self.cloud.prepare(self.nodes)
+        ctx = render_context(self.cluster)
+        names = {st.name for st in statuses}
+        rendered = {n.name: render_user_data(ctx, n) for n in self.nodes if n.name in names}
+        return desired.staleness(statuses, rendered, self.cluster.state,
+                                 pre.image.ref if pre.image else None)
+
     def attach_bastion(self, infra: Infra) -> None:
         """The bastion's public address, on the bastion as it is now (recorded in the state)."""
         for node in self.nodes:
@@ -192,6 +206,8 @@ class Deployment:
         infra = cloud.ensure_infrastructure(pre, self.nodes)
         self.refresh_pki(infra.api_address)
         user_data = self.render() if not self.dry else {}
+        if user_data:
+            desired.record(self.cluster.state, user_data, cloud.nodes())
         masters = [n for n in self.nodes if n.role == "master"]
 
         def in_turn(group):
@@ -209,7 +225,17 @@ class Deployment:
             pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
         # Last: it may refuse (no API to drain through) with everything else in place.
         self.remove_surplus(pre.image)
-        result = DeployResult(self.ledger.changes, pre.image, warnings=self.warnings)
+        stale = []
+        if user_data:  # what a deploy does not change: the nodes that run
+            found = desired.staleness(cloud.nodes(), user_data, self.cluster.state,
+                                      pre.image.ref if pre.image else None)
+            stale = [found[n.name] for n in self.nodes if n.name in found and found[n.name].stale]
+            if stale:
+                self.warn(f"{len(stale)} node(s) are stale and keep running as they are; "
+                          f"`k8simg upgrade {self.cluster.path}` replaces them: "
+                          + "; ".join(f"{x.node} {x.reason()}" for x in stale))
+        result = DeployResult(self.ledger.changes, pre.image, warnings=self.warnings,
+                              stale=stale)
         if pki is not None:
             result.api_endpoint = pki.ctx.api_server_url
             result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")

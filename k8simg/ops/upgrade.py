@@ -17,15 +17,21 @@ cloud whose computes run nothing), the Kubernetes API on an image baked without 
 """
 
 import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from k8simg.clouds.base import Infra, Preflight, problems_text
 from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
+from k8simg.model.cluster import ClusterDir
 from k8simg.model.plan import Node, client_url, etcd_members, next_node
+from k8simg.ops import desired
 from k8simg.ops.deploy import Deployment
+from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import etcd_client, planned_endpoints
 from k8simg.ops.lifecycle import Lifecycle
@@ -51,11 +57,13 @@ class Step:
 
     :param old: the node's name.
     :param image: the image it runs now (as the cloud names images).
+    :param why: why it is stale (:class:`k8simg.ops.desired.Staleness`).
     """
 
     old: str
     role: str
     image: str
+    why: Staleness | None = None
 
 
 @dataclass
@@ -126,20 +134,57 @@ class Upgrade:
         return pre
 
     def plan(self, pre: Preflight | None = None) -> tuple[str, list[Step]]:
-        """The target image and the nodes to replace, in order (etcd members first).
+        """The target image and the stale nodes to replace (another image, or a config that
+        is not what they would be rendered now), in order (etcd members first).
 
         :raises UpgradeAborted: when the cloud's preflight fails (nothing changed).
         """
         pre = pre or self.prepare()
         target = pre.image.ref
-        have = {n.name: n for n in self.cloud.nodes()}
+        statuses = self.cloud.nodes()
+        have = {n.name: n for n in statuses}
+        found = desired.staleness(statuses, self.renders(set(have)), self.cluster.state,
+                                  target)
         steps = []
         for node in sorted(self.nodes(), key=lambda n: (ORDER[n.role], n.index)):
             status = have.get(node.name)
-            if status is None or status.image == target:
+            if status is None or not found[node.name].stale:
                 continue
-            steps.append(Step(node.name, node.role, status.image))
+            steps.append(Step(node.name, node.role, status.image, found[node.name]))
         return target, steps
+
+    def renew_stale_certificates(self) -> list[str]:
+        """Reissue the certificates whose SANs the definition has outgrown (an extra API
+        name), keys kept; the nodes carrying them are then stale. Returns them."""
+        pki = cluster_pki(self.cluster, self.cfg)
+        stale = pki.stale_sans()
+        if stale:
+            pki.renew(sorted({s.split("@")[0] for s in stale}),
+                      kubeconfig_dir=self.cluster.kubeconfig_dir)
+            self.emit("certificates-renewed", {"certificates": stale,
+                                               "why": "their SANs lacked what cluster.yaml asks"})
+        return stale
+
+    def renders(self, names: set[str]) -> dict[str, bytes]:
+        """The configs the nodes ``names`` would get now. In a dry run, certificates whose
+        SANs the definition has outgrown are renewed in a scratch copy of the cluster
+        directory (inside it, removed afterwards), so the plan sees what the run would do."""
+        source = self.cluster
+        with contextlib.ExitStack() as stack:
+            if self.d.dry and cluster_pki(self.cluster, self.cfg).stale_sans():
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    dir=self.cluster.path, prefix=".plan-")))
+                for name in ("cluster.yaml", "state.json", "pki", "openstack"):
+                    src = self.cluster.path / name
+                    if src.is_dir():
+                        shutil.copytree(src, scratch / name, symlinks=True)
+                    elif src.exists():
+                        shutil.copy2(src, scratch / name)
+                source = ClusterDir(scratch)
+                pki = cluster_pki(source, self.cfg)
+                pki.renew(sorted({s.split("@")[0] for s in pki.stale_sans()}))
+            ctx = render_context(source, nodes=self.nodes())
+            return {n.name: render_user_data(ctx, n) for n in self.nodes() if n.name in names}
 
     # ------------------------------------------------------------------ running
     def run(self) -> UpgradeResult:
@@ -148,6 +193,7 @@ class Upgrade:
         :raises UpgradeAborted: before changing anything, when a preflight refuses.
         """
         pre = self.prepare()
+        self.renew_stale_certificates()
         target, steps = self.plan(pre)
         result = UpgradeResult(target)
         state = self.cluster.state
@@ -155,7 +201,8 @@ class Upgrade:
         if not steps and not resuming:
             self.emit("nothing-to-do", {"image": target})
             return result
-        self.emit("plan", {"image": target, "replace": [s.old for s in steps]})
+        self.emit("plan", {"image": target, "replace": [s.old for s in steps],
+                           "why": {s.old: s.why.reason() for s in steps if s.why}})
         life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
                          skip_unobservable=self.skip, timeout=self.timeout, kube=self.kube,
                          events=self.emit)
@@ -247,10 +294,12 @@ class Upgrade:
 
     def user_data(self, node: Node) -> bytes:
         """``node``'s Ignition config against the node set as it is now (a new etcd member's joins
-        the running cluster)."""
+        the running cluster); the file digests of it are kept for later plans."""
         nodes = self.nodes()
         joining = frozenset({node.name}) if node in etcd_members(nodes, self.cfg) else frozenset()
-        return render_user_data(render_context(self.cluster, nodes=nodes, joining=joining), node)
+        data = render_user_data(render_context(self.cluster, nodes=nodes, joining=joining), node)
+        desired.record(self.cluster.state, {node.name: data}, self.cloud.nodes())
+        return data
 
     def boot(self, node: Node, life: Lifecycle, infra: Infra) -> None:
         """Boot ``node`` with its config and wait until the cloud says it is up.

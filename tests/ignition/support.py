@@ -1,26 +1,14 @@
 """Reading rendered Ignition configs back: decoded files, units, Kubernetes objects."""
 
-import base64
-import gzip
 import json
 import re
-import urllib.parse
 from pathlib import Path
 
 import yaml
 
+from k8simg.ignition.digest import decode_source
 from k8simg.ignition.image import image_files
 from k8simg.ignition.render import ADDON_VALUES
-
-
-def decode_source(contents: dict) -> bytes:
-    source = contents["source"]
-    header, _, payload = source.partition(",")
-    data = base64.b64decode(payload) if header.endswith(";base64") else \
-        urllib.parse.unquote_to_bytes(payload)
-    if contents.get("compression") == "gzip":
-        data = gzip.decompress(data)
-    return data
 
 
 def files(doc: dict) -> dict[str, tuple[int, bytes]]:

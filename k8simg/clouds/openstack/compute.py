@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from k8simg.clouds.base import config_of
 from k8simg.clouds.openstack.connect import UID_KEY, Scope, b64, server_fault
 from k8simg.model.plan import Node
 
@@ -178,7 +179,8 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
             scheduler_hints={"group": server_group_id} if server_group_id else {},
             tags=[s.tag],
             metadata={UID_KEY: s.uid, "k8simg-cluster": s.name, "k8simg-role": node.role,
-                      "k8simg-image": image_id, "k8simg-generation": "1"},
+                      "k8simg-image": image_id, "k8simg-generation": "1",
+                      "k8simg-config": config_of(user_data)},
             **({"availability_zone": s.cfg.openstack.availability_zone}
                if s.cfg.openstack.availability_zone else {}))
     if not s.dry and server.status != "ACTIVE":

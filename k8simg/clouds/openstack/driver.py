@@ -196,7 +196,8 @@ class OpenStackCloud(Cloud):
             out.append(self.status(srv.name, meta.get("k8simg-role", "?"), state=srv.status,
                                    address=addresses[0] if addresses else None,
                                    image=meta.get("k8simg-image", ""),
-                                   generation=int(meta.get("k8simg-generation", "1"))))
+                                   generation=int(meta.get("k8simg-generation", "1")),
+                                   config=meta.get("k8simg-config", "")))
         return sorted(out, key=lambda n: n.name)
 
     def delete_node(self, name: str) -> None:

@@ -407,3 +407,55 @@ def test_keystone_refusing_a_role_is_said_with_its_reason(fake, tmp_path, monkey
                                          ".*Could not find role assignment with role: admin"):
         on(fake, cd).deploy()
     assert not CloudCredential.path(cd.path).exists()
+
+
+def test_a_config_change_makes_exactly_the_nodes_it_touches_stale(fake, tmp_path):
+    """Desired state is image + rendered config: each server keeps its config's digest, the
+    state each file's; a plan names the nodes whose config would change, and which files."""
+    from k8simg.model.credential import CloudCredential
+    from k8simg.ops.upgrade import Upgrade
+    from tests.conftest import edit_cluster
+
+    cd = cluster(tmp_path)
+    on(fake, cd).deploy()
+    masters = [f"c1-master-{i}" for i in range(3)]
+
+    def plan():
+        return {s.old: s.why for s in Upgrade(on(fake, cd, dry_run=True)).plan()[1]}
+
+    assert plan() == {}
+    servers = {s.name: s for s in on(fake, cd).cloud.nodes()}
+    assert all(len(s.config) == 64 for s in servers.values())  # each keeps its config's digest
+
+    # An extra API name: the masters' serving certificate, and nothing on any other node. The
+    # plan renews it only in a scratch copy: the cluster's PKI is as it was.
+    pki_before = {p: p.read_bytes() for p in cd.pki_dir.rglob("*") if p.is_file()}
+    edit_cluster(cd, api__extra_sans=["api.example.com"])
+    why = plan()
+    assert sorted(why) == masters
+    assert all(w.image is None and "/etc/kubernetes/pki/apiserver.crt" in w.config
+               for w in why.values()), why
+    assert {p: p.read_bytes() for p in cd.pki_dir.rglob("*") if p.is_file()} == pki_before
+    assert not list(cd.path.glob(".plan-*"))
+    # deploy creates nothing and says which nodes are stale; `upgrade` is what replaces them
+    result = on(fake, cd).deploy()
+    assert [c for c in result.changes if c.action != "update"] == []
+    assert [x.node for x in result.stale] == masters
+    assert any("3 node(s) are stale" in w and "k8simg upgrade" in w for w in result.warnings)
+    assert sorted(plan()) == masters  # the certificates are renewed now; still to roll
+
+    # The cluster's DNS domain reaches every kubelet: every node but the bastion.
+    edit_cluster(cd, network__dns_domain="k8s.example")
+    assert sorted(plan()) == masters + ["c1-worker-0", "c1-worker-1"]
+    edit_cluster(cd, network__dns_domain="cluster.local")
+    assert sorted(plan()) == masters
+
+    # The cloud credential reaches only the add-on values the masters apply: no worker rolls.
+    edit_cluster(cd, api__extra_sans=[])
+    cred = CloudCredential.load(cd.path)
+    CloudCredential(cred.auth_url, cred.application_credential_id, "another secret",
+                    cred.region).save(cd.path)
+    why = plan()
+    assert sorted(why) == masters
+    assert all(w.config == ("/etc/k8simg/addons.yaml", "/etc/kubernetes/pki/apiserver.crt")
+               for w in why.values()), why

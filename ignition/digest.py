@@ -1,0 +1,72 @@
+"""What a node's config holds, as digests: each file (and unit, user, filesystem) by path, and
+one digest of it all, so that a node's config can be compared with what it would get now
+(:mod:`k8simg.ops.desired`) and a plan can say which files changed, never what they hold.
+
+Values that follow the cluster's membership rather than its definition are left out of the
+comparison: the etcd member list a node started with (``ETCD_INITIAL_CLUSTER``,
+``ETCD_INITIAL_CLUSTER_STATE``: a running member never reads it again) and the etcd servers
+an API server was given (``--etcd-servers``): both change whenever another member is replaced,
+and each replacement is rendered with the membership as it is then. Compared, they would make
+every replacement leave the other masters stale, and an upgrade would never end.
+"""
+
+import base64
+import gzip
+import hashlib
+import json
+import urllib.parse
+
+from k8simg.ignition.image import ETCD_ENV
+
+MEMBERSHIP = {ETCD_ENV: ("ETCD_INITIAL_CLUSTER=", "ETCD_INITIAL_CLUSTER_STATE="),
+              "/etc/kubernetes/manifests/kube-apiserver.yaml": ("--etcd-servers=",)}
+
+
+def decode_source(contents: dict) -> bytes:
+    """The bytes an Ignition ``contents`` (a data URL, maybe gzip'd) stands for."""
+    header, _, payload = contents["source"].partition(",")
+    data = base64.b64decode(payload) if header.endswith(";base64") else \
+        urllib.parse.unquote_to_bytes(payload)
+    if contents.get("compression") == "gzip":
+        data = gzip.decompress(data)
+    return data
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digests(user_data: bytes) -> dict[str, str]:
+    """Path (or ``unit:``, ``user:``, ``filesystem:`` name) -> SHA-256 of what the config puts
+    there (with its mode, or whether the unit is enabled).
+
+    :raises ValueError: when ``user_data`` is not an Ignition config.
+    """
+    doc = json.loads(user_data)
+    out = {}
+    for f in doc.get("storage", {}).get("files", []):
+        data = decode_source(f["contents"]) if "contents" in f else b""
+        skipped = MEMBERSHIP.get(f["path"])
+        if skipped:
+            data = b"".join(ln for ln in data.splitlines(True)
+                            if not any(m in ln.decode(errors="replace") for m in skipped))
+        out[f["path"]] = _sha(f"{f.get('mode', 0o644):o}\n".encode() + data)
+    for d in doc.get("storage", {}).get("directories", []):
+        out[d["path"]] = _sha(f"directory {d.get('mode', 0o755):o}".encode())
+    for fs in doc.get("storage", {}).get("filesystems", []):
+        out[f"filesystem:{fs.get('device')}"] = _sha(json.dumps(fs, sort_keys=True).encode())
+    for u in doc.get("systemd", {}).get("units", []):
+        out[f"unit:{u['name']}"] = _sha(json.dumps(u, sort_keys=True).encode())
+    for u in doc.get("passwd", {}).get("users", []):
+        out[f"user:{u['name']}"] = _sha(json.dumps(u, sort_keys=True).encode())
+    return out
+
+
+def config_digest(files: dict[str, str]) -> str:
+    """One digest of :func:`file_digests`' result."""
+    return _sha("".join(f"{p}\0{d}\n" for p, d in sorted(files.items())).encode())
+
+
+def changed_paths(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The paths whose content differs, or that one side has and the other not, sorted."""
+    return sorted(p for p in before.keys() | now.keys() if before.get(p) != now.get(p))
