@@ -5,6 +5,7 @@ FakeDriver), so etcd and the Kubernetes API cannot be asked there: the upgrade n
 ``--skip-unobservable`` and names those gates as skipped (the etcd choreography itself is
 tested against real etcd in test_etcd_roll.py)."""
 
+import base64
 import json
 import os
 import signal
@@ -107,5 +108,44 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     code, events, _ = upgrade(cd, "--skip-unobservable")
     assert (code, events[-1]["event"]) == (10, "nothing-to-do")
     assert Deployment.for_cluster(cd, dry_run=True).deploy().changes == []
+
+    # Day 2: a config change reaches the nodes it touches, by replacement. An extra API name
+    # is in the masters' serving certificate only.
+    edit_cluster(cd, api__extra_sans=["api.example.com"])
+    rows = plan_rows(cd)
+    assert [r["node"] for r in rows] == masters
+    assert all(r["from"] == r["to"] == new_image and
+               "/etc/kubernetes/pki/apiserver.crt" in r["config_changes"] for r in rows), rows
+    code, events, err = upgrade(cd, "--skip-unobservable")
+    assert code == 0, err
+    assert [r[0] for r in events[-1]["replaced"]] == masters
+    new_masters = [r[1] for r in events[-1]["replaced"]]
+    assert new_masters == ["up-master-6", "up-master-7", "up-master-8"]
+    # Each new server booted with its config as it renders now (the same files; only the
+    # etcd membership it joined with differs, which a running member never reads again), and
+    # keeps that config's digest.
+    from k8simg.clouds.base import config_of
+    from k8simg.ignition.render import render_context, render_user_data
+
+    ctx = render_context(cd)
+    admin.compute.default_microversion = "2.67"
+    for node in [n for n in ctx.nodes if n.name in new_masters]:
+        server = next(admin.compute.servers(name=f"^{node.name}$", all_projects=True))
+        server = admin.compute.get_server(server.id)
+        booted = config_of(base64.b64decode(server.user_data))
+        assert booted == config_of(render_user_data(ctx, node)), node.name
+        assert server.metadata["k8simg-config"] == booted
+    assert plan_rows(cd) == []
+    # A setting every kubelet reads (the cluster's DNS domain): every node but the bastion.
+    edit_cluster(cd, network__dns_domain="k8s.example")
+    assert [r["node"] for r in plan_rows(cd)] == new_masters + workers
+
     assert Deployment.for_cluster(cd).destroy().left == []
     nothing_left(conn, cd)
+
+
+def plan_rows(cd) -> list[dict]:
+    plan = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd.path), "--plan",
+                           "-o", "json"], capture_output=True, text=True)
+    assert plan.returncode in (0, 10), plan.stderr
+    return json.loads(plan.stdout)["replace"]
