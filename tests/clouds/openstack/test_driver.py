@@ -443,6 +443,11 @@ def test_a_config_change_makes_exactly_the_nodes_it_touches_stale(fake, tmp_path
     assert [x.node for x in result.stale] == masters
     assert any("3 node(s) are stale" in w and "k8simg upgrade" in w for w in result.warnings)
     assert sorted(plan()) == masters  # the certificates are renewed now; still to roll
+    d = on(fake, cd)  # what `k8simg nodes` shows
+    shown = {n: x.reason() for n, x in d.desired_state(d.cloud.nodes()).items()}
+    assert shown["c1-master-0"].startswith("stale (config: ") and "apiserver.crt" in \
+        shown["c1-master-0"]
+    assert shown["c1-worker-0"] == shown["c1-bastion"] == "current"
 
     # The cluster's DNS domain reaches every kubelet: every node but the bastion.
     edit_cluster(cd, network__dns_domain="k8s.example")
