@@ -28,11 +28,14 @@ from k8simg.cli.options import (
 @click.option("--skip-unobservable", is_flag=True,
               help="Go on where a health gate cannot be observed (named as skipped), e.g. a "
                    "test cloud whose servers run nothing. Never on a real cluster.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Let kubernetes_version go back a release (refused by default).")
 @ssh_key_option
 @output_option
-def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable, ssh_keys,
-            output):
-    """Roll the cluster onto the image its cluster.yaml names, replacing nodes one by one.
+def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
+            allow_downgrade, ssh_keys, output):
+    """Replace every stale node (another image than cluster.yaml names, or a config that is
+    not what it renders now), one by one; Kubernetes' version skew policy is enforced.
 
     Exit codes: 0 done, 10 nothing to do, 4 aborted safely (a preflight refused; nothing
     changed), 1 failed (re-run to resume). With --output json, one JSON object per line and
@@ -58,7 +61,8 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
         progress(f"{name}: {detail.get('message', detail)}")
 
     up = Upgrade(d, max_surge=max_surge, max_unavailable=max_unavailable,
-                 skip_unobservable=skip_unobservable, events=planning if plan else event)
+                 skip_unobservable=skip_unobservable, events=planning if plan else event,
+                 allow_downgrade=allow_downgrade)
     if plan:
         pre = up.prepare()
         if warning := image_warning(pre.image):

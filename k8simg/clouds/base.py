@@ -111,11 +111,14 @@ class ImageFacts:
     :param name: for messages.
     :param has_kubernetes: False for an image baked without Kubernetes (its nodes run etcd and
         containerd, no kubelet: there is no API to ask).
+    :param kubernetes_version: the Kubernetes release it was baked for, as its manifest says
+        (None: it does not say).
     """
 
     ref: str
     name: str
     has_kubernetes: bool = True
+    kubernetes_version: str | None = None
 
 
 @dataclass(frozen=True)

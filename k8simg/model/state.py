@@ -4,6 +4,7 @@ does not say, and the one module that writes it.
     uid                   the cluster's identity (:func:`new_uid`): every cloud resource the
                           cluster creates carries it, and only what carries it is the cluster's
     adopting              a cluster from before UIDs whose old resources deploy still adopts
+    kubernetes_version    the release the nodes ran when a deploy or an upgrade last finished
     configs               for each config a node runs (by the digest its cloud records): the
                           digest of every file in it, so a plan can name what changed
     api_floating_ip       the API's floating IP (it goes into the API server's certificate)
@@ -166,6 +167,18 @@ class ClusterState:
             if merged != have:
                 data["configs"] = merged
                 atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+
+    # -- the Kubernetes release the nodes run ----------------------------------------------------
+    @property
+    def kubernetes_version(self) -> str | None:
+        """The release the cluster's nodes ran when a deploy or an upgrade last finished."""
+        v = self._read().get("kubernetes_version")
+        if v is not None and not isinstance(v, str):
+            raise K8simgError(f"{self.path}: kubernetes_version: expected a version string")
+        return v
+
+    def set_kubernetes_version(self, version: str) -> None:
+        self._update(kubernetes_version=version)
 
     # -- an upgrade under way ------------------------------------------------------------------
     @property

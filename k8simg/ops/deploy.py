@@ -225,6 +225,10 @@ class Deployment:
             pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
         # Last: it may refuse (no API to drain through) with everything else in place.
         self.remove_surplus(pre.image)
+        if not self.dry and pre.image is not None and pre.image.has_kubernetes \
+                and self.cluster.state.kubernetes_version is None:
+            # what the nodes run from now on (an upgrade moves it, by the skew policy)
+            self.cluster.state.set_kubernetes_version(self.cfg.kubernetes_version)
         stale = []
         if user_data:  # what a deploy does not change: the nodes that run
             found = desired.staleness(cloud.nodes(), user_data, self.cluster.state,

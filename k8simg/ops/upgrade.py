@@ -36,6 +36,7 @@ from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import etcd_client, planned_endpoints
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.ops.membership import replace_member
+from k8simg.ops.skew import skew_problems
 from k8simg.pki import cluster_pki
 
 EXIT_DONE = 0
@@ -98,7 +99,7 @@ class Upgrade:
     def __init__(self, deployment: Deployment, *, max_surge: int = 1, max_unavailable: int = 0,
                  skip_unobservable: bool = False, timeout: float = 1800,
                  events: Callable[[str, dict], None] = lambda _e, _d: None,
-                 kube: Callable[[], object] | None = None):
+                 kube: Callable[[], object] | None = None, allow_downgrade: bool = False):
         if max_surge < 0 or max_unavailable < 0 or max_surge + max_unavailable < 1:
             raise UpgradeAborted("--max-surge and --max-unavailable cannot both be 0: no worker "
                                  "could ever be replaced")
@@ -112,6 +113,7 @@ class Upgrade:
         self.timeout = timeout
         self.emit = events
         self.kube = kube
+        self.allow_downgrade = allow_downgrade
 
     def nodes(self) -> list[Node]:
         """The cluster's node set as it is now (every step of the upgrade changes it)."""
@@ -131,6 +133,12 @@ class Upgrade:
         if pre.problems:
             raise UpgradeAborted(f"preflight on {self.cloud.where} failed; nothing was "
                                  f"changed:\n{problems_text(pre.problems)}")
+        skew = skew_problems(self.cfg.kubernetes_version, pre.image,
+                             self.cluster.state.kubernetes_version,
+                             allow_downgrade=self.allow_downgrade)
+        if skew:
+            raise UpgradeAborted("Kubernetes' version skew policy refuses this upgrade; "
+                                 "nothing was changed:\n" + "\n".join(f"  {p}" for p in skew))
         return pre
 
     def plan(self, pre: Preflight | None = None) -> tuple[str, list[Step]]:
@@ -244,6 +252,8 @@ class Upgrade:
             if step.role == "bastion":
                 self.replace_bastion(step, life, infra, result)
         state.end_upgrade()
+        if pre.image.has_kubernetes:
+            state.set_kubernetes_version(self.cfg.kubernetes_version)
         result.skipped_gates = list(life.skipped)
         self.emit("done", {"image": target, "replaced": [list(r) for r in result.replaced],
                            "skipped_gates": result.skipped_gates})

@@ -74,8 +74,9 @@ def image_facts(s: Scope, name_or_id: str) -> tuple[ImageFacts | None, list[Prob
                                 "makes one)")]
     if image.status != "active":
         return None, [("image", f"{name_or_id!r} is {image.status}, not active")]
-    binaries = (image.properties or {}).get(PROPERTY_BINARIES)
-    return ImageFacts(image.id, image.name, has_kubernetes=binaries != "absent"), []
+    props = image.properties or {}
+    return ImageFacts(image.id, image.name, has_kubernetes=props.get(PROPERTY_BINARIES) != "absent",
+                      kubernetes_version=props.get("k8simg_kubernetes_version")), []
 
 
 def find_uploaded(conn, image_sha256: str) -> list:

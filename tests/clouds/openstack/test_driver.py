@@ -464,3 +464,38 @@ def test_a_config_change_makes_exactly_the_nodes_it_touches_stale(fake, tmp_path
     assert sorted(why) == masters
     assert all(w.config == ("/etc/k8simg/addons.yaml", "/etc/kubernetes/pki/apiserver.crt")
                for w in why.values()), why
+
+
+@pytest.mark.parametrize("image_version,running,wanted,allow,words", [
+    ("1.34.5", None, "1.35.2", False,
+     "image k8simg-1.35.2 carries Kubernetes 1.34.5, cluster.yaml's kubernetes_version is "
+     "1.35.2"),
+    ("1.35.2", "1.33.7", "1.35.2", False, "1.33.7 -> 1.35.2 skips a minor version"),
+    ("1.34.5", "1.35.2", "1.34.5", False, "1.35.2 -> 1.34.5 is a downgrade: refused unless "
+                                          "--allow-downgrade"),
+    ("1.34.5", "1.35.2", "1.34.5", True, None),
+    ("1.35.2", "1.34.5", "1.35.2", False, None),  # one minor up: the normal upgrade
+])
+def test_the_skew_policy_refuses_before_anything_changes(fake, tmp_path, image_version,
+                                                        running, wanted, allow, words):
+    from k8simg.ops.upgrade import Upgrade, UpgradeAborted
+
+    cd = cluster(tmp_path, masters=1, workers=1, topology="one-master")
+    on(fake, cd).deploy()
+    assert cd.state.kubernetes_version == "1.35.2"  # what the deploy left running
+    for img in fake.objs["images"].values():
+        img.properties["k8simg_kubernetes_version"] = image_version
+    if running:
+        cd.state.set_kubernetes_version(running)
+    from tests.conftest import edit_cluster
+
+    edit_cluster(cd, kubernetes_version=wanted)
+    calls = len(fake.calls)
+    up = Upgrade(on(fake, cd), skip_unobservable=True, allow_downgrade=allow)
+    if words is None:
+        up.plan()  # allowed: planned
+        return
+    with pytest.raises(UpgradeAborted, match="version skew policy refuses") as e:
+        up.run()
+    assert words in str(e.value) and e.value.exit_code == 4
+    assert fake.calls[calls:] == []  # nothing changed
