@@ -459,6 +459,13 @@ class Pki:
                 sans=tuple(sans.dns) + tuple(str(i) for i in sans.ips), signer=inst.spec.ca))
         return out
 
+    def expiring(self, days: int) -> tuple[list[str], list[str]]:
+        """``(leaves, CAs)`` (instance IDs) whose certificates expire within ``days`` of now
+        (or already have), by this manager's clock."""
+        limit = self.clock() + dt.timedelta(days=days)
+        soon = [r.instance for r in self.records() if r.not_after <= limit]
+        return ([i.id for i in soon if not i.spec.is_ca], [i.id for i in soon if i.spec.is_ca])
+
     def missing(self) -> list[str]:
         missing = [i.id for i in table.instances(self.ctx) if not self.paths(i)[0].exists()]
         if self.ctx.config.bastion.enabled and not self.bastion_host_key_path.exists():

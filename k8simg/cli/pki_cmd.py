@@ -85,16 +85,34 @@ def check_expiration(cluster, days, output):
                             + ", ".join(r.instance.id for r in soon))
 
 
+CA_ROTATION = ("rotating a CA is not done by k8simg yet: it means a new CA trusted beside the "
+               "old one by every node, every leaf reissued and rolled out, then the old CA "
+               "dropped, all by replacement; plan it before the CA expires")
+
+
 @pki.command()
 @cluster_argument
 @click.argument("names", nargs=-1)
+@click.option("--expiring-within", "days", type=click.IntRange(min=0), metavar="DAYS",
+              help="Exactly the leaf certificates that expire within DAYS (instead of NAMES).")
 @output_option
-def renew(cluster, names, output):
-    """Reissue leaf certificates (all, or NAMES) from the existing CAs, keeping their keys."""
+def renew(cluster, names, days, output):
+    """Reissue leaf certificates (all, NAMES, or those expiring within DAYS) from the existing
+    CAs, keeping their keys. The nodes carrying them are then stale: `k8simg upgrade` rolls
+    them (or `k8simg upgrade --renew-certs-within DAYS` does both)."""
     cd = cluster_dir(cluster)
     p = cluster_pki(cd, progress=progress)
-    renewed = p.renew(list(names) or None, kubeconfig_dir=cd.kubeconfig_dir)
+    cas = []
+    if days is not None:
+        if names:
+            raise click.UsageError("give NAMES or --expiring-within, not both")
+        leaves, cas = p.expiring(days)
+        for ca in cas:
+            progress(f"warning: CA {ca} expires within {days} days; {CA_ROTATION}")
+        renewed = p.renew(leaves, kubeconfig_dir=cd.kubeconfig_dir) if leaves else []
+    else:
+        renewed = p.renew(list(names) or None, kubeconfig_dir=cd.kubeconfig_dir)
     if output == "json":
-        emit_json({"renewed": renewed})
+        emit_json({"renewed": renewed, "cas_expiring": cas})
     else:
         click.echo(f"renewed {len(renewed)} certificate(s)")

@@ -30,10 +30,13 @@ from k8simg.cli.options import (
                    "test cloud whose servers run nothing. Never on a real cluster.")
 @click.option("--allow-downgrade", is_flag=True,
               help="Let kubernetes_version go back a release (refused by default).")
+@click.option("--renew-certs-within", "renew_days", type=click.IntRange(min=0), metavar="DAYS",
+              help="First reissue the leaf certificates that expire within DAYS, then replace "
+                   "the nodes that carry them (a scheduled CI job's one command).")
 @ssh_key_option
 @output_option
 def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
-            allow_downgrade, ssh_keys, output):
+            allow_downgrade, renew_days, ssh_keys, output):
     """Replace every stale node (another image than cluster.yaml names, or a config that is
     not what it renders now), one by one; Kubernetes' version skew policy is enforced.
 
@@ -62,7 +65,7 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
 
     up = Upgrade(d, max_surge=max_surge, max_unavailable=max_unavailable,
                  skip_unobservable=skip_unobservable, events=planning if plan else event,
-                 allow_downgrade=allow_downgrade)
+                 allow_downgrade=allow_downgrade, renew_certs_within=renew_days)
     if plan:
         pre = up.prepare()
         if warning := image_warning(pre.image):

@@ -99,7 +99,8 @@ class Upgrade:
     def __init__(self, deployment: Deployment, *, max_surge: int = 1, max_unavailable: int = 0,
                  skip_unobservable: bool = False, timeout: float = 1800,
                  events: Callable[[str, dict], None] = lambda _e, _d: None,
-                 kube: Callable[[], object] | None = None, allow_downgrade: bool = False):
+                 kube: Callable[[], object] | None = None, allow_downgrade: bool = False,
+                 renew_certs_within: int | None = None):
         if max_surge < 0 or max_unavailable < 0 or max_surge + max_unavailable < 1:
             raise UpgradeAborted("--max-surge and --max-unavailable cannot both be 0: no worker "
                                  "could ever be replaced")
@@ -114,6 +115,7 @@ class Upgrade:
         self.emit = events
         self.kube = kube
         self.allow_downgrade = allow_downgrade
+        self.renew_certs_within = renew_certs_within
 
     def nodes(self) -> list[Node]:
         """The cluster's node set as it is now (every step of the upgrade changes it)."""
@@ -173,13 +175,35 @@ class Upgrade:
                                                "why": "their SANs lacked what cluster.yaml asks"})
         return stale
 
+    def renew_expiring_certificates(self) -> list[str]:
+        """With ``renew_certs_within``: reissue the leaves that expire within that many days
+        (keys kept); the nodes carrying them are then stale, and this run replaces them."""
+        if self.renew_certs_within is None:
+            return []
+        pki = cluster_pki(self.cluster, self.cfg)
+        leaves, cas = pki.expiring(self.renew_certs_within)
+        for ca in cas:
+            self.emit("warning", {"message": f"CA {ca} expires within "
+                                             f"{self.renew_certs_within} days; rotating a CA "
+                                             "is not done by k8simg yet"})
+        if leaves:
+            pki.renew(leaves, kubeconfig_dir=self.cluster.kubeconfig_dir)
+            self.emit("certificates-renewed", {"certificates": leaves,
+                                               "why": f"expiring within "
+                                                      f"{self.renew_certs_within} days"})
+        return leaves
+
     def renders(self, names: set[str]) -> dict[str, bytes]:
-        """The configs the nodes ``names`` would get now. In a dry run, certificates whose
-        SANs the definition has outgrown are renewed in a scratch copy of the cluster
-        directory (inside it, removed afterwards), so the plan sees what the run would do."""
+        """The configs the nodes ``names`` would get now. In a dry run, the certificates the
+        run would renew (SANs the definition has outgrown, or expiring within
+        ``renew_certs_within``) are renewed in a scratch copy of the cluster directory (inside
+        it, removed afterwards), so the plan sees what the run would do."""
         source = self.cluster
+        pki = cluster_pki(self.cluster, self.cfg)
+        expiring = (pki.expiring(self.renew_certs_within)[0]
+                    if self.renew_certs_within is not None else [])
         with contextlib.ExitStack() as stack:
-            if self.d.dry and cluster_pki(self.cluster, self.cfg).stale_sans():
+            if self.d.dry and (pki.stale_sans() or expiring):
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
                     dir=self.cluster.path, prefix=".plan-")))
                 for name in ("cluster.yaml", "state.json", "pki", "openstack"):
@@ -189,8 +213,9 @@ class Upgrade:
                     elif src.exists():
                         shutil.copy2(src, scratch / name)
                 source = ClusterDir(scratch)
-                pki = cluster_pki(source, self.cfg)
-                pki.renew(sorted({s.split("@")[0] for s in pki.stale_sans()}))
+                scratch_pki = cluster_pki(source, self.cfg)
+                outgrown = {s.split("@")[0] for s in scratch_pki.stale_sans()}
+                scratch_pki.renew(sorted(outgrown | set(expiring)))
             ctx = render_context(source, nodes=self.nodes())
             return {n.name: render_user_data(ctx, n) for n in self.nodes() if n.name in names}
 
@@ -202,6 +227,7 @@ class Upgrade:
         """
         pre = self.prepare()
         self.renew_stale_certificates()
+        self.renew_expiring_certificates()
         target, steps = self.plan(pre)
         result = UpgradeResult(target)
         state = self.cluster.state

@@ -499,3 +499,35 @@ def test_the_skew_policy_refuses_before_anything_changes(fake, tmp_path, image_v
         up.run()
     assert words in str(e.value) and e.value.exit_code == 4
     assert fake.calls[calls:] == []  # nothing changed
+
+
+def test_expiring_certificates_are_renewed_and_their_nodes_replaced(fake, tmp_path):
+    """Made with 20-day leaves; then 365 asked for: `upgrade --renew-certs-within 30` renews
+    exactly the expiring leaves and replaces every node carrying one; afterwards nothing
+    expires within 30 days and nothing is stale."""
+    from click.testing import CliRunner
+
+    from k8simg.cli import cli
+    from k8simg.ops.upgrade import Upgrade
+    from tests.conftest import edit_cluster
+
+    cd = cluster(tmp_path, masters=1, workers=1, topology="one-master",
+                 pki={"key_algorithm": "ecdsa-p256", "ca_validity_days": 3650,
+                      "cert_validity_days": 20})
+    on(fake, cd).deploy()
+    r = CliRunner().invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30"])
+    assert r.exit_code == 3, r.output
+    edit_cluster(cd, pki__cert_validity_days=365)
+    planned = Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()[1]
+    assert [s.old for s in planned] == ["c1-master-0", "c1-worker-0"]  # the bastion has none
+    assert CliRunner().invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30"]
+                              ).exit_code == 3  # the plan renewed nothing
+    events = []
+    result = Upgrade(on(fake, cd), renew_certs_within=30, skip_unobservable=True,
+                     events=lambda e, d: events.append((e, d))).run()
+    renewed = next(d for e, d in events if e == "certificates-renewed")["certificates"]
+    assert "apiserver@c1-master-0" in renewed and not any("ca" == c for c in renewed)
+    assert [old for old, _ in result.replaced] == ["c1-master-0", "c1-worker-0"]
+    r = CliRunner().invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30"])
+    assert r.exit_code == 0, r.output
+    assert Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()[1] == []
