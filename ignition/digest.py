@@ -11,9 +11,11 @@ every replacement leave the other masters stale, and an upgrade would never end.
 """
 
 import base64
+import datetime as dt
 import gzip
 import hashlib
 import json
+import re
 import urllib.parse
 
 from k8simg.ignition.image import ETCD_ENV
@@ -70,3 +72,32 @@ def config_digest(files: dict[str, str]) -> str:
 def changed_paths(before: dict[str, str], now: dict[str, str]) -> list[str]:
     """The paths whose content differs, or that one side has and the other not, sorted."""
     return sorted(p for p in before.keys() | now.keys() if before.get(p) != now.get(p))
+
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+_EMBEDDED = re.compile(rb"client-certificate-data: *([A-Za-z0-9+/=]+)")
+
+
+def earliest_leaf_expiry(user_data: bytes) -> dt.datetime | None:
+    """When the first of the leaf certificates a config carries expires (files, and the
+    client certificates kubeconfigs embed); CA certificates are not counted."""
+    from cryptography import x509
+
+    doc = json.loads(user_data)
+    found = []
+    for f in doc.get("storage", {}).get("files", []):
+        data = decode_source(f["contents"]) if "contents" in f else b""
+        pems = _PEM.findall(data) + [base64.b64decode(m) for m in _EMBEDDED.findall(data)]
+        for pem in pems:
+            for block in _PEM.findall(pem) or [pem]:
+                try:
+                    cert = x509.load_pem_x509_certificate(block)
+                except ValueError:
+                    continue
+                try:
+                    is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+                except x509.ExtensionNotFound:
+                    is_ca = False
+                if not is_ca:
+                    found.append(cert.not_valid_after_utc)
+    return min(found) if found else None

@@ -100,8 +100,10 @@ def nodes(cluster, cloud, output):
                     "desired": desired[n.name].as_dict() if n.name in desired else None}
                    for n in found])
         return
-    rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "DESIRED", "CONSOLE")]
+    rows = [("NAME", "ROLE", "STATE", "ADDRESS", "IMAGE", "GEN", "CERTS EXPIRE", "DESIRED",
+             "CONSOLE")]
     rows += [(n.name, n.role, n.state, n.address or "-", n.image, str(n.generation),
+              (desired[n.name].expires or "-")[:10] if n.name in desired else "?",
               desired[n.name].reason() if n.name in desired else "?",
               str(n.console_file) if n.console_file else f"k8simg console {cluster} {n.name}")
              for n in found]

@@ -11,7 +11,12 @@ k8simg recorded its config is ``current`` as far as its config goes: nothing say
 from dataclasses import dataclass
 
 from k8simg.clouds.base import NodeStatus, config_of
-from k8simg.ignition.digest import changed_paths, config_digest, file_digests
+from k8simg.ignition.digest import (
+    changed_paths,
+    config_digest,
+    earliest_leaf_expiry,
+    file_digests,
+)
 from k8simg.model.state import ClusterState
 
 
@@ -28,6 +33,7 @@ class Staleness:
     node: str
     image: tuple[str, str] | None = None
     config: tuple[str, ...] | None = None
+    expires: str | None = None  # the first of its leaf certificates, as rendered now (ISO)
 
     @property
     def stale(self) -> bool:
@@ -47,7 +53,8 @@ class Staleness:
     def as_dict(self) -> dict:
         return {"node": self.node, "stale": self.stale,
                 "image": list(self.image) if self.image else None,
-                "config": list(self.config) if self.config is not None else None}
+                "config": list(self.config) if self.config is not None else None,
+                "certificates_expire": self.expires}
 
 
 def staleness(statuses: list[NodeStatus], rendered: dict[str, bytes], state: ClusterState,
@@ -62,7 +69,9 @@ def staleness(statuses: list[NodeStatus], rendered: dict[str, bytes], state: Clu
             before = state.config_files(st.config)
             config = tuple(changed_paths(before, file_digests(want))) if before else ()
         img = (st.image, image) if image and st.image != image else None
-        out[st.name] = Staleness(st.name, img, config)
+        first = earliest_leaf_expiry(want) if want is not None else None
+        out[st.name] = Staleness(st.name, img, config,
+                                 first.isoformat(timespec="seconds") if first else None)
     return out
 
 

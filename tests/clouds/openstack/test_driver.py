@@ -448,6 +448,9 @@ def test_a_config_change_makes_exactly_the_nodes_it_touches_stale(fake, tmp_path
     assert shown["c1-master-0"].startswith("stale (config: ") and "apiserver.crt" in \
         shown["c1-master-0"]
     assert shown["c1-worker-0"] == shown["c1-bastion"] == "current"
+    expires = {n: x.expires for n, x in d.desired_state(d.cloud.nodes()).items()}
+    assert expires["c1-bastion"] is None  # it carries no certificate
+    assert expires["c1-master-0"] and expires["c1-worker-0"]  # the first leaf's, per node
 
     # The cluster's DNS domain reaches every kubelet: every node but the bastion.
     edit_cluster(cd, network__dns_domain="k8s.example")
@@ -517,6 +520,12 @@ def test_expiring_certificates_are_renewed_and_their_nodes_replaced(fake, tmp_pa
     on(fake, cd).deploy()
     r = CliRunner().invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30"])
     assert r.exit_code == 3, r.output
+    import datetime as dt
+
+    d = on(fake, cd)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=21)
+    for x in d.desired_state(d.cloud.nodes()).values():  # each node's first expiry
+        assert x.expires is None or dt.datetime.fromisoformat(x.expires) < soon, x
     edit_cluster(cd, pki__cert_validity_days=365)
     planned = Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()[1]
     assert [s.old for s in planned] == ["c1-master-0", "c1-worker-0"]  # the bastion has none
