@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from k8simg.clouds import open_cloud
-from k8simg.clouds.base import NodeFailed
+from k8simg.clouds.base import NodeFailed, config_of
 from k8simg.clouds.local.console import console_text
 from k8simg.clouds.local.process import running
 from k8simg.ops.deploy import Deployment
@@ -344,6 +344,60 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
                             "json", "--skip-unobservable"], capture_output=True, text=True)
     assert again.returncode == 10, again.stderr
     return [p.pid for p in procs.values()]
+
+
+def test_a_config_change_rolls_the_master_and_etcd_keeps_its_data(baked_image, tmp_path,  # noqa: F811
+                                                                   local_cluster):
+    """Day 2 on the local cloud, single master to stay within CI's time: etcd's timing
+    changed with `config set`, `upgrade --plan` names the file, the upgrade replaces the
+    master through a real etcd membership change, what was written before is there after,
+    and nothing is left to do."""
+    image, _, _ = baked_image
+    cd = write_cluster(tmp_path / "day2", image=str(image), topology="single",
+                       masters={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False},
+                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    local_cluster(cd)
+    Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
+    cloud = open_cloud(cd, cd.load())
+    old_pids = [p.pid for p in cloud.procs.all().values()]
+    r = k8simg("etcd", "health", str(cd.path), "--wait", "900", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert etcdctl(cloud, "put", "/k8simg/day2", "written-before",
+                   endpoint="https://10.0.0.10:2379").returncode == 0
+
+    k8simg("config", "set", str(cd.path), "etcd.heartbeat_ms", "250")
+    nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
+    assert nodes[0]["desired"]["config"] == ["/etc/k8simg/etcd.env"]
+    plan = json.loads(k8simg("upgrade", str(cd.path), "--plan", "-o", "json").stdout)
+    assert [(r["node"], r["config_changes"]) for r in plan["replace"]] == [
+        ("day2-master-0", ["/etc/k8simg/etcd.env"])]
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd.path), "-o", "json",
+                        "--skip-unobservable"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(f"config roll of the master: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    events = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert events[-1]["replaced"] == [["day2-master-0", "day2-master-1"]]
+    assert "etcd" not in events[-1]["skipped_gates"]  # the membership change was observed
+
+    nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
+    assert [(n["name"], n["state"], n["desired"]["stale"]) for n in nodes] == [
+        ("day2-master-1", "ready", False)]
+    got = etcdctl(cloud, "get", "/k8simg/day2", "--print-value-only",
+                  endpoint="https://10.0.0.11:2379")
+    assert got.stdout.strip() == "written-before", got.stdout + got.stderr
+    user_data = (cd.path / "local" / "nodes" / "day2-master-1" / "user_data").read_bytes()
+    assert config_of(user_data) == nodes[0]["config"]  # booted with what it records
+    again = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd.path), "--plan"],
+                           capture_output=True, text=True)
+    assert again.returncode == 10, again.stderr
+    pids = old_pids + [p.pid for p in open_cloud(cd, cd.load()).procs.all().values()]
+    r = k8simg("destroy", str(cd.path), "-o", "json")
+    assert json.loads(r.stdout)["left"] == []
+    reap(pids)
+    assert leftovers(cd, pids) == []
 
 
 def test_a_node_whose_config_ignition_refuses_fails_visibly(baked_image, tmp_path,  # noqa: F811
