@@ -329,7 +329,7 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
     assert got["server"] == want["server"] | etcd
     assert got["volume"] == want["volume"] | {f"{n}-storage" for n in etcd}
     assert got["security_group"] == want["security_group"] | {"ded-etcds"}
-    assert got["server_group"] == want["server_group"] | {"ded-etcds"}
+    assert got["server_group"] == want["server_group"] | {f"ded-etcds-{cd.state.uid}"}
     admin = connect("k8simg-test-admin")
     hosts = {admin.compute.get_server(s.id).compute_host
              for s in conn.compute.servers(tags=tag_of(cd)) if s.name in etcd}

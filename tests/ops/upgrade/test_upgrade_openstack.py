@@ -71,7 +71,7 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
 
     # Killed in the middle of the second master's replacement, then run again.
     code, events, err = upgrade(cd, "--skip-unobservable", kill_after=("lb-member-added", 2))
-    assert code == -signal.SIGKILL
+    assert code == -signal.SIGKILL, err[-3000:]
     assert [e["node"] for e in events if e["event"] == "deleted"] == ["up-master-0"]
     code, events, err = upgrade(cd, "--skip-unobservable")
     assert code == 0, err
