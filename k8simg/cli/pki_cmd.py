@@ -10,6 +10,20 @@ class ExpiringError(K8simgError):
     exit_code = 3
 
 
+def node_expiry(cd) -> dict:
+    """Each node's first leaf certificate expiry, from its config as rendered now; empty
+    when the configs cannot be rendered yet (e.g. no cloud credential before deploy)."""
+    from k8simg.ignition.digest import earliest_leaf_expiry
+    from k8simg.ignition.render import render_context, render_user_data
+
+    try:
+        ctx = render_context(cd)
+        return {n.name: earliest_leaf_expiry(render_user_data(ctx, n)) for n in ctx.nodes}
+    except K8simgError as e:
+        progress(f"per-node expiry not shown: {e}")
+        return {}
+
+
 @click.group()
 def pki():
     """The cluster's certificates, keys and kubeconfigs."""
@@ -73,11 +87,18 @@ def check_expiration(cluster, days, output):
         raise PkiError(problems)
     records = p.records()
     soon = report.expiring(records, now, days)
+    per_node = node_expiry(cluster_dir(cluster)) if not p.missing() else {}
     if output == "json":
         emit_json({"days": days, "certificates": report.as_json(records, now),
-                   "expiring": [r.instance.id for r in soon], "missing": p.missing()})
+                   "expiring": [r.instance.id for r in soon], "missing": p.missing(),
+                   "nodes": {n: (t.isoformat(timespec="seconds") if t else None)
+                             for n, t in per_node.items()}})
     else:
         click.echo(report.expiration_table(records, now))
+        if per_node:
+            click.echo("\nNODE" + " " * 36 + "FIRST LEAF EXPIRES (what its config carries)")
+            for n, t in per_node.items():
+                click.echo(f"{n:<40}{t:%Y-%m-%d %H:%M} UTC" if t else f"{n:<40}-")
     if p.missing():
         raise K8simgError(f"missing: {', '.join(p.missing())}; run `k8simg pki init`")
     if soon:

@@ -184,6 +184,14 @@ def test_check_expiration_cli(make_cluster):
     out = json.loads(r.stdout)
     assert len(out["expiring"]) == 22 and "ca" not in out["expiring"]
     assert "22 certificate(s) expire within 30 days" in r.stderr
+    # per node, the first leaf its config carries (the local cloud's need no credential)
+    first = {n: dt.datetime.fromisoformat(t) for n, t in out["nodes"].items() if t}
+    assert out["nodes"]["c0-bastion"] is None  # it carries no certificate
+    assert sorted(first) == sorted(n.name for n in cd.nodes() if n.role != "bastion") and all(
+        dt.timedelta(days=19) < t - dt.datetime.now(dt.UTC) <= dt.timedelta(days=20)
+        for t in first.values())
+    text = runner.invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "10"]).stdout
+    assert "FIRST LEAF EXPIRES" in text and f"{cd.nodes()[0].name} " in text
 
 
 def test_show_lists_subjects_sans_and_no_secrets(make_cluster):
