@@ -460,11 +460,25 @@ class Pki:
         return out
 
     def expiring(self, days: int) -> tuple[list[str], list[str]]:
-        """``(leaves, CAs)`` (instance IDs) whose certificates expire within ``days`` of now
-        (or already have), by this manager's clock."""
+        """``(leaves a renewal gets past the horizon, CAs within it)`` (instance IDs): the
+        certificates that expire within ``days`` of now (or already have), by this manager's
+        clock. A leaf whose CA expires within ``days`` too is not among the leaves: renewed, it
+        would end with its CA (a leaf never outlives it), inside the horizon again.
+
+        :raises PkiError: when ``days`` is not less than ``pki.cert_validity_days``: every
+            renewed leaf would expire within ``days`` again, and each run would renew (and
+            roll) them all.
+        """
+        validity = self.ctx.config.pki.cert_validity_days
+        if days >= validity:
+            raise PkiError([("pki.cert_validity_days",
+                             f"{validity} days: a renewal within {days} days would leave every "
+                             f"leaf expiring within {days} days again; renew within fewer days "
+                             "than leaves are valid")])
         limit = self.clock() + dt.timedelta(days=days)
         soon = [r.instance for r in self.records() if r.not_after <= limit]
-        return ([i.id for i in soon if not i.spec.is_ca], [i.id for i in soon if i.spec.is_ca])
+        cas = [i.id for i in soon if i.spec.is_ca]
+        return [i.id for i in soon if not i.spec.is_ca and i.spec.ca not in cas], cas
 
     def missing(self) -> list[str]:
         missing = [i.id for i in table.instances(self.ctx) if not self.paths(i)[0].exists()]

@@ -87,7 +87,7 @@ def destroy(cluster, cloud, plan, output):
 def nodes(cluster, cloud, output):
     """The cluster's nodes as its cloud has them: state, address, image, whether each is
     current (its image and config what cluster.yaml gives it now) or stale, and why."""
-    d = _deployment(cluster, cloud)
+    d = _deployment(cluster, cloud, plan=True)  # it looks; it changes nothing
     found = d.cloud.nodes()
     try:
         desired = d.desired_state(found)

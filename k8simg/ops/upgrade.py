@@ -194,16 +194,16 @@ class Upgrade:
         return leaves
 
     def renders(self, names: set[str]) -> dict[str, bytes]:
-        """The configs the nodes ``names`` would get now. In a dry run, the certificates the
-        run would renew (SANs the definition has outgrown, or expiring within
-        ``renew_certs_within``) are renewed in a scratch copy of the cluster directory (inside
-        it, removed afterwards), so the plan sees what the run would do."""
+        """The configs the nodes ``names`` would get now. The certificates the run renews once
+        its gates have passed (SANs the definition has outgrown, or expiring within
+        ``renew_certs_within``) are renewed for the plan in a scratch copy of the cluster
+        directory (inside it, removed afterwards), so the plan is what the run does."""
         source = self.cluster
         pki = cluster_pki(self.cluster, self.cfg)
         expiring = (pki.expiring(self.renew_certs_within)[0]
                     if self.renew_certs_within is not None else [])
         with contextlib.ExitStack() as stack:
-            if self.d.dry and (pki.stale_sans() or expiring):
+            if pki.stale_sans() or expiring:
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
                     dir=self.cluster.path, prefix=".plan-")))
                 for name in ("cluster.yaml", "state.json", "pki", "openstack"):
@@ -226,8 +226,6 @@ class Upgrade:
         :raises UpgradeAborted: before changing anything, when a preflight refuses.
         """
         pre = self.prepare()
-        self.renew_stale_certificates()
-        self.renew_expiring_certificates()
         target, steps = self.plan(pre)
         result = UpgradeResult(target)
         state = self.cluster.state
@@ -257,6 +255,10 @@ class Upgrade:
             if any(s.role in ("master", "worker") for s in steps):
                 life.require_api("the upgrade replaced nothing ("
                                  + ", ".join(s.old for s in steps) + ")")
+            # The gates passed: now the certificates the plan counted on are renewed (a
+            # refusal above leaves the cluster directory as it was, too).
+            self.renew_stale_certificates()
+            self.renew_expiring_certificates()
             state.begin_upgrade(target)
             if state.node_keys is None:
                 self.cluster.save_nodes(self.nodes())

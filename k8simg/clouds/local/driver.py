@@ -75,7 +75,8 @@ class LocalCloud(Cloud):
         self.nodedir = self.root / "nodes"
         self.ns = Namespace(namespace_name(self.name, cluster.path))
         self.procs = ProcessTable(self.root / "processes.json", home=self.root,
-                                  owner=lambda: f"{cluster.state.uid}@{self.root}")
+                                  owner=lambda: f"{cluster.state.uid}@{self.root}"
+                                  if cluster.state.uid else "")
         self.timeout = float(self.cfg.local.boot_timeout_s)
         self.image = self._image_path()
         self.services = Services(self.netdir, self.ns, self.procs, self.ledger, cfg)

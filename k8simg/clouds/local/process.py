@@ -73,7 +73,7 @@ class Recorded:
         process whose command line does not name the record's directory)."""
         if not running(self.pid, self.started):
             return False
-        return not self.home or self.home in (command_line(self.pid) or "")
+        return not self.home or f"{self.home}/" in (command_line(self.pid) or "")
 
 
 class ProcessTable:
@@ -117,7 +117,9 @@ class ProcessTable:
             owner = self.owner
             return {k: Recorded(k, int(v["pid"]), int(v["started"]), str(v["command"]),
                                 owner, self.home)
-                    for k, v in data.items() if v.get("owner", owner) == owner}
+                    # a record from before owners (or from before the cluster had a UID) is
+                    # taken as this table's: its process must still name this directory
+                    for k, v in data.items() if v.get("owner") in (None, "", owner)}
         except FileNotFoundError:
             return {}
         except ValueError as e:

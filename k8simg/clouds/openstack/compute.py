@@ -61,10 +61,13 @@ def ensure_server_groups(s: Scope) -> dict[str, str | None]:
     """:returns: each server group's ID by group (None for one a dry run would create)."""
     c = s.conn.compute
     existing = {g.name: g for g in c.server_groups()}
+    # An adopted cluster keeps its old group while it holds only its servers: new members go
+    # in with the old ones, so anti-affinity spans them all (destroy knows it by its members).
+    adopted = {g.name: g for g in server_groups_of(s, list(c.servers(tags=s.tag)))}
     out = {}
     for group, policy in wanted_server_groups(s).items():
         name = server_group_name(s, group)
-        sg = existing.get(name)
+        sg = existing.get(name) or adopted.get(f"{s.name}-{group}")
         if sg is None:
             s.record("create", "server group", name, policy)
             if not s.dry:

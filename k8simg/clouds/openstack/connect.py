@@ -131,8 +131,9 @@ class Scope:
         if self._uid is None:
             raise CloudError(
                 f"cluster {self.name} has no UID yet (it was made before k8simg knew clusters "
-                f"by UID): run `k8simg deploy` on it once; it adopts the resources tagged "
-                f"{legacy_tag(self.name)} that no other cluster has claimed")
+                f"by UID): run `k8simg deploy` (or `k8simg destroy`) on it once, not as a plan; "
+                f"it adopts the resources tagged {legacy_tag(self.name)} that no other cluster "
+                "has claimed")
         return self._uid
 
     @property

@@ -69,10 +69,15 @@ def destroy(s: Scope, parallel, *, cluster_path) -> DestroyResult:
         attempt(f"server-group {g.name}", lambda g=g: c.delete_server_group(g))
     user = conn.current_user_id
     creds = identity.credentials_of(s, cluster_path)
-    for cred in creds:
-        attempt(f"application-credential {cred.name}",
-                lambda cred=cred: conn.identity.delete_application_credential(user, cred))
     saved = identity.saved_credential_id(cluster_path)
+
+    def drop_credential(cred) -> None:
+        conn.identity.delete_application_credential(user, cred)
+        if cred.id == saved:  # gone from Keystone: its secret goes now, whatever else is left
+            CloudCredential.forget(cluster_path)
+
+    for cred in creds:
+        attempt(f"application-credential {cred.name}", lambda cred=cred: drop_credential(cred))
     if saved and saved not in {c.id for c in creds}:
         # Keystone shows a user only their own: another user's deploy made it.
         left.append(f"application-credential {saved}: not one of your application credentials "

@@ -223,6 +223,13 @@ class OpenStackCloud(Cloud):
         """Everything the cluster has on the cloud, removed in dependency order (see
         :func:`k8simg.clouds.openstack.destroy.destroy`); the cluster directory's credential goes only
         when nothing was left."""
+        state = self.cluster.state
+        if not self.scope.dry and (state.uid is None or state.adopting):
+            # A cluster from before UIDs is destroyed without a deploy first: it gets its UID
+            # and adopts what carries its old tag and no other cluster's, as deploy would.
+            state.ensure_uid(legacy=True)
+            adopt.adopt(self.scope)
+            state.adopted()
         return destroy.destroy(self.scope, self.parallel, cluster_path=self.cluster.path)
 
     # -- the way in ----------------------------------------------------------------------------

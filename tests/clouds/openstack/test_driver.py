@@ -327,10 +327,9 @@ def test_two_clusters_of_one_name_keep_to_their_own(fake, tmp_path):
     assert owned(fake, c.state.uid) == of_c
 
 
-def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
-    """Made as k8simg made clusters before UIDs (tagged k8simg-cluster-<name>, volumes marked
-    in metadata, floating IPs by description): its next deploy adopts exactly what carries the
-    old tag and no UID, creates nothing it already has, and destroy then takes it all."""
+def legacy_cluster(fake, tmp_path):
+    """A cluster as k8simg made them before UIDs (tagged k8simg-cluster-<name>, volumes
+    marked in metadata, floating IPs by description, server groups by name, no UID)."""
     old = cluster(tmp_path / "x", "old", masters=1, workers=1)
     on(fake, old).deploy()
     uid = old.state.uid
@@ -351,6 +350,15 @@ def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
         g.name = g.name.removesuffix(f"-{uid}")
     old.state.path.write_text(old.state.path.read_text().replace(f'  "uid": "{uid}",\n', ""))
     assert old.state.uid is None
+    return old, uid
+
+
+def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
+    """Made as k8simg made clusters before UIDs (tagged k8simg-cluster-<name>, volumes marked
+    in metadata, floating IPs by description): its next deploy adopts exactly what carries the
+    old tag and no UID, creates nothing it already has, and destroy then takes it all."""
+    old, uid = legacy_cluster(fake, tmp_path)
+    legacy = "k8simg-cluster-old"
     # Another same-named cluster's network (it carries a UID) and an untagged look-alike.
     conn = fake.connect()
     theirs = conn.network.create_network(name="old-net")
@@ -359,7 +367,7 @@ def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
     before = {k: {o.id for o in v.values()} for k, v in fake.objs.items()}
 
     with pytest.raises(CloudError, match="no UID yet"):
-        on(fake, old).destroy()
+        on(fake, old).cloud.nodes()  # (destroy would adopt, then destroy)
     result = on(fake, old).deploy()
     new_uid = old.state.uid
     assert new_uid and new_uid != uid and not old.state.adopting
@@ -367,8 +375,9 @@ def test_a_cluster_from_before_uids_is_adopted_and_nothing_else(fake, tmp_path):
     assert ("server", "old-master-0") in adopted and ("volume", "old-master-0-storage") in adopted
     assert ("load balancer", "old-api") in adopted and ("network", "old-net") in adopted
     made = [(c.action, c.kind, c.name) for c in result.changes if c.action == "create"]
-    # only the server groups, whose old ones carry no mark, are made anew
-    assert {k for _, k, _ in made} == {"server group"}, made
+    # nothing is made anew: the old server groups (no mark; they hold only its servers) are
+    # kept, so anti-affinity spans the old members and new ones
+    assert made == [], made
     new_tag = f"k8simg-uid-{new_uid}"
     assert new_tag not in fake.objs["networks"][theirs.id].tags
     assert new_tag not in (fake.objs["security_groups"][stray.id].tags or [])
@@ -526,6 +535,13 @@ def test_expiring_certificates_are_renewed_and_their_nodes_replaced(fake, tmp_pa
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=21)
     for x in d.desired_state(d.cloud.nodes()).values():  # each node's first expiry
         assert x.expires is None or dt.datetime.fromisoformat(x.expires) < soon, x
+    # With 20-day leaves, renewing within 30 days would renew (and roll) them every run:
+    # refused, naming the setting.
+    from k8simg.errors import PkiError
+
+    with pytest.raises(PkiError, match=r"pki.cert_validity_days: 20 days: a renewal within 30 "
+                                       "days would leave every leaf expiring"):
+        Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()
     edit_cluster(cd, pki__cert_validity_days=365)
     planned = Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()[1]
     assert [s.old for s in planned] == ["c1-master-0", "c1-worker-0"]  # the bastion has none
@@ -540,3 +556,22 @@ def test_expiring_certificates_are_renewed_and_their_nodes_replaced(fake, tmp_pa
     r = CliRunner().invoke(cli, ["pki", "check-expiration", str(cd.path), "--days", "30"])
     assert r.exit_code == 0, r.output
     assert Upgrade(on(fake, cd, dry_run=True), renew_certs_within=30).plan()[1] == []
+
+
+def test_a_cluster_from_before_uids_is_destroyed_without_a_deploy(fake, tmp_path):
+    """destroy gives it its UID and adopts what carries its old tag (and no other cluster's),
+    then removes exactly that: no deploy needed first (it might not succeed any more)."""
+    old, _ = legacy_cluster(fake, tmp_path)
+    conn = fake.connect()
+    theirs = conn.network.create_network(name="old-net")
+    conn.network.set_tags(theirs, ["k8simg-cluster-old", "k8simg-uid-00000000000000ff"])
+    calls = len(fake.calls)
+    with pytest.raises(CloudError, match=r"no UID yet .* \(or `k8simg destroy`\) on it once, "
+                                         "not as a plan"):
+        on(fake, old, dry_run=True).destroy()
+    assert len(fake.calls) == calls and old.state.uid is None  # the plan changed nothing
+    assert on(fake, old).destroy().left == []
+    assert old.state.uid and not old.state.adopting
+    left = fake.inventory("p1")
+    left.pop("images")
+    assert left == {"networks": ["old-net"]} and theirs.id in fake.objs["networks"]

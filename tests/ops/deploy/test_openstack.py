@@ -475,8 +475,9 @@ def test_a_cluster_from_before_uids_is_adopted_on_deploy(os_cloud, image, tmp_pa
     n.set_tags(claimed, [old, "k8simg-uid-00000000000000ff"])
     stray = n.create_security_group(name="old-masters")
     try:
-        with pytest.raises(CloudError, match="no UID yet.*run `k8simg deploy`"):
-            Deployment.for_cluster(cd, None).destroy()
+        with pytest.raises(CloudError, match="no UID yet.*run `k8simg deploy` .or `k8simg "
+                                             "destroy`. on it once"):
+            Deployment.for_cluster(cd, None).cloud.nodes()
         Deployment.for_cluster(cd, None).deploy()
         assert cd.state.uid and not cd.state.adopting
         assert listing(conn, cd) == expected(cd, 1, 0, False)
