@@ -203,8 +203,9 @@ def test_a_record_is_the_cluster_s_only_by_its_uid_and_directory(tmp_path):
     or a record from before UIDs in a copy: none of them stops the original's process."""
     home = tmp_path / "a" / "local"
     home.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(home)],
-                            cwd=tmp_path)
+    # as the local cloud's daemons do, it names a file in the cluster's folder
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             str(home / "vm.pid")], cwd=tmp_path)
     try:
         pid_file = home / "p.pid"
         pid_file.write_text(str(proc.pid))
