@@ -259,6 +259,17 @@ class Pki:
                 if not inst.spec.is_ca and loaded[inst.id].cert is not None
                 and _missing_sans(loaded[inst.id].cert, inst.sans(self.ctx))]
 
+    def renew_outgrown(self, stale: list[str] | None = None, *, also: tuple[str, ...] = (),
+                       kubeconfig_dir: Path | None = None) -> list[str]:
+        """Renew the certificates whose SANs the definition has outgrown (``stale``: as
+        :meth:`stale_sans` or :meth:`ensure` found them; found now when None), every instance
+        of their kind, with the names or IDs ``also``; keys kept. Returns the outgrown IDs."""
+        stale = self.stale_sans() if stale is None else stale
+        names = {s.split("@")[0] for s in stale} | set(also)
+        if names:
+            self.renew(sorted(names), kubeconfig_dir=kubeconfig_dir)
+        return stale
+
     def ensure(self) -> EnsureResult:
         """Create every missing key and certificate; never touch one that exists.
 

@@ -69,18 +69,25 @@ class ClusterState:
                               f"{uid!r}")
         return data
 
-    def _update(self, **changes) -> None:
-        """Set (or, with None, remove) top-level keys."""
+    def _modify(self, change) -> None:
+        """``change(data)`` edits the state in place; written (atomically, 0600) when it
+        changed anything. One read-modify-write under the lock."""
         with _LOCK:
             data = self._read()
-            before = dict(data)
+            before = json.dumps(data, sort_keys=True)
+            change(data)
+            if json.dumps(data, sort_keys=True) != before:
+                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+
+    def _update(self, **changes) -> None:
+        """Set (or, with None, remove) top-level keys."""
+        def change(data):
             for key, value in changes.items():
                 if value is None:
                     data.pop(key, None)
                 else:
                     data[key] = value
-            if data != before:
-                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+        self._modify(change)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -98,13 +105,12 @@ class ClusterState:
         :param legacy: the cluster may have resources from before UIDs: when a UID is made,
             record that they are still to be adopted (:attr:`adopting`).
         """
-        with _LOCK:
-            data = self._read()
+        def change(data):
             if data.get("uid") is None:
                 data["uid"] = new_uid()
                 if legacy:
                     data["adopting"] = True
-                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+        self._modify(change)
         return self.uid
 
     @property
@@ -160,13 +166,12 @@ class ClusterState:
     def record_configs(self, configs: dict[str, dict[str, str]], keep: set[str]) -> None:
         """Add ``configs`` (config digest -> file digests) and drop every other one not in
         ``keep`` (the configs the nodes run)."""
-        with _LOCK:
-            data = self._read()
+        def change(data):
             have = data.get("configs") or {}
             merged = {d: f for d, f in {**have, **configs}.items() if d in keep or d in configs}
             if merged != have:
                 data["configs"] = merged
-                atomic_write(self.path, json.dumps(data, indent=2) + "\n", 0o600)
+        self._modify(change)
 
     # -- the Kubernetes release the nodes run ----------------------------------------------------
     @property

@@ -162,7 +162,7 @@ class Deployment:
         if result.stale:
             self.ledger.record("update", "certificate", ", ".join(result.stale),
                                f"SANs now include {address}")
-            pki.renew(sorted({s.split("@")[0] for s in result.stale}))
+            pki.renew_outgrown(result.stale)
 
     def render(self) -> dict[str, bytes]:
         """Every node's Ignition config, by node name."""

@@ -166,11 +166,9 @@ class Upgrade:
     def renew_stale_certificates(self) -> list[str]:
         """Reissue the certificates whose SANs the definition has outgrown (an extra API
         name), keys kept; the nodes carrying them are then stale. Returns them."""
-        pki = cluster_pki(self.cluster, self.cfg)
-        stale = pki.stale_sans()
+        stale = cluster_pki(self.cluster, self.cfg).renew_outgrown(
+            kubeconfig_dir=self.cluster.kubeconfig_dir)
         if stale:
-            pki.renew(sorted({s.split("@")[0] for s in stale}),
-                      kubeconfig_dir=self.cluster.kubeconfig_dir)
             self.emit("certificates-renewed", {"certificates": stale,
                                                "why": "their SANs lacked what cluster.yaml asks"})
         return stale
@@ -213,9 +211,7 @@ class Upgrade:
                     elif src.exists():
                         shutil.copy2(src, scratch / name)
                 source = ClusterDir(scratch)
-                scratch_pki = cluster_pki(source, self.cfg)
-                outgrown = {s.split("@")[0] for s in scratch_pki.stale_sans()}
-                scratch_pki.renew(sorted(outgrown | set(expiring)))
+                cluster_pki(source, self.cfg).renew_outgrown(also=tuple(expiring))
             ctx = render_context(source, nodes=self.nodes())
             return {n.name: render_user_data(ctx, n) for n in self.nodes() if n.name in names}
 
