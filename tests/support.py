@@ -1,5 +1,6 @@
 """Helpers the tests share: real processes on loopback that always get cleaned up."""
 
+import hashlib
 import os
 import shutil
 import signal
@@ -91,3 +92,11 @@ def kubectl_binary(cache_dir: Path) -> Path:
 
 def etcd_available() -> bool:
     return shutil.which("etcd") is not None and shutil.which("etcdctl") is not None
+
+
+def snapshot(root) -> dict[str, str]:
+    """Every file under ``root`` with its content's digest and mode: what "nothing was
+    written or changed" is checked against."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            + oct(p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}

@@ -2,7 +2,6 @@
 exit code 1 or 2, never a traceback, and nothing written or changed (the first slice of the
 bad-input battery of issue 16)."""
 
-import hashlib
 import os
 import subprocess
 
@@ -10,13 +9,7 @@ import pytest
 
 from tests.cli.test_cli import run
 from tests.conftest import edit_cluster, write_cluster
-
-
-def snapshot(root) -> dict[str, str]:
-    """Every file under ``root`` with its content's digest (what 'nothing changed' means)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
+from tests.support import snapshot
 
 # (what is wrong, cluster.yaml overrides, the field named, words of the message)
 DEFINITIONS = [

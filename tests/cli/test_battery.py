@@ -7,22 +7,15 @@ keys, state.json, folders), tests/pki/test_checks.py (keys, links, CAs),
 tests/ops/bake/test_archives.py (artifact archives).
 """
 
-import hashlib
 
 import pytest
 
 from tests.cli.test_cli import run
 from tests.conftest import edit_cluster, write_cluster
+from tests.support import snapshot
 
 SMALL = {"topology": "single", "masters__count": 1, "workers__count": 0,
          "bastion__enabled": False}
-
-
-def snapshot(root) -> dict[str, str]:
-    """Every file under ``root`` with its content's digest and mode."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            + oct(p.stat().st_mode)
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 # -- cluster.yaml: (field as written, value, the field the message names, words) ----------------

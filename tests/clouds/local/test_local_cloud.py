@@ -123,6 +123,15 @@ def node_report(console: Path, timeout: float = 600) -> dict:
     return found
 
 
+def single_master(path: Path, image: Path):
+    """One master, nothing else, 1.5 GiB and one vCPU."""
+    return write_cluster(path, image=str(image), topology="single",
+                         masters={"count": 1, "flavor": "x", "volume_size_gb": 10},
+                         workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                         bastion={"enabled": False},
+                         local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+
+
 def ha_cluster(path: Path, image: Path):
     """Three masters, no workers or bastion, 1.5 GiB and one vCPU each."""
     return write_cluster(path, image=str(image), topology="ha",
@@ -353,11 +362,7 @@ def test_a_config_change_rolls_the_master_and_etcd_keeps_its_data(baked_image, t
     master through a real etcd membership change, what was written before is there after,
     and nothing is left to do."""
     image, _, _ = baked_image
-    cd = write_cluster(tmp_path / "day2", image=str(image), topology="single",
-                       masters={"count": 1, "flavor": "x", "volume_size_gb": 10},
-                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
-                       bastion={"enabled": False},
-                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    cd = single_master(tmp_path / "day2", image)
     local_cluster(cd)
     Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
     cloud = open_cloud(cd, cd.load())
@@ -403,11 +408,7 @@ def test_a_config_change_rolls_the_master_and_etcd_keeps_its_data(baked_image, t
 def test_a_node_whose_config_ignition_refuses_fails_visibly(baked_image, tmp_path,  # noqa: F811
                                                             local_cluster):
     image, _, _ = baked_image
-    cd = write_cluster(tmp_path / "bad", image=str(image), topology="single",
-                       masters={"count": 1, "flavor": "x", "volume_size_gb": 10},
-                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
-                       bastion={"enabled": False},
-                       local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
+    cd = single_master(tmp_path / "bad", image)
     local_cluster(cd)
     d = Deployment.for_cluster(cd)
     rendered = d.render
