@@ -606,6 +606,11 @@ class TestCloud:
         self.wait("cinder-volume up", lambda: any(
             s.binary == "cinder-volume" and s.state == "up"
             for s in conn.block_storage.services()), 120)
+        # Up is its heartbeat in the database; the scheduler places volumes only on the pools it
+        # has heard of from the volume service (sent at start and then each minute). A volume
+        # asked for before that goes to error: "No valid backend" (seen in CI, first deploy).
+        self.wait("cinder-scheduler to know the volume pool",
+                  lambda: any(True for _ in conn.block_storage.backend_pools()), 180)
         for name, (vcpus, ram, disk) in FLAVORS.items():
             conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk,
                                        is_public=True)

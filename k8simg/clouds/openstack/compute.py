@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from keystoneauth1.exceptions import ClientException
+from openstack.exceptions import SDKException
+
 from k8simg.clouds.base import config_of
 from k8simg.clouds.openstack.connect import UID_KEY, Scope, b64, server_fault
 from k8simg.model.plan import Node
@@ -120,7 +123,23 @@ def wait_volume(s: Scope, volume, ok: set[str], what: str):
     """
     b = s.conn.block_storage
     return s.wait(f"volume {volume.name}{what}", lambda: b.get_volume(volume.id), ok=ok,
-                    failures=VOLUME_FAILURES | ({"error"} - ok))
+                    failures=VOLUME_FAILURES | ({"error"} - ok),
+                    describe=lambda v: volume_fault(s, v))
+
+
+def volume_fault(s: Scope, volume) -> str:
+    """Why Cinder put ``volume`` in an error state: its newest user message (Block Storage API
+    3.5, e.g. "schedule allocate volume:Could not find any available weighted backend."); empty
+    when the cloud keeps none or does not answer. Only ever explains an error that is reported
+    anyway, so a failure here is not one of its own."""
+    try:
+        r = s.conn.block_storage.get("/messages", params={"resource_uuid": volume.id},
+                                     microversion="3.5")
+        messages = r.json().get("messages", []) if r.ok else []
+    except (SDKException, ClientException, ValueError):  # ValueError: not JSON
+        return ""
+    newest = max(messages, key=lambda m: m.get("created_at") or "", default=None)
+    return (newest or {}).get("user_message") or ""
 
 
 def delete_volume(s: Scope, volume) -> None:
@@ -137,6 +156,20 @@ def ensure_volume(s: Scope, node: Node):
         return None
     vname = f"{node.name}-storage"
     volume = s.one([v for v in s.volumes() if v.name == vname], "volume", vname)
+    if volume is not None and volume.status == "creating" and not s.dry:
+        # a killed run's (other states, such as reserved for a server in ERROR, are for the
+        # server's replacement to settle)
+        volume = wait_volume(s, volume, {"available", "in-use", "error"}, "")
+    if volume is not None and volume.status == "error" and not volume.attachments:
+        s.record("replace", "volume", vname,
+                 f"was in error: {volume_fault(s, volume) or 'Cinder gave no reason'}")
+        if s.dry:
+            return None
+        s.conn.block_storage.delete_volume(volume)
+        s.wait(f"volume {vname} to go",
+               lambda: next((v for v in s.volumes() if v.id == volume.id), None),
+               ok={"GONE"}, failures={"error_deleting"})
+        volume = None
     if volume is None:
         s.record("create", "volume", vname, f"{size} GB")
         if s.dry:

@@ -52,7 +52,8 @@ def hosts_of(conn, names):
 def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_image,  # noqa: F811
                                             tmp_path):
     conn = test_cloud.member()
-    cd = cluster(tmp_path, "up")
+    # 20-day leaves, so that a renewal has something to renew later on
+    cd = cluster(tmp_path, "up", pki__cert_validity_days=20)
     Deployment.for_cluster(cd).deploy()
     edit_cluster(cd, image=NEW_IMAGE)
 
@@ -139,13 +140,75 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
     # A setting every kubelet reads (the cluster's DNS domain): every node but the bastion.
     edit_cluster(cd, network__dns_domain="k8s.example")
     assert [r["node"] for r in plan_rows(cd)] == new_masters + workers
+    edit_cluster(cd, network__dns_domain="cluster.local")
+    assert plan_rows(cd) == []
+
+    # A new cloud credential reaches only the add-on values the masters apply (the cloud
+    # controller manager's and Cinder CSI's): no worker is replaced.
+    from k8simg.model.credential import FILE, CloudCredential
+
+    saved = (cd.path / FILE).read_bytes()
+    cred = CloudCredential.load(cd.path)
+    CloudCredential(cred.auth_url, cred.application_credential_id, "another secret",
+                    cred.region).save(cd.path)
+    rows = plan_rows(cd)
+    assert [r["node"] for r in rows] == new_masters
+    assert all(r["config_changes"] == ["/etc/k8simg/addons.yaml"] for r in rows), rows
+    (cd.path / FILE).write_bytes(saved)
+    assert plan_rows(cd) == []
+
+    # Kubernetes' version skew policy, against the image as Glance describes it: refused
+    # (exit 4) before anything changes.
+    def skew_refusal(*args) -> str:
+        before = listing(conn, cd)
+        r = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd.path), "--plan",
+                            *args], capture_output=True, text=True)
+        assert r.returncode == 4, (r.returncode, r.stderr)
+        assert "version skew policy refuses" in r.stderr and "Traceback" not in r.stderr
+        assert listing(conn, cd) == before
+        return r.stderr
+
+    glance = conn.image
+    img = glance.find_image(NEW_IMAGE)
+    glance.update_image(img, k8simg_kubernetes_binaries="included",
+                        k8simg_kubernetes_version="1.34.5")
+    assert f"image {NEW_IMAGE} carries Kubernetes 1.34.5, cluster.yaml's kubernetes_version " \
+           "is 1.35.2" in skew_refusal()
+    edit_cluster(cd, kubernetes_version="1.34.5")
+    assert "1.35.2 -> 1.34.5 is a downgrade: refused unless --allow-downgrade" in \
+        skew_refusal()
+    assert plan_rows(cd, "--allow-downgrade") != []  # leave given: planned (not run)
+    glance.update_image(img, k8simg_kubernetes_version="1.35.2")
+    edit_cluster(cd, kubernetes_version="1.35.2")
+    cd.state.set_kubernetes_version("1.33.7")
+    assert "1.33.7 -> 1.35.2 skips a minor version" in skew_refusal()
+    cd.state.set_kubernetes_version("1.35.2")
+    assert plan_rows(cd) == []
+
+    # Certificate renewal from CI: with 365-day leaves asked for, the 20-day ones expire
+    # within 30 days; the renewal reissues them and replaces every node carrying one.
+    def expiring_within_30() -> int:
+        return subprocess.run([sys.executable, "-m", "k8simg", "pki", "check-expiration",
+                               str(cd.path), "--days", "30"], capture_output=True).returncode
+
+    assert expiring_within_30() == 3
+    edit_cluster(cd, pki__cert_validity_days=365)
+    rows = plan_rows(cd, "--renew-certs-within", "30")
+    assert [r["node"] for r in rows] == new_masters + workers  # the bastion carries none
+    code, events, err = upgrade(cd, "--skip-unobservable", "--renew-certs-within", "30")
+    assert code == 0, err
+    renewed = next(e for e in events if e["event"] == "certificates-renewed")
+    assert "apiserver@up-master-6" in renewed["certificates"], renewed
+    assert [r[0] for r in events[-1]["replaced"]] == new_masters + workers
+    assert expiring_within_30() == 0
+    assert plan_rows(cd, "--renew-certs-within", "30") == []
 
     assert Deployment.for_cluster(cd).destroy().left == []
     nothing_left(conn, cd)
 
 
-def plan_rows(cd) -> list[dict]:
+def plan_rows(cd, *args) -> list[dict]:
     plan = subprocess.run([sys.executable, "-m", "k8simg", "upgrade", str(cd.path), "--plan",
-                           "-o", "json"], capture_output=True, text=True)
+                           "-o", "json", *args], capture_output=True, text=True)
     assert plan.returncode in (0, 10), plan.stderr
     return json.loads(plan.stdout)["replace"]
