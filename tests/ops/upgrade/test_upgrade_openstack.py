@@ -16,11 +16,19 @@ import pytest
 
 from k8simg.ops.deploy import Deployment
 from tests.conftest import edit_cluster
-from tests.ops.deploy.test_openstack import IMAGE, cluster, image, listing, nothing_left  # noqa: F401
+from tests.ops.deploy.test_openstack import (  # noqa: F401 (fixtures)
+    IMAGE,
+    cluster,
+    destroyed_when_failed,
+    image,
+    listing,
+    nothing_left,
+)
 
 pytestmark = pytest.mark.slow
 
 NEW_IMAGE = "k8simg-upgrade-test-new"
+SKEW_IMAGE = "k8simg-upgrade-test-1-34"  # carries (its properties say) Kubernetes 1.34.5
 
 
 @pytest.fixture(scope="module")
@@ -168,18 +176,16 @@ def test_ha_servers_rolled_onto_a_new_image(test_cloud, os_cloud, image, new_ima
         assert listing(conn, cd) == before
         return r.stderr
 
-    glance = conn.image
-    img = glance.find_image(NEW_IMAGE)
-    glance.update_image(img, k8simg_kubernetes_binaries="included",
-                        k8simg_kubernetes_version="1.34.5")
-    assert f"image {NEW_IMAGE} carries Kubernetes 1.34.5, cluster.yaml's kubernetes_version " \
+    older = test_cloud.image(SKEW_IMAGE, tmp_path, meta={
+        "k8simg_kubernetes_binaries": "included", "k8simg_kubernetes_version": "1.34.5"})
+    edit_cluster(cd, image=SKEW_IMAGE)
+    assert f"image {SKEW_IMAGE} carries Kubernetes 1.34.5, cluster.yaml's kubernetes_version " \
            "is 1.35.2" in skew_refusal()
     edit_cluster(cd, kubernetes_version="1.34.5")
     assert "1.35.2 -> 1.34.5 is a downgrade: refused unless --allow-downgrade" in \
         skew_refusal()
-    assert plan_rows(cd, "--allow-downgrade") != []  # leave given: planned (not run)
-    glance.update_image(img, k8simg_kubernetes_version="1.35.2")
-    edit_cluster(cd, kubernetes_version="1.35.2")
+    assert [r["to"] for r in plan_rows(cd, "--allow-downgrade")] == [older] * 6  # planned only
+    edit_cluster(cd, image=NEW_IMAGE, kubernetes_version="1.35.2")
     cd.state.set_kubernetes_version("1.33.7")
     assert "1.33.7 -> 1.35.2 skips a minor version" in skew_refusal()
     cd.state.set_kubernetes_version("1.35.2")
