@@ -257,6 +257,10 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
                "ELEMENTS_PATH": os.pathsep.join(map(str, [ELEMENTS_DIR, *req.elements_paths])),
                "DIB_IMAGE_SIZE": str(req.image_size_gb),
                "DIB_SKIP_GRUB_PACKAGE_INSTALL": "True",  # k8simg-ignition installs grub-pc
+               "DIB_GRUB_TIMEOUT": "0",  # no menu to wait 5 s on: nobody is at a node's console
+               # debootstrap's result kept in DIB's image cache and reused (about 30 s a bake);
+               # debian-minimal dist-upgrades it from the mirror on every bake all the same.
+               "DIB_DEBOOTSTRAP_CACHE": "1", "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
                "PYTHONUNBUFFERED": "1",  # diskimage-builder's log filter: progress as it happens
                # The grub snippet's variable, kept literal into grub.cfg (see k8simg-ignition).
                "DIB_BOOTLOADER_DEFAULT_CMDLINE": "nofb nomodeset gfxpayload=text "

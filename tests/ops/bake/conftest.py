@@ -2,6 +2,7 @@
 background from the start of the session, handed to the tests that need them as fixtures.
 """
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -122,21 +123,42 @@ def rebaked_image(baked_image):
     return image, manifest
 
 
-def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes]:
-    """Read files from the image's root filesystem without mounting anything: the qcow2 is
-    converted to raw and the first partition's ext4 is read with debugfs."""
+@contextlib.contextmanager
+def root_partition(image: Path, tmp: Path):
+    """The image's root filesystem as an ext4 file, for debugfs: the qcow2 converted to raw
+    and its first partition cut out (nothing mounted); removed afterwards."""
     raw = tmp / "image.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
     out = subprocess.run(["partx", "-g", "-b", "-o", "START", "--nr", "1", str(raw)],
                          check=True, capture_output=True, text=True)
     start = int(out.stdout.split()[0])
     part = tmp / "root.ext4"
-    subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=512", f"skip={start}",
-                    "status=none", "conv=sparse"], check=True)
-    raw.unlink()
-    found = {}
-    for p in paths:
-        r = subprocess.run(["debugfs", "-R", f"cat {p}", str(part)], capture_output=True)
-        found[p] = r.stdout if r.returncode == 0 and b"File not found" not in r.stderr else None
-    part.unlink()
-    return found
+    try:
+        subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=512", f"skip={start}",
+                        "status=none", "conv=sparse"], check=True)
+        raw.unlink()
+        yield part
+    finally:
+        raw.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+
+
+def debugfs_cat(part: Path, path: str) -> bytes | None:
+    """The file ``path`` of the ext4 file ``part``; None when it is not there."""
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(part)], capture_output=True)
+    return r.stdout if r.returncode == 0 and b"File not found" not in r.stderr else None
+
+
+def debugfs_ls(part: Path, path: str) -> list[str]:
+    """The names in the directory ``path`` of the ext4 file ``part``."""
+    r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(part)], capture_output=True,
+                       text=True, check=True)
+    # -p: "/inode/mode/uid/gid/name/size/" per entry
+    names = [ln.split("/")[5] for ln in r.stdout.splitlines() if ln.startswith("/")]
+    return [n for n in names if n not in (".", "..")]
+
+
+def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes | None]:
+    """Read files from the image's root filesystem without mounting anything."""
+    with root_partition(image, tmp) as part:
+        return {p: debugfs_cat(part, p) for p in paths}

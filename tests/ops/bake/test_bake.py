@@ -10,7 +10,7 @@ import pytest
 from k8simg.model.images import IMAGES_DIR, LIST_FILE, ImageSpec
 from k8simg.model.versions import PINNED_INDEX_DIGESTS, RELEASES, images
 from k8simg.ops.images import verify_archive
-from tests.ops.bake.conftest import image_root_files
+from tests.ops.bake.conftest import debugfs_cat, debugfs_ls, image_root_files, root_partition
 from tests.ops.bake.testimage import BUSYBOX, TEST_CASES
 
 pytestmark = pytest.mark.slow
@@ -102,3 +102,28 @@ def test_files_are_in_the_image(baked_image, tmp_path):
     assert verify_archive(archive, ImageSpec("pause", pause["ref"]), pause["digest"])
     assert got["/usr/libexec/k8simg/import-images"].startswith(b"#!/bin/sh")
     assert b"Before=kubelet.service" in got["/etc/systemd/system/k8simg-images.service"]
+
+
+def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
+    """One initramfs, built once with the image's dracut configuration: zstd-compressed,
+    carrying Ignition and none of the storage stacks a cloud VM's root never sits on; GRUB
+    boots at once."""
+    image, _, _ = baked_image
+    with root_partition(image, tmp_path) as part:
+        boot = debugfs_ls(part, "/boot")
+        initrds = [n for n in boot if n.startswith("initrd.img-")]
+        assert len(initrds) == 1, boot  # and no initramfs-tools leftovers (".old", ".bak")
+        data = debugfs_cat(part, f"/boot/{initrds[0]}")
+        grub_cfg = debugfs_cat(part, "/boot/grub/grub.cfg")
+    # dracut may put an uncompressed early cpio (CPU microcode) first; then the main archive
+    start = data.find(b"\x28\xb5\x2f\xfd")  # zstd's frame magic
+    assert start >= 0 and not data.startswith(b"\x1f\x8b"), data[:8]  # zstd, not gzip
+    cpio = subprocess.run(["zstd", "-dc"], input=data[start:], capture_output=True,
+                          check=True).stdout
+    members = set(re.findall(rb"[\x20-\x7e]{4,}", cpio))  # the cpio's names are in clear
+    assert any(m.endswith(b"/ignition") for m in members)  # the Ignition binary
+    assert any(b"ignition-files.service" in m for m in members)
+    for absent in (b"sbin/iscsiadm", b"sbin/iscsid", b"sbin/lvm", b"sbin/mdadm",
+                   b"sbin/multipath", b"sbin/nbd-client", b"sbin/cryptsetup", b"sbin/mount.nfs"):
+        assert not any(absent in m for m in members), absent
+    assert re.search(rb"^\s*set timeout=0$", grub_cfg, re.M)
