@@ -127,17 +127,3 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
                    b"sbin/multipath", b"sbin/nbd-client", b"sbin/cryptsetup", b"sbin/mount.nfs"):
         assert not any(absent in m for m in members), absent
     assert re.search(rb"^\s*set timeout=0$", grub_cfg, re.M)
-
-
-def test_apparmor_compiles_only_what_a_node_runs(baked_image, tmp_path):
-    """Every profile in /etc/apparmor.d is compiled on first boot before sysinit: only those
-    of programs a node runs are left enabled (chronyd's, of Debian's own)."""
-    image, _, _ = baked_image
-    with root_partition(image, tmp_path) as part:
-        profiles = {n for n in debugfs_ls(part, "/etc/apparmor.d")
-                    if "." in n or n in ("lsb_release", "nvidia_modprobe")}
-        profiles -= {"abi", "abstractions", "tunables", "local", "disable", "force-complain"}
-        disabled = set(debugfs_ls(part, "/etc/apparmor.d/disable"))
-    assert "usr.sbin.chronyd" in profiles and "usr.sbin.chronyd" not in disabled
-    assert {"lsb_release", "nvidia_modprobe", "sbin.dhclient"} <= disabled, disabled
-    assert profiles - disabled == {"usr.sbin.chronyd"}, profiles - disabled
