@@ -63,6 +63,12 @@ def timed_boot(image: Path, work: Path) -> dict:
     return seen
 
 
+def boot_rows(image: Path, work: Path) -> list[dict]:
+    """One boot of ``image``: a report row per mark seen."""
+    return [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{secs} s"}
+            for key, secs in timed_boot(image, work).items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-cold", action="store_true")
@@ -73,9 +79,7 @@ def main() -> None:
     rows = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
-            for key, secs in timed_boot(args.boot, Path(d)).items():
-                rows.append({"what": f"power-on to {key.replace('_', ' ')}",
-                             "value": f"{secs} s"})
+            rows += boot_rows(args.boot, Path(d))
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d, registry(Path(d) / "registry") as reg:
@@ -100,8 +104,7 @@ def main() -> None:
             server.server_close()
             thread.join()
         (work / "boot").mkdir()
-        for key, secs in timed_boot(image, work / "boot").items():
-            rows.append({"what": f"power-on to {key.replace('_', ' ')}", "value": f"{secs} s"})
+        rows += boot_rows(image, work / "boot")
     report("bake", rows)
 
 

@@ -165,7 +165,7 @@ def ensure_volume(s: Scope, node: Node):
                  f"was in error: {volume_fault(s, volume) or 'Cinder gave no reason'}")
         if s.dry:
             return None
-        s.conn.block_storage.delete_volume(volume)
+        delete_volume(s, volume)
         s.wait(f"volume {vname} to go",
                lambda: next((v for v in s.volumes() if v.id == volume.id), None),
                ok={"GONE"}, failures={"error_deleting"})
