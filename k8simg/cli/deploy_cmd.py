@@ -9,6 +9,7 @@ from k8simg.cli.options import (
     emit_json,
     output_option,
     progress,
+    progress_shares_the_terminal,
     ssh_key_option,
 )
 from k8simg.errors import K8simgError
@@ -53,8 +54,9 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
                    "kubeconfig": result.kubeconfig, "warnings": result.warnings,
                    "stale": [x.as_dict() for x in result.stale]})
         return
-    for c in result.changes:
-        click.echo(str(c))
+    if not progress_shares_the_terminal():  # else each was shown once, as it was made
+        for c in result.changes:
+            click.echo(str(c))
     progress(f"{'planned' if plan else 'made'} {len(changes)} change(s)")
     if result.api_endpoint:
         click.echo(f"api: {result.api_endpoint}")
@@ -73,7 +75,7 @@ def destroy(cluster, cloud, plan, output):
     if output == "json":
         emit_json({"plan": plan, "deleted": [str(c) for c in d.ledger.changes],
                    "left": result.left})
-    else:
+    elif not progress_shares_the_terminal():
         for c in d.ledger.changes:
             click.echo(str(c))
     if result.left:

@@ -1,6 +1,7 @@
 """Options and output helpers shared by every command group."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def cluster_dir(path: str) -> ClusterDir:
 def progress(msg: str) -> None:
     """Progress goes to stderr, so stdout carries only results."""
     click.echo(msg, err=True)
+
+
+def progress_shares_the_terminal() -> bool:
+    """Whether stdout and stderr are one terminal: then each change, already shown as progress
+    when it was made, is not printed a second time as the result."""
+    try:
+        out, err = sys.stdout.fileno(), sys.stderr.fileno()
+        return os.isatty(out) and os.isatty(err) and os.path.samestat(os.fstat(out),
+                                                                     os.fstat(err))
+    except (OSError, ValueError, AttributeError):  # a captured stream (no descriptor)
+        return False
 
 
 def emit_json(data) -> None:

@@ -2,6 +2,11 @@
 names the field or file with its exit code, never a traceback."""
 
 import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -170,3 +175,29 @@ def test_config_set_keeps_comments_and_refuses_what_does_not_validate(tmp_path):
         assert r.exit_code == 2 and words in r.output, (args, r.output)
         assert args[0].split(".")[0] in r.output  # the path (or where it stops) is named
         assert path.read_bytes() == unchanged, args
+
+
+def test_deploy_shows_each_change_once_on_a_terminal_and_lists_them_on_a_pipe(tmp_path):
+    # Progress (stderr) says each change as it is made; the result (stdout) lists them again
+    # for a script. On a terminal that holds both, the list is not printed a second time.
+    image = tmp_path / "empty.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    cd = write_cluster(tmp_path / "once", image=str(image), topology="single",
+                       masters__count=1, workers__count=0, bastion__enabled=False)
+    exe = str(Path(sys.executable).with_name("k8simg"))
+    seen = []
+
+    def read(fd):
+        data = os.read(fd, 4096)
+        seen.append(data)
+        return data
+    status = pty.spawn([exe, "deploy", str(cd.path), "--plan"], read)
+    terminal = b"".join(seen).decode()
+    assert os.waitstatus_to_exitcode(status) == 0, terminal
+    assert terminal.count("server                 once-master-0") == 1, terminal
+    assert "planned 5 change(s)" in terminal
+
+    piped = subprocess.run([exe, "deploy", str(cd.path), "--plan"], capture_output=True,
+                           text=True, check=True)
+    assert piped.stdout.count("server                 once-master-0") == 1, piped.stdout
+    assert piped.stderr.count("server                 once-master-0") == 1, piped.stderr
