@@ -5,6 +5,7 @@ background from the start of the session, handed to the tests that need them as 
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -162,3 +163,16 @@ def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, byte
     """Read files from the image's root filesystem without mounting anything."""
     with root_partition(image, tmp) as part:
         return {p: debugfs_cat(part, p) for p in paths}
+
+
+def debugfs_link(part: Path, path: str) -> str | None:
+    """Where the symbolic link ``path`` of the ext4 file ``part`` points; None if not a link."""
+    r = subprocess.run(["debugfs", "-R", f"stat {path}", str(part)], capture_output=True,
+                       text=True)
+    if "Type: symlink" not in r.stdout:
+        return None
+    m = re.search(r'Fast link dest: "(.*)"', r.stdout)
+    if m:
+        return m.group(1)
+    return subprocess.run(["debugfs", "-R", f"cat {path}", str(part)], capture_output=True,
+                          text=True).stdout  # a long target sits in a data block

@@ -10,7 +10,13 @@ import pytest
 from k8simg.model.images import IMAGES_DIR, LIST_FILE, ImageSpec
 from k8simg.model.versions import PINNED_INDEX_DIGESTS, RELEASES, images
 from k8simg.ops.images import verify_archive
-from tests.ops.bake.conftest import debugfs_cat, debugfs_ls, image_root_files, root_partition
+from tests.ops.bake.conftest import (
+    debugfs_cat,
+    debugfs_link,
+    debugfs_ls,
+    image_root_files,
+    root_partition,
+)
 from tests.ops.bake.testimage import BUSYBOX, TEST_CASES
 
 pytestmark = pytest.mark.slow
@@ -127,3 +133,34 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
                    b"sbin/multipath", b"sbin/nbd-client", b"sbin/cryptsetup", b"sbin/mount.nfs"):
         assert not any(absent in m for m in members), absent
     assert re.search(rb"^\s*set timeout=0$", grub_cfg, re.M)
+
+
+# The image's whole enabled set (systemd's links in /etc/systemd/system), as
+# 80-k8simg.preset gives it: what a package's postinst enabled is not there. Ignition's preset
+# adds the role's own units on first boot (the boot tests read those states on the node).
+ENABLED = {
+    "multi-user.target.wants": {"chrony.service", "ssh.service", "systemd-networkd.service",
+                                "remote-fs.target", "k8simg-firstboot-done.service"},
+    "sysinit.target.wants": {"systemd-resolved.service", "apparmor.service",
+                             "k8simg-metadata-block.service",
+                             "systemd-network-generator.service"},  # networkd's Also=
+    "sockets.target.wants": {"systemd-networkd.socket"},
+    "getty.target.wants": {"getty@tty1.service"},
+    "ssh.service.wants": {"k8simg-ssh-host-keys.service"},
+    # networkd's Also=; masked, so nothing waits on it
+    "network-online.target.wants": {"systemd-networkd-wait-online.service"},
+}
+MASKED = {"swap.target", "systemd-networkd-wait-online.service"}
+
+
+def test_the_image_enables_exactly_its_preset(baked_image, tmp_path):
+    image, _, _ = baked_image
+    with root_partition(image, tmp_path) as part:
+        top = debugfs_ls(part, "/etc/systemd/system")
+        enabled = {d: set(debugfs_ls(part, f"/etc/systemd/system/{d}"))
+                   for d in top if d.endswith((".wants", ".requires"))}
+        masked = {u for u in top if u.rpartition(".")[2] in ("service", "socket", "target",
+                                                           "timer", "mount", "path")
+                  and debugfs_link(part, f"/etc/systemd/system/{u}") == "/dev/null"}
+    assert {d: units for d, units in enabled.items() if units} == ENABLED
+    assert masked == MASKED
