@@ -35,7 +35,11 @@ def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):
             doc = render_node(ctx, node)
             materialise(doc, root)
             # The image's unit with the config's environment file, as systemd would run it.
-            args = exec_start(unit_text(doc, "k8simg-etcd.service", ctx.config.kubernetes_version))
+            unit = unit_text(doc, "k8simg-etcd.service", ctx.config.kubernetes_version)
+            args = exec_start(unit)
+            # Type=notify: ready once the cluster has a leader, so no start timeout (members
+            # wait for their peers' boots; systemd's 90 s default would kill and restart them).
+            assert "Type=notify" in unit and "\nTimeoutStartSec=0\n" in unit
             env = env_values(doc, "/etc/k8simg/etcd.env")
             assert args[0] == "/usr/bin/etcd"
             assert env["ETCD_LISTEN_CLIENT_URLS"] == f"https://{node.address}:2379"
