@@ -33,14 +33,25 @@ def _deployment(cluster, cloud, plan=False, **kw):
               help="Delete workers beyond workers.count undrained (said in the warnings) when "
                    "the Kubernetes API cannot be asked to drain them, e.g. a test cloud whose "
                    "servers run nothing. Never on a real cluster.")
+@click.option("--health-timeout", default=900, show_default=True, metavar="SECONDS",
+              type=click.IntRange(1),
+              help="How long to wait, once the nodes are up, for every etcd member to answer "
+                   "healthy (exit 1 naming those that did not).")
+@click.option("--no-wait", is_flag=True,
+              help="Return once the nodes are up, without waiting for etcd (e.g. a test cloud "
+                   "whose servers run nothing).")
+@ssh_key_option
 @output_option
-def deploy(cluster, cloud, plan, concurrency, skip_unobservable, output):
-    """Create (or reconcile) the cluster's infrastructure and boot its nodes. Workers beyond
-    workers.count are drained (disruption budgets honoured), then deleted."""
+def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout, no_wait,
+           ssh_keys, output):
+    """Create (or reconcile) the cluster's infrastructure, boot its nodes and wait for the
+    control plane: every etcd member healthy (on OpenStack asked through the bastion). Workers
+    beyond workers.count are drained (disruption budgets honoured), then deleted."""
     from k8simg.clouds.base import NodeFailed
 
     d = _deployment(cluster, cloud, plan, concurrency=concurrency,
-                    skip_unobservable=skip_unobservable)
+                    skip_unobservable=skip_unobservable, ssh_keys=ssh_keys,
+                    health_timeout=0 if no_wait else health_timeout)
     try:
         result = d.deploy()
     except NodeFailed as e:
@@ -168,16 +179,10 @@ def health(cluster, cloud, wait, ssh_keys, output):
 
 
 def _health(d, etcd, wait, output):
-    from k8simg.ops.etcd import planned_endpoints
+    from k8simg.ops.etcd import planned_endpoints, wait_healthy
 
     endpoints = planned_endpoints(d.cluster)
-    deadline = time.monotonic() + wait
-    while True:
-        eps = etcd.health(endpoints)
-        if (eps and all(e.healthy for e in eps)) or time.monotonic() >= deadline:
-            break
-        progress(f"etcd: {sum(e.healthy for e in eps)}/{len(eps)} members healthy; waiting")
-        time.sleep(5)
+    eps = wait_healthy(etcd, endpoints, wait, progress)
     members = etcd.members(endpoints) if any(e.healthy for e in eps) else []
     if output == "json":
         emit_json({"endpoints": [e.__dict__ for e in eps],

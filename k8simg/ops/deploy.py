@@ -5,9 +5,11 @@ The order of a deploy: preflight (every problem at once, nothing created: the cl
 every node's config rendered and sized), infrastructure (the API's address into the
 certificates), every node's config rendered, nodes booted (the cloud says which must boot one
 after another), the load balancer's members, the bastion's public address, the kubeconfigs,
-and last the workers beyond the plan retired (:mod:`k8simg.ops.lifecycle`).
+the control plane healthy (bounded; every etcd member), and last the workers beyond the plan
+retired (:mod:`k8simg.ops.lifecycle`).
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ from k8simg.model.cluster import ClusterDir
 from k8simg.ops import desired
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
+from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints, wait_healthy
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.pki import cluster_pki
 
@@ -52,6 +55,19 @@ class DeployResult:
     stale: list[Staleness] = field(default_factory=list)
 
 
+class ControlPlaneUnhealthy(K8simgError):
+    """The nodes are up, but etcd did not answer healthy in time; everything else is in
+    place."""
+
+    def __init__(self, cluster_path, timeout: float, sick: list[str]):
+        self.sick = sick
+        super().__init__(
+            f"etcd is not healthy {timeout:.0f} s after the nodes came up:\n"
+            + "\n".join(f"  {x}" for x in sick)
+            + f"\neverything else is in place; `k8simg etcd health {cluster_path} --wait 600` "
+              f"asks again, `k8simg console {cluster_path} NODE` shows a node's boot")
+
+
 def image_warning(image: ImageFacts | None) -> str | None:
     """What an operator is told about the image nodes boot from, built from its facts."""
     if image is not None and not image.has_kubernetes:
@@ -66,16 +82,20 @@ class Deployment:
     :param skip_unobservable: remove surplus workers undrained when the Kubernetes API cannot
         be asked (said in the warnings), instead of refusing to.
     :param kube: makes the Kubernetes API client (default: from the admin kubeconfig).
+    :param health_timeout: seconds ``deploy`` waits, once the nodes are up, for every etcd
+        member to answer healthy (0: it does not wait; the command line waits by default).
     """
 
     def __init__(self, cluster: ClusterDir, cloud: Cloud, *, skip_unobservable: bool = False,
-                 drain_timeout: float = 600, kube: Callable[[], object] | None = None):
+                 drain_timeout: float = 600, kube: Callable[[], object] | None = None,
+                 health_timeout: float = 0):
         self.cluster = cluster
         self.cloud = cloud
         self.cfg = cloud.cfg
         self.nodes = cluster.nodes(self.cfg)
         self.skip_unobservable = skip_unobservable
         self.drain_timeout = drain_timeout
+        self.health_timeout = health_timeout
         self.kube = kube
         self.warnings: list[str] = []
 
@@ -83,7 +103,8 @@ class Deployment:
     def for_cluster(cls, cluster: ClusterDir, cloud: str | None = None, *, dry_run: bool = False,
                     progress: Callable[[str], None] = lambda _m: None,
                     skip_unobservable: bool = False, drain_timeout: float = 600,
-                    kube: Callable[[], object] | None = None, **kw) -> "Deployment":
+                    kube: Callable[[], object] | None = None, health_timeout: float = 0,
+                    **kw) -> "Deployment":
         """The deployment on the cluster's cloud.
 
         :param cloud: overrides ``cloud:`` in its definition.
@@ -92,7 +113,8 @@ class Deployment:
         cfg = cluster.load()
         return cls(cluster, open_cloud(cluster, cfg, cloud, dry_run=dry_run, progress=progress,
                                        **kw),
-                   skip_unobservable=skip_unobservable, drain_timeout=drain_timeout, kube=kube)
+                   skip_unobservable=skip_unobservable, drain_timeout=drain_timeout, kube=kube,
+                   health_timeout=health_timeout)
 
     @property
     def ledger(self) -> Ledger:
@@ -223,6 +245,7 @@ class Deployment:
         pki = None if self.dry else cluster_pki(self.cluster, self.cfg)
         if pki is not None:
             pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
+        self.wait_healthy()
         # Last: it may refuse (no API to drain through) with everything else in place.
         self.remove_surplus(pre.image)
         if not self.dry and pre.image is not None and pre.image.has_kubernetes \
@@ -244,6 +267,35 @@ class Deployment:
             result.api_endpoint = pki.ctx.api_server_url
             result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
         return result
+
+    def wait_healthy(self) -> None:
+        """Bounded by ``health_timeout``: the control plane is healthy when deploy returns,
+        every etcd member answering over TLS (asked as ``k8simg etcd health`` asks: from the
+        local cloud's namespace, through the bastion on OpenStack).
+
+        :raises ControlPlaneUnhealthy: naming the members that did not answer healthy.
+        """
+        if self.dry or not self.health_timeout:
+            return
+        endpoints = planned_endpoints(self.cluster)
+        if not endpoints:
+            return
+        self.cloud.progress(f"waiting for etcd: {len(endpoints)} member(s) healthy "
+                            f"(up to {self.health_timeout:.0f} s)")
+        started = time.monotonic()
+        with etcd_client(self.cloud) as etcd:
+            try:
+                eps = wait_healthy(etcd, endpoints, self.health_timeout, self.cloud.progress)
+            except EtcdError as e:
+                raise ControlPlaneUnhealthy(self.cluster.path, self.health_timeout,
+                                            [f"no answer: {e}"]) from None
+        sick = [f"{e.endpoint}: {e.detail}" for e in eps if not e.healthy]
+        sick += [f"{url}: no answer" for url in endpoints
+                 if url not in {e.endpoint for e in eps}]
+        if sick:
+            raise ControlPlaneUnhealthy(self.cluster.path, self.health_timeout, sick)
+        self.cloud.progress(f"etcd: {len(endpoints)}/{len(endpoints)} members healthy after "
+                            f"{time.monotonic() - started:.0f} s")
 
     def remove_surplus(self, image: ImageFacts | None = None) -> None:
         """Scale down: workers beyond ``workers.count`` go, newest (highest index) first,

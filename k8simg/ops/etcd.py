@@ -239,6 +239,33 @@ def etcd_client(cloud: Cloud, identity: str = "healthcheck-client") -> Iterator[
         yield Etcd(cloud.cluster.pki_dir, wrap=reach.wrap, route=reach.route, identity=identity)
 
 
+def wait_healthy(etcd: Etcd, endpoints: list[str], timeout: float,
+                 progress: Callable[[str], None] = lambda _m: None) -> list[Endpoint]:
+    """Every member's health, asked every 5 s until all of ``endpoints`` answer healthy or
+    ``timeout`` seconds pass; the last answer either way. Progress says how many are healthy
+    whenever that changes.
+
+    :raises EtcdError: when etcdctl still gives no answer to read at the end.
+    """
+    deadline = time.monotonic() + timeout
+    said = None
+    while True:
+        try:
+            eps = etcd.health(endpoints)
+        except EtcdError:  # no answer to read yet (e.g. the members are still booting)
+            if time.monotonic() >= deadline:
+                raise
+            eps = []
+        healthy = sum(e.healthy for e in eps)
+        if (eps and healthy == len(endpoints)) or time.monotonic() >= deadline:
+            return eps
+        message = f"etcd: {healthy}/{len(endpoints)} members healthy; waiting"
+        if message != said:
+            progress(message)
+            said = message
+        time.sleep(5)
+
+
 def planned_endpoints(cluster) -> list[str]:
     """The client URLs of the cluster's etcd members as its node set has them."""
     cfg = cluster.load()

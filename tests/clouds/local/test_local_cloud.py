@@ -47,6 +47,18 @@ def etcdctl(cloud, *args, endpoint=None):
     return Etcd(cloud.cluster.pki_dir, wrap=cloud.ns.exec).ctl(list(args), eps)
 
 
+def etcdctl_retried(cloud, *args, endpoint=None, within: float = 120):
+    """etcdctl until it succeeds or ``within`` seconds pass: a node under software emulation,
+    still importing its container images, can miss etcdctl's 3 s dial timeout just after it
+    answered a health check (seen in CI: "all SubConns are in TransientFailure")."""
+    deadline = time.monotonic() + within
+    while True:
+        r = etcdctl(cloud, *args, endpoint=endpoint)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r
+        time.sleep(5)
+
+
 REPORT = """#!/bin/bash
 # Test-only: once the node is up, report its units' states on the serial console.
 exec > /dev/ttyS0 2>&1
@@ -58,6 +70,10 @@ for u in containerd.service k8simg-etcd.service var-lib-containerd.mount etcd.se
     echo "K8SIMG-NODE-REPORT unit $u $(systemctl is-active $u)"
 done
 echo "K8SIMG-NODE-REPORT hostname $(hostname)"
+echo "K8SIMG-NODE-REPORT etcd-restarts $(systemctl show -p NRestarts --value k8simg-etcd.service)"
+if ! systemctl is-active -q k8simg-etcd.service; then  # why, for the test's failure message
+    journalctl -b -u k8simg-etcd.service -o cat --no-pager | tail -n 15 | sed 's/^/K8SIMG-ETCD-LOG /'
+fi
 # The metadata service (the local cloud's, at 169.254.169.254, as Nova's): asked from a network
 # namespace standing for a pod (routed by the node, masqueraded as flannel does) and from the
 # node itself, then from the pod again with the image's block lifted.
@@ -117,9 +133,12 @@ def node_report(console: Path, timeout: float = 600) -> dict:
             break
         time.sleep(5)
     found = {}
-    for m in re.finditer(r"K8SIMG-NODE-REPORT (unit \S+|hostname|metadata-\S+) (\S+)", text):
+    for m in re.finditer(r"K8SIMG-NODE-REPORT (unit \S+|hostname|etcd-restarts|metadata-\S+) (\S+)", text):
         found[m.group(1)] = m.group(2)
     assert found, f"no report on {console}"
+    log = re.findall(r"K8SIMG-ETCD-LOG (.*)", text)
+    if log:
+        found["etcd-log"] = "\n".join(line.rstrip() for line in log)
     return found
 
 
@@ -146,11 +165,14 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
     local_cluster(cd)
     # Deployed through the library with each node's rendered config plus a test-only unit
     # that reports, on the node's serial console, the state of its units once it is up.
-    d = Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr))
+    # deploy returns once every etcd member answers healthy (as `k8simg deploy` does).
+    d = Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr),
+                               health_timeout=900)
     d.render = with_report_unit(d.render)
     started = time.monotonic()
     result = d.deploy()
-    print(f"deploy to three booted masters: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(f"deploy to a healthy etcd of three: {time.monotonic() - started:.0f} s",
+          file=sys.stderr)
     made = sorted((c.action, c.kind, c.name) for c in result.changes)
     assert made == sorted([
         ("create", "network namespace", open_cloud(cd, cd.load()).ns.name),
@@ -159,6 +181,16 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         ("create", "load balancer", "ha-api"),
         *[("create", "server", f"ha-master-{i}") for i in range(3)]])
     assert result.api_endpoint == "https://10.0.0.5:6443"
+
+    # One etcd cluster of three, over TLS, asked from the host through the namespace, once
+    # and without waiting: deploy returned when it was healthy.
+    r = k8simg("etcd", "health", str(cd.path), "-o", "json", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    health = json.loads(r.stdout)
+    assert sorted(e["endpoint"] for e in health["endpoints"] if e["healthy"]) == [
+        f"https://10.0.0.1{i}:2379" for i in range(3)]
+    assert sorted((m["name"], m["peer_urls"][0], m["learner"]) for m in health["members"]) == [
+        (f"ha-master-{i}", f"https://10.0.0.1{i}:2380", False) for i in range(3)]
 
     nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
     sha = json.loads(manifest.read_text())["image"]["sha256"]
@@ -172,6 +204,8 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         assert report["hostname"] == n["name"]
         assert report["unit containerd.service"] == "active", report
         assert report["unit k8simg-etcd.service"] == "active", report
+        # not killed while it waited for its peers (no start timeout), nor crashed
+        assert report["etcd-restarts"] == "0", report
         assert report["unit var-lib-containerd.mount"] == "active", report  # the volume
         assert report["unit etcd.service"] == "inactive", report  # Debian's own stays off
         # Nothing on the node reaches the metadata service, while it stands there: with the
@@ -191,21 +225,7 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
     assert all(p.alive for p in procs.values())
     assert sorted(cloud.ns.taps()) == ["tap-m0", "tap-m1", "tap-m2"]
 
-    # One etcd cluster of three, over TLS, asked from the host through the namespace. The
-    # VMs are still importing container images under emulation: allow them time to answer.
-    deadline = time.monotonic() + 600
-    while True:
-        r = k8simg("etcd", "health", str(cd.path), "-o", "json", check=False)
-        health = json.loads(r.stdout) if r.stdout.strip() else {}
-        if r.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(10)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(e["endpoint"] for e in health["endpoints"] if e["healthy"]) == [
-        f"https://10.0.0.1{i}:2379" for i in range(3)]
-    assert sorted((m["name"], m["peer_urls"][0], m["learner"]) for m in health["members"]) == [
-        (f"ha-master-{i}", f"https://10.0.0.1{i}:2380", False) for i in range(3)]
-    status = etcdctl(cloud, "endpoint", "status", "-w", "json")
+    status = etcdctl_retried(cloud, "endpoint", "status", "-w", "json")
     assert status.returncode == 0, status.stderr
     headers = [s["Status"]["header"] for s in json.loads(status.stdout)]
     assert len({h["cluster_id"] for h in headers}) == 1  # one cluster, not three
@@ -219,8 +239,9 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
 
     # A key written through one member is read from each of the others (serializable reads
     # are answered from that member's own copy).
-    assert etcdctl(cloud, "put", "/k8simg/test", "written-via-master-0",
-                   endpoint="https://10.0.0.10:2379").returncode == 0
+    r = etcdctl_retried(cloud, "put", "/k8simg/test", "written-via-master-0",
+                        endpoint="https://10.0.0.10:2379")
+    assert r.returncode == 0, r.stdout + r.stderr
     for i in (1, 2):
         got = ""
         for _ in range(30):
@@ -266,8 +287,9 @@ def test_ha_cluster_rolls_onto_a_rebaked_image(baked_image, rebaked_image,  # no
     procs = cloud.procs.all()
     r = k8simg("etcd", "health", str(cd.path), "--wait", "900", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert etcdctl(cloud, "put", "/k8simg/test", "written-via-master-0",
-                   endpoint="https://10.0.0.10:2379").returncode == 0
+    r = etcdctl_retried(cloud, "put", "/k8simg/test", "written-via-master-0",
+                        endpoint="https://10.0.0.10:2379")
+    assert r.returncode == 0, r.stdout + r.stderr
     pids = [p.pid for p in procs.values()] + roll_onto(cd, cloud, rebaked_image)
     r = k8simg("destroy", str(cd.path), "-o", "json")
     assert json.loads(r.stdout)["left"] == []
@@ -364,13 +386,15 @@ def test_a_config_change_rolls_the_master_and_etcd_keeps_its_data(baked_image, t
     image, _, _ = baked_image
     cd = single_master(tmp_path / "day2", image)
     local_cluster(cd)
-    Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
+    Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr),
+                           health_timeout=900).deploy()
     cloud = open_cloud(cd, cd.load())
     old_pids = [p.pid for p in cloud.procs.all().values()]
-    r = k8simg("etcd", "health", str(cd.path), "--wait", "900", check=False)
+    r = k8simg("etcd", "health", str(cd.path), check=False)  # healthy when deploy returned
     assert r.returncode == 0, r.stdout + r.stderr
-    assert etcdctl(cloud, "put", "/k8simg/day2", "written-before",
-                   endpoint="https://10.0.0.10:2379").returncode == 0
+    r = etcdctl_retried(cloud, "put", "/k8simg/day2", "written-before",
+                        endpoint="https://10.0.0.10:2379")
+    assert r.returncode == 0, r.stdout + r.stderr
 
     k8simg("config", "set", str(cd.path), "etcd.heartbeat_ms", "250")
     nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)

@@ -295,7 +295,9 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
     name = "kill" + hashlib.sha256(kill_after.encode()).hexdigest()[:4]
     cd = cluster(tmp_path, name, topology="one-master", masters=1, workers=2, bastion=True)
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "k8simg", "deploy", str(cd.path)],
+    # --no-wait: the test cloud's servers run nothing, no etcd to wait for
+    proc = subprocess.Popen([sys.executable, "-m", "k8simg", "deploy", str(cd.path),
+                             "--no-wait"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     seen = []
@@ -311,16 +313,16 @@ def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path, kill_after)
         proc.wait()
     assert any(kill_after in s for s in seen), "".join(seen)[-2000:]
     time.sleep(1)
-    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
-                       capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "--no-wait",
+                        "-o", "json"], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     conn = connect(os_cloud)
     assert listing(conn, cd) == expected(cd, 1, 2, True)
     # exactly one of each (a killed run may not leave a duplicate behind)
     assert len(list(conn.compute.servers(tags=tag_of(cd)))) == 4
     assert len(list(conn.network.ips(tags=[tag_of(cd)]))) == 2
-    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "-o", "json"],
-                       capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "--no-wait",
+                        "-o", "json"], capture_output=True, text=True, env=env, timeout=900)
     assert json.loads(r.stdout)["changes"] == []
     r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(cd.path)],
                        capture_output=True, text=True, env=env, timeout=900)
