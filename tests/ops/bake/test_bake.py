@@ -164,3 +164,18 @@ def test_the_image_enables_exactly_its_preset(baked_image, tmp_path):
                   and debugfs_link(part, f"/etc/systemd/system/{u}") == "/dev/null"}
     assert {d: units for d, units in enabled.items() if units} == ENABLED
     assert masked == MASKED
+
+
+def test_apparmor_compiles_only_what_a_node_runs(baked_image, tmp_path):
+    """Every profile in /etc/apparmor.d is compiled on first boot before sysinit: only those
+    of programs a node runs are left enabled (chronyd's, of Debian's own)."""
+    image, _, _ = baked_image
+    with root_partition(image, tmp_path) as part:
+        profiles = {n for n in debugfs_ls(part, "/etc/apparmor.d")
+                    if "." in n or n in ("lsb_release", "nvidia_modprobe")}
+        profiles -= {"abi", "abstractions", "tunables", "local", "disable", "force-complain"}
+        disabled = set(debugfs_ls(part, "/etc/apparmor.d/disable"))
+    assert "usr.sbin.chronyd" in profiles and "usr.sbin.chronyd" not in disabled
+    assert {"lsb_release", "nvidia_modprobe", "sbin.dhclient"} <= disabled, disabled
+    assert profiles - disabled == {"usr.sbin.chronyd"}, profiles - disabled
+
