@@ -153,8 +153,10 @@ def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None =
     """
     qemu = _need("qemu-system-x86_64", "qemu-system-x86")
     kvm = kvm_usable() if kvm is None else kvm
+    # -nodefaults: none of QEMU's default devices (VGA, parallel port, floppy, IDE CD-ROM, NIC,
+    # monitor): a cloud VM has none of them, and probing them costs boot time under emulation.
     args = [qemu, "-name", name, "-machine", "q35", "-m", str(memory_mb), "-smp", str(cpus),
-            "-display", "none", "-vga", "none", "-monitor", "none",
+            "-nodefaults", "-display", "none",
             "-chardev", f"file,id=serial0,path={console},append={'on' if append_console else 'off'}",
             "-serial", "chardev:serial0",
             "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
