@@ -34,7 +34,7 @@ from k8simg.ignition.image import (
 from k8simg.ignition.jinja import template
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.config import ClusterConfig
-from k8simg.model.credential import CloudCredential
+from k8simg.model.credential import CloudCredential, ServiceNetwork, cloud_cluster_name
 from k8simg.model.plan import Node, api_vip, client_url, etcd_members, peer_url
 from k8simg.model.versions import RELEASES, images
 from k8simg.pki import Pki, cluster_pki
@@ -60,6 +60,18 @@ class RenderContext:
     credential: CloudCredential | None = None
     # Members that join an existing etcd cluster (replacements) rather than forming a new one.
     joining: frozenset[str] = field(default_factory=frozenset)
+    # Where Services of type LoadBalancer get their load balancers (OpenStack).
+    service_network: ServiceNetwork | None = None
+    # The cluster's UID: with its name, what ties what the cloud integrations make to it.
+    uid: str | None = None
+
+    @property
+    def cloud_cluster_name(self) -> str:
+        """The name the cloud controller manager and Cinder CSI give this cluster in the cloud
+        (load balancers ``kube_service_<it>_<namespace>_<service>``, volumes' metadata
+        ``cinder.csi.openstack.org/cluster``): the name with the UID, so two clusters of one
+        name in one project never take each other's."""
+        return cloud_cluster_name(self.config.name, self.uid)
 
     @property
     def release(self):
@@ -272,7 +284,13 @@ def render_addon_values(ctx: RenderContext) -> str:
         raise RenderError(f"cloud {ctx.config.cloud!r} needs an application credential in "
                           f"{CloudCredential.FILE} for the cloud controller manager and Cinder "
                           "CSI; `k8simg deploy` creates it")
-    text = template("node/addons-values.yaml.j2", openstack=ctx.credential, **ctx.common())
+    if not ctx.config.is_local and ctx.service_network is None:
+        raise RenderError(f"cloud {ctx.config.cloud!r}: the subnet and floating network for "
+                          "Services of type LoadBalancer are not recorded in the cluster's "
+                          "state; `k8simg deploy` records them")
+    text = template("node/addons-values.yaml.j2", openstack=ctx.credential,
+                    lb=ctx.service_network, lb_provider=ctx.config.openstack.lb_provider,
+                    cloud_cluster_name=ctx.cloud_cluster_name, **ctx.common())
     # One compact JSON document each (JSON is YAML, so kubectl reads the stream as is).
     return "".join("---\n" + json.dumps(d, separators=(",", ":")) + "\n"
                    for d in yaml.safe_load_all(text) if d)
@@ -314,7 +332,8 @@ def render_context(cluster: ClusterDir, nodes: list[Node] | None = None,
         raise RenderError(f"the PKI in {cluster.pki_dir} is not ready ({detail}); "
                           f"run `k8simg pki init {cluster.path}`")
     return RenderContext(cfg, pki, nodes if nodes is not None else list(pki.ctx.nodes),
-                         CloudCredential.load(cluster.path), joining)
+                         CloudCredential.load(cluster.path), joining,
+                         cluster.state.service_network, cluster.state.uid)
 
 
 def write_all(ctx: RenderContext, out_dir: Path) -> dict[str, int]:

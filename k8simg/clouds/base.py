@@ -24,7 +24,7 @@ from pathlib import Path
 from k8simg.errors import K8simgError
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.config import ClusterConfig
-from k8simg.model.credential import CloudCredential
+from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.model.plan import Node, parse_node_name
 
 Problem = tuple[str, str]  # (dotted field, message)
@@ -136,9 +136,12 @@ class Infra:
 
     :param api_address: the API's externally reachable address when it differs from the
         planned VIP (it goes into the API server's certificate); None otherwise.
+    :param service_network: where Services of type LoadBalancer get their load balancers
+        (the cloud controller manager's; None where the cloud has none, or in a dry run).
     """
 
     api_address: str | None = None
+    service_network: ServiceNetwork | None = None
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,9 @@ class ApiSpec(_Strict):
 class OpenStackSpec(_Strict):
     external_network: Annotated[str, Field(min_length=1)] = "public"
     availability_zone: str | None = None
+    # Octavia's provider for the load balancers of Services of type LoadBalancer (the cloud
+    # controller manager makes them): amphora (Octavia's default) or ovn.
+    lb_provider: Literal["amphora", "ovn"] = "amphora"
     # The roles of the application credential the cloud controller manager and Cinder CSI use:
     # named explicitly, never whatever the deploying token happens to carry.
     credential_roles: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],

@@ -59,3 +59,29 @@ class CloudCredential:
     @classmethod
     def forget(cls, cluster_path: Path) -> None:
         cls.path(cluster_path).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ServiceNetwork:
+    """Where the cloud controller manager puts the load balancers of Services of type
+    LoadBalancer: its members on the cluster's subnet, its floating IPs from the external
+    network. Recorded by deploy (the IDs exist once it made them), rendered into the masters'
+    cloud config."""
+
+    subnet_id: str
+    floating_network_id: str
+
+    @classmethod
+    def stand_in(cls) -> "ServiceNetwork":
+        """One of the same shape as Neutron's (UUIDs), for sizing user_data before deploy has
+        made the subnet."""
+        uuid = "00000000-0000-0000-0000-000000000000"
+        return cls(uuid, uuid)
+
+
+def cloud_cluster_name(name: str, uid: str | None) -> str:
+    """What the cloud controller manager and Cinder CSI call the cluster in the cloud (their
+    ``--cluster-name`` and ``--cluster``): its name with its UID, so two clusters of one name
+    in a project never take each other's load balancers or volumes. Cluster names hold no
+    ``_``, so it ends exactly where ``kube_service_<it>_`` says."""
+    return f"{name}-{uid}" if uid else name

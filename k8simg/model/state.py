@@ -9,6 +9,8 @@ does not say, and the one module that writes it.
                           digest of every file in it, so a plan can name what changed
     api_floating_ip       the API's floating IP (it goes into the API server's certificate)
     bastion_floating_ip   the bastion's floating IP (the operators' way in, the SSH tunnel)
+    service_network       the subnet and floating network the cloud controller manager puts
+                          Services' load balancers on (OpenStack; IDs deploy made or found)
     nodes                 the node set, as ``<role>-<index>`` keys, once an upgrade replaced one
     upgrade               an upgrade under way: its target ``image`` and the replacements
                           chosen (``replacing``: old node name -> new node name)
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
+from k8simg.model.credential import ServiceNetwork
 
 _LOCK = threading.Lock()  # deploy writes from several threads (the bastion's address)
 UID_PATTERN = re.compile(r"[0-9a-f]{16}")
@@ -139,6 +142,31 @@ class ClusterState:
     def forget_addresses(self) -> None:
         """After destroy: the addresses are gone with the cloud's resources."""
         self._update(api_floating_ip=None, bastion_floating_ip=None)
+
+    # -- the cloud's networks the cluster's integrations use ---------------------------------
+    @property
+    def service_network(self) -> ServiceNetwork | None:
+        """The subnet and floating network Services of type LoadBalancer use (OpenStack), as
+        deploy recorded them; None before that.
+
+        :raises K8simgError: when the file holds something else.
+        """
+        got = self._read().get("service_network")
+        if got is None:
+            return None
+        try:
+            return ServiceNetwork(str(got["subnet_id"]), str(got["floating_network_id"]))
+        except (KeyError, TypeError):
+            raise K8simgError(f"{self.path}: service_network: expected subnet_id and "
+                              "floating_network_id") from None
+
+    def set_service_network(self, net: ServiceNetwork) -> None:
+        self._update(service_network={"subnet_id": net.subnet_id,
+                                      "floating_network_id": net.floating_network_id})
+
+    def forget_service_network(self) -> None:
+        """After destroy: the subnet is gone with the cloud's resources."""
+        self._update(service_network=None)
 
     # -- the node set --------------------------------------------------------------------------
     @property

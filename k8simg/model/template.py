@@ -115,6 +115,7 @@ openstack:
   external_network: {d.openstack.external_network}     # the "floating" network the router uses
   availability_zone: {v["az"]}
   credential_roles: [{", ".join(d.openstack.credential_roles)}]   # the in-cluster integrations' credential
+  lb_provider: {d.openstack.lb_provider}          # Services of type LoadBalancer: amphora or ovn
 
 local:                         # the QEMU virtual machines of `cloud: local`
   memory_mb: {d.local.memory_mb}              # per node

@@ -29,6 +29,7 @@ from k8simg.clouds.base import (
 from k8simg.errors import K8simgError, RenderError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
+from k8simg.model.credential import ServiceNetwork
 from k8simg.ops import desired
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
@@ -164,6 +165,8 @@ class Deployment:
             return [("pki", str(e))]
         if ctx.credential is None:
             ctx.credential = self.cloud.stand_in_credential()
+        if ctx.service_network is None and not self.cfg.is_local:
+            ctx.service_network = ServiceNetwork.stand_in()  # deploy makes the subnet next
         problems = []
         for node in self.nodes:
             try:
@@ -227,6 +230,8 @@ class Deployment:
         pre = self.preflight()
         infra = cloud.ensure_infrastructure(pre, self.nodes)
         self.refresh_pki(infra.api_address)
+        if infra.service_network is not None and not self.dry:
+            self.cluster.state.set_service_network(infra.service_network)
         user_data = self.render() if not self.dry else {}
         if user_data:
             desired.record(self.cluster.state, user_data, cloud.nodes())
@@ -348,4 +353,5 @@ class Deployment:
         result = self.cloud.destroy()
         if not self.dry and not result.left:
             self.cluster.state.forget_addresses()
+            self.cluster.state.forget_service_network()
         return result

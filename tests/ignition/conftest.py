@@ -3,7 +3,7 @@ import json
 import pytest
 
 from k8simg.ignition.render import render_context
-from k8simg.model.credential import CloudCredential
+from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.pki import cluster_pki
 from k8simg.pki.keys import generate_key
 
@@ -24,6 +24,12 @@ CREDENTIAL = {"auth_url": "https://keystone.example.com:5000/v3",
               "application_credential_id": "0123456789abcdef0123456789abcdef",
               "application_credential_secret": "never-printed-" + "x" * 70,
               "region": "RegionOne"}
+
+# The subnet and external network deploy would record (Neutron UUIDs).
+SERVICE_NETWORK = ServiceNetwork("5b1d6a2e-8f3c-4e7a-9d21-0c4f6b8a3e57",
+                                 "e3a9c1f0-2b7d-4c58-a6e4-91d0f7b2c8a3")
+
+GOLDEN_UID = "0123456789abcdef"
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGc5Vw6ODvYqPzgxHC3Pq3pW5v5Vu9rX8mWl8J2B8vAQ op@desk"
 
@@ -56,6 +62,10 @@ def rendered_cluster(make_cluster, key_pool):
             path = cd.path / CloudCredential.FILE
             path.parent.mkdir()
             path.write_text(json.dumps(CREDENTIAL))
+            # A fixed UID (the golden files hold it) and what deploy records.
+            state = json.loads(cd.state.path.read_text())
+            cd.state.path.write_text(json.dumps({**state, "uid": GOLDEN_UID}))
+            cd.state.set_service_network(SERVICE_NETWORK)
         return cd, render_context(cd)
 
     return build

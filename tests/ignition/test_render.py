@@ -170,6 +170,9 @@ def test_local_cloud_has_no_cloud_provider(rendered_cluster):
     doc = render_node(ctx, ctx.nodes[0])
     names = {o["metadata"]["name"] for _, o in kube_objects(doc)}
     assert "cloud-config" not in names and "kube-proxy" in names
+    ingress = next(o for _, o in kube_objects(doc) if o["kind"] == "Service"
+                   and o["metadata"]["name"] == "ingress-nginx-controller")
+    assert ingress["spec"]["type"] == "NodePort"  # no cloud controller to make a load balancer
     assert "--cloud-provider" not in json.dumps(doc)
     assert env_values(doc, "/etc/k8simg/addons.env")["ADDONS"] == (
         "-f /usr/share/k8simg/addons/core -f /etc/k8simg/addons.yaml")
@@ -320,6 +323,47 @@ def test_openstack_without_credential_is_a_clear_error(rendered_cluster):
     ctx = render_context(cd)
     with pytest.raises(RenderError, match="openstack/application-credential.json"):
         render_node(ctx, ctx.nodes[0])
+
+
+def test_openstack_without_a_recorded_service_network_is_a_clear_error(rendered_cluster):
+    cd, _ = rendered_cluster("ha3", cloud="openstack")
+    cd.state.forget_service_network()
+    from k8simg.ignition.render import render_context
+    ctx = render_context(cd)
+    with pytest.raises(RenderError, match="Services of type LoadBalancer are not recorded"):
+        render_node(ctx, ctx.nodes[0])
+
+
+@pytest.mark.parametrize("provider,method,own", [("amphora", "ROUND_ROBIN", {}), (
+    "ovn", "SOURCE_IP_PORT", {"manage-security-groups": "true"})])  # OVN keeps client addresses
+def test_services_of_type_load_balancer_are_enabled_on_openstack(rendered_cluster, provider,
+                                                                 method, own):
+    from tests.ignition.conftest import SERVICE_NETWORK
+
+    cd, _ = rendered_cluster("ha3", cloud="openstack", openstack={"lb_provider": provider})
+    from k8simg.ignition.render import render_context
+    ctx = render_context(cd)
+    doc = render_node(ctx, ctx.nodes[0])
+    objs = {(o["kind"], o["metadata"]["name"]): o
+            for p, o in kube_objects(doc, ctx.config.kubernetes_version) if "addons" in p}
+    conf = objs[("Secret", "cloud-config")]["stringData"]["cloud.conf"]
+    section = conf.split("[LoadBalancer]\n", 1)[1].split("\n[", 1)[0]
+    settings = dict(ln.split("=", 1) for ln in section.splitlines() if not ln.startswith("#"))
+    assert settings == {
+        "enabled": "true", "lb-provider": provider, "lb-method": method,
+        "subnet-id": SERVICE_NETWORK.subnet_id,
+        "floating-network-id": SERVICE_NETWORK.floating_network_id,
+        "create-monitor": "true", "monitor-delay": "5s", "monitor-timeout": "3s",
+        "monitor-max-retries": "3", **own}
+    # ingress-nginx is reached through a load balancer the cloud controller makes
+    ingress = objs[("Service", "ingress-nginx-controller")]
+    assert ingress["metadata"]["namespace"] == "ingress-nginx"
+    assert ingress["spec"]["type"] == "LoadBalancer"
+    assert [p["nodePort"] for p in ingress["spec"]["ports"]] == [30080, 30443]
+    # The cloud controller and Cinder CSI name the cluster by its name and UID: two clusters
+    # of one name in a project never share load balancers or volumes.
+    assert objs[("ConfigMap", "k8simg-cluster")]["data"] == {
+        "name": "ha3", "cloud-name": f"ha3-{cd.state.uid}"}
 
 
 def test_render_needs_a_complete_pki(make_cluster):

@@ -42,7 +42,7 @@ from k8simg.clouds.openstack import (
 from k8simg.clouds.openstack.compute import Flavor
 from k8simg.clouds.openstack.connect import Scope, connect
 from k8simg.clouds.openstack.network import Subnet
-from k8simg.model.credential import CloudCredential
+from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.model.plan import Node
 
 
@@ -84,8 +84,8 @@ class OpenStackCloud(Cloud):
 
     # -- preflight ---------------------------------------------------------------------------
     def prepare(self, nodes: list[Node]) -> OpenStackPreflight:
-        """The image, every flavor, the external network, the credential's roles and the
-        quotas; first, for a cluster
+        """The image, every flavor, the external network, the credential's roles, Octavia and
+        the Services' load-balancer provider, and the quotas; first, for a cluster
         from before UIDs, its old resources are adopted (:mod:`.adopt`)."""
         s, conn = self.scope, self.scope.conn
         if self.cluster.state.adopting:
@@ -106,6 +106,7 @@ class OpenStackCloud(Cloud):
             problems.append(("openstack.external_network",
                              f"no external network {self.cfg.openstack.external_network!r}"))
         problems += identity.role_problems(s, self.cluster.path)
+        problems += loadbalancer.provider_problems(s)
         if not problems:
             problems += quota.quota_problems(s, nodes, flavors)
         return OpenStackPreflight(problems, image, ext.id if ext is not None else None, flavors)
@@ -132,7 +133,9 @@ class OpenStackCloud(Cloud):
              lambda: compute.ensure_server_groups(s),
              lambda: identity.ensure_credential(s, self.cluster.path)])
         vip, address = network.ensure_api_address(s, sub, pre.external_network_id)
-        return OpenStackInfra(api_address=address, subnet=sub,
+        lbs = (ServiceNetwork(sub.id, pre.external_network_id)
+               if sub.id and pre.external_network_id else None)  # None: a dry run
+        return OpenStackInfra(api_address=address, service_network=lbs, subnet=sub,
                               external_network_id=pre.external_network_id,
                               image_id=pre.image.ref if pre.image else None,
                               flavors=pre.flavors, security_groups=groups,

@@ -18,6 +18,23 @@ def wait_active(s: Scope, lb_id: str) -> None:
              attribute="provisioning_status", ok={"ACTIVE"}, failures={"ERROR"})
 
 
+def provider_problems(s: Scope) -> list[tuple[str, str]]:
+    """Octavia answers, and has the provider ``openstack.lb_provider`` names (the cloud
+    controller makes the Services' load balancers with it)."""
+    from openstack import exceptions as osx
+
+    want = s.cfg.openstack.lb_provider
+    try:
+        have = sorted(p.name for p in s.conn.load_balancer.providers())
+    except (osx.EndpointNotFound, osx.SDKException) as e:
+        return [("openstack", f"no load-balancer service (Octavia) in {s.where}: the API's "
+                              f"load balancer and the Services' need one ({e})")]
+    if want not in have:
+        return [("openstack.lb_provider", f"Octavia in {s.where} has no provider {want!r} "
+                                          f"(it has: {', '.join(have) or 'none'})")]
+    return []
+
+
 def delete_load_balancer(s: Scope, lb) -> None:
     """Delete ``lb`` with everything under it and wait until it is gone."""
     lbs = s.conn.load_balancer

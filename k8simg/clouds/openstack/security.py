@@ -69,8 +69,10 @@ def wanted_rules(cfg: ClusterConfig, ids: dict[str, str | None]) -> dict[str, se
         # (mutual TLS with the cluster's etcd CA on top).
         tcp(members, ports.ETCD_CLIENT, remote="bastion")
     if "workers" in rules:
+        # NodePorts from the cluster's subnet alone: the load balancers the cloud controller
+        # manager makes for Services of type LoadBalancer reach their members from there.
         lo, hi = ports.NODE_PORTS
-        rules["workers"] |= {(p, lo, hi, "0.0.0.0/0", None) for p in ("tcp", "udp")}
+        rules["workers"] |= {(p, lo, hi, node_cidr, None) for p in ("tcp", "udp")}
     return rules
 
 

@@ -46,8 +46,8 @@ from openstack.image.v2.image import Image as _SdkImage
 NEUTRON = ("networks", "subnets", "ports", "routers", "security_groups", "security_group_rules",
            "floating_ips")
 OCTAVIA = ("load_balancers", "listeners", "pools", "members", "health_monitors")
-KINDS = ("flavors", "images", "servers", "server_groups", "volumes", *NEUTRON, *OCTAVIA,
-         "application_credentials")
+KINDS = ("flavors", "images", "servers", "server_groups", "volumes", "snapshots", *NEUTRON,
+         *OCTAVIA, "application_credentials")
 QUOTA = {"instances": 10, "cores": 20, "ram": 51200, "volumes": 10, "gigabytes": 1000,
          "floating_ips": 50, "networks": 100, "subnets": 100, "ports": 500, "routers": 10,
          "security_groups": 10, "security_group_rules": 100}
@@ -87,6 +87,8 @@ class FakeCloud:
         self.steps: dict[str, list] = {}  # resource id -> transitions left, one per read
         self.calls: list[tuple[str, str]] = []  # (proxy, method) of every mutating call
         self.fail_servers: set[str] = set()  # server names whose build ends in ERROR
+        self.lb_providers = {"amphora": "The Octavia Amphora driver.",
+                             "octavia": "Deprecated alias of the Octavia Amphora driver."}
         self.fault_message = "No valid host was found. There are not enough hosts available."
         self.stuck_on_delete: set[str] = set()  # server names that go to ERROR on delete
         self.slow_deletes: dict[str, int] = {}  # server name -> reads its delete takes
@@ -627,6 +629,7 @@ class BlockStorageProxy(_Proxy):
     def get_volume(self, volume):
         return self._get("volumes", volume)
 
+
     @_write
     def set_volume_metadata(self, volume, **metadata):
         v = self._target("volumes", volume, write=True)
@@ -654,7 +657,34 @@ class BlockStorageProxy(_Proxy):
         if v.status not in ("available", "error") or v.attachments:
             raise Bad(f"Invalid volume: Volume status must be available or error, but current "
                       f"status is: {v.status}, and must not be attached.")
+        if any(x.volume_id == v.id for x in self._cloud.objs["snapshots"].values()):
+            raise Bad("Invalid volume: Volume cannot be deleted while it has snapshots.")
         self._cloud.drop("volumes", v)
+
+    @_read
+    def snapshots(self, *, details=True, name=None, status=None, volume_id=None):
+        return self._list("snapshots", name=name, status=status, volume_id=volume_id)
+
+    @_read
+    def get_snapshot(self, snapshot):
+        return self._get("snapshots", snapshot)
+
+    @_write
+    def create_snapshot(self, *, volume_id, name=None, metadata=None, description=None,
+                        force=False):
+        self._target("volumes", volume_id)
+        x = self._cloud.new("snapshots", self._pid, name=name, volume_id=volume_id,
+                            status="creating", description=description,
+                            metadata={k: str(v) for k, v in (metadata or {}).items()})
+        self._cloud.pending(x, functools.partial(self._cloud.set, "snapshots", x.id,
+                                                 status="available"))
+        return self._cloud.view("snapshots", x)
+
+    @_write
+    def delete_snapshot(self, snapshot, ignore_missing=True, *, force=False):
+        x = self._target("snapshots", snapshot, ignore_missing)
+        if x is not None:
+            self._cloud.drop("snapshots", x)
 
     @_read
     def get_quota_set(self, project, usage=False):
@@ -999,6 +1029,12 @@ class LoadBalancerProxy(_Proxy):
     def _lb_of(self, kind, ident):
         obj = self._target(kind, ident, write=True)
         return obj, self._cloud.objs["load_balancers"][self._cloud.parent[obj.id]]
+
+    @_read
+    def providers(self):
+        if self._cloud.lb_providers is None:  # a cloud without Octavia
+            raise osx.EndpointNotFound("public endpoint for load-balancer service not found")
+        return [NS(name=n, description=d) for n, d in self._cloud.lb_providers.items()]
 
     @_read
     def load_balancers(self, *, name=None, project_id=None, tags=None):

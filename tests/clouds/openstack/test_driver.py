@@ -69,8 +69,9 @@ def test_security_group_rules_wanted(tmp_path):
         ("tcp", 2379, 2380, None, "id-masters"),  # etcd among the members only
         ("tcp", 2379, 2379, None, "id-bastion")}  # the upgrade's tunnel, client port only
     assert rules["bastion"] == {("tcp", 22, 22, "0.0.0.0/0", None)}
-    assert rules["workers"] == {("tcp", 30000, 32767, "0.0.0.0/0", None),
-                                ("udp", 30000, 32767, "0.0.0.0/0", None)}
+    # NodePorts from the node subnet alone: the Services' load balancers' members
+    assert rules["workers"] == {("tcp", 30000, 32767, "10.0.0.0/24", None),
+                                ("udp", 30000, 32767, "10.0.0.0/24", None)}
 
 
 def test_security_group_rules_for_dedicated_etcd_without_bastion(tmp_path):
@@ -122,6 +123,28 @@ def test_preflight_names_every_problem_and_creates_nothing(fake, tmp_path):
         on(fake, cd).deploy()
     fields = [f for f, _ in e.value.problems]
     assert fields == ["image", "workers.flavor", "openstack.external_network"]
+    assert fake.calls == []
+
+
+def test_preflight_checks_the_services_load_balancer_provider(fake, tmp_path):
+    cd = cluster(tmp_path, openstack={"lb_provider": "ovn"})
+    with pytest.raises(PreflightError) as e:
+        on(fake, cd).deploy()
+    assert e.value.problems == [("openstack.lb_provider", "Octavia in cloud 'fake' has no "
+                                 "provider 'ovn' (it has: amphora, octavia)")]
+    fake.lb_providers["ovn"] = "Octavia OVN driver."
+    assert on(fake, cd).deploy().changes  # now it goes
+    assert fake.calls
+
+
+def test_preflight_names_a_cloud_without_octavia(fake, tmp_path):
+    fake.lb_providers = None
+    with pytest.raises(PreflightError) as e:
+        on(fake, cluster(tmp_path)).deploy()
+    [(field, why)] = e.value.problems
+    assert field == "openstack" and why.startswith(
+        "no load-balancer service (Octavia) in cloud 'fake': the API's load balancer and the "
+        "Services' need one")
     assert fake.calls == []
 
 

@@ -22,6 +22,7 @@ from k8simg.model.plan import initial_nodes
 from k8simg.ops.deploy import Deployment
 from tests.conftest import edit_cluster as edit
 from tests.conftest import write_cluster
+from tests.ignition.support import kube_objects
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +148,20 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
         assert port.fixed_ips[0]["ip_address"] == str(node.address)
         if node.role != "bastion":
             assert port.allowed_address_pairs[0]["ip_address"] == "10.244.0.0/16"
+    # Services of type LoadBalancer: the cloud controller's config, as Nova holds it in the
+    # master's user_data, names the subnet and the floating network deploy made and found.
+    doc = json.loads(base64.b64decode(servers["ha-master-0"].user_data))
+    objs = {o["metadata"]["name"]: o for _, o in kube_objects(doc, cd.load().kubernetes_version)
+            if o["kind"] in ("Secret", "ConfigMap")}
+    conf = objs["cloud-config"]["stringData"]["cloud.conf"]
+    section = conf.split("[LoadBalancer]\n", 1)[1].split("\n[", 1)[0]
+    lb = dict(ln.split("=", 1) for ln in section.splitlines() if not ln.startswith("#"))
+    subnet = conn.network.find_subnet("ha-subnet")
+    assert subnet.project_id == conn.current_project_id and tag_of(cd) in subnet.tags
+    assert (lb["enabled"], lb["lb-provider"], lb["create-monitor"]) == ("true", "amphora", "true")
+    assert lb["subnet-id"] == subnet.id
+    assert lb["floating-network-id"] == conn.network.find_network("public").id
+    assert objs["k8simg-cluster"]["data"]["cloud-name"] == f"ha-{cd.state.uid}"
 
     lb = conn.load_balancer.find_load_balancer("ha-api")
     assert lb.provisioning_status == "ACTIVE" and lb.vip_address == "10.0.0.5"
@@ -209,12 +224,16 @@ def test_smaller_topologies(os_cloud, image, tmp_path, name, topology, masters, 
 def test_bad_input_fails_preflight_with_nothing_created(os_cloud, image, tmp_path):
     conn = connect(os_cloud)
     cd = cluster(tmp_path, "bad", image="no-such-image", masters__flavor="no-such-flavor",
-                 openstack__external_network="no-such-net")
+                 openstack__external_network="no-such-net", openstack__lb_provider="ovn")
     with pytest.raises(PreflightError) as e:
         Deployment.for_cluster(cd, None).deploy()
     fields = [f for f, _ in e.value.problems]
-    assert fields == ["image", "masters.flavor", "openstack.external_network"], e.value.problems
+    assert fields == ["image", "masters.flavor", "openstack.external_network",
+                      "openstack.lb_provider"], e.value.problems
     assert "no image 'no-such-image'" in str(e.value)
+    # the test cloud's Octavia runs the amphora provider only
+    assert "Octavia in cloud 'k8simg-test' has no provider 'ovn' (it has: amphora)" \
+        in str(e.value), str(e.value)
     big = cluster(tmp_path, "big", pki__key_algorithm="rsa-4096", topology="one-master",
                   masters=1, workers=1)
     with pytest.raises(PreflightError) as e:
@@ -399,8 +418,9 @@ def test_dedicated_etcd_gets_its_groups_and_rules(os_cloud, image, tmp_path):
                                     ("icmp", None, None, "ded-nodes"),
                                     ("tcp", 22, 22, "ded-bastion")}
     assert ingress("ded-bastion") == {("tcp", 22, 22, "0.0.0.0/0")}
-    assert ingress("ded-workers") == {("tcp", 30000, 32767, "0.0.0.0/0"),
-                                      ("udp", 30000, 32767, "0.0.0.0/0")}
+    # NodePorts from the node subnet alone (the Services' load balancers' members), no wider
+    assert ingress("ded-workers") == {("tcp", 30000, 32767, "10.0.0.0/24"),
+                                      ("udp", 30000, 32767, "10.0.0.0/24")}
     ports = {p.name: set(p.security_group_ids) for p in n.ports(tags=[tag_of(cd)])}
     assert ports["ded-etcd-0-port"] == {ids["ded-nodes"], ids["ded-etcds"]}
     assert ports["ded-bastion-port"] == {ids["ded-bastion"]}
@@ -572,3 +592,144 @@ def test_the_credential_carries_only_its_roles(os_cloud, image, tmp_path, isolat
     finally:
         assert Deployment.for_cluster(cd, member_only).destroy().left == []
     nothing_left(conn, cd)
+
+
+# -- what Kubernetes makes in the cloud ------------------------------------------------------
+
+def made_as_kubernetes_makes_it(conn, cluster: str, subnet_id: str | None, tag: str):
+    """For Service default/web-<tag> and a PVC: what the cloud controller manager and Cinder
+    CSI make for ``cluster`` (cloud-provider-openstack's names, descriptions, tags and
+    metadata): a load balancer with listener, pool, member and monitor on ``subnet_id`` (none
+    without one), its floating IP, the per-Service security group of manage-security-groups,
+    a volume and its snapshot. Returns them by kind."""
+    import uuid
+
+    lbs, n, b = conn.load_balancer, conn.network, conn.block_storage
+    svc = f"default/web-{tag}"
+    got = {}
+    if subnet_id:
+        name = f"kube_service_{cluster}_default_web-{tag}"
+        lb = lbs.create_load_balancer(name=name, vip_subnet_id=subnet_id, tags=[name],
+                                      description=f"Kubernetes external service {svc} from "
+                                                  f"cluster {cluster}")
+
+        def active():
+            lbs.wait_for_load_balancer(lb.id, status="ACTIVE", failures=["ERROR"], wait=120)
+        active()
+        listener = lbs.create_listener(name=f"listener_0_{name}", protocol="TCP",
+                                       protocol_port=80, load_balancer_id=lb.id, tags=[name])
+        active()
+        pool = lbs.create_pool(name=f"pool_0_{name}", protocol="TCP", lb_algorithm="ROUND_ROBIN",
+                               listener_id=listener.id)
+        active()
+        lbs.create_member(pool, address="10.0.0.10", protocol_port=30080, subnet_id=subnet_id)
+        active()
+        lbs.create_health_monitor(name=f"monitor_0_{name}", pool_id=pool.id, type="TCP",
+                                  delay=5, timeout=3, max_retries=3)
+        active()
+        got["load-balancer"] = name
+        # The controller puts it on the load balancer's VIP port. The test cloud's Octavia
+        # runs the noop network driver, which makes no Neutron port for a VIP: the address is
+        # made unattached, as it is once a load balancer (and its VIP port) is gone.
+        got["floating-ip"] = n.create_ip(
+            floating_network_id=n.find_network("public").id,
+            description=f"Floating IP for Kubernetes external service {svc} from cluster "
+                        f"{cluster}").floating_ip_address
+    got["security-group"] = n.create_security_group(
+        name=f"lb-sg-{uuid.uuid4()}-default-web-{tag}",
+        description=f"Security Group for {svc} Service LoadBalancer in cluster {cluster}").name
+    volume = b.create_volume(name=f"pvc-{uuid.uuid4()}", size=1, metadata={
+        "cinder.csi.openstack.org/cluster": cluster, "csi.storage.k8s.io/pvc/name": "data",
+        "csi.storage.k8s.io/pvc/namespace": "default"})
+    b.wait_for_status(volume, "available", failures=["error"], wait=120)
+    got["volume"] = volume.name
+    snap = b.create_snapshot(volume_id=volume.id, name=f"snapshot-{uuid.uuid4()}", metadata={
+        "cinder.csi.openstack.org/cluster": cluster,
+        "csi.storage.k8s.io/volumesnapshot/name": "data-snap"})
+    b.wait_for_status(snap, "available", failures=["error"], wait=120)
+    got["volume-snapshot"] = snap.name
+    got["volume-id"] = volume.id
+    return got
+
+
+def still_there(conn, made: dict) -> set[str]:
+    """Which of ``made`` (by kind) the project still holds."""
+    pid = conn.current_project_id
+    n, b = conn.network, conn.block_storage
+    have = {
+        "load-balancer": {x.name for x in conn.load_balancer.load_balancers(project_id=pid)},
+        "floating-ip": {x.floating_ip_address for x in n.ips(project_id=pid)},
+        "security-group": {x.name for x in n.security_groups(project_id=pid)},
+        "volume": {x.name for x in b.volumes()},
+        "volume-snapshot": {x.name for x in b.snapshots()},
+    }
+    return {f"{k} {v}" for k, v in made.items() if k in have and v in have[k]}
+
+
+def test_destroy_removes_what_kubernetes_made_and_names_what_survives(os_cloud, image, tmp_path):
+    """The cloud controller's load balancers (with listener, pool, member, monitor and
+    floating IP) and security groups, Cinder CSI's volumes and snapshots: a cluster's go with
+    it, a same-named cluster's in the same project stay, and whatever cannot go is named."""
+    conn = connect(os_cloud)
+    mine = cluster(tmp_path, "kmade", topology="single", masters=1, workers=0, bastion=False)
+    other = cluster(tmp_path / "second", "kmade", topology="single", masters=1, workers=0,
+                    bastion=False)
+    assert mine.state.uid != other.state.uid
+    Deployment.for_cluster(mine, None).deploy()
+    subnet = conn.network.find_subnet("kmade-subnet")
+    assert tag_of(mine) in subnet.tags
+    ours = made_as_kubernetes_makes_it(conn, f"kmade-{mine.state.uid}", subnet.id, "a")
+    # The other cluster's: its Service's load balancer on a network of neither cluster.
+    net = conn.network.create_network(name="kmade-bystander-net")
+    try:
+        side = conn.network.create_subnet(network_id=net.id, ip_version=4,
+                                          cidr="192.168.77.0/24", name="kmade-bystander")
+        theirs = made_as_kubernetes_makes_it(conn, f"kmade-{other.state.uid}", side.id, "b")
+        id_of = {"volume": ours.pop("volume-id")}
+        theirs.pop("volume-id")
+
+        # The plan names them all, and touches nothing.
+        r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(mine.path), "--plan",
+                            "-o", "json"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        planned = set(json.loads(r.stdout)["deleted"])
+        for kind, name in ours.items():
+            assert any(p.startswith("delete") and f"{kind}" in p and name in p
+                       for p in planned), (kind, name, planned)
+        assert not any(v in " ".join(planned) for v in theirs.values())
+        assert still_there(conn, ours) == {f"{k} {v}" for k, v in ours.items()}
+
+        # One survivor on purpose: a snapshot someone took by hand of the cluster's CSI
+        # volume (not the cluster's: no CSI metadata) keeps the volume from going.
+        by_hand = conn.block_storage.create_snapshot(volume_id=id_of["volume"], name="by-hand")
+        conn.block_storage.wait_for_status(by_hand, "available", failures=["error"], wait=120)
+        r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(mine.path), "-o",
+                            "json"], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 1, r.stderr
+        left = json.loads(r.stdout)["left"]
+        assert [x.split(":")[0] for x in left] == [f"volume {ours['volume']}"], left
+        assert f"could not remove:\n  volume {ours['volume']}" in r.stderr
+        assert still_there(conn, ours) == {f"volume {ours['volume']}"}
+        assert still_there(conn, theirs) == {f"{k} {v}" for k, v in theirs.items()}
+
+        conn.block_storage.delete_snapshot(by_hand)
+        conn.block_storage.wait_for_delete(by_hand, wait=120)
+        r = subprocess.run([sys.executable, "-m", "k8simg", "destroy", str(mine.path), "-o",
+                            "json"], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["left"] == []
+        assert still_there(conn, ours) == set()
+        nothing_left(conn, mine)
+        # The same-named cluster's, untouched; its own destroy takes them.
+        assert still_there(conn, theirs) == {f"{k} {v}" for k, v in theirs.items()}
+        assert Deployment.for_cluster(other, None).destroy().left == []
+        assert still_there(conn, theirs) == set()
+    finally:  # the bystander network, whatever happened (the clusters: the fixture's)
+        try:
+            for lb in conn.load_balancer.load_balancers(project_id=conn.current_project_id):
+                if lb.vip_network_id == net.id:
+                    conn.load_balancer.delete_load_balancer(lb, cascade=True)
+                    conn.load_balancer.wait_for_delete(lb, wait=120)
+            conn.network.delete_network(net)
+        except Exception as e:  # noqa: BLE001 - the test's own outcome is the report
+            print(f"cleanup of kmade-bystander-net failed: {e}", file=sys.stderr)
