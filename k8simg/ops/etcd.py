@@ -106,12 +106,14 @@ class Etcd:
         else:
             self.cert = self.pki_dir / identity
 
-    def ctl(self, args: list[str], endpoints: list[str], timeout: float = 30
-            ) -> subprocess.CompletedProcess:
+    def ctl(self, args: list[str], endpoints: list[str], timeout: float = 30,
+            command_timeout: float = 10) -> subprocess.CompletedProcess:
         """Run ``etcdctl`` with ``args`` against ``endpoints``; the finished process, whatever its
         exit status.
 
         :param timeout: seconds the whole command may take.
+        :param command_timeout: etcdctl's own deadline for the request (``--command-timeout``;
+            for a snapshot, the whole stream).
         :raises EtcdError: when etcdctl is not installed or does not finish in ``timeout``.
         """
         dial = []
@@ -121,7 +123,7 @@ class Etcd:
         argv = ["etcdctl", f"--endpoints={','.join(dial)}",
                 f"--cacert={self.pki_dir / 'etcd' / 'ca.crt'}",
                 f"--cert={self.cert}.crt", f"--key={self.cert}.key",
-                "--dial-timeout=3s", "--command-timeout=10s", *args]
+                "--dial-timeout=3s", f"--command-timeout={command_timeout:.0f}s", *args]
         try:
             return subprocess.run(self.wrap(argv), capture_output=True, text=True,
                                   timeout=timeout,
@@ -218,7 +220,11 @@ class Etcd:
         :raises EtcdError: when etcdctl fails (the partial file is removed).
         """
         tmp = dest.with_name(f".{dest.name}.part")
-        r = self.ctl(["snapshot", "save", str(tmp)], [endpoint], timeout=300)
+        # etcdctl's deadline covers the whole stream: a member busy with its first boot (seen in
+        # CI: no stream within 10 s), or a large database through the bastion's tunnel, needs
+        # minutes, not the 10 s a request gets.
+        r = self.ctl(["snapshot", "save", str(tmp)], [endpoint], timeout=300,
+                     command_timeout=280)
         if r.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise EtcdError(f"etcd snapshot from {endpoint}: {r.stderr.strip()}")

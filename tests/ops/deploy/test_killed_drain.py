@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from k8simg.model.credential import CloudCredential
+from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.pki import cluster_pki
 from tests.conftest import write_cluster
 
@@ -32,6 +32,7 @@ def killed_mid_drain(tmp_path, how: str) -> tuple[list[Path], list[Path]]:
                        bastion={"enabled": False})
     cd.state.set_addresses(api="127.0.0.1")  # in the API server's certificate
     CloudCredential.stand_in("https://keystone.invalid/v3", None).save(cd.path)  # as deployed
+    cd.state.set_service_network(ServiceNetwork.stand_in())  # as deploy records it
     cluster_pki(cd).ensure()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
