@@ -123,10 +123,12 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Preflight:
-    """What :meth:`Cloud.prepare` found: every problem, and the image (None when not found)."""
+    """What :meth:`Cloud.prepare` found: every problem, and the image (None when not found);
+    where Services of type LoadBalancer go, when the cloud has made that already."""
 
     problems: list[Problem]
     image: ImageFacts | None
+    service_network: ServiceNetwork | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,11 @@ class Cloud(abc.ABC):
     def destroy(self) -> DestroyResult:
         """Remove everything the cluster has in this cloud; what could not be removed is in
         :attr:`DestroyResult.left`."""
+
+    def unreachable(self) -> str | None:
+        """Why this machine can never reach the nodes' private addresses, by the cluster's
+        own design; None when :meth:`reach` can (once the nodes are up)."""
+        return f"the nodes' network on {self.where} is not reachable from here"
 
     @contextlib.contextmanager
     def reach(self) -> Iterator[Reach]:

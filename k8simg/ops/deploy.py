@@ -17,6 +17,7 @@ from k8simg.clouds import open_cloud
 from k8simg.clouds.base import (
     Change,
     Cloud,
+    CloudError,
     DestroyResult,
     ImageFacts,
     Infra,
@@ -33,7 +34,13 @@ from k8simg.model.credential import ServiceNetwork
 from k8simg.ops import desired
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
-from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints, wait_healthy
+from k8simg.ops.etcd import (
+    EtcdctlMissing,
+    EtcdError,
+    etcd_client,
+    planned_endpoints,
+    wait_healthy,
+)
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.pki import cluster_pki
 
@@ -65,8 +72,8 @@ class ControlPlaneUnhealthy(K8simgError):
         super().__init__(
             f"etcd is not healthy {timeout:.0f} s after the nodes came up:\n"
             + "\n".join(f"  {x}" for x in sick)
-            + f"\neverything else is in place; `k8simg etcd health {cluster_path} --wait 600` "
-              f"asks again, `k8simg console {cluster_path} NODE` shows a node's boot")
+            + f"\neverything else is in place: `k8simg deploy {cluster_path}` waits again, "
+              f"`k8simg console {cluster_path} NODE` shows a node's boot")
 
 
 def image_warning(image: ImageFacts | None) -> str | None:
@@ -199,6 +206,8 @@ class Deployment:
         and the config each node would be rendered now (nothing is written)."""
         pre = self.cloud.prepare(self.nodes)
         ctx = render_context(self.cluster)
+        # a cluster deployed before deploy recorded it: as the cloud has it
+        ctx.service_network = ctx.service_network or pre.service_network
         names = {st.name for st in statuses}
         rendered = {n.name: render_user_data(ctx, n) for n in self.nodes if n.name in names}
         return desired.staleness(statuses, rendered, self.cluster.state,
@@ -250,8 +259,7 @@ class Deployment:
         pki = None if self.dry else cluster_pki(self.cluster, self.cfg)
         if pki is not None:
             pki.write_kubeconfigs(self.cluster.kubeconfig_dir)
-        self.wait_healthy()
-        # Last: it may refuse (no API to drain through) with everything else in place.
+        # It may refuse (no API to drain through) with everything else in place.
         self.remove_surplus(pre.image)
         if not self.dry and pre.image is not None and pre.image.has_kubernetes \
                 and self.cluster.state.kubernetes_version is None:
@@ -266,6 +274,7 @@ class Deployment:
                 self.warn(f"{len(stale)} node(s) are stale and keep running as they are; "
                           f"`k8simg upgrade {self.cluster.path}` replaces them: "
                           + "; ".join(f"{x.node} {x.reason()}" for x in stale))
+        self.wait_healthy()  # last: everything else is in place and recorded
         result = DeployResult(self.ledger.changes, pre.image, warnings=self.warnings,
                               stale=stale)
         if pki is not None:
@@ -276,24 +285,42 @@ class Deployment:
     def wait_healthy(self) -> None:
         """Bounded by ``health_timeout``: the control plane is healthy when deploy returns,
         every etcd member answering over TLS (asked as ``k8simg etcd health`` asks: from the
-        local cloud's namespace, through the bastion on OpenStack).
+        local cloud's namespace, through the bastion on OpenStack, whose way in is tried
+        again until the deadline, as the bastion may still be booting). Where the cluster's
+        design gives this machine no way in (no bastion), a warning says it was not asked.
 
         :raises ControlPlaneUnhealthy: naming the members that did not answer healthy.
+        :raises EtcdctlMissing: at once, when etcdctl is not installed here.
         """
         if self.dry or not self.health_timeout:
             return
         endpoints = planned_endpoints(self.cluster)
         if not endpoints:
             return
+        if why := self.cloud.unreachable():
+            self.warn(f"etcd's health was not asked ({why}); deploy did not wait for it")
+            return
         self.cloud.progress(f"waiting for etcd: {len(endpoints)} member(s) healthy "
                             f"(up to {self.health_timeout:.0f} s)")
         started = time.monotonic()
-        with etcd_client(self.cloud) as etcd:
+        deadline = started + self.health_timeout
+        said = None
+        while True:
             try:
-                eps = wait_healthy(etcd, endpoints, self.health_timeout, self.cloud.progress)
-            except EtcdError as e:
-                raise ControlPlaneUnhealthy(self.cluster.path, self.health_timeout,
-                                            [f"no answer: {e}"]) from None
+                with etcd_client(self.cloud) as etcd:
+                    eps = wait_healthy(etcd, endpoints, max(deadline - time.monotonic(), 0),
+                                       self.cloud.progress)
+                break
+            except EtcdctlMissing:
+                raise
+            except (CloudError, EtcdError) as e:  # no way in yet, or no answer at the end
+                if time.monotonic() >= deadline:
+                    raise ControlPlaneUnhealthy(self.cluster.path, self.health_timeout,
+                                                [f"not reached: {e}"]) from None
+                if str(e) != said:
+                    self.cloud.progress(f"etcd: not reached yet ({e}); waiting")
+                    said = str(e)
+                time.sleep(5)
         sick = [f"{e.endpoint}: {e.detail}" for e in eps if not e.healthy]
         sick += [f"{url}: no answer" for url in endpoints
                  if url not in {e.endpoint for e in eps}]

@@ -26,6 +26,10 @@ class EtcdError(K8simgError):
     pass
 
 
+class EtcdctlMissing(EtcdError):
+    """etcdctl is not installed here: no wait makes it appear."""
+
+
 class EtcdAbort(EtcdError):
     """A preflight found etcd not fit for a membership change; nothing was changed."""
 
@@ -129,7 +133,8 @@ class Etcd:
                                   timeout=timeout,
                                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
         except FileNotFoundError:
-            raise EtcdError("etcdctl not found: install the Debian package etcd-client") from None
+            raise EtcdctlMissing("etcdctl not found: install the Debian package etcd-client"
+                                 ) from None
         except subprocess.TimeoutExpired:
             raise EtcdError(f"etcdctl {' '.join(args)}: no answer in {timeout:.0f} s") from None
 
@@ -258,6 +263,8 @@ def wait_healthy(etcd: Etcd, endpoints: list[str], timeout: float,
     while True:
         try:
             eps = etcd.health(endpoints)
+        except EtcdctlMissing:
+            raise
         except EtcdError:  # no answer to read yet (e.g. the members are still booting)
             if time.monotonic() >= deadline:
                 raise

@@ -116,6 +116,7 @@ class Upgrade:
         self.kube = kube
         self.allow_downgrade = allow_downgrade
         self.renew_certs_within = renew_certs_within
+        self.found_service_network = None  # what the cloud's preflight found (see plan)
 
     def nodes(self) -> list[Node]:
         """The cluster's node set as it is now (every step of the upgrade changes it)."""
@@ -151,6 +152,8 @@ class Upgrade:
         """
         pre = pre or self.prepare()
         target = pre.image.ref
+        # where Services' load balancers go, for a cluster deployed before deploy recorded it
+        self.found_service_network = pre.service_network
         statuses = self.cloud.nodes()
         have = {n.name: n for n in statuses}
         found = desired.staleness(statuses, self.renders(set(have)), self.cluster.state,
@@ -213,6 +216,7 @@ class Upgrade:
                 source = ClusterDir(scratch)
                 cluster_pki(source, self.cfg).renew_outgrown(also=tuple(expiring))
             ctx = render_context(source, nodes=self.nodes())
+            ctx.service_network = ctx.service_network or self.found_service_network
             return {n.name: render_user_data(ctx, n) for n in self.nodes() if n.name in names}
 
     # ------------------------------------------------------------------ running
@@ -240,6 +244,8 @@ class Upgrade:
         # up; the bastion deleted, not yet booted), so capacity and the way in are whole again
         # before anything is asked or anything else leaves.
         infra = self.cloud.ensure_infrastructure(pre, self.nodes())
+        if infra.service_network is not None and state.service_network is None:
+            state.set_service_network(infra.service_network)  # as deploy records it
         if resuming:
             state.begin_upgrade(target)
             self.finish_interrupted(life, infra, result)

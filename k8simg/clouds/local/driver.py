@@ -368,6 +368,9 @@ class LocalCloud(Cloud):
         if self.procs.get("dnsmasq") is not None:
             self.ensure_dnsmasq(self.cluster.nodes(self.cfg))
 
+    def unreachable(self) -> str | None:
+        return None  # the cluster's namespace is on this machine
+
     @contextlib.contextmanager
     def reach(self):
         """Commands run inside the cluster's namespace, where the nodes' addresses are.

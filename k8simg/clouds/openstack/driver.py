@@ -109,7 +109,12 @@ class OpenStackCloud(Cloud):
         problems += loadbalancer.provider_problems(s)
         if not problems:
             problems += quota.quota_problems(s, nodes, flavors)
-        return OpenStackPreflight(problems, image, ext.id if ext is not None else None, flavors)
+        lbs = None
+        if ext is not None and not problems and self.cluster.state.uid:  # made already?
+            sub = network.find_subnet(s)
+            lbs = ServiceNetwork(sub.id, ext.id) if sub is not None else None
+        return OpenStackPreflight(problems, image, lbs, ext.id if ext is not None else None,
+                                  flavors)
 
     def stand_in_credential(self) -> CloudCredential:
         """A stand-in of the cluster's application credential (same shape), for sizing user_data
@@ -236,6 +241,12 @@ class OpenStackCloud(Cloud):
         return destroy.destroy(self.scope, self.parallel, cluster_path=self.cluster.path)
 
     # -- the way in ----------------------------------------------------------------------------
+    def unreachable(self) -> str | None:
+        if not self.cfg.bastion.enabled:
+            return (f"the nodes on {self.where} are reached through the bastion, and cluster "
+                    f"{self.name} has none (bastion.enabled: false)")
+        return None
+
     @contextlib.contextmanager
     def reach(self):
         """An SSH tunnel to the bastion's floating IP (its host key pinned by the cluster's

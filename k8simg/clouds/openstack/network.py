@@ -16,6 +16,12 @@ class Subnet:
     network_id: str | None
 
 
+def find_subnet(s: Scope):
+    """The cluster's subnet as deploy made it, or None (nothing is created)."""
+    sname = f"{s.name}-subnet"
+    return s.mine(s.conn.network.subnets(name=sname, project_id=s.project_id), "subnet", sname)
+
+
 def ensure_network(s: Scope) -> Subnet:
     """The cluster's network and its subnet; planned nodes take fixed addresses low in the
     node CIDR, DHCP hands out the top fifth."""

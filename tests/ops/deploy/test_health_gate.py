@@ -9,22 +9,32 @@ import time
 
 import pytest
 
-from k8simg.clouds.base import Reach
-from k8simg.model.plan import peer_url
+from k8simg.clouds.base import CloudError, Reach
+from k8simg.model.plan import client_url, peer_url
 from k8simg.ops.deploy import ControlPlaneUnhealthy, Deployment
+from k8simg.ops.etcd import Etcd
 from tests.conftest import write_cluster
 from tests.ops.upgrade.cloud_double import CloudDouble
 from tests.ops.upgrade.test_etcd_roll import NET, Members
-from tests.support import etcd_available, processes
+from tests.support import etcd_available, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
 
 
 class OnLoopback(CloudDouble):
-    """The nodes' addresses are loopback ones: this machine reaches them directly."""
+    """The nodes' addresses are loopback ones: this machine reaches them directly, after
+    ``closed`` refusals (as a bastion still booting refuses the tunnel)."""
+
+    closed = 0
+
+    def unreachable(self):
+        return None
 
     @contextlib.contextmanager
     def reach(self):
+        if self.closed:
+            self.closed -= 1
+            raise CloudError("the bastion at 203.0.113.9 refused the SSH tunnel")
         yield Reach()
 
 
@@ -39,6 +49,10 @@ def test_deploy_waits_for_every_member_and_names_one_that_never_answers(tmp_path
         first = [(n.name, peer_url(n)) for n in masters]
         for n in masters[:2]:
             members.start(n, first, joining=False)  # quorum; the third never boots
+        two = Etcd(cd.pki_dir, identity="healthcheck-client")
+        wait_until(lambda: all(e.healthy for e in two.health([client_url(n) for n in
+                                                             masters[:2]])), 90,
+                   "two healthy members with a leader")
         cloud = OnLoopback(cd, api=None, image="img")
         cloud.ledger.progress = said.append
         d = Deployment(cd, cloud, health_timeout=15)
@@ -49,7 +63,8 @@ def test_deploy_waits_for_every_member_and_names_one_that_never_answers(tmp_path
         assert [x.split(":")[0] + ":" + x.split(":")[1] for x in e.value.sick] == [
             "https://127.77.0.12"]
         assert "etcd is not healthy 15 s after the nodes came up" in str(e.value)
-        assert f"k8simg etcd health {cd.path} --wait 600" in str(e.value)
+        assert f"everything else is in place: `k8simg deploy {cd.path}` waits again" \
+            in str(e.value)
         assert "etcd: 2/3 members healthy; waiting" in said
 
         # The third member boots while deploy waits: it returns, all three healthy.
@@ -63,7 +78,26 @@ def test_deploy_waits_for_every_member_and_names_one_that_never_answers(tmp_path
         assert said[0] == "waiting for etcd: 3 member(s) healthy (up to 120 s)"
         assert said[-1].startswith("etcd: 3/3 members healthy after ")
 
+        # The way in refused twice (a bastion still booting): tried again until it opens.
+        said.clear()
+        cloud.closed = 2
+        Deployment(cd, cloud, health_timeout=120).wait_healthy()
+        assert said[1] == ("etcd: not reached yet (the bastion at 203.0.113.9 refused the SSH "
+                           "tunnel); waiting")
+        assert said[-1].startswith("etcd: 3/3 members healthy after ") and cloud.closed == 0
+
         # No wait asked for (the library's default, `deploy --no-wait`): nothing is asked.
         said.clear()
         Deployment(cd, cloud).wait_healthy()
         assert said == []
+
+        # No way in by the cluster's design (on OpenStack: no bastion): said, not waited for.
+        blind = CloudDouble(cd, api=None, image="img")
+        blind.ledger.progress = said.append
+        d = Deployment(cd, blind, health_timeout=900)
+        started = time.monotonic()
+        d.wait_healthy()
+        assert time.monotonic() - started < 5
+        assert d.warnings == ["etcd's health was not asked (the nodes' network on the cloud "
+                              "test double is not reachable from here); deploy did not wait "
+                              "for it"]
