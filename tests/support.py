@@ -11,6 +11,31 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+# Serial consoles as k8simg's image prints them (the lines of a real local-cloud boot, cut
+# short): a first boot that ended at the login prompt, and one whose Ignition failed, with
+# the report the image's dracut module prints (elements/k8simg-ignition).
+BOOTED_CONSOLE = """\
+[    0.000000] Linux version 6.1.0-41-cloud-amd64 (debian-kernel@lists.debian.org)
+[  OK  ] Finished ignition-files.service - Ignition (files).
+[  OK  ] Reached target initrd.target - Initrd Default Target.
+[  OK  ] Started k8simg-etcd.service - etcd (k8simg).
+
+Debian GNU/Linux 12 {hostname} ttyS0
+
+{hostname} login: """
+FAILED_CONSOLE = """\
+[    0.000000] Linux version 6.1.0-41-cloud-amd64 (debian-kernel@lists.debian.org)
+[  OK  ] Finished ignition-fetch.service - Ignition (fetch).
+[FAILED] Failed to start ignition-files.service - Ignition (files).
+See 'systemctl status ignition-files.service' for details.
+k8simg: first boot failed in the initramfs; Ignition's messages follow
+k8simg: ignition: files: op(3): [failed] writing file "/etc/hosts": no space left on device
+k8simg: ignition: files failed
+k8simg: failed unit: ignition-files.service
+k8simg: end of Ignition's messages
+You are in emergency mode. After logging in, type "journalctl -xb" to view system logs.
+"""
+
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1."""

@@ -61,9 +61,11 @@ class PreflightError(K8simgError):
 class NodeFailed(K8simgError):
     """Nodes did not come up; each entry names the node and what its console showed."""
 
-    def __init__(self, failures: list[tuple[str, str]]):
+    def __init__(self, failures: list[tuple[str, str]], next_step: str = ""):
         self.failures = failures
-        super().__init__("\n".join(f"node {name} failed: {why}" for name, why in failures))
+        self.next_step = next_step
+        super().__init__("\n".join(f"node {name} failed: {why}" for name, why in failures)
+                         + (f"\n{next_step}" if next_step else ""))
 
 
 @dataclass(frozen=True)

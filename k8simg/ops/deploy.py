@@ -22,6 +22,7 @@ from k8simg.clouds.base import (
     ImageFacts,
     Infra,
     Ledger,
+    NodeFailed,
     NodeStatus,
     Preflight,
     PreflightError,
@@ -254,7 +255,13 @@ class Deployment:
         for warning in [w for group in said[:-1] for w in group if w]:
             self.warn(warning)
         if not self.dry:
-            cloud.wait_ready(self.nodes)
+            try:
+                cloud.wait_ready(self.nodes)
+            except NodeFailed as e:
+                raise NodeFailed(e.failures, next_step=(
+                    f"next: fix what the console shows, then run `k8simg deploy "
+                    f"{self.cluster.path}` again: it replaces each node whose boot failed, "
+                    f"and waits again for one still booting")) from None
         self.attach_bastion(infra)
         pki = None if self.dry else cluster_pki(self.cluster, self.cfg)
         if pki is not None:

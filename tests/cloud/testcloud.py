@@ -2,8 +2,10 @@
 "Gazpacho", pinned in tests/cloud/requirements.lock) with no hypervisor and no agents.
 
 - Keystone (password auth, fernet tokens) and Glance with the file store.
-- Placement; Nova with ``compute_driver=fake.FakeDriver`` and four nova-compute processes with
-  their own host names and state paths, so that anti-affinity has hosts to spread over.
+- Placement; Nova with Nova's fake compute driver and four nova-compute processes with their
+  own host names and state paths, so that anti-affinity has hosts to spread over. The driver
+  (``plugins/k8simg_testcloud/nova.py``) gives each server a console log: a first boot ending
+  at its login prompt, or what a test scripted (:meth:`TestCloud.script_console`).
 - Neutron ML2 with no agents, binding every port through the test cloud's own mechanism driver
   (``plugins/k8simg_testcloud/ml2.py``); a flat external network ``public``.
 - Cinder with upstream's fake logging driver (image copy and clone made no-ops).
@@ -254,7 +256,7 @@ class TestCloud:
         service = {k: v for k, v in self.authtoken("nova").items()
                    if k not in ("www_authenticate_uri", "service_token_roles_required")}
         self.write_conf("nova", "nova.conf", {
-            "DEFAULT": {**self.common("nova"), "compute_driver": "fake.FakeDriver",
+            "DEFAULT": {**self.common("nova"), "compute_driver": "k8simg_scripted.ScriptedConsoleDriver",
                         "my_ip": "127.0.0.1", "enabled_apis": "osapi_compute",
                         "vif_plugging_is_fatal": "false", "vif_plugging_timeout": 0,
                         "instances_path": str(self.root / "state" / "nova" / "instances")},
@@ -524,8 +526,8 @@ class TestCloud:
         self.start_process("nova-conductor", [self.bin("nova-conductor"), *nova])
         self.start_process("nova-scheduler", [self.bin("nova-scheduler"), *nova])
         for host in COMPUTES:
-            self.start_process(host, [self.bin("nova-compute"), *nova, "--config-file",
-                                      str(e / "nova" / f"{host}.conf")])
+            self.start_process(host, [self.bin("python"), "-m", "k8simg_testcloud.compute",
+                                      *nova, "--config-file", str(e / "nova" / f"{host}.conf")])
         cinder = ["--config-file", str(e / "cinder" / "cinder.conf")]
         self.start_process("cinder-scheduler", [self.bin("cinder-scheduler"), *cinder])
         self.start_process("cinder-volume", [self.bin("cinder-volume"), *cinder])
@@ -564,6 +566,16 @@ class TestCloud:
         return conn.image.create_image(name, filename=str(qcow2), disk_format="qcow2",
                                        container_format="bare", wait=True,
                                        meta=meta or {}).id
+
+    def script_console(self, server: str, text: str | None) -> None:
+        """What the computes give as the console log of every server named ``server`` from now
+        on (None: the default, a first boot that ends at the login prompt)."""
+        path = self.root / "state" / "consoles" / server
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
     def register_services(self) -> None:
         conn = self.admin()

@@ -35,15 +35,14 @@ from k8simg.clouds.base import (
     DestroyResult,
     ImageFacts,
     Infra,
-    NodeFailed,
     NodeStatus,
     Preflight,
     Reach,
     config_of,
 )
+from k8simg.clouds.console import Boot, console_text, verdict, wait_boots
 from k8simg.clouds.local import metadata
 from k8simg.clouds.local import vm as qemu
-from k8simg.clouds.local.console import FAILURE, REPORT_END, REPORT_GRACE_S, console_text, failure_lines
 from k8simg.clouds.local.network import (
     BRIDGE,
     Namespace,
@@ -285,62 +284,38 @@ class LocalCloud(Cloud):
         alive = proc is not None and proc.alive
         if rec.get("ready_at"):
             return "ready" if alive else "stopped"
-        text = self.console_since_boot(rec)
-        if FAILURE.search(text):
+        state = verdict(self.console_since_boot(rec), rec["name"])
+        if state == "failed":
             return "failed"
-        if f"{rec['name']} login:" in text:
+        if state == "ready":
             return "ready" if alive else "stopped"
         return "booting" if alive else "stopped"
 
     def wait_ready(self, nodes: list[Node]) -> None:
         """Wait for every planned node to show its login prompt; a node whose console shows a
         failed boot (or whose QEMU exits) is reported with its console lines, not waited for."""
-        pending = {n.name for n in nodes}
-        failures: list[tuple[str, str]] = []
-        deadline = time.monotonic() + self.timeout
-        failed_seen: dict[str, float] = {}
-        while pending:
-            for name in sorted(pending):
-                rec = self.record(name)
-                state = self._state(rec)
-                if state == "booting":
-                    continue
-                if state == "failed" and not rec.get("failed"):
-                    # systemd's [FAILED] line comes first; the image's report of Ignition's
-                    # own messages follows it: wait for that, briefly.
-                    text = self.console_since_boot(rec)
-                    first = failed_seen.setdefault(name, time.monotonic())
-                    if REPORT_END not in text and time.monotonic() - first < REPORT_GRACE_S:
-                        continue
-                pending.discard(name)
-                if state == "ready":
-                    if not rec.get("ready_at"):
-                        rec["ready_at"] = time.time()
-                        self._save_record(rec)
-                        self.progress(f"{name}: up after {rec['ready_at'] - rec['started_at']:.0f} s")
-                    continue
-                text = self.console_since_boot(rec)
-                why = "QEMU exited" if state == "stopped" else "its boot failed"
-                failures.append((name, self._failure_report(name, why, text)))
-                if state == "failed" and not rec.get("failed"):
-                    rec["failed"] = why
-                    self._save_record(rec)
-            if pending and time.monotonic() > deadline:
-                for name in sorted(pending):
-                    rec = self.record(name)
-                    text = self.console_since_boot(rec)
-                    failures.append((name, self._failure_report(
-                        name, f"no login prompt after {self.timeout:.0f} s", text)))
-                break
-            if pending:
-                time.sleep(2)
-        if failures:
-            raise NodeFailed(failures)
 
-    def _failure_report(self, name: str, why: str, text: str) -> str:
-        lines = failure_lines(text) or [ln for ln in text.splitlines() if ln.strip()][-15:]
-        return (f"{why}; serial console {self.console_path(name)}:\n"
-                + ("\n".join(f"    | {ln}" for ln in lines) or "    (nothing on it)"))
+        def look(name: str) -> Boot:
+            rec = self.record(name)
+            proc = self.procs.get(f"qemu:{name}")
+            alive = proc is not None and proc.alive
+            settled = ("failed" if rec.get("failed") else
+                       "ready" if rec.get("ready_at") and alive else None)
+            return Boot(self.console_since_boot(rec), running=alive, settled=settled,
+                        stopped="QEMU exited")
+
+        def settle(name: str, state: str, why: str) -> None:
+            rec = self.record(name)
+            if state == "ready":
+                rec["ready_at"] = time.time()
+                self.progress(f"{name}: up after {rec['ready_at'] - rec['started_at']:.0f} s")
+            elif state == "failed":
+                rec["failed"] = why
+            self._save_record(rec)
+
+        wait_boots([n.name for n in nodes], look, settle=settle, timeout=self.timeout,
+                   where=lambda name: f"serial console {self.console_path(name)}",
+                   progress=self.progress)
 
     def nodes(self) -> list[NodeStatus]:
         """Every node recorded here, its state from QEMU and its console since its last boot,

@@ -4,12 +4,14 @@ a node with what is its alone."""
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from types import SimpleNamespace
 
 from keystoneauth1.exceptions import ClientException
 from openstack.exceptions import SDKException
 
 from k8simg.clouds.base import config_of
+from k8simg.clouds.console import clean, verdict
 from k8simg.clouds.openstack.connect import UID_KEY, Scope, b64, server_fault
 from k8simg.model.plan import Node
 
@@ -17,6 +19,13 @@ from k8simg.model.plan import Node
 SERVER_DELETE_FAILURES = {"ERROR"}
 DELETE_GRACE_S = 30  # for Nova to mark an ERROR server's delete as under way
 VOLUME_FAILURES = {"error_deleting", "error_detaching", "error_restoring", "error_extending"}
+# A server's first boot as its console showed it (``ready`` or ``failed``), kept in its
+# metadata by the deploy that watched it: the console's tail moves on, the verdict stays.
+BOOT_KEY = "k8simg-boot"
+CONSOLE_LINES = 400  # of Nova's console log, from its end: enough for Ignition's report
+# A server this old with no verdict recorded and none in its console's tail booted before
+# k8simg recorded verdicts: its boot's lines have scrolled out of the tail.
+VERDICT_LOST_AFTER_S = 3600
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,41 @@ def find_server(s: Scope, name: str):
     :raises CloudError: when there are several.
     """
     return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
+
+
+def console_tail(s: Scope, server, lines: int = CONSOLE_LINES) -> str:
+    """The last ``lines`` lines of ``server``'s console log as Nova keeps it (all of it for
+    0), cleaned; empty while Nova has none to give (a server still building)."""
+    try:
+        out = s.conn.compute.get_server_console_output(server, length=lines or None)
+    except (SDKException, ClientException):  # 409 until the compute has the instance
+        return ""
+    return clean((out or {}).get("output") or "")
+
+
+def boot_state(s: Scope, server) -> str:
+    """A server's state for the operator: Nova's status, except for an ACTIVE one, whose first
+    boot says ``ready``, ``failed`` or ``booting`` (its recorded verdict, else its console's).
+    A server older than :data:`VERDICT_LOST_AFTER_S` whose console's tail gives none stays
+    ``ACTIVE``."""
+    if server.status != "ACTIVE":
+        return server.status
+    settled = (server.metadata or {}).get(BOOT_KEY)
+    if settled:
+        return settled
+    state = verdict(console_tail(s, server), server.name)
+    if state is None and age(server) > VERDICT_LOST_AFTER_S:
+        return "ACTIVE"
+    return state or "booting"
+
+
+def age(server) -> float:
+    """Seconds since Nova created ``server`` (0 when it does not say)."""
+    try:
+        created = datetime.fromisoformat(server.created_at.replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+    return max(0.0, time.time() - created.timestamp())
 
 
 def delete_server(s: Scope, server) -> None:
@@ -191,8 +235,11 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
     """
     c = s.conn.compute
     server = find_server(s, node.name)
-    if server is not None and server.status == "ERROR":
-        s.record("replace", "server", node.name, f"was in ERROR: {server_fault(server)}")
+    failed_boot = server is not None and (server.metadata or {}).get(BOOT_KEY) == "failed"
+    if server is not None and (server.status == "ERROR" or failed_boot):
+        s.record("replace", "server", node.name,
+                 "its first boot failed (its console showed it)" if failed_boot
+                 else f"was in ERROR: {server_fault(server)}")
         if s.dry:
             return
         delete_server(s, server)

@@ -11,7 +11,7 @@ What each step makes, each phase's independent resources concurrently:
    cluster directory); the API's VIP port and floating IP;
 3. :meth:`ensure_node`: port (planned fixed address, pod CIDR in allowed_address_pairs),
    storage volume, server (config drive, its Ignition config as user_data, the volume as its
-   second disk);
+   second disk); :meth:`wait_ready`: each first boot's end, read from Nova's console log;
 4. :meth:`ensure_api_members`: the Octavia load balancer with exactly the masters;
    :meth:`attach_public_address`: the bastion's floating IP.
 """
@@ -28,6 +28,7 @@ from k8simg.clouds.base import (
     Preflight,
     Reach,
 )
+from k8simg.clouds.console import Boot, verdict, wait_boots
 from k8simg.clouds.openstack import (
     adopt,
     compute,
@@ -40,7 +41,7 @@ from k8simg.clouds.openstack import (
     security,
 )
 from k8simg.clouds.openstack.compute import Flavor
-from k8simg.clouds.openstack.connect import Scope, connect
+from k8simg.clouds.openstack.connect import Scope, connect, server_fault
 from k8simg.clouds.openstack.network import Subnet
 from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.model.plan import Node
@@ -173,6 +174,47 @@ class OpenStackCloud(Cloud):
             image_id=infra.image_id, flavor=infra.flavors[self.cfg.flavor(node.role)],
             server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
 
+    def wait_ready(self, nodes: list[Node]) -> None:
+        """Wait until each node's first boot has ended, read from Nova's console log (its
+        tail) with the parser the local cloud uses: its login prompt, or Ignition's failure.
+        The verdict is kept in the server's metadata (``k8simg-boot``); a failed node is
+        replaced by the next deploy.
+
+        :raises NodeFailed: naming the nodes whose boot failed, whose server left ACTIVE, or
+            whose console showed no verdict within the cluster's timeout, with its lines.
+        """
+        s, c = self.scope, self.scope.conn.compute
+
+        def look(name: str) -> Boot:
+            server = compute.find_server(s, name)
+            if server is None:
+                return Boot("", running=False, stopped="its server is gone")
+            settled = (server.metadata or {}).get(compute.BOOT_KEY)
+            if settled == "ready":
+                return Boot("", settled=settled)
+            running = server.status == "ACTIVE"
+            text = compute.console_tail(s, server) if running or settled else ""
+            if not settled and running and verdict(text, name) is None \
+                    and compute.age(server) > compute.VERDICT_LOST_AFTER_S:
+                # booted before verdicts were recorded: its console's tail has moved on
+                settle(name, "ready", "")
+                return Boot(text, settled="ready")
+            return Boot(text, running=running, settled=settled,
+                        stopped=f"its server is {server.status}"
+                        + (f": {fault}" if (fault := server_fault(server)) else ""))
+
+        def settle(name: str, state: str, why: str) -> None:
+            server = compute.find_server(s, name)
+            if server is not None:
+                c.set_server_metadata(server, **{compute.BOOT_KEY: state})
+            if state == "ready":
+                self.progress(f"{name}: first boot done")
+
+        wait_boots([n.name for n in nodes], look, settle=settle, timeout=self.timeout,
+                   poll=2 * s.poll, progress=self.progress,
+                   where=lambda name: f"Nova's console log: k8simg console "
+                                      f"{self.cluster.path} {name}")
+
     def ensure_api_members(self, masters: list[Node], infra: OpenStackInfra) -> None:
         """The Octavia load balancer, its listener, pool and health monitor, with exactly
         ``masters`` as the pool's members; waits until each change is applied.
@@ -195,13 +237,15 @@ class OpenStackCloud(Cloud):
                                               infra.external_network_id)
 
     def nodes(self) -> list[NodeStatus]:
-        """The servers tagged as the cluster's, their role, image and generation from their metadata,
-        sorted by name."""
+        """The servers tagged as the cluster's, their role, image and generation from their
+        metadata, sorted by name; an ACTIVE server's state is its first boot's
+        (:func:`~k8simg.clouds.openstack.compute.boot_state`)."""
         out = []
         for srv in self.scope.conn.compute.servers(tags=self.scope.tag):
             meta = srv.metadata or {}
             addresses = [a["addr"] for net in (srv.addresses or {}).values() for a in net]
-            out.append(self.status(srv.name, meta.get("k8simg-role", "?"), state=srv.status,
+            out.append(self.status(srv.name, meta.get("k8simg-role", "?"),
+                                   state=compute.boot_state(self.scope, srv),
                                    address=addresses[0] if addresses else None,
                                    image=meta.get("k8simg-image", ""),
                                    generation=int(meta.get("k8simg-generation", "1")),
@@ -224,8 +268,7 @@ class OpenStackCloud(Cloud):
         server = compute.find_server(self.scope, name)
         if server is None:
             raise CloudError(f"no server {name!r} of cluster {self.name} in {self.where}")
-        out = self.scope.conn.compute.get_server_console_output(server)
-        return (out or {}).get("output", "")
+        return compute.console_tail(self.scope, server, lines=0)
 
     def destroy(self):
         """Everything the cluster has on the cloud, removed in dependency order (see

@@ -22,7 +22,7 @@ import pytest
 
 from k8simg.clouds import open_cloud
 from k8simg.clouds.base import NodeFailed, config_of
-from k8simg.clouds.local.console import console_text
+from k8simg.clouds.console import console_text
 from k8simg.clouds.local.process import running
 from k8simg.ops.deploy import Deployment
 from tests.clouds.local.conftest import leftovers, reap

@@ -15,7 +15,7 @@ import pytest
 
 from k8simg.clouds import open_cloud
 from k8simg.clouds.base import Infra, Preflight, PreflightError
-from k8simg.clouds.local.console import failure_lines
+from k8simg.clouds.console import failure_lines
 from k8simg.clouds.local.network import BRIDGE, Namespace, mac_address, namespace_name
 from k8simg.clouds.local.process import ProcessTable, Recorded, running
 from k8simg.clouds.local.vm import config_drive

@@ -37,11 +37,14 @@ import ipaddress
 import re
 import secrets
 import threading
+import time
 import uuid
 from types import SimpleNamespace as NS
 
 from openstack import exceptions as osx
 from openstack.image.v2.image import Image as _SdkImage
+
+from tests.support import BOOTED_CONSOLE
 
 NEUTRON = ("networks", "subnets", "ports", "routers", "security_groups", "security_group_rules",
            "floating_ips")
@@ -92,7 +95,9 @@ class FakeCloud:
         self.fault_message = "No valid host was found. There are not enough hosts available."
         self.stuck_on_delete: set[str] = set()  # server names that go to ERROR on delete
         self.slow_deletes: dict[str, int] = {}  # server name -> reads its delete takes
-        self.console: dict[str, str] = {}  # server name -> console output
+        # server name -> console output; an ACTIVE server without one shows a first boot
+        # that ends at its login prompt (tests.support.BOOTED_CONSOLE)
+        self.console: dict[str, str] = {}
         self.quota = dict(QUOTA)  # limits (-1: unlimited), the same for every project
         # the roles every token carries on its project (Keystone's inference applied)
         self.token_roles = {"member", "reader", "load-balancer_member"}
@@ -555,6 +560,7 @@ class ComputeProxy(_Proxy):
                             ram=flavor.ram, disk=flavor.disk),
                   image=NS(id=image.id), addresses={}, fault=None,
                   availability_zone=availability_zone or "nova",
+                  created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   config_drive="True" if config_drive else "",
                   attached_volumes=[{"id": v.id} for v in volumes])
         for p in ports:
@@ -579,7 +585,10 @@ class ComputeProxy(_Proxy):
 
     @_read
     def get_server_console_output(self, server, length=None):
-        text = self._cloud.console.get(self._target("servers", server).name, "")
+        srv = self._target("servers", server)
+        if srv.status == "BUILD":
+            raise Conflict(f"Instance {srv.id} is not ready yet.")  # Nova's 409
+        text = self._cloud.console.get(srv.name, BOOTED_CONSOLE.format(hostname=srv.name))
         lines = text.splitlines(keepends=True)
         return {"output": "".join(lines[-length:] if length else lines)}
 

@@ -5,9 +5,11 @@ tests/clouds/openstack/fake.py (named as such; the real test cloud's tests are i
 tests/ops/deploy/test_openstack.py): it refuses what it does not model, goes through BUILD ->
 ACTIVE/ERROR, and refuses deletions in the wrong order as Neutron does."""
 
+import time
+
 import pytest
 
-from k8simg.clouds.base import CloudError, Ledger, PreflightError
+from k8simg.clouds.base import CloudError, Ledger, NodeFailed, PreflightError
 from k8simg.clouds.openstack import identity, quota, security
 from k8simg.clouds.openstack.compute import Flavor
 from k8simg.clouds.openstack.driver import OpenStackCloud
@@ -18,6 +20,7 @@ from k8simg.ops.deploy import Deployment
 from k8simg.pki import cluster_pki
 from tests.clouds.openstack.fake import FakeCloud
 from tests.conftest import write_cluster
+from tests.support import FAILED_CONSOLE
 
 IMAGE = "k8simg-1.35.2"
 SMALL = {"flavor": "k8s.small", "volume_size_gb": 10}
@@ -187,8 +190,8 @@ def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_pa
     assert all(v.metadata["k8simg-uid"] == uid for v in conn.block_storage.volumes())
     # every server ACTIVE, on its planned port, with the cluster's tag
     statuses = {n.name: (n.state, n.address) for n in on(fake, cd).cloud.nodes()}
-    assert statuses["c1-master-0"] == ("ACTIVE", "10.0.0.10")
-    assert statuses["c1-worker-1"] == ("ACTIVE", "10.0.0.101")
+    assert statuses["c1-master-0"] == ("ready", "10.0.0.10")
+    assert statuses["c1-worker-1"] == ("ready", "10.0.0.101")
     # the API's floating IP went into the state and the API server's certificate
     fip = cd.state.api_floating_ip
     assert fip and result.api_endpoint == f"https://{fip}:6443"
@@ -260,6 +263,63 @@ def test_a_server_that_errors_fails_its_wait_at_once(fake, tmp_path):
         d.deploy()
 
 
+def test_a_failed_first_boot_is_reported_from_novas_console_then_replaced(fake, tmp_path):
+    """ACTIVE is not up: deploy reads each server's console log from Nova and reports a node
+    whose Ignition failed with the lines that say why; `nodes` shows it failed; the next
+    deploy replaces it."""
+    cd = cluster(tmp_path, masters=1, workers=1)
+    fake.console["c1-worker-0"] = FAILED_CONSOLE
+    messages = []
+    with pytest.raises(NodeFailed) as failed:
+        on(fake, cd, messages=messages).deploy()
+    assert [name for name, _ in failed.value.failures] == ["c1-worker-0"]
+    report = failed.value.failures[0][1]
+    assert report.startswith("its first boot failed; Nova's console log: k8simg console ")
+    assert "no space left on device" in report and "k8simg: failed unit: ignition-files" in report
+    assert "Linux version" not in report  # the lines that matter, not the whole console
+    assert "c1-master-0: first boot done" in messages
+    states = {n.name: n.state for n in on(fake, cd).cloud.nodes()}
+    assert states == {"c1-bastion": "ready", "c1-master-0": "ready", "c1-worker-0": "failed"}
+    # the verdict stays with the server, whatever its console's tail shows later
+    del fake.console["c1-worker-0"]
+    assert {n.name: n.state for n in on(fake, cd).cloud.nodes()}["c1-worker-0"] == "failed"
+    result = on(fake, cd).deploy()
+    assert [(c.action, c.kind, c.name, c.detail) for c in result.changes
+            if c.kind == "server"] == [("replace", "server", "c1-worker-0",
+                                        "its first boot failed (its console showed it)"),
+                                       ("create", "server", "c1-worker-0", "worker, k8s.small")]
+    assert {n.state for n in on(fake, cd).cloud.nodes()} == {"ready"}
+    assert on(fake, cd).deploy().changes == []
+
+
+def test_a_node_whose_console_never_ends_its_boot_times_out_with_its_last_lines(fake, tmp_path):
+    cd = cluster(tmp_path, masters=1, workers=0, topology="single", bastion={"enabled": False})
+    fake.console["c1-master-0"] = "[  OK  ] Finished ignition-fetch.service\nwaiting for /dev/vdb\n"
+    d = on(fake, cd)
+    d.cloud.timeout = d.cloud.scope.timeout = 0.3
+    with pytest.raises(NodeFailed, match=r"(?s)c1-master-0 failed: no login prompt after 0 s.*"
+                                         r"waiting for /dev/vdb"):
+        d.deploy()
+    assert [n.state for n in on(fake, cd).cloud.nodes()] == ["booting"]
+
+
+def test_a_server_booted_before_verdicts_were_kept_is_not_waited_for(fake, tmp_path):
+    """A server of a cluster deployed before k8simg kept boot verdicts, booted long ago, whose
+    console's tail has moved past its login prompt: running, so not waited for again."""
+    cd = cluster(tmp_path, masters=1, workers=0, topology="single", bastion={"enabled": False})
+    on(fake, cd).deploy()
+    (srv,) = fake.objs["servers"].values()
+    del srv.metadata["k8simg-boot"]
+    srv.created_at = "2026-01-01T00:00:00Z"
+    fake.console[srv.name] = "[12345.6] cni0: port 1(veth0) entered forwarding state\n"
+    assert [n.state for n in on(fake, cd).cloud.nodes()] == ["ACTIVE"]
+    assert on(fake, cd).deploy().changes == []
+    assert srv.metadata["k8simg-boot"] == "ready"
+    srv.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # a young one: booting
+    del srv.metadata["k8simg-boot"]
+    assert [n.state for n in on(fake, cd).cloud.nodes()] == ["booting"]
+
+
 def test_a_server_stuck_on_delete_fails_at_once(fake, tmp_path):
     cd = cluster(tmp_path, masters=1, workers=1)
     on(fake, cd).deploy()
@@ -282,7 +342,7 @@ def test_a_server_in_error_is_replaced_though_nova_keeps_it_in_error_while_delet
     result = on(fake, cd).deploy()
     assert ("replace", "server", "c1-worker-1") in {(c.action, c.kind, c.name)
                                                      for c in result.changes}
-    assert {n.name: n.state for n in on(fake, cd).cloud.nodes()}["c1-worker-1"] == "ACTIVE"
+    assert {n.name: n.state for n in on(fake, cd).cloud.nodes()}["c1-worker-1"] == "ready"
 
 
 def test_a_server_in_error_whose_delete_fails_is_said(fake, tmp_path, monkeypatch):

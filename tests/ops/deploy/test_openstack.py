@@ -23,6 +23,7 @@ from k8simg.ops.deploy import Deployment
 from tests.conftest import edit_cluster as edit
 from tests.conftest import write_cluster
 from tests.ignition.support import kube_objects
+from tests.support import FAILED_CONSOLE
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,9 @@ def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image
     servers = {s.name: admin.compute.get_server(s.id) for s in conn.compute.servers(tags=
                                                                                    tag_of(cd))}
     assert all(s.status == "ACTIVE" for s in servers.values())
+    # each first boot's end read from Nova's console log, and kept with the server
+    assert {s.metadata["k8simg-boot"] for s in servers.values()} == {"ready"}
+    assert {n.state for n in Deployment.for_cluster(cd, None).cloud.nodes()} == {"ready"}
     masters = [s for name, s in servers.items() if "-master-" in name]
     assert len({s.compute_host for s in masters}) == 3  # anti-affinity over three hosts
     ctx = render_context(cd)
@@ -305,6 +309,55 @@ def test_volume_and_server_in_error_are_reported_then_replaced(test_cloud, os_cl
         bs.unset_default_type(pid)
         assert Deployment.for_cluster(cd, None).destroy().left == []
         admin.compute.update_quota_set(conn.current_project_id, ram=51200)
+    nothing_left(conn, cd)
+
+
+def k8simg(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "k8simg", *map(str, args)], text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_a_failed_first_boot_is_reported_from_novas_console(test_cloud, os_cloud, image,
+                                                             tmp_path):
+    """ACTIVE is not up. The test cloud's computes serve each server a console log (its
+    compute driver, tests/cloud/plugins/k8simg_testcloud/nova.py): a boot that ends at the
+    login prompt, or one scripted here whose Ignition failed. deploy reads Nova's console log
+    and reports the failed node with the lines that say why; `nodes` and `console` show it;
+    the next deploy replaces it."""
+    cd = cluster(tmp_path, "boot", topology="one-master", masters=1, workers=1, bastion=False)
+    conn = connect(os_cloud)
+    test_cloud.script_console("boot-worker-0", FAILED_CONSOLE)
+    try:
+        r = k8simg("deploy", cd.path, "--no-wait")
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        assert (f"node boot-worker-0 failed: its first boot failed; Nova's console log: "
+                f"k8simg console {cd.path} boot-worker-0") in r.stderr, r.stderr
+        assert "k8simg: ignition: files: op(3): [failed] writing file \"/etc/hosts\": no space " \
+            "left on device" in r.stderr
+        assert "boot-master-0: first boot done" in r.stderr
+        r = k8simg("nodes", cd.path, "-o", "json")
+        assert {n["name"]: n["state"] for n in json.loads(r.stdout)} == \
+            {"boot-master-0": "ready", "boot-worker-0": "failed"}, r.stderr
+        r = k8simg("console", cd.path, "boot-worker-0", "--no-follow", "--lines", "0")
+        assert r.returncode == 0 and r.stdout == FAILED_CONSOLE, r.stderr
+        servers = {x.name: x for x in conn.compute.servers(tags=tag_of(cd))}
+        assert {n: x.metadata["k8simg-boot"] for n, x in servers.items()} == \
+            {"boot-master-0": "ready", "boot-worker-0": "failed"}
+    finally:
+        test_cloud.script_console("boot-worker-0", None)
+    r = k8simg("deploy", cd.path, "--no-wait", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert [(c["action"], c["name"]) for c in json.loads(r.stdout)["changes"]
+            if c["kind"] == "server"] == [("replace", "boot-worker-0"), ("create", "boot-worker-0")]
+    new = {x.name: x for x in conn.compute.servers(tags=tag_of(cd))}
+    assert new["boot-worker-0"].id != servers["boot-worker-0"].id
+    assert new["boot-master-0"].id == servers["boot-master-0"].id
+    assert {n: x.metadata["k8simg-boot"] for n, x in new.items()} == \
+        {"boot-master-0": "ready", "boot-worker-0": "ready"}
+    r = k8simg("console", cd.path, "boot-worker-0", "--no-follow", "--lines", "1")
+    assert r.stdout == "boot-worker-0 login: "
+    assert Deployment.for_cluster(cd, None).destroy().left == []
     nothing_left(conn, cd)
 
 
