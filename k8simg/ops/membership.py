@@ -143,8 +143,11 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
         move_leader_off(etcd, theirs, new, endpoints)
         events("leader-checked", {"node": old.name})
         hook("remove")
+        # Two voters (a single master's roll) both have to commit the removal: a member
+        # slow under load (seen: a minute of deadlines) is waited for, as a promotion is.
         etcd.change(["member", "remove", theirs.hex], [client_url(new)],
-                    f"remove {old.name}", ok=lambda e: "member not found" in e)
+                    f"remove {old.name}", retry_for=timeout,
+                    ok=lambda e: "member not found" in e)
         events("removed", {"node": old.name, "member": theirs.hex})
     hook("stop")
     stop(old)

@@ -453,7 +453,7 @@ def test_a_node_whose_config_ignition_refuses_fails_visibly(baked_image, tmp_pat
     print(f"failure reported after {time.monotonic() - started:.0f} s", file=sys.stderr)
     (name, detail), = e.value.failures
     assert name == "bad-master-0"
-    assert detail.startswith("its boot failed; serial console ")  # seen, not timed out
+    assert detail.startswith("its first boot failed; serial console ")  # seen, not timed out
     # Ignition's own reason, and systemd's view of it, from the console.
     # (systemd shortens long unit names on the console: "ignition-f…ch.service")
     assert re.search(r"\[FAILED\] Failed to start ignition-f\S*\.service - Ignition \(fetch\)",
