@@ -62,7 +62,8 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout,
     changes = [c.__dict__ for c in result.changes]
     if output == "json":
         emit_json({"plan": plan, "changes": changes, "api_endpoint": result.api_endpoint,
-                   "kubeconfig": result.kubeconfig, "warnings": result.warnings,
+                   "kubeconfig": result.kubeconfig, "ingress": result.ingress,
+                   "warnings": result.warnings,
                    "stale": [x.as_dict() for x in result.stale]})
         return
     if not progress_shares_the_terminal():  # else each was shown once, as it was made
@@ -72,6 +73,8 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout,
     if result.api_endpoint:
         click.echo(f"api: {result.api_endpoint}")
         click.echo(f"kubeconfig: {result.kubeconfig}")
+    if result.ingress:
+        click.echo(f"ingress: {result.ingress}")
 
 
 @click.command()
@@ -99,7 +102,8 @@ def destroy(cluster, cloud, plan, output):
 @output_option
 def nodes(cluster, cloud, output):
     """The cluster's nodes as its cloud has them: state, address, image, whether each is
-    current (its image and config what cluster.yaml gives it now) or stale, and why."""
+    current (its image and config what cluster.yaml gives it now) or stale, and why; then
+    the ingress's address, once the cloud controller has given it one (OpenStack)."""
     d = _deployment(cluster, cloud, plan=True)  # it looks; it changes nothing
     found = d.cloud.nodes()
     try:
@@ -123,6 +127,8 @@ def nodes(cluster, cloud, output):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    if ingress := d.cloud.ingress_address():
+        click.echo(f"ingress: {ingress} (ingress-nginx's load balancer)")
 
 
 @click.command()

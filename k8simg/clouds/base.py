@@ -324,6 +324,11 @@ class Cloud(abc.ABC):
         """Remove everything the cluster has in this cloud; what could not be removed is in
         :attr:`DestroyResult.left`."""
 
+    def ingress_address(self) -> str | None:
+        """Where clients reach the cluster's ingress (ingress-nginx's Service), where the
+        cloud gives it an address of its own; None where it has none (yet)."""
+        return None
+
     def unreachable(self) -> str | None:
         """Why this machine can never reach the nodes' private addresses, by the cluster's
         own design; None when :meth:`reach` can (once the nodes are up)."""

@@ -60,6 +60,7 @@ class DeployResult:
     image: ImageFacts | None = None
     api_endpoint: str | None = None
     kubeconfig: str | None = None
+    ingress: str | None = None  # ingress-nginx's address, once the cloud gave it one
     warnings: list[str] = field(default_factory=list)
     stale: list[Staleness] = field(default_factory=list)
 
@@ -287,6 +288,7 @@ class Deployment:
         if pki is not None:
             result.api_endpoint = pki.ctx.api_server_url
             result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
+            result.ingress = cloud.ingress_address()
         return result
 
     def wait_healthy(self) -> None:

@@ -36,6 +36,7 @@ from k8simg.clouds.openstack import (
     glance,
     identity,
     loadbalancer,
+    made,
     network,
     quota,
     security,
@@ -103,9 +104,15 @@ class OpenStackCloud(Cloud):
                 flavors[name] = Flavor(f.id, f.name, f.vcpus, f.ram)
         ext = conn.network.find_network(self.cfg.openstack.external_network,
                                         ignore_missing=True)
-        if ext is None or not ext.is_router_external:
+        if ext is None:
             problems.append(("openstack.external_network",
                              f"no external network {self.cfg.openstack.external_network!r}"))
+        elif not ext.is_router_external:
+            problems.append(("openstack.external_network",
+                             f"network {self.cfg.openstack.external_network!r} is not external "
+                             f"(router:external is false): floating IPs come from an external "
+                             f"network"))
+            ext = None
         problems += identity.role_problems(s, self.cluster.path)
         problems += loadbalancer.provider_problems(s)
         if not problems:
@@ -282,6 +289,14 @@ class OpenStackCloud(Cloud):
             adopt.adopt(self.scope)
             state.adopted()
         return destroy.destroy(self.scope, self.parallel, cluster_path=self.cluster.path)
+
+    def ingress_address(self) -> str | None:
+        """The floating IP (else the VIP) of the load balancer the cloud controller made for
+        ingress-nginx's Service (:func:`~k8simg.clouds.openstack.made.ingress`)."""
+        if not self.cluster.state.uid:
+            return None
+        found = made.ingress(self.scope)
+        return found.address if found is not None else None
 
     # -- the way in ----------------------------------------------------------------------------
     def unreachable(self) -> str | None:

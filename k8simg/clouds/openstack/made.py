@@ -16,6 +16,8 @@ another cluster's), in the cluster's project:
   the cluster (pkg/csi/cinder/controllerserver.go).
 """
 
+from dataclasses import dataclass
+
 from k8simg.clouds.openstack.connect import Scope
 from k8simg.model.credential import cloud_cluster_name
 
@@ -23,6 +25,12 @@ LB_PREFIX = "kube_service_"
 FIP_PREFIX = "Floating IP for Kubernetes external service "
 SG_PREFIX = "Security Group for "
 CSI_CLUSTER_KEY = "cinder.csi.openstack.org/cluster"
+INGRESS = ("ingress-nginx", "ingress-nginx-controller")  # the add-on's Service
+
+
+def service_lb_name(cluster: str, namespace: str, service: str) -> str:
+    """The name the cloud controller gives a Service's load balancer."""
+    return f"{LB_PREFIX}{cluster}_{namespace}_{service}"
 
 
 def cluster_name(s: Scope) -> str:
@@ -73,3 +81,36 @@ def snapshots(s: Scope) -> list:
     cluster = cluster_name(s)
     return [x for x in s.conn.block_storage.snapshots()
             if (x.metadata or {}).get(CSI_CLUSTER_KEY) == cluster]
+
+
+@dataclass(frozen=True)
+class Ingress:
+    """ingress-nginx's load balancer as the cloud controller made it, and its floating IP
+    (None until it has one)."""
+
+    load_balancer: object
+    floating_ip: object | None
+
+    @property
+    def address(self) -> str | None:
+        """Where clients reach the cluster's ingress: the floating IP, else the VIP."""
+        if self.floating_ip is not None:
+            return self.floating_ip.floating_ip_address
+        return getattr(self.load_balancer, "vip_address", None)
+
+
+def ingress(s: Scope) -> Ingress | None:
+    """ingress-nginx's load balancer (and floating IP) in the cluster's project, or None
+    before the cloud controller has made it. The floating IP is the one described as the
+    controller describes it (ensureFloatingIP), else the one on the load balancer's VIP port."""
+    cluster = cluster_name(s)
+    name = service_lb_name(cluster, *INGRESS)
+    lb = next(iter(s.conn.load_balancer.load_balancers(name=name, project_id=s.project_id)),
+              None)
+    if lb is None:
+        return None
+    described = f"{FIP_PREFIX}{'/'.join(INGRESS)} from cluster {cluster}"
+    fips = list(s.conn.network.ips(project_id=s.project_id, description=described))
+    if not fips and getattr(lb, "vip_port_id", None):
+        fips = list(s.conn.network.ips(port_id=lb.vip_port_id, project_id=s.project_id))
+    return Ingress(lb, fips[0] if fips else None)

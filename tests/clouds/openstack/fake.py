@@ -53,7 +53,9 @@ KINDS = ("flavors", "images", "servers", "server_groups", "volumes", "snapshots"
          *OCTAVIA, "application_credentials")
 QUOTA = {"instances": 10, "cores": 20, "ram": 51200, "volumes": 10, "gigabytes": 1000,
          "floating_ips": 50, "networks": 100, "subnets": 100, "ports": 500, "routers": 10,
-         "security_groups": 10, "security_group_rules": 100}
+         "security_groups": 10, "security_group_rules": 100,
+         "load_balancers": None}  # None: Octavia's default applies (LB_QUOTA_DEFAULT)
+LB_QUOTA_DEFAULT = 10
 ROUTER_IF = "network:router_interface"
 IMAGE_FIELDS = {c.name: attr for attr, c in _SdkImage._attributes_iterator()}  # not properties
 Bad, Conflict, NotFound = osx.BadRequestException, osx.ConflictException, osx.NotFoundException
@@ -217,12 +219,14 @@ class FakeCloud:
         return {**{k: len(mine(k)) for k in NEUTRON}, "instances": len(servers),
                 "cores": sum(s.flavor.vcpus for s in servers),
                 "ram": sum(s.flavor.ram for s in servers),
-                "volumes": len(volumes), "gigabytes": sum(v.size for v in volumes)}
+                "volumes": len(volumes), "gigabytes": sum(v.size for v in volumes),
+                "load_balancers": len(mine("load_balancers"))}
 
     def check_quota(self, pid, error, **need) -> None:
         use = self.usage(pid)
         for name, n in need.items():
-            if 0 <= self.quota[name] < use[name] + n:
+            limit = self.quota[name] if self.quota[name] is not None else LB_QUOTA_DEFAULT
+            if 0 <= limit < use[name] + n:
                 raise error(f"Quota exceeded for {name}: requested {n}, but already used "
                             f"{use[name]} of {self.quota[name]}")
 
@@ -1046,6 +1050,18 @@ class LoadBalancerProxy(_Proxy):
         return [NS(name=n, description=d) for n, d in self._cloud.lb_providers.items()]
 
     @_read
+    def get_quota(self, quota):
+        """Octavia's: limits only, None where the project has none of its own."""
+        pid = _id(quota)
+        if pid != self._pid and not self._conn.admin:
+            raise osx.ForbiddenException("Policy does not allow this request to be performed.")
+        return NS(id=pid, project_id=pid, load_balancers=self._cloud.quota["load_balancers"])
+
+    @_read
+    def get_quota_default(self):
+        return NS(load_balancers=LB_QUOTA_DEFAULT)
+
+    @_read
     def load_balancers(self, *, name=None, project_id=None, tags=None):
         return self._list("load_balancers", tags=tags, name=name, project_id=project_id)
 
@@ -1079,6 +1095,8 @@ class LoadBalancerProxy(_Proxy):
             raise Bad(f"Validation failure: VIP {vip_address} / subnet {sub.id} do not match "
                       f"port {port.id} ({address})")
         c = self._cloud
+        c.check_quota(self._pid, lambda m: osx.HttpException(m, http_status=403),
+                      load_balancers=1)
         lb = c.new("load_balancers", self._pid, name=name, description=description,
                    vip_port_id=port.id, vip_subnet_id=sub.id, vip_network_id=port.network_id,
                    vip_address=address, provisioning_status="PENDING_CREATE",

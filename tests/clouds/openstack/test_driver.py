@@ -97,24 +97,36 @@ def test_quota_arithmetic(tmp_path):
     flavors = {"k8s.small": Flavor("s", "k8s.small", 2, 2048),
                "k8s.tiny": Flavor("t", "k8s.tiny", 1, 512)}
     need = quota.needed(cfg, nodes, flavors, volumes_present={"c1-master-0-storage"},
-                        floating_ips_present=1)
+                        floating_ips_present=1, load_balancers_present=1)
+    # floating IPs: the API's, the bastion's and ingress-nginx's; load balancers: the API's
+    # and ingress-nginx's (one of each there already)
     assert need == {("compute", "instances"): 6, ("compute", "cores"): 11,
                     ("compute", "ram"): 5 * 2048 + 512, ("volume", "volumes"): 4,
-                    ("volume", "gigabytes"): 40, ("network", "floating_ips"): 1}
+                    ("volume", "gigabytes"): 40, ("network", "floating_ips"): 2,
+                    ("load_balancer", "load_balancers"): 1}
 
     class Nova:  # a quota set with usage, as openstacksdk has it
         instances, cores, ram = 8, -1, 100000
         usage = {"instances": 3, "cores": 40, "ram": 0}
 
-    neutron = type("Neutron", (), {"floating_ips": {"limit": 2, "used": 2}})()
+    neutron = type("Neutron", (), {"floating_ips": {"limit": 3, "used": 2}})()
     cinder = type("Cinder", (), {"volumes": 10, "gigabytes": 40,
                                  "usage": {"volumes": 0, "gigabytes": 1}})()
-    problems = quota.shortfalls(need, {"compute": Nova(), "volume": cinder, "network": neutron})
+    octavia = type("Octavia", (), {"load_balancers": {"limit": 1, "used": 1}})()
+    problems = quota.shortfalls(need, {"compute": Nova(), "volume": cinder, "network": neutron,
+                                       "load_balancer": octavia},
+                                {"load_balancers": ["the API's", "ingress-nginx's Service"]})
     assert problems == [
         ("quota.instances", "the cluster needs 6 more, the project has 5 left (limit 8, in use 3)"),
         ("quota.gigabytes", "the cluster needs 40 more, the project has 39 left (limit 40, in use 1)"),
-        ("quota.floating_ips", "the cluster needs 1 more, the project has 0 left (limit 2, in use 2)"),
+        ("quota.floating_ips", "the cluster needs 2 more, the project has 1 left (limit 3, in use 2)"),
+        ("quota.load_balancers", "the cluster needs 1 more (of the API's, ingress-nginx's "
+                                 "Service), the project has 0 left (limit 1, in use 1)"),
     ]  # cores are unlimited (-1)
+    # a cloud whose Octavia quota cannot be read: not checked, not guessed
+    assert [f for f, _ in quota.shortfalls(need, {"compute": Nova(), "volume": cinder,
+                                                  "network": neutron})] == \
+        ["quota.instances", "quota.gigabytes", "quota.floating_ips"]
 
 
 # -- against the fake --------------------------------------------------------------------------
@@ -152,11 +164,62 @@ def test_preflight_names_a_cloud_without_octavia(fake, tmp_path):
 
 
 def test_preflight_counts_floating_ips_against_the_quota(fake, tmp_path):
-    """The floating-IP quota is read from Neutron's quota details (``floating_ips``)."""
-    fake.quota["floating_ips"] = 1  # the API's and the bastion's need 2
-    with pytest.raises(PreflightError, match=r"quota.floating_ips: the cluster needs 2 more"):
+    """The floating-IP quota is read from Neutron's quota details (``floating_ips``); the
+    cluster needs the API's, the bastion's and the one the cloud controller gives
+    ingress-nginx's Service."""
+    fake.quota["floating_ips"] = 2
+    with pytest.raises(PreflightError, match=r"quota.floating_ips: the cluster needs 3 more "
+                                             r"\(of the API's, the bastion's, ingress-nginx's "
+                                             r"Service\), the project has 2 left"):
         on(fake, cluster(tmp_path)).deploy()
     assert fake.calls == []
+
+
+def fake_service_load_balancer(fake, cd, namespace, service):
+    """A Service's load balancer and floating IP as the cloud controller makes them
+    (kubernetes/cloud-provider-openstack pkg/openstack/loadbalancer.go), on the fake."""
+    conn = fake.connect()
+    cluster_name = f"{cd.load().name}-{cd.state.uid}"
+    subnet = next(iter(conn.network.subnets(name=f"{cd.load().name}-subnet")))
+    port = conn.network.create_port(name=f"octavia-lb-{service}", network_id=subnet.network_id,
+                                    fixed_ips=[{"subnet_id": subnet.id}])
+    lb = conn.load_balancer.create_load_balancer(
+        name=f"kube_service_{cluster_name}_{namespace}_{service}", vip_port_id=port.id,
+        description=f"Kubernetes external service {namespace}/{service} from cluster "
+                    f"{cluster_name}")
+    public = conn.network.find_network("public")
+    fip = conn.network.create_ip(
+        floating_network_id=public.id, port_id=port.id,
+        description=f"Floating IP for Kubernetes external service {namespace}/{service} from "
+                    f"cluster {cluster_name}")
+    return lb, fip
+
+
+def test_preflight_counts_load_balancers_against_octavias_quota(fake, tmp_path):
+    """Octavia gives limits, not usage: the project's load balancers are counted. One short
+    (the API's fits, ingress-nginx's would not) is refused before anything is made; once the
+    cluster exists with both, nothing more is needed."""
+    fake.quota["load_balancers"] = 1
+    cd = cluster(tmp_path)
+    with pytest.raises(PreflightError) as e:
+        on(fake, cd).deploy()
+    assert e.value.problems == [("quota.load_balancers", "the cluster needs 2 more (of the "
+                                 "API's, ingress-nginx's Service), the project has 1 left "
+                                 "(limit 1, in use 0)")]
+    assert fake.calls == []
+    fake.quota["load_balancers"] = 2
+    assert on(fake, cd).deploy().ingress is None  # not made yet
+    # the cloud controller makes ingress-nginx's, as it names it; then a re-run needs none,
+    # and says where the ingress is
+    _, fip = fake_service_load_balancer(fake, cd, "ingress-nginx", "ingress-nginx-controller")
+    again = on(fake, cd).deploy()
+    assert again.changes == [] and again.ingress == fip.floating_ip_address
+    # another Service's load balancer is not the ingress
+    cd2 = cluster(tmp_path, name="c2", masters=1, workers=1, topology="one-master")
+    fake.quota["load_balancers"] = 10
+    on(fake, cd2).deploy()
+    fake_service_load_balancer(fake, cd2, "default", "web")
+    assert on(fake, cd2).cloud.ingress_address() is None
 
 
 def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_path, clock):

@@ -268,6 +268,38 @@ def test_quota_refusal_then_recovery(test_cloud, os_cloud, image, tmp_path):
     assert Deployment.for_cluster(cd, None).destroy().left == []
 
 
+def test_preflight_names_a_network_that_is_not_external_then_a_load_balancer_short(
+        test_cloud, os_cloud, image, tmp_path):
+    """Each refusal by its field, nothing created: a floating network that is not external;
+    then Octavia's quota one load balancer short of the API's and ingress-nginx's."""
+    admin = connect("k8simg-test-admin")
+    conn = connect(os_cloud)
+    pid = conn.current_project_id
+    private = conn.network.create_network(name="lbq-private")
+    cd = cluster(tmp_path, "lbq", topology="single", masters=1, workers=0, bastion=False,
+                 openstack__external_network="lbq-private")
+    try:
+        with pytest.raises(PreflightError) as e:
+            Deployment.for_cluster(cd, None).deploy()
+        assert e.value.problems == [("openstack.external_network", "network 'lbq-private' is "
+                                     "not external (router:external is false): floating IPs "
+                                     "come from an external network")]
+        nothing_left(conn, cd)
+        edit(cd, openstack__external_network="public")
+        used = len(list(conn.load_balancer.load_balancers(project_id=pid)))
+        admin.load_balancer.update_quota(pid, load_balancer=used + 1)
+        with pytest.raises(PreflightError) as e:
+            Deployment.for_cluster(cd, None).deploy()
+        assert e.value.problems == [(
+            "quota.load_balancers", f"the cluster needs 2 more (of the API's, ingress-nginx's "
+                                    f"Service), the project has 1 left (limit {used + 1}, in use "
+                                    f"{used})")]
+        nothing_left(conn, cd)
+    finally:
+        admin.load_balancer.delete_quota(pid)
+        conn.network.delete_network(private)
+
+
 def test_volume_and_server_in_error_are_reported_then_replaced(test_cloud, os_cloud, image,
                                                                 tmp_path):
     """Cinder's scheduler with no backend for the project's volume type, then Nova's with no
@@ -649,8 +681,9 @@ def test_the_credential_carries_only_its_roles(os_cloud, image, tmp_path, isolat
 
 # -- what Kubernetes makes in the cloud ------------------------------------------------------
 
-def made_as_kubernetes_makes_it(conn, cluster: str, subnet_id: str | None, tag: str):
-    """For Service default/web-<tag> and a PVC: what the cloud controller manager and Cinder
+def made_as_kubernetes_makes_it(conn, cluster: str, subnet_id: str | None, tag: str,
+                                svc: str | None = None):
+    """For Service ``svc`` (default/web-<tag>) and a PVC: what the cloud controller manager and Cinder
     CSI make for ``cluster`` (cloud-provider-openstack's names, descriptions, tags and
     metadata): a load balancer with listener, pool, member and monitor on ``subnet_id`` (none
     without one), its floating IP, the per-Service security group of manage-security-groups,
@@ -658,10 +691,10 @@ def made_as_kubernetes_makes_it(conn, cluster: str, subnet_id: str | None, tag: 
     import uuid
 
     lbs, n, b = conn.load_balancer, conn.network, conn.block_storage
-    svc = f"default/web-{tag}"
+    svc = svc or f"default/web-{tag}"
     got = {}
     if subnet_id:
-        name = f"kube_service_{cluster}_default_web-{tag}"
+        name = f"kube_service_{cluster}_{svc.replace('/', '_')}"
         lb = lbs.create_load_balancer(name=name, vip_subnet_id=subnet_id, tags=[name],
                                       description=f"Kubernetes external service {svc} from "
                                                   f"cluster {cluster}")
@@ -689,7 +722,7 @@ def made_as_kubernetes_makes_it(conn, cluster: str, subnet_id: str | None, tag: 
             description=f"Floating IP for Kubernetes external service {svc} from cluster "
                         f"{cluster}").floating_ip_address
     got["security-group"] = n.create_security_group(
-        name=f"lb-sg-{uuid.uuid4()}-default-web-{tag}",
+        name=f"lb-sg-{uuid.uuid4()}-{svc.replace('/', '-')}",
         description=f"Security Group for {svc} Service LoadBalancer in cluster {cluster}").name
     volume = b.create_volume(name=f"pvc-{uuid.uuid4()}", size=1, metadata={
         "cinder.csi.openstack.org/cluster": cluster, "csi.storage.k8s.io/pvc/name": "data",
@@ -732,6 +765,15 @@ def test_destroy_removes_what_kubernetes_made_and_names_what_survives(os_cloud, 
     subnet = conn.network.find_subnet("kmade-subnet")
     assert tag_of(mine) in subnet.tags
     ours = made_as_kubernetes_makes_it(conn, f"kmade-{mine.state.uid}", subnet.id, "a")
+    # ingress-nginx's Service: its address is said by `nodes`
+    ingress = made_as_kubernetes_makes_it(conn, f"kmade-{mine.state.uid}", subnet.id, "i",
+                                          svc="ingress-nginx/ingress-nginx-controller")
+    r = subprocess.run([sys.executable, "-m", "k8simg", "nodes", str(mine.path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == \
+        f"ingress: {ingress['floating-ip']} (ingress-nginx's load balancer)", r.stdout
+    ingress.pop("volume-id")
     # The other cluster's: its Service's load balancer on a network of neither cluster.
     net = conn.network.create_network(name="kmade-bystander-net")
     try:
@@ -771,7 +813,7 @@ def test_destroy_removes_what_kubernetes_made_and_names_what_survives(os_cloud, 
                             "json"], capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
         assert json.loads(r.stdout)["left"] == []
-        assert still_there(conn, ours) == set()
+        assert still_there(conn, ours) == set() and still_there(conn, ingress) == set()
         nothing_left(conn, mine)
         # The same-named cluster's, untouched; its own destroy takes them.
         assert still_there(conn, theirs) == {f"{k} {v}" for k, v in theirs.items()}
