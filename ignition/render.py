@@ -290,6 +290,7 @@ def render_addon_values(ctx: RenderContext) -> str:
                           "state; `k8simg deploy` records them")
     text = template("node/addons-values.yaml.j2", openstack=ctx.credential,
                     lb=ctx.service_network, lb_provider=ctx.config.openstack.lb_provider,
+                    availability_zone=ctx.config.openstack.availability_zone,
                     cloud_cluster_name=ctx.cloud_cluster_name, **ctx.common())
     # One compact JSON document each (JSON is YAML, so kubectl reads the stream as is).
     return "".join("---\n" + json.dumps(d, separators=(",", ":")) + "\n"

@@ -140,6 +140,30 @@ def test_master_has_the_control_plane(rendered_cluster):
     assert "apply --server-side" in applier and "until " in applier and "$ADDONS" in applier
 
 
+def test_the_default_storage_class_keeps_to_the_clusters_availability_zone(rendered_cluster):
+    """Cinder CSI's StorageClass is the default, expandable, bound where the pod lands; with
+    openstack.availability_zone set, volumes are made in that zone only (Cinder's
+    ``availability`` and the topology the CSI node plugin reports)."""
+    def storage_class(**extra):
+        _, ctx = rendered_cluster("one-master", cloud="openstack", **extra)
+        master = next(n for n in ctx.nodes if n.role == "master")
+        version = ctx.config.kubernetes_version
+        (sc,) = [o for _, o in kube_objects(render_node(ctx, master), version)
+                 if o["kind"] == "StorageClass"]
+        return sc
+
+    sc = storage_class()
+    assert sc["metadata"] == {"name": "csi-cinder", "annotations": {
+        "storageclass.kubernetes.io/is-default-class": "true"}}
+    assert (sc["provisioner"], sc["allowVolumeExpansion"], sc["volumeBindingMode"]) == \
+        ("cinder.csi.openstack.org", True, "WaitForFirstConsumer")
+    assert "parameters" not in sc and "allowedTopologies" not in sc
+    sc = storage_class(name="zoned", openstack={"availability_zone": "az-2"})
+    assert sc["parameters"] == {"availability": "az-2"}
+    assert sc["allowedTopologies"] == [{"matchLabelExpressions": [
+        {"key": "topology.cinder.csi.openstack.org/zone", "values": ["az-2"]}]}]
+
+
 def test_every_enabled_unit_exists(rendered_cluster):
     """A config may only enable units that it carries or that the image provides."""
     _, ctx = rendered_cluster("ha3-etcd3", cloud="openstack")

@@ -219,9 +219,13 @@ def ensure_volume(s: Scope, node: Node):
         if s.dry:
             return None
         b = s.conn.block_storage
+        # in the servers' zone, where cluster.yaml names one (Nova may refuse to attach a
+        # volume across zones: cross_az_attach)
+        az = s.cfg.openstack.availability_zone
         volume = b.create_volume(name=vname, size=size,
                                  metadata={UID_KEY: s.uid, "k8simg-cluster": s.name,
-                                           "k8simg-node": node.name})
+                                           "k8simg-node": node.name},
+                                 **({"availability_zone": az} if az else {}))
         volume = wait_volume(s, volume, {"available", "in-use"}, "")
     return volume
 

@@ -326,6 +326,15 @@ def test_a_server_that_errors_fails_its_wait_at_once(fake, tmp_path):
         d.deploy()
 
 
+def test_the_clusters_availability_zone_holds_its_servers_and_their_volumes(fake, tmp_path):
+    cd = cluster(tmp_path, masters=1, workers=1, openstack={"availability_zone": "az-2"})
+    on(fake, cd).deploy()
+    assert {s.name: s.availability_zone for s in fake.objs["servers"].values()} == \
+        {"c1-master-0": "az-2", "c1-worker-0": "az-2", "c1-bastion": "az-2"}
+    assert {v.name: v.availability_zone for v in fake.objs["volumes"].values()} == \
+        {"c1-master-0-storage": "az-2", "c1-worker-0-storage": "az-2"}
+
+
 def test_a_failed_first_boot_is_reported_from_novas_console_then_replaced(fake, tmp_path):
     """ACTIVE is not up: deploy reads each server's console log from Nova and reports a node
     whose Ignition failed with the lines that say why; `nodes` shows it failed; the next
