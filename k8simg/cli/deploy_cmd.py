@@ -36,17 +36,20 @@ def _deployment(cluster, cloud, plan=False, **kw):
 @click.option("--health-timeout", default=900, show_default=True, metavar="SECONDS",
               type=click.IntRange(1),
               help="How long to wait, once the nodes are up, for every etcd member to answer "
-                   "healthy (exit 1 naming those that did not).")
+                   "healthy, and then (where the image carries Kubernetes) for the API "
+                   "server's /readyz (exit 1 naming what did not).")
 @click.option("--no-wait", is_flag=True,
-              help="Return once the nodes are up, without waiting for etcd (e.g. a test cloud "
-                   "whose servers run nothing).")
+              help="Return once the nodes are up, without waiting for etcd or the API server "
+                   "(e.g. a test cloud whose servers run nothing).")
 @ssh_key_option
 @output_option
 def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout, no_wait,
            ssh_keys, output):
-    """Create (or reconcile) the cluster's infrastructure, boot its nodes and wait for the
-    control plane: every etcd member healthy (on OpenStack asked through the bastion). Workers
-    beyond workers.count are drained (disruption budgets honoured), then deleted."""
+    """Create (or reconcile) the cluster's infrastructure, boot its nodes (each first boot
+    read from its console) and wait for the control plane: every etcd member healthy (on
+    OpenStack asked through the bastion), then the API server's /readyz through its load
+    balancer where the image carries Kubernetes. Workers beyond workers.count are drained
+    (disruption budgets honoured), then deleted."""
     from k8simg.clouds.base import NodeFailed
 
     d = _deployment(cluster, cloud, plan, concurrency=concurrency,

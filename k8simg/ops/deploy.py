@@ -9,6 +9,7 @@ the control plane healthy (bounded; every etcd member), and last the workers bey
 retired (:mod:`k8simg.ops.lifecycle`).
 """
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from k8simg.errors import K8simgError, RenderError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.credential import ServiceNetwork
-from k8simg.ops import desired
+from k8simg.ops import desired, readyz
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import (
@@ -43,6 +44,7 @@ from k8simg.ops.etcd import (
     wait_healthy,
 )
 from k8simg.ops.lifecycle import Lifecycle
+from k8simg.ops.skew import skew_problems
 from k8simg.pki import cluster_pki
 
 
@@ -148,7 +150,11 @@ class Deployment:
         :raises PreflightError: naming every problem; nothing was created.
         """
         pre = self.cloud.prepare(self.nodes)
-        problems = pre.problems + self.user_data_problems()
+        # the image carries the release cluster.yaml names (moving a running cluster to
+        # another is an upgrade's, which applies the whole skew policy)
+        problems = pre.problems + [("image", p) for p in skew_problems(
+            self.cfg.kubernetes_version, pre.image, None)]
+        problems += self.user_data_problems()
         if problems:
             raise PreflightError(self.cloud.where, problems)
         if warning := image_warning(pre.image):
@@ -283,6 +289,7 @@ class Deployment:
                           f"`k8simg upgrade {self.cluster.path}` replaces them: "
                           + "; ".join(f"{x.node} {x.reason()}" for x in stale))
         self.wait_healthy()  # last: everything else is in place and recorded
+        self.wait_api_ready(pre.image)
         result = DeployResult(self.ledger.changes, pre.image, warnings=self.warnings,
                               stale=stale)
         if pki is not None:
@@ -290,6 +297,24 @@ class Deployment:
             result.kubeconfig = str(self.cluster.kubeconfig_dir / "admin.conf")
             result.ingress = cloud.ingress_address()
         return result
+
+    def wait_api_ready(self, image: ImageFacts | None) -> None:
+        """Bounded by ``health_timeout``, after etcd's gate: where the image carries
+        Kubernetes, the API server answers ``/readyz`` through the API's load balancer (its
+        floating IP on OpenStack; the VIP, from the namespace, on the local cloud).
+
+        :raises ApiNotReady: with its last answer.
+        """
+        if self.dry or not self.health_timeout or image is None or not image.has_kubernetes:
+            return
+        url, ca, crt, key = cluster_pki(self.cluster, self.cfg).client_credentials("admin")
+        self.cloud.progress(f"waiting for the API server: /readyz at {url} "
+                            f"(up to {self.health_timeout:.0f} s)")
+        with (self.cloud.reach() if self.cfg.is_local else contextlib.nullcontext()) as way:
+            took = readyz.wait_ready(url, ca, crt, key, timeout=self.health_timeout,
+                                     progress=self.cloud.progress,
+                                     wrap=way.wrap if way is not None else lambda argv: argv)
+        self.cloud.progress(f"API server: ready after {took:.0f} s")
 
     def wait_healthy(self) -> None:
         """Bounded by ``health_timeout``: the control plane is healthy when deploy returns,

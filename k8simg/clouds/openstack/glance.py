@@ -75,6 +75,11 @@ def image_facts(s: Scope, name_or_id: str) -> tuple[ImageFacts | None, list[Prob
     if image.status != "active":
         return None, [("image", f"{name_or_id!r} is {image.status}, not active")]
     props = image.properties or {}
+    bus = props.get("hw_disk_bus")
+    if bus not in (None, "virtio"):
+        return None, [("image", f"{image.name}: hw_disk_bus is {bus!r}: a node finds its "
+                                f"storage volume as its second virtio disk (/dev/vdb); set "
+                                f"hw_disk_bus=virtio (k8simg bake --upload sets it)")]
     return ImageFacts(image.id, image.name, has_kubernetes=props.get(PROPERTY_BINARIES) != "absent",
                       kubernetes_version=props.get("k8simg_kubernetes_version")), []
 

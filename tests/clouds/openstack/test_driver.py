@@ -19,6 +19,7 @@ from k8simg.model.plan import initial_nodes
 from k8simg.ops.deploy import Deployment
 from k8simg.pki import cluster_pki
 from tests.clouds.openstack.fake import FakeCloud
+from tests.conftest import edit_cluster as edit
 from tests.conftest import write_cluster
 from tests.support import FAILED_CONSOLE
 
@@ -138,6 +139,23 @@ def test_preflight_names_every_problem_and_creates_nothing(fake, tmp_path):
         on(fake, cd).deploy()
     fields = [f for f, _ in e.value.problems]
     assert fields == ["image", "workers.flavor", "openstack.external_network"]
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("properties,why", [
+    ({"hw_disk_bus": "scsi"}, "k8simg-odd: hw_disk_bus is 'scsi': a node finds its storage "
+                              "volume as its second virtio disk (/dev/vdb)"),
+    ({"k8simg_kubernetes_version": "1.34.4"},
+     "image k8simg-odd carries Kubernetes 1.34.4, cluster.yaml's kubernetes_version is 1.35.2"),
+])
+def test_preflight_reads_the_images_properties(fake, tmp_path, properties, why):
+    fake.add_image("k8simg-odd", properties={"k8simg_kubernetes_binaries": "included",
+                                             **properties})
+    cd = cluster(tmp_path, image="k8simg-odd", kubernetes_version="1.35.2")
+    with pytest.raises(PreflightError) as e:
+        on(fake, cd).deploy()
+    [(field, message)] = e.value.problems
+    assert field == "image" and message.startswith(why), message
     assert fake.calls == []
 
 
@@ -390,6 +408,30 @@ def test_a_server_booted_before_verdicts_were_kept_is_not_waited_for(fake, tmp_p
     srv.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # a young one: booting
     del srv.metadata["k8simg-boot"]
     assert [n.state for n in on(fake, cd).cloud.nodes()] == ["booting"]
+
+
+def test_deploy_ends_at_the_api_servers_readyz_through_its_floating_ip(fake, tmp_path,
+                                                                         monkeypatch):
+    """Wiring only (the gate itself meets a TLS server in tests/ops/deploy/test_readyz.py):
+    after etcd's gate, with an image that carries Kubernetes, the admin identity asks the API's
+    floating IP; without Kubernetes in the image, nobody is asked."""
+    from k8simg.ops import readyz
+
+    asked = []
+    monkeypatch.setattr(Deployment, "wait_healthy", lambda self: None)  # etcd's: elsewhere
+    monkeypatch.setattr(readyz, "wait_ready", lambda url, ca, crt, key, **kw: asked.append(
+        (url, ca.name, crt.name, kw["timeout"])) or 1.0)
+    cd = cluster(tmp_path, masters=1, workers=1)
+    d = on(fake, cd)
+    d.health_timeout = 120
+    d.deploy()
+    assert asked == [(f"https://{cd.state.api_floating_ip}:6443", "ca.crt", "admin.crt", 120)]
+    fake.add_image("k8simg-no-kube", properties={"k8simg_kubernetes_binaries": "absent"})
+    asked.clear()
+    d = on(fake, edit(cd, image="k8simg-no-kube"))
+    d.health_timeout = 120
+    d.deploy()
+    assert asked == []
 
 
 def test_a_server_stuck_on_delete_fails_at_once(fake, tmp_path):
