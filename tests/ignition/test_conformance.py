@@ -1,0 +1,89 @@
+"""The Kubernetes side of every rendered node, held against each pinned release's own sources
+(tests/conformance: the facts, each file naming the repository, tag and commit it was read
+from; tests/conformance/upstream.py: the checks). Every topology, both clouds, every release
+k8simg pins; and each check shown red on the mistake it exists to catch."""
+
+import json
+
+import pytest
+
+from k8simg.ignition.render import render_node
+from k8simg.model.versions import RELEASES
+from tests.conformance.upstream import corefile_problems, netconf_problems
+from tests.ignition.conftest import TOPOLOGIES
+from tests.ignition.support import kube_objects
+
+CASES = [(v, t, c) for v in sorted(RELEASES) for t in TOPOLOGIES for c in ("local", "openstack")]
+
+
+@pytest.fixture
+def rendered(rendered_cluster):
+    """Every node of a cluster of ``topology`` on ``cloud`` for ``version``, rendered:
+    ``[(node, Ignition config)]``."""
+    def render(version, topology, cloud):
+        _, ctx = rendered_cluster(topology, cloud=cloud, kubernetes_version=version,
+                                  name=f"{topology.replace('-', '')}{cloud[0]}")
+        return ctx, [(n, render_node(ctx, n)) for n in ctx.nodes if n.role != "bastion"]
+    return render
+
+
+def objects_of(doc, version, kind, name):
+    return [o for _, o in kube_objects(doc, version)
+            if o["kind"] == kind and o["metadata"]["name"] == name]
+
+
+@pytest.mark.parametrize("version,topology,cloud", CASES)
+def test_corefile_and_net_conf_use_only_what_their_pinned_versions_know(rendered, version,
+                                                                       topology, cloud):
+    release = RELEASES[version]
+    _, nodes = rendered(version, topology, cloud)
+    masters = [doc for n, doc in nodes if n.role == "master"]
+    assert masters
+    for doc in masters:
+        (coredns,) = objects_of(doc, version, "ConfigMap", "coredns")
+        assert corefile_problems(coredns["data"]["Corefile"], release.coredns) == []
+        (flannel,) = objects_of(doc, version, "ConfigMap", "kube-flannel-cfg")
+        assert netconf_problems(json.loads(flannel["data"]["net-conf.json"]),
+                                release.flannel) == []
+
+
+COREFILE = """\
+.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+    }
+    forward . /etc/resolv.conf
+}
+"""
+
+
+def test_an_unknown_corefile_directive_or_option_is_named():
+    assert corefile_problems(COREFILE, "1.12.4") == []
+    bad = COREFILE.replace("errors", "erors").replace("pods insecure", "pod insecure")
+    assert corefile_problems(bad, "1.12.4") == [
+        "CoreDNS 1.12.4 has no plugin 'erors'",
+        "CoreDNS 1.12.4: plugin 'kubernetes' has no option 'pod' (it has: endpoint_pod_names, "
+        "pods, namespaces, endpoint, tls, labels, namespace_labels, fallthrough, ttl, "
+        "noendpoints, ignore, kubeconfig, multicluster, startup_timeout)"]
+    # an option newer than a pinned version: kubernetes' startup_timeout is not in 1.12.1
+    newer = COREFILE.replace("pods insecure", "startup_timeout 10s")
+    assert corefile_problems(newer, "1.12.4") == []
+    assert corefile_problems(newer, "1.12.1") == [
+        "CoreDNS 1.12.1: plugin 'kubernetes' has no option 'startup_timeout' (it has: "
+        "endpoint_pod_names, pods, namespaces, endpoint, tls, labels, namespace_labels, "
+        "fallthrough, ttl, noendpoints, ignore, kubeconfig)"]
+
+
+def test_an_unknown_net_conf_key_is_named():
+    good = {"Network": "10.244.0.0/16", "EnableNFTables": False,
+            "Backend": {"Type": "vxlan", "Port": 8472}}
+    assert netconf_problems(good, "0.27.4") == []
+    bad = {**good, "SubnetLenght": 24, "Backend": {"Type": "vxlan", "MacPrefix": "0E-2A"}}
+    assert netconf_problems(bad, "0.27.4") == [
+        "flannel 0.27.4: net-conf.json has no key 'SubnetLenght'",
+        "flannel 0.27.4: the vxlan backend has no key 'MacPrefix'"]  # Windows' only
