@@ -3,7 +3,6 @@
 configuration fields, what kubeadm sets, CoreDNS's Corefile, flannel's net-conf."""
 
 import json
-import re
 from functools import cache
 from pathlib import Path
 
