@@ -3,6 +3,7 @@
 configuration fields, what kubeadm sets, CoreDNS's Corefile, flannel's net-conf."""
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -82,4 +83,68 @@ def netconf_problems(conf: dict, version: str) -> list[str]:
     else:
         problems += [f"flannel {version}: the {kind} backend has no key {k!r}"
                      for k in backend if k.lower() not in {x.lower() for x in keys}]
+    return problems
+
+
+# -- Kubernetes component configs ------------------------------------------------------------
+
+GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^0$")
+INTEGER = {"int", "int32", "int64", "uint", "uint32", "uint64"}
+
+
+def _type_problem(value, kind: str) -> str | None:
+    """Why ``value`` is not of the JSON ``kind`` the Go type reads, or None."""
+    if kind == "string":
+        ok = isinstance(value, str)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind in INTEGER:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in ("float", "float32", "float64"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind == "duration":
+        ok = isinstance(value, str) and bool(GO_DURATION.match(value))
+    elif kind == "quantity":
+        ok = isinstance(value, str | int)
+    elif kind.startswith("map["):
+        ok = isinstance(value, dict)
+    elif kind.startswith("[]"):
+        ok = isinstance(value, list) and all(_type_problem(v, kind[2:]) is None for v in value)
+    elif kind == "object":
+        ok = isinstance(value, dict)
+    else:
+        return None  # a type these facts name and this check does not read: not guessed
+    return None if ok else f"is {type(value).__name__} {value!r}, the field is {kind}"
+
+
+def config_problems(doc: dict, version: str, kind: str) -> list[str]:
+    """Every field of ``doc`` (a ``kind`` such as KubeletConfiguration) that release
+    ``version`` does not define, whose value is not of its type, not one of its values, or
+    that is deprecated."""
+    fields = facts(f"k8s-{version}-node")[kind]["fields"]
+    problems: list[str] = []
+
+    def walk(value, path: str) -> None:
+        spec = fields.get(path)
+        if spec is None:
+            problems.append(f"{kind} {version} has no field {path!r}")
+            return
+        if why := _type_problem(value, spec["type"]):
+            problems.append(f"{kind} {version}: {path} {why}")
+            return
+        if "enum" in spec and value not in spec["enum"]:
+            problems.append(f"{kind} {version}: {path} is {value!r}, one of "
+                            f"{', '.join(map(str, spec['enum']))} expected")
+        if spec.get("deprecated"):
+            problems.append(f"{kind} {version}: {path} is deprecated ({spec['deprecated']})")
+        if spec["type"] == "object":
+            for k, v in value.items():
+                walk(v, f"{path}.{k}")
+        elif spec["type"] == "[]object":
+            for item in value:
+                for k, v in item.items():
+                    walk(v, f"{path}[].{k}")
+
+    for key, value in doc.items():
+        walk(value, key)
     return problems

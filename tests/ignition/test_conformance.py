@@ -6,12 +6,13 @@ k8simg pins; and each check shown red on the mistake it exists to catch."""
 import json
 
 import pytest
+import yaml
 
 from k8simg.ignition.render import render_node
 from k8simg.model.versions import RELEASES
-from tests.conformance.upstream import corefile_problems, netconf_problems
+from tests.conformance.upstream import config_problems, corefile_problems, netconf_problems
 from tests.ignition.conftest import TOPOLOGIES
-from tests.ignition.support import kube_objects
+from tests.ignition.support import files, kube_objects
 
 CASES = [(v, t, c) for v in sorted(RELEASES) for t in TOPOLOGIES for c in ("local", "openstack")]
 
@@ -87,3 +88,45 @@ def test_an_unknown_net_conf_key_is_named():
     assert netconf_problems(bad, "0.27.4") == [
         "flannel 0.27.4: net-conf.json has no key 'SubnetLenght'",
         "flannel 0.27.4: the vxlan backend has no key 'MacPrefix'"]  # Windows' only
+
+
+@pytest.mark.parametrize("version,topology,cloud", CASES)
+def test_kubelet_and_kube_proxy_configs_use_only_fields_their_release_defines(
+        rendered, version, topology, cloud):
+    _, nodes = rendered(version, topology, cloud)
+    kubelets = 0
+    for node, doc in nodes:
+        if node.role == "etcd":  # a dedicated etcd member runs no kubelet
+            assert "/var/lib/kubelet/config.yaml" not in files(doc)
+            continue
+        kubelets += 1
+        kubelet = yaml.safe_load(files(doc)["/var/lib/kubelet/config.yaml"][1])
+        assert config_problems(kubelet, version, "KubeletConfiguration") == [], node.name
+        if node.role == "master":
+            (proxy,) = objects_of(doc, version, "ConfigMap", "kube-proxy")
+            conf = yaml.safe_load(proxy["data"]["config.conf"])
+            assert config_problems(conf, version, "KubeProxyConfiguration") == []
+    assert kubelets
+
+
+KUBELET = {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+           "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True}},
+           "authorization": {"mode": "Webhook"}, "cgroupDriver": "systemd",
+           "clusterDNS": ["10.96.0.10"], "syncFrequency": "1m0s", "maxPods": 110}
+
+
+def test_a_misspelt_mistyped_or_unknown_kubelet_setting_is_named():
+    assert config_problems(KUBELET, "1.35.2", "KubeletConfiguration") == []
+    bad = {**KUBELET, "cgroupsDriver": "systemd", "maxPods": "110",
+           "authorization": {"mode": "RBAC"}, "syncFrequency": "1 minute",
+           "authentication": {"webhook": {"enabled": True, "cacheTTl": "2m"}},
+           "streamingConnectionIdleTimeout": "4h"}
+    assert config_problems(bad, "1.35.2", "KubeletConfiguration") == [
+        "KubeletConfiguration 1.35.2 has no field 'authentication.webhook.cacheTTl'",
+        "KubeletConfiguration 1.35.2: authorization.mode is 'RBAC', one of AlwaysAllow, "
+        "Webhook expected",
+        "KubeletConfiguration 1.35.2: syncFrequency is str '1 minute', the field is duration",
+        "KubeletConfiguration 1.35.2: maxPods is str '110', the field is int32",
+        "KubeletConfiguration 1.35.2 has no field 'cgroupsDriver'",
+        "KubeletConfiguration 1.35.2: streamingConnectionIdleTimeout is deprecated (no longer "
+        "has any effect.)"]
