@@ -148,3 +148,78 @@ def config_problems(doc: dict, version: str, kind: str) -> list[str]:
     for key, value in doc.items():
         walk(value, key)
     return problems
+
+
+# -- Kubernetes component flags --------------------------------------------------------------
+
+def flags_of(argv: list[str]) -> dict[str, str | None]:
+    """``--name=value`` / ``--name`` arguments by name (dashes: the components read ``_`` as
+    ``-``), in order."""
+    out: dict[str, str | None] = {}
+    for arg in argv:
+        if arg.startswith("-"):
+            name, eq, value = arg.lstrip("-").partition("=")
+            out[name.replace("_", "-")] = value if eq else None
+    return out
+
+
+def component_flags(component: str, version: str) -> dict[str, dict]:
+    """The flags ``component`` defines in release ``version``."""
+    if component == "kubelet":
+        return facts(f"k8s-{version}-node")["kubelet"]["flags"]
+    return facts(f"k8s-{version}-control-plane")[component]["flags"]
+
+
+def flag_problems(component: str, argv: list[str], version: str,
+                  help_deprecated_kept: dict[str, str]) -> list[str]:
+    """Every flag of ``argv`` that ``component`` of release ``version`` does not define or
+    has deprecated (``MarkDeprecated``: it warns, and goes); one whose help only says
+    "DEPRECATED" must be in ``help_deprecated_kept`` (flag -> why it is kept)."""
+    known = component_flags(component, version)
+    problems = []
+    for name in flags_of(argv):
+        spec = known.get(name)
+        if spec is None:
+            problems.append(f"{component} {version} has no flag --{name}")
+        elif spec.get("deprecated"):
+            problems.append(f"{component} {version}: --{name} is deprecated: "
+                            f"{spec['deprecated']}")
+        elif spec.get("usage_deprecated_text") and name not in help_deprecated_kept:
+            problems.append(f"{component} {version}: --{name}'s help says "
+                            f"{spec['usage_deprecated_text']!r}, and it is not in the table "
+                            f"of flags kept with a reason")
+    return problems
+
+
+def controller_problems(value: str, version: str) -> list[str]:
+    """``--controllers``' names that release ``version`` does not know, or knows only as an
+    alias of another name."""
+    c = facts(f"k8s-{version}-control-plane")["kube-controller-manager"]["controllers"]
+    problems = []
+    for raw in value.split(","):
+        name = raw.lstrip("-")
+        if name == "*" or name in c["names"]:
+            continue
+        if name in c["aliases"]:
+            problems.append(f"kube-controller-manager {version}: {name!r} is an alias of "
+                            f"{c['aliases'][name]!r}")
+        else:
+            problems.append(f"kube-controller-manager {version}: no controller {name!r}")
+    return problems
+
+
+def kubeadm_gaps(component: str, argv: list[str], version: str,
+                 differences: dict[str, str]) -> list[str]:
+    """Every flag kubeadm sets on ``component`` for the same inputs that ``argv`` lacks and
+    the table of deliberate ``differences`` (flag -> reason) does not list; and every entry
+    of the table that is no difference (the flag is set after all, or kubeadm sets no such
+    flag): the table says only what is true."""
+    kubeadm = {k for k in facts(f"k8s-{version}-kubeadm")[component] if not k.startswith("_")}
+    have = set(flags_of(argv))
+    gaps = [f"kubeadm {version} sets --{f} on {component}; k8simg does not, and the table "
+            f"of deliberate differences does not say why" for f in sorted(kubeadm - have)
+            if f not in differences]
+    gaps += [f"the table of differences lists {component} --{f}, which "
+             + ("k8simg sets" if f in have else f"kubeadm {version} does not set")
+             for f in sorted(differences) if f in have or f not in kubeadm]
+    return gaps

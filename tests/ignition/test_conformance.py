@@ -10,9 +10,18 @@ import yaml
 
 from k8simg.ignition.render import render_node
 from k8simg.model.versions import RELEASES
-from tests.conformance.upstream import config_problems, corefile_problems, netconf_problems
+from tests.conformance.differences import HELP_DEPRECATED_KEPT, KUBEADM_DIFFERENCES
+from tests.conformance.upstream import (
+    config_problems,
+    controller_problems,
+    corefile_problems,
+    flag_problems,
+    flags_of,
+    kubeadm_gaps,
+    netconf_problems,
+)
 from tests.ignition.conftest import TOPOLOGIES
-from tests.ignition.support import files, kube_objects
+from tests.ignition.support import env_values, files, kube_objects, node_view
 
 CASES = [(v, t, c) for v in sorted(RELEASES) for t in TOPOLOGIES for c in ("local", "openstack")]
 
@@ -130,3 +139,105 @@ def test_a_misspelt_mistyped_or_unknown_kubelet_setting_is_named():
         "KubeletConfiguration 1.35.2 has no field 'cgroupsDriver'",
         "KubeletConfiguration 1.35.2: streamingConnectionIdleTimeout is deprecated (no longer "
         "has any effect.)"]
+
+
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def commands(doc, version, role) -> dict[str, list[str]]:
+    """What each Kubernetes component and etcd on the node is started with: the static pods'
+    commands, kubelet's drop-in ExecStart with $KUBELET_ARGS, etcd's unit with its
+    ETCD_<FLAG> variables."""
+    out = {}
+    for name in CONTROL_PLANE:
+        pods = [o for p, o in kube_objects(doc) if p == f"/etc/kubernetes/manifests/{name}.yaml"]
+        if pods:
+            out[name] = pods[0]["spec"]["containers"][0]["command"][1:]
+    view = node_view(doc, version)
+    if "/etc/k8simg/kubelet.env" in files(doc):
+        dropin = view["/etc/systemd/system/kubelet.service.d/10-k8simg.conf"][1].decode()
+        start = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][0]
+        argv = start.split()[1:]
+        args = env_values(doc, "/etc/k8simg/kubelet.env")["KUBELET_ARGS"].split()
+        out["kubelet"] = [a for a in argv if a != "$KUBELET_ARGS"] + args
+    if "/etc/k8simg/etcd.env" in files(doc):
+        unit = view["/etc/systemd/system/k8simg-etcd.service"][1].decode()
+        start = unit.split("ExecStart=", 1)[1].split("\n[", 1)[0]
+        argv = [a for a in start.replace("\\\n", " ").split() if a.startswith("--")]
+        argv += [f"--{k.removeprefix('ETCD_').lower().replace('_', '-')}={v}"
+                 for k, v in env_values(doc, "/etc/k8simg/etcd.env").items() if k]
+        out["etcd"] = argv
+    return out
+
+
+@pytest.mark.parametrize("version,topology,cloud", CASES)
+def test_every_flag_exists_in_its_release_and_kubeadms_are_set_or_explained(
+        rendered, version, topology, cloud):
+    _, nodes = rendered(version, topology, cloud)
+    seen = set()
+    for node, doc in nodes:
+        for component, argv in commands(doc, version, node.role).items():
+            seen.add(component)
+            where = f"{node.name} {component}"
+            if component != "etcd":  # etcd's own flags: the etcd line's (see etcd's tests)
+                assert flag_problems(component, argv, version,
+                                     HELP_DEPRECATED_KEPT.get(component, {})) == [], where
+            if component != "kubelet":
+                assert kubeadm_gaps(component, argv, version,
+                                    KUBEADM_DIFFERENCES[component]) == [], where
+            if component == "kube-controller-manager":
+                assert controller_problems(flags_of(argv)["controllers"], version) == []
+    assert seen == {*CONTROL_PLANE, "kubelet", "etcd"}
+
+
+def test_a_removed_deprecated_or_unknown_flag_is_named():
+    argv = ["--node-ip=10.0.0.11", "--cloud-provider=external"]
+    assert flag_problems("kubelet", argv, "1.35.2", {}) == []
+    # kubelet's --pod-infra-container-image: deprecated in 1.34, gone in 1.35
+    pause = ["--pod-infra-container-image=registry.k8s.io/pause:3.10.1"]
+    assert flag_problems("kubelet", argv + pause, "1.35.2", {}) == [
+        "kubelet 1.35.2 has no flag --pod-infra-container-image"]
+    (deprecated,) = flag_problems("kubelet", argv + pause, "1.34.5", {})
+    assert deprecated.startswith("kubelet 1.34.5: --pod-infra-container-image is deprecated: ")
+    assert flag_problems("kube-apiserver", ["--insecure-port=0", "--apiserver-count=3"],
+                         "1.35.2", {}) == [
+        "kube-apiserver 1.35.2 has no flag --insecure-port",
+        "kube-apiserver 1.35.2: --apiserver-count is deprecated: "
+        + flag_spec("kube-apiserver", "1.35.2", "apiserver-count")["deprecated"]]
+    # a flag whose help says DEPRECATED is kept only with a reason in the table
+    (soft,) = flag_problems("kube-scheduler", ["--kubeconfig=/x"], "1.35.2", {})
+    assert soft.startswith("kube-scheduler 1.35.2: --kubeconfig's help says 'DEPRECATED: ")
+    assert flag_problems("kube-scheduler", ["--kubeconfig=/x"], "1.35.2",
+                         HELP_DEPRECATED_KEPT["kube-scheduler"]) == []
+
+
+def test_controller_names_are_the_releases_own():
+    assert controller_problems("*,-node-ipam-controller", "1.35.2") == []
+    assert controller_problems("*,bootstrapsigner,tokencleaner,tokencleanr", "1.35.2") == [
+        "kube-controller-manager 1.35.2: 'bootstrapsigner' is an alias of "
+        "'bootstrap-signer-controller'",
+        "kube-controller-manager 1.35.2: 'tokencleaner' is an alias of "
+        "'token-cleaner-controller'",
+        "kube-controller-manager 1.35.2: no controller 'tokencleanr'"]
+
+
+def test_a_flag_kubeadm_sets_dropped_without_a_reason_is_named(rendered):
+    _, nodes = rendered("1.35.2", "single", "local")
+    argv = commands(nodes[0][1], "1.35.2", "master")["kube-apiserver"]
+    table = KUBEADM_DIFFERENCES["kube-apiserver"]
+    assert kubeadm_gaps("kube-apiserver", argv, "1.35.2", table) == []
+    dropped = [a for a in argv if not a.startswith("--enable-admission-plugins=")]
+    assert kubeadm_gaps("kube-apiserver", dropped, "1.35.2", table) == [
+        "kubeadm 1.35.2 sets --enable-admission-plugins on kube-apiserver; k8simg does not, "
+        "and the table of deliberate differences does not say why"]
+    # the table says only what is true: an entry for a flag k8simg sets, or kubeadm does not
+    stale = {**table, "allow-privileged": "x", "no-such-flag": "y"}
+    assert kubeadm_gaps("kube-apiserver", argv, "1.35.2", stale) == [
+        "the table of differences lists kube-apiserver --allow-privileged, which k8simg sets",
+        "the table of differences lists kube-apiserver --no-such-flag, which kubeadm 1.35.2 "
+        "does not set"]
+
+
+def flag_spec(component, version, name):
+    from tests.conformance.upstream import component_flags
+    return component_flags(component, version)[name]

@@ -43,8 +43,11 @@ def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):
             env = env_values(doc, "/etc/k8simg/etcd.env")
             assert args[0] == "/usr/bin/etcd"
             assert env["ETCD_LISTEN_CLIENT_URLS"] == f"https://{node.address}:2379"
+            # (a node's loopback is its own: here the members share one, so each gets its
+            # metrics listener on its own loopback address)
             rebased = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
                                   .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
+                                  .replace("//127.0.0.1:2381", f"//{node.address}:2381")
                                   for a in args[1:]]
             log = open(tmp_path / f"{node.name}.log", "w")
             start(rebased, stdout=log, stderr=subprocess.STDOUT, env=env)

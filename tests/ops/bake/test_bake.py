@@ -180,6 +180,18 @@ def test_apparmor_compiles_only_what_a_node_runs(baked_image, tmp_path):
     assert profiles - disabled == {"usr.sbin.chronyd"}, profiles - disabled
 
 
+def test_the_image_holds_no_package_a_node_does_not_run(baked_image):
+    """DIB's base element is left out: no software-properties-common with its python3-apt,
+    packagekit and ICU, no open-iscsi (a cloud VM's disks are virtio)."""
+    image, _, _ = baked_image
+    listing = next(image.parent.glob(f"{image.stem}.d/dib-manifests/dib-manifest-dpkg-*"))
+    installed = {p["package"].split(":")[0] for p in json.loads(listing.read_text())["packages"]}
+    assert {"containerd", "etcd-server", "ignition", "openssh-server"} <= installed
+    unwanted = {"software-properties-common", "packagekit", "python3-apt", "libicu72",
+                "open-iscsi", "libopeniscsiusr", "gir1.2-packagekitglib-1.0"}
+    assert installed & unwanted == set()
+
+
 def test_the_qcow2_is_zstd_compressed(baked_image):
     """zstd clusters: several times faster than zlib to write at bake and to read at boot.
     Glance's format inspector accepts it (tests/clouds/openstack/test_glance.py uploads this

@@ -66,8 +66,11 @@ class Members:
         line = next(ln for ln in text.replace("\\\n", " ").splitlines()
                     if ln.startswith("ExecStart="))
         args = shlex.split(line.removeprefix("ExecStart="))
+        # the members share this machine's loopback: each its own metrics address
         rebased = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
-                              .replace("/var/lib/etcd", f"{root}/var/lib/etcd") for a in args[1:]]
+                              .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
+                              .replace("//127.0.0.1:2381", f"//{node.address}:2381")
+                              for a in args[1:]]
         log = open(self.tmp / f"{node.name}.log", "a")
         self.procs[node.name] = self.start_proc(rebased, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env)
