@@ -38,13 +38,16 @@ def _deployment(cluster, cloud, plan=False, **kw):
               help="How long to wait, once the nodes are up, for every etcd member to answer "
                    "healthy, and then (where the image carries Kubernetes) for the API "
                    "server's /readyz (exit 1 naming what did not).")
+@click.option("--no-wait-api", is_flag=True,
+              help="Return once etcd is healthy, without waiting for the API server (e.g. an "
+                   "image whose Kubernetes binaries are test stand-ins).")
 @click.option("--no-wait", is_flag=True,
               help="Return once the nodes are up, without waiting for etcd or the API server "
                    "(e.g. a test cloud whose servers run nothing).")
 @ssh_key_option
 @output_option
-def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout, no_wait,
-           ssh_keys, output):
+def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout, no_wait_api,
+           no_wait, ssh_keys, output):
     """Create (or reconcile) the cluster's infrastructure, boot its nodes (each first boot
     read from its console) and wait for the control plane: every etcd member healthy (on
     OpenStack asked through the bastion), then the API server's /readyz through its load
@@ -54,7 +57,8 @@ def deploy(cluster, cloud, plan, concurrency, skip_unobservable, health_timeout,
 
     d = _deployment(cluster, cloud, plan, concurrency=concurrency,
                     skip_unobservable=skip_unobservable, ssh_keys=ssh_keys,
-                    health_timeout=0 if no_wait else health_timeout)
+                    health_timeout=0 if no_wait else health_timeout,
+                    wait_api=not no_wait_api)
     try:
         result = d.deploy()
     except NodeFailed as e:

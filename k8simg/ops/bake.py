@@ -50,6 +50,10 @@ def _elements_dir() -> Path:
 
 ELEMENTS_DIR = _elements_dir()
 HOOKS_DIR = Path(__file__).resolve().parents[1] / "hooks"  # k8simg/hooks, package data
+# Without DIB's default ``base`` element (``disk-image-create -n``): it installs
+# software-properties-common (python3-apt, packagekit, ICU: about 110 MB a node never runs) and
+# open-iscsi, and dist-upgrades once more; what the image needs of it (dib-init-system,
+# install-types, pkg-map) comes with ``vm`` and ``debian-minimal``.
 BASE_ELEMENTS = ["debian-minimal", "vm", "block-device-mbr"]
 K8SIMG_ELEMENTS = ["k8simg-node", "k8simg-ignition"]
 
@@ -278,7 +282,7 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
             env["PATH"] = str(HOOKS_DIR) + os.pathsep + env["PATH"]
         log_path = out_dir / f"{base.name}.bake.log"
         cmd = [str(dib), *(["-x"] if os.environ.get("K8SIMG_BAKE_TRACE") else []),
-               "-o", str(base), "-t", "qcow2", "--no-tmpfs",
+               "-n", "-o", str(base), "-t", "qcow2", "--no-tmpfs",
                "--qemu-img-options", f"compression_type={req.compression}",
                *elements(req)]
         progress(f"running {' '.join(cmd)} (log: {log_path})")

@@ -95,12 +95,15 @@ class Deployment:
         be asked (said in the warnings), instead of refusing to.
     :param kube: makes the Kubernetes API client (default: from the admin kubeconfig).
     :param health_timeout: seconds ``deploy`` waits, once the nodes are up, for every etcd
-        member to answer healthy (0: it does not wait; the command line waits by default).
+        member to answer healthy, then for the API server (0: it does not wait; the command
+        line waits by default).
+    :param wait_api: whether that wait includes the API server's ``/readyz`` (where the
+        image carries Kubernetes).
     """
 
     def __init__(self, cluster: ClusterDir, cloud: Cloud, *, skip_unobservable: bool = False,
                  drain_timeout: float = 600, kube: Callable[[], object] | None = None,
-                 health_timeout: float = 0):
+                 health_timeout: float = 0, wait_api: bool = True):
         self.cluster = cluster
         self.cloud = cloud
         self.cfg = cloud.cfg
@@ -108,6 +111,7 @@ class Deployment:
         self.skip_unobservable = skip_unobservable
         self.drain_timeout = drain_timeout
         self.health_timeout = health_timeout
+        self.wait_api = wait_api
         self.kube = kube
         self.warnings: list[str] = []
 
@@ -116,7 +120,7 @@ class Deployment:
                     progress: Callable[[str], None] = lambda _m: None,
                     skip_unobservable: bool = False, drain_timeout: float = 600,
                     kube: Callable[[], object] | None = None, health_timeout: float = 0,
-                    **kw) -> "Deployment":
+                    wait_api: bool = True, **kw) -> "Deployment":
         """The deployment on the cluster's cloud.
 
         :param cloud: overrides ``cloud:`` in its definition.
@@ -126,7 +130,7 @@ class Deployment:
         return cls(cluster, open_cloud(cluster, cfg, cloud, dry_run=dry_run, progress=progress,
                                        **kw),
                    skip_unobservable=skip_unobservable, drain_timeout=drain_timeout, kube=kube,
-                   health_timeout=health_timeout)
+                   health_timeout=health_timeout, wait_api=wait_api)
 
     @property
     def ledger(self) -> Ledger:
@@ -305,7 +309,8 @@ class Deployment:
 
         :raises ApiNotReady: with its last answer.
         """
-        if self.dry or not self.health_timeout or image is None or not image.has_kubernetes:
+        if self.dry or not self.health_timeout or not self.wait_api or image is None \
+                or not image.has_kubernetes:
             return
         url, ca, crt, key = cluster_pki(self.cluster, self.cfg).client_credentials("admin")
         self.cloud.progress(f"waiting for the API server: /readyz at {url} "

@@ -426,6 +426,11 @@ def test_deploy_ends_at_the_api_servers_readyz_through_its_floating_ip(fake, tmp
     d.health_timeout = 120
     d.deploy()
     assert asked == [(f"https://{cd.state.api_floating_ip}:6443", "ca.crt", "admin.crt", 120)]
+    asked.clear()
+    d = on(fake, cd)
+    d.health_timeout, d.wait_api = 120, False  # --no-wait-api: etcd's gate alone
+    d.deploy()
+    assert asked == []
     fake.add_image("k8simg-no-kube", properties={"k8simg_kubernetes_binaries": "absent"})
     asked.clear()
     d = on(fake, edit(cd, image="k8simg-no-kube"))
