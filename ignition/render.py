@@ -9,6 +9,7 @@ enable it and supply what is particular to the cluster and the node.
 
 import ipaddress
 import json
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,6 +279,14 @@ def addon_sets(ctx: RenderContext) -> list[str]:
     return ["core"] if ctx.config.is_local else ["core", "openstack"]
 
 
+def zone_storage_class(zone: str | None) -> str | None:
+    """The name of the StorageClass of availability zone ``zone``: ``csi-cinder-<zone>``, the
+    zone lowercased with what a name cannot hold made ``-``."""
+    if not zone:
+        return None
+    return "csi-cinder-" + (re.sub(r"[^a-z0-9.-]+", "-", zone.lower()).strip("-.") or "zone")[:200]
+
+
 def render_addon_values(ctx: RenderContext) -> str:
     """The cluster-dependent add-on objects, as one compact multi-document stream."""
     if not ctx.config.is_local and ctx.credential is None:
@@ -291,6 +300,7 @@ def render_addon_values(ctx: RenderContext) -> str:
     text = template("node/addons-values.yaml.j2", openstack=ctx.credential,
                     lb=ctx.service_network, lb_provider=ctx.config.openstack.lb_provider,
                     availability_zone=ctx.config.openstack.availability_zone,
+                    zone_storage_class=zone_storage_class(ctx.config.openstack.availability_zone),
                     cloud_cluster_name=ctx.cloud_cluster_name, **ctx.common())
     # One compact JSON document each (JSON is YAML, so kubectl reads the stream as is).
     return "".join("---\n" + json.dumps(d, separators=(",", ":")) + "\n"

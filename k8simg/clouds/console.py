@@ -50,13 +50,14 @@ def failure_lines(text: str, limit: int = 25) -> list[str]:
 
 
 def verdict(text: str, hostname: str) -> str | None:
-    """``failed`` when the console shows the first boot failing, ``ready`` once it shows the
-    login prompt with the node's own hostname (Ignition ran and set it); None: still booting."""
-    if FAILURE.search(text):
-        return "failed"
-    if f"{hostname} login:" in text:
-        return "ready"
-    return None
+    """``failed`` when the console shows the first boot failing, ``ready`` when it shows the
+    login prompt with the node's own hostname (Ignition ran and set it); whichever came last
+    (a tail of Nova's console log may hold an earlier boot); None: still booting."""
+    failed = max((m.start() for m in FAILURE.finditer(text)), default=-1)
+    ready = text.rfind(f"{hostname} login:")
+    if failed < 0 and ready < 0:
+        return None
+    return "failed" if failed > ready else "ready"
 
 
 def failure_report(why: str, where: str, text: str) -> str:
@@ -85,14 +86,15 @@ class Boot:
 
 def wait_boots(names: list[str], look: Callable[[str], Boot], *,
                settle: Callable[[str, str, str], None], where: Callable[[str], str],
-               timeout: float, poll: float = 2.0, progress: Callable[[str], None] = print,
+               timeout: float, poll: float = 2.0, progress: Callable[[str], None] = lambda _m: None,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> None:
     """Wait until every node of ``names`` has booted, each looked at every ``poll`` seconds.
 
     A node is done once its console shows its login prompt (``settle(name, "ready", "")``) or
     its first boot failing (``settle(name, "failed", why)``, after a grace for the image's
-    report of Ignition's messages to follow systemd's line), or when its machine stops.
+    report of Ignition's messages to follow systemd's line), or when its machine stops (said,
+    not settled: a stopped machine is started again, not replaced).
 
     :param look: one look at a node.
     :param where: where the operator reads a node's whole console (a path, a command).
@@ -100,6 +102,8 @@ def wait_boots(names: list[str], look: Callable[[str], Boot], *,
         ``timeout`` seconds, with its console's lines that matter.
     """
     pending = list(names)
+    if pending:
+        progress(f"waiting for {len(pending)} node(s)' first boot (up to {timeout:.0f} s)")
     failures: list[tuple[str, str]] = []
     deadline = clock() + timeout
     failed_seen: dict[str, float] = {}
@@ -123,7 +127,7 @@ def wait_boots(names: list[str], look: Callable[[str], Boot], *,
             pending.remove(name)
             why = "its first boot failed" if state == "failed" else boot.stopped
             failures.append((name, failure_report(why, where(name), boot.text)))
-            if boot.settled is None:
+            if boot.settled is None and state == "failed":
                 settle(name, "failed", why)
         if pending and clock() > deadline:
             for name in pending:

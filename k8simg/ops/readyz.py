@@ -25,8 +25,8 @@ class ApiNotReady(K8simgError):
 
     def __init__(self, url: str, timeout: float, last: str):
         self.last = last
-        super().__init__(f"the API server at {url} is not ready {timeout:.0f} s after etcd "
-                         f"became healthy; its last answer to /readyz:\n"
+        super().__init__(f"the API server at {url} is not ready after {timeout:.0f} s of "
+                         f"asking; its last answer to /readyz:\n"
                          + "\n".join(f"  {ln}" for ln in last.splitlines()[-12:]))
 
 

@@ -33,6 +33,14 @@ def watch(script, *, timeout=600):
     return settled, []
 
 
+def test_the_later_of_a_failure_and_a_login_prompt_decides():
+    """A tail of Nova's console log may hold an earlier boot: the last word counts."""
+    failed_then_up = FAILED_CONSOLE + BOOTED_CONSOLE.format(hostname="c-master-0")
+    assert verdict(failed_then_up, "c-master-0") == "ready"
+    up_then_failed = BOOTED_CONSOLE.format(hostname="c-master-0") + "\n" + FAILED_CONSOLE
+    assert verdict(up_then_failed, "c-master-0") == "failed"
+
+
 def test_verdicts():
     assert verdict(BOOTED_CONSOLE.format(hostname="c-master-0"), "c-master-0") == "ready"
     # another node's prompt is not this node's (Ignition did not set its hostname)
@@ -67,10 +75,11 @@ def test_a_failed_boot_without_the_report_is_said_after_the_grace():
     assert "Failed to start ignition-files.service" in failures[0][1]
 
 
-def test_a_stopped_machine_is_said_at_once():
+def test_a_stopped_machine_is_said_at_once_and_not_recorded_as_failed():
+    """A stopped machine is started again by the next deploy, not replaced: not settled."""
     settled, failures = watch({"a": lambda t: Boot("half a boot", running=t < 6,
                                                    stopped="its server is SHUTOFF")})
-    assert settled == [("a", "failed", "its server is SHUTOFF", 6)]
+    assert settled == []
     assert failures[0][1].startswith("its server is SHUTOFF; console of a:\n    | half a boot")
 
 

@@ -141,27 +141,37 @@ def test_master_has_the_control_plane(rendered_cluster):
 
 
 def test_the_default_storage_class_keeps_to_the_clusters_availability_zone(rendered_cluster):
-    """Cinder CSI's StorageClass is the default, expandable, bound where the pod lands; with
-    openstack.availability_zone set, volumes are made in that zone only (Cinder's
-    ``availability`` and the topology the CSI node plugin reports)."""
-    def storage_class(**extra):
+    """Cinder CSI's default StorageClass: expandable, bound where the pod lands. With
+    openstack.availability_zone, volumes are made in that zone only (Cinder's ``availability``
+    and the topology the CSI node plugin reports), by a class of the zone's own: a class's
+    parameters and topologies cannot change once made, so csi-cinder stays as it was."""
+    def storage_classes(**extra):
         _, ctx = rendered_cluster("one-master", cloud="openstack", **extra)
         master = next(n for n in ctx.nodes if n.role == "master")
         version = ctx.config.kubernetes_version
-        (sc,) = [o for _, o in kube_objects(render_node(ctx, master), version)
-                 if o["kind"] == "StorageClass"]
-        return sc
+        return {o["metadata"]["name"]: o for _, o in kube_objects(render_node(ctx, master),
+                                                                     version)
+                if o["kind"] == "StorageClass"}
 
-    sc = storage_class()
-    assert sc["metadata"] == {"name": "csi-cinder", "annotations": {
-        "storageclass.kubernetes.io/is-default-class": "true"}}
+    classes = storage_classes()
+    assert list(classes) == ["csi-cinder"]
+    sc = classes["csi-cinder"]
+    assert sc["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
     assert (sc["provisioner"], sc["allowVolumeExpansion"], sc["volumeBindingMode"]) == \
         ("cinder.csi.openstack.org", True, "WaitForFirstConsumer")
     assert "parameters" not in sc and "allowedTopologies" not in sc
-    sc = storage_class(name="zoned", openstack={"availability_zone": "az-2"})
-    assert sc["parameters"] == {"availability": "az-2"}
-    assert sc["allowedTopologies"] == [{"matchLabelExpressions": [
-        {"key": "topology.cinder.csi.openstack.org/zone", "values": ["az-2"]}]}]
+    zoned = storage_classes(name="zoned", openstack={"availability_zone": "AZ_2"})
+    assert sorted(zoned) == ["csi-cinder", "csi-cinder-az-2"]
+    # csi-cinder's immutable fields as before; only its (mutable) default mark moved
+    assert {k: v for k, v in zoned["csi-cinder"].items() if k != "metadata"} == \
+        {k: v for k, v in sc.items() if k != "metadata"}
+    assert zoned["csi-cinder"]["metadata"]["annotations"] == {
+        "storageclass.kubernetes.io/is-default-class": "false"}
+    z = zoned["csi-cinder-az-2"]
+    assert z["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+    assert z["parameters"] == {"availability": "AZ_2"}
+    assert z["allowedTopologies"] == [{"matchLabelExpressions": [
+        {"key": "topology.cinder.csi.openstack.org/zone", "values": ["AZ_2"]}]}]
 
 
 def test_every_enabled_unit_exists(rendered_cluster):

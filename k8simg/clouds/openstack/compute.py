@@ -22,6 +22,7 @@ VOLUME_FAILURES = {"error_deleting", "error_detaching", "error_restoring", "erro
 # A server's first boot as its console showed it (``ready`` or ``failed``), kept in its
 # metadata by the deploy that watched it: the console's tail moves on, the verdict stays.
 BOOT_KEY = "k8simg-boot"
+VERDICTS = ("ready", "failed")  # "booting" from the create on: no verdict yet
 CONSOLE_LINES = 400  # of Nova's console log, from its end: enough for Ignition's report
 # A server this old with no verdict recorded and none in its console's tail booted before
 # k8simg recorded verdicts: its boot's lines have scrolled out of the tail.
@@ -39,6 +40,28 @@ class Flavor:
     name: str
     vcpus: int
     ram: int  # MiB
+
+
+def zone_problems(s: Scope) -> list[tuple[str, str]]:
+    """``openstack.availability_zone`` is a zone of Nova's (the servers) and of Cinder's (the
+    nodes' volumes, the pods' StorageClass); a listing this user may not read is not
+    guessed at."""
+    zone = s.cfg.openstack.availability_zone
+    if not zone:
+        return []
+    problems = []
+    for service, listing in (("Nova", s.conn.compute.availability_zones),
+                             ("Cinder", s.conn.block_storage.availability_zones)):
+        try:
+            have = sorted({z.name for z in listing()
+                           if (getattr(z, "state", None) or {}).get("available", True)})
+        except (SDKException, ClientException):
+            continue
+        if zone not in have:
+            problems.append(("openstack.availability_zone",
+                             f"{service} in {s.where} has no available zone {zone!r} (it has: "
+                             f"{', '.join(have) or 'none'})"))
+    return problems
 
 
 def wanted_server_groups(s: Scope) -> dict[str, str]:
@@ -96,28 +119,39 @@ def find_server(s: Scope, name: str):
     return s.one(s.conn.compute.servers(name=f"^{name}$", tags=s.tag), "server", name)
 
 
-def console_tail(s: Scope, server, lines: int = CONSOLE_LINES) -> str:
+# Nova's answers when it can give no console log for a server (the compute's driver keeps
+# none: ConsoleNotAvailable, NotImplementedError); a 409 means the server is still building.
+NO_CONSOLE = {400, 404, 501}
+
+
+def console_tail(s: Scope, server, lines: int = CONSOLE_LINES) -> str | None:
     """The last ``lines`` lines of ``server``'s console log as Nova keeps it (all of it for
-    0), cleaned; empty while Nova has none to give (a server still building)."""
+    0), cleaned; empty while Nova has none to give yet (a server still building, or an
+    answer that failed: asked again); None when Nova keeps no console log for it."""
     try:
         out = s.conn.compute.get_server_console_output(server, length=lines or None)
-    except (SDKException, ClientException):  # 409 until the compute has the instance
-        return ""
+    except (SDKException, ClientException) as e:
+        status = getattr(e, "status_code", None) or getattr(e, "http_status", None)
+        return None if status in NO_CONSOLE else ""
     return clean((out or {}).get("output") or "")
 
 
 def boot_state(s: Scope, server) -> str:
     """A server's state for the operator: Nova's status, except for an ACTIVE one, whose first
     boot says ``ready``, ``failed`` or ``booting`` (its recorded verdict, else its console's).
-    A server older than :data:`VERDICT_LOST_AFTER_S` whose console's tail gives none stays
-    ``ACTIVE``."""
+    One whose console Nova does not keep, or older than :data:`VERDICT_LOST_AFTER_S` with no
+    verdict recorded (booted before k8simg recorded them) and none in its console's tail,
+    stays ``ACTIVE``."""
     if server.status != "ACTIVE":
         return server.status
-    settled = (server.metadata or {}).get(BOOT_KEY)
-    if settled:
-        return settled
-    state = verdict(console_tail(s, server), server.name)
-    if state is None and age(server) > VERDICT_LOST_AFTER_S:
+    recorded = (server.metadata or {}).get(BOOT_KEY)
+    if recorded in VERDICTS:
+        return recorded
+    text = console_tail(s, server)
+    if text is None:
+        return "ACTIVE"
+    state = verdict(text, server.name)
+    if state is None and recorded is None and age(server) > VERDICT_LOST_AFTER_S:
         return "ACTIVE"
     return state or "booting"
 
@@ -267,7 +301,7 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
             tags=[s.tag],
             metadata={UID_KEY: s.uid, "k8simg-cluster": s.name, "k8simg-role": node.role,
                       "k8simg-image": image_id, "k8simg-generation": "1",
-                      "k8simg-config": config_of(user_data)},
+                      "k8simg-config": config_of(user_data), BOOT_KEY: "booting"},
             **({"availability_zone": s.cfg.openstack.availability_zone}
                if s.cfg.openstack.availability_zone else {}))
     if not s.dry and server.status != "ACTIVE":

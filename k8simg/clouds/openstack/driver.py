@@ -20,6 +20,9 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from keystoneauth1.exceptions import ClientException
+from openstack.exceptions import SDKException
+
 from k8simg.clouds.base import (
     Cloud,
     CloudError,
@@ -86,8 +89,9 @@ class OpenStackCloud(Cloud):
 
     # -- preflight ---------------------------------------------------------------------------
     def prepare(self, nodes: list[Node]) -> OpenStackPreflight:
-        """The image, every flavor, the external network, the credential's roles, Octavia and
-        the Services' load-balancer provider, and the quotas; first, for a cluster
+        """The image, every flavor, the external network, the availability zone (Nova's and
+        Cinder's), the credential's roles, Octavia and the Services' load-balancer provider,
+        and the quotas; first, for a cluster
         from before UIDs, its old resources are adopted (:mod:`.adopt`)."""
         s, conn = self.scope, self.scope.conn
         if self.cluster.state.adopting:
@@ -113,6 +117,7 @@ class OpenStackCloud(Cloud):
                              f"(router:external is false): floating IPs come from an external "
                              f"network"))
             ext = None
+        problems += compute.zone_problems(s)
         problems += identity.role_problems(s, self.cluster.path)
         problems += loadbalancer.provider_problems(s)
         if not problems:
@@ -192,16 +197,29 @@ class OpenStackCloud(Cloud):
         """
         s, c = self.scope, self.scope.conn.compute
 
+        said_no_console = []
+
         def look(name: str) -> Boot:
             server = compute.find_server(s, name)
             if server is None:
                 return Boot("", running=False, stopped="its server is gone")
-            settled = (server.metadata or {}).get(compute.BOOT_KEY)
+            recorded = (server.metadata or {}).get(compute.BOOT_KEY)
+            settled = recorded if recorded in compute.VERDICTS else None
             if settled == "ready":
                 return Boot("", settled=settled)
             running = server.status == "ACTIVE"
             text = compute.console_tail(s, server) if running or settled else ""
-            if not settled and running and verdict(text, name) is None \
+            if text is None:  # Nova keeps no console log for it: ACTIVE is all there is
+                if running:
+                    if not said_no_console:
+                        self.progress(f"warning: Nova in {self.where} gives no console log "
+                                      f"for {name}: a first boot is taken as done when its "
+                                      f"server is ACTIVE")
+                        said_no_console.append(name)
+                    settle(name, "ready", "")
+                    return Boot("", settled="ready")
+                text = ""
+            if recorded is None and running and verdict(text, name) is None \
                     and compute.age(server) > compute.VERDICT_LOST_AFTER_S:
                 # booted before verdicts were recorded: its console's tail has moved on
                 settle(name, "ready", "")
@@ -270,12 +288,16 @@ class OpenStackCloud(Cloud):
     def console_log(self, name: str) -> str:
         """Nova's console log of the server ``name``.
 
-        :raises CloudError: when the cluster has no such server.
+        :raises CloudError: when the cluster has no such server, or Nova keeps no console log
+            for it.
         """
         server = compute.find_server(self.scope, name)
         if server is None:
             raise CloudError(f"no server {name!r} of cluster {self.name} in {self.where}")
-        return compute.console_tail(self.scope, server, lines=0)
+        text = compute.console_tail(self.scope, server, lines=0)
+        if text is None:
+            raise CloudError(f"Nova in {self.where} keeps no console log for server {name!r}")
+        return text
 
     def destroy(self):
         """Everything the cluster has on the cloud, removed in dependency order (see
@@ -291,11 +313,16 @@ class OpenStackCloud(Cloud):
         return destroy.destroy(self.scope, self.parallel, cluster_path=self.cluster.path)
 
     def ingress_address(self) -> str | None:
-        """The floating IP (else the VIP) of the load balancer the cloud controller made for
-        ingress-nginx's Service (:func:`~k8simg.clouds.openstack.made.ingress`)."""
+        """The floating IP of the load balancer the cloud controller made for ingress-nginx's
+        Service (:func:`~k8simg.clouds.openstack.made.ingress`); None until it has one, or
+        when the cloud does not answer (said as a warning)."""
         if not self.cluster.state.uid:
             return None
-        found = made.ingress(self.scope)
+        try:
+            found = made.ingress(self.scope)
+        except (SDKException, ClientException) as e:  # a look, after the work is done
+            self.progress(f"warning: ingress-nginx's address not read ({e})")
+            return None
         return found.address if found is not None else None
 
     # -- the way in ----------------------------------------------------------------------------

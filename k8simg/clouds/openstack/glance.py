@@ -75,7 +75,8 @@ def image_facts(s: Scope, name_or_id: str) -> tuple[ImageFacts | None, list[Prob
     if image.status != "active":
         return None, [("image", f"{name_or_id!r} is {image.status}, not active")]
     props = image.properties or {}
-    bus = props.get("hw_disk_bus")
+    # openstacksdk gives the image's known properties (hw_*) as attributes, not in .properties
+    bus = getattr(image, "hw_disk_bus", None) or props.get("hw_disk_bus")
     if bus not in (None, "virtio"):
         return None, [("image", f"{image.name}: hw_disk_bus is {bus!r}: a node finds its "
                                 f"storage volume as its second virtio disk (/dev/vdb); set "

@@ -93,10 +93,11 @@ class Ingress:
 
     @property
     def address(self) -> str | None:
-        """Where clients reach the cluster's ingress: the floating IP, else the VIP."""
+        """Where clients reach the cluster's ingress: the floating IP (None until it has
+        one; the load balancer's VIP is on the cluster's private subnet)."""
         if self.floating_ip is not None:
             return self.floating_ip.floating_ip_address
-        return getattr(self.load_balancer, "vip_address", None)
+        return None
 
 
 def ingress(s: Scope) -> Ingress | None:

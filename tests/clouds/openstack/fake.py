@@ -97,10 +97,12 @@ class FakeCloud:
         self.fault_message = "No valid host was found. There are not enough hosts available."
         self.stuck_on_delete: set[str] = set()  # server names that go to ERROR on delete
         self.slow_deletes: dict[str, int] = {}  # server name -> reads its delete takes
-        # server name -> console output; an ACTIVE server without one shows a first boot
-        # that ends at its login prompt (tests.support.BOOTED_CONSOLE)
+        # server name -> console output (None: Nova keeps none for it, a 501); an ACTIVE
+        # server without one shows a first boot that ends at its login prompt
+        # (tests.support.BOOTED_CONSOLE)
         self.console: dict[str, str] = {}
         self.quota = dict(QUOTA)  # limits (-1: unlimited), the same for every project
+        self.zones = {"compute": {"nova"}, "volume": {"nova"}}  # availability zones by service
         # the roles every token carries on its project (Keystone's inference applied)
         self.token_roles = {"member", "reader", "load-balancer_member"}
 
@@ -124,11 +126,15 @@ class FakeCloud:
 
     def add_image(self, name, status="active", properties=None, *, owner="p1", tags=(),
                   visibility="private"):
+        # as openstacksdk has them: its known fields (hw_disk_bus, os_distro...) as attributes,
+        # the rest in .properties
+        props = dict(properties or {})
+        known = {IMAGE_FIELDS[k]: props.pop(k) for k in list(props) if k in IMAGE_FIELDS}
         with self.lock:
             return self.view("images", self.new(
-                "images", owner, name=name, status=status, properties=dict(properties or {}),
+                "images", owner, name=name, status=status, properties=props,
                 owner=owner, owner_id=owner, tags=list(tags), visibility=visibility,
-                disk_format="qcow2", container_format="bare", size=0, checksum=None))
+                disk_format="qcow2", container_format="bare", size=0, checksum=None, **known))
 
     def inventory(self, project_id=None) -> dict[str, list[str]]:
         """Kind -> sorted names of everything that exists (of one project, if given)."""
@@ -593,6 +599,8 @@ class ComputeProxy(_Proxy):
         if srv.status == "BUILD":
             raise Conflict(f"Instance {srv.id} is not ready yet.")  # Nova's 409
         text = self._cloud.console.get(srv.name, BOOTED_CONSOLE.format(hostname=srv.name))
+        if text is None:  # a compute whose driver keeps no console log
+            raise osx.HttpException("Not Implemented: console output", http_status=501)
         lines = text.splitlines(keepends=True)
         return {"output": "".join(lines[-length:] if length else lines)}
 
@@ -615,6 +623,10 @@ class ComputeProxy(_Proxy):
         g = self._target("server_groups", server_group, ignore_missing)
         if g is not None:
             self._cloud.drop("server_groups", g)
+
+    @_read
+    def availability_zones(self, details=False):
+        return [NS(name=z, state={"available": True}) for z in sorted(self._cloud.zones["compute"])]
 
     @_read
     def get_quota_set(self, project, usage=False):
@@ -698,6 +710,10 @@ class BlockStorageProxy(_Proxy):
         x = self._target("snapshots", snapshot, ignore_missing)
         if x is not None:
             self._cloud.drop("snapshots", x)
+
+    @_read
+    def availability_zones(self):
+        return [NS(name=z, state={"available": True}) for z in sorted(self._cloud.zones["volume"])]
 
     @_read
     def get_quota_set(self, project, usage=False):

@@ -346,6 +346,14 @@ def test_a_server_that_errors_fails_its_wait_at_once(fake, tmp_path):
 
 def test_the_clusters_availability_zone_holds_its_servers_and_their_volumes(fake, tmp_path):
     cd = cluster(tmp_path, masters=1, workers=1, openstack={"availability_zone": "az-2"})
+    # a zone Cinder does not have (their names often differ from Nova's): refused up front
+    fake.zones["compute"].add("az-2")
+    with pytest.raises(PreflightError) as e:
+        on(fake, cd).deploy()
+    assert e.value.problems == [("openstack.availability_zone", "Cinder in cloud 'fake' has "
+                                 "no available zone 'az-2' (it has: nova)")]
+    assert fake.calls == []
+    fake.zones["volume"].add("az-2")
     on(fake, cd).deploy()
     assert {s.name: s.availability_zone for s in fake.objs["servers"].values()} == \
         {"c1-master-0": "az-2", "c1-worker-0": "az-2", "c1-bastion": "az-2"}
@@ -408,6 +416,36 @@ def test_a_server_booted_before_verdicts_were_kept_is_not_waited_for(fake, tmp_p
     srv.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # a young one: booting
     del srv.metadata["k8simg-boot"]
     assert [n.state for n in on(fake, cd).cloud.nodes()] == ["booting"]
+
+
+def test_a_node_that_timed_out_stays_unproven_however_old(fake, tmp_path):
+    """A server made by a k8simg that keeps verdicts carries k8simg-boot=booting from its
+    create: a boot that never showed its login prompt is never taken as up for its age."""
+    cd = cluster(tmp_path, masters=1, workers=0, topology="single", bastion={"enabled": False})
+    fake.console["c1-master-0"] = "[  OK  ] Finished ignition-fetch.service\n"
+    d = on(fake, cd)
+    d.cloud.timeout = d.cloud.scope.timeout = 0.2
+    with pytest.raises(NodeFailed):
+        d.deploy()
+    (srv,) = fake.objs["servers"].values()
+    assert srv.metadata["k8simg-boot"] == "booting"
+    srv.created_at = "2026-01-01T00:00:00Z"
+    assert [n.state for n in on(fake, cd).cloud.nodes()] == ["booting"]
+    d = on(fake, cd)
+    d.cloud.timeout = d.cloud.scope.timeout = 0.2
+    with pytest.raises(NodeFailed, match="no login prompt"):
+        d.deploy()
+
+
+def test_a_cloud_that_keeps_no_console_log_takes_active_as_booted(fake, tmp_path):
+    cd = cluster(tmp_path, masters=1, workers=1)
+    fake.console.update({"c1-master-0": None, "c1-worker-0": None})
+    messages = []
+    on(fake, cd, messages=messages).deploy()
+    assert sum("gives no console log" in m for m in messages) == 1, messages
+    assert {n.state for n in on(fake, cd).cloud.nodes()} == {"ready"}
+    with pytest.raises(CloudError, match="keeps no console log for server 'c1-worker-0'"):
+        on(fake, cd).cloud.console_log("c1-worker-0")
 
 
 def test_deploy_ends_at_the_api_servers_readyz_through_its_floating_ip(fake, tmp_path,

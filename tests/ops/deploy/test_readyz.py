@@ -80,7 +80,7 @@ def test_an_api_server_never_ready_fails_with_its_last_answer(pki):
     with api_server(cd, [(503, NOT_READY)]) as (url, _), \
             pytest.raises(readyz.ApiNotReady) as e:
         readyz.wait_ready(url, ca, crt, key, timeout=0.5, progress=lambda _m: None, poll=0.1)
-    assert str(e.value).startswith(f"the API server at {url} is not ready 0 s after etcd")
+    assert str(e.value).startswith(f"the API server at {url} is not ready after 0 s of asking")
     assert "  503: [+]ping ok" in str(e.value) and "  [-]etcd failed: reason withheld" in \
         str(e.value)
 
