@@ -136,24 +136,27 @@ def console_tail(s: Scope, server, lines: int = CONSOLE_LINES) -> str | None:
     return clean((out or {}).get("output") or "")
 
 
+def verdict_unknowable(server, recorded: str | None, text: str | None) -> bool:
+    """Whether ``server``'s first boot can show no verdict here: Nova keeps no console log for
+    it (``text`` None), or it booted before k8simg recorded verdicts (no ``recorded`` key),
+    more than :data:`VERDICT_LOST_AFTER_S` ago, and its console's tail shows none."""
+    return text is None or (recorded is None and verdict(text, server.name) is None
+                            and age(server) > VERDICT_LOST_AFTER_S)
+
+
 def boot_state(s: Scope, server) -> str:
     """A server's state for the operator: Nova's status, except for an ACTIVE one, whose first
-    boot says ``ready``, ``failed`` or ``booting`` (its recorded verdict, else its console's).
-    One whose console Nova does not keep, or older than :data:`VERDICT_LOST_AFTER_S` with no
-    verdict recorded (booted before k8simg recorded them) and none in its console's tail,
-    stays ``ACTIVE``."""
+    boot says ``ready``, ``failed`` or ``booting`` (its recorded verdict, else its console's);
+    one whose verdict is unknowable (:func:`verdict_unknowable`) stays ``ACTIVE``."""
     if server.status != "ACTIVE":
         return server.status
     recorded = (server.metadata or {}).get(BOOT_KEY)
     if recorded in VERDICTS:
         return recorded
     text = console_tail(s, server)
-    if text is None:
+    if verdict_unknowable(server, recorded, text):
         return "ACTIVE"
-    state = verdict(text, server.name)
-    if state is None and recorded is None and age(server) > VERDICT_LOST_AFTER_S:
-        return "ACTIVE"
-    return state or "booting"
+    return verdict(text, server.name) or "booting"
 
 
 def age(server) -> float:

@@ -31,7 +31,7 @@ from k8simg.clouds.base import (
     Preflight,
     Reach,
 )
-from k8simg.clouds.console import Boot, verdict, wait_boots
+from k8simg.clouds.console import Boot, wait_boots
 from k8simg.clouds.openstack import (
     adopt,
     compute,
@@ -196,11 +196,11 @@ class OpenStackCloud(Cloud):
             whose console showed no verdict within the cluster's timeout, with its lines.
         """
         s, c = self.scope, self.scope.conn.compute
-
+        looked: dict[str, object] = {}  # each node's server as last looked at
         said_no_console = []
 
         def look(name: str) -> Boot:
-            server = compute.find_server(s, name)
+            server = looked[name] = compute.find_server(s, name)
             if server is None:
                 return Boot("", running=False, stopped="its server is gone")
             recorded = (server.metadata or {}).get(compute.BOOT_KEY)
@@ -209,29 +209,22 @@ class OpenStackCloud(Cloud):
                 return Boot("", settled=settled)
             running = server.status == "ACTIVE"
             text = compute.console_tail(s, server) if running or settled else ""
-            if text is None:  # Nova keeps no console log for it: ACTIVE is all there is
-                if running:
-                    if not said_no_console:
-                        self.progress(f"warning: Nova in {self.where} gives no console log "
-                                      f"for {name}: a first boot is taken as done when its "
-                                      f"server is ACTIVE")
-                        said_no_console.append(name)
-                    settle(name, "ready", "")
-                    return Boot("", settled="ready")
-                text = ""
-            if recorded is None and running and verdict(text, name) is None \
-                    and compute.age(server) > compute.VERDICT_LOST_AFTER_S:
-                # booted before verdicts were recorded: its console's tail has moved on
+            if running and compute.verdict_unknowable(server, recorded, text):
+                if text is None and not said_no_console:
+                    self.progress(f"warning: Nova in {self.where} gives no console log for "
+                                  f"{name}: a first boot is taken as done when its server is "
+                                  f"ACTIVE")
+                    said_no_console.append(name)
+                # (else: booted before verdicts were recorded; its console's tail moved on)
                 settle(name, "ready", "")
-                return Boot(text, settled="ready")
-            return Boot(text, running=running, settled=settled,
+                return Boot(text or "", settled="ready")
+            return Boot(text or "", running=running, settled=settled,
                         stopped=f"its server is {server.status}"
                         + (f": {fault}" if (fault := server_fault(server)) else ""))
 
         def settle(name: str, state: str, why: str) -> None:
-            server = compute.find_server(s, name)
-            if server is not None:
-                c.set_server_metadata(server, **{compute.BOOT_KEY: state})
+            if looked.get(name) is not None:
+                c.set_server_metadata(looked[name], **{compute.BOOT_KEY: state})
             if state == "ready":
                 self.progress(f"{name}: first boot done")
 
