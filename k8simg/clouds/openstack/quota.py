@@ -82,9 +82,10 @@ def shortfalls(need: Need, quotas: dict[str, object],
     return problems
 
 
-def octavia_quota(s: Scope, pid: str):
-    """The project's load-balancer quota with its use (Octavia gives no usage: the project's
-    load balancers are counted); None when Octavia does not let this user read it."""
+def octavia_quota(s: Scope, pid: str, used: int):
+    """The project's load-balancer quota with its use, ``used`` (Octavia gives no usage: the
+    caller counts the project's load balancers); None when Octavia does not let this user
+    read it."""
     from openstack import exceptions as osx
 
     lbs = s.conn.load_balancer
@@ -92,7 +93,6 @@ def octavia_quota(s: Scope, pid: str):
         limit = lbs.get_quota(pid).load_balancers
         if limit is None:  # the project has none of its own: the cloud's default
             limit = lbs.get_quota_default().load_balancers
-        used = len(list(lbs.load_balancers(project_id=pid)))
     except osx.SDKException:
         return None
     return SimpleNamespace(load_balancers={"limit": -1 if limit is None else int(limit),
@@ -108,9 +108,9 @@ def quota_problems(s: Scope, nodes: list[Node], flavors: dict[str, Flavor]) -> l
     existing = {srv.name for srv in conn.compute.servers(tags=s.tag)}
     fips = [ip for ip in conn.network.ips(project_id=pid)
             if s.owns(ip) and ip.description in (s.describe("api"), s.describe("bastion"))]
-    lbs = [lb for lb in conn.load_balancer.load_balancers(project_id=pid, tags=s.tag)
-           if lb.name == lb_name(s.name)] if s.uid else []
-    ingress = made.ingress(s) if s.uid else None
+    project_lbs = list(conn.load_balancer.load_balancers(project_id=pid))
+    lbs = [lb for lb in project_lbs if lb.name == lb_name(s.name) and s.tag in (lb.tags or ())]
+    ingress = made.ingress(s)
     if ingress is not None:
         lbs.append(ingress.load_balancer)
         fips += [ingress.floating_ip] if ingress.floating_ip is not None else []
@@ -120,7 +120,7 @@ def quota_problems(s: Scope, nodes: list[Node], flavors: dict[str, Flavor]) -> l
     quotas = {"compute": conn.compute.get_quota_set(pid, usage=True),
               "volume": conn.block_storage.get_quota_set(pid, usage=True),
               "network": conn.network.get_quota(pid, details=True)}
-    if (lb_quota := octavia_quota(s, pid)) is not None:
+    if (lb_quota := octavia_quota(s, pid, used=len(project_lbs))) is not None:
         quotas["load_balancer"] = lb_quota
     return shortfalls(need, quotas, {"floating_ips": floating_ips_wanted(s.cfg),
                                      "load_balancers": list(LOAD_BALANCERS)})
