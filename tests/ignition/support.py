@@ -37,6 +37,16 @@ def unit_text(doc: dict, name: str, kubernetes_version: str) -> str:
     return node_view(doc, kubernetes_version)[f"/etc/systemd/system/{name}"][1].decode()
 
 
+def exec_start(unit: str) -> list[str]:
+    """The command a unit (or a drop-in) runs: its last non-empty ``ExecStart=`` (an empty
+    one resets the list, as systemd reads it), continuation lines joined."""
+    import shlex
+    text = unit.replace("\\\n", " ")
+    commands = [ln.removeprefix("ExecStart=") for ln in text.splitlines()
+                if ln.startswith("ExecStart=")]
+    return shlex.split([c for c in commands if c.strip()][-1])
+
+
 def env_values(doc: dict, path: str) -> dict[str, str]:
     """The variables of an EnvironmentFile in the config."""
     import shlex

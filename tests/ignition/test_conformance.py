@@ -21,7 +21,7 @@ from tests.conformance.upstream import (
     netconf_problems,
 )
 from tests.ignition.conftest import TOPOLOGIES
-from tests.ignition.support import env_values, files, kube_objects, node_view
+from tests.ignition.support import env_values, exec_start, files, kube_objects, node_view
 
 CASES = [(v, t, c) for v in sorted(RELEASES) for t in TOPOLOGIES for c in ("local", "openstack")]
 
@@ -156,14 +156,10 @@ def commands(doc, version, role) -> dict[str, list[str]]:
     view = node_view(doc, version)
     if "/etc/k8simg/kubelet.env" in files(doc):
         dropin = view["/etc/systemd/system/kubelet.service.d/10-k8simg.conf"][1].decode()
-        start = [ln for ln in dropin.splitlines() if ln.startswith("ExecStart=/")][0]
-        argv = start.split()[1:]
         args = env_values(doc, "/etc/k8simg/kubelet.env")["KUBELET_ARGS"].split()
-        out["kubelet"] = [a for a in argv if a != "$KUBELET_ARGS"] + args
+        out["kubelet"] = [a for a in exec_start(dropin)[1:] if a != "$KUBELET_ARGS"] + args
     if "/etc/k8simg/etcd.env" in files(doc):
-        unit = view["/etc/systemd/system/k8simg-etcd.service"][1].decode()
-        start = unit.split("ExecStart=", 1)[1].split("\n[", 1)[0]
-        argv = [a for a in start.replace("\\\n", " ").split() if a.startswith("--")]
+        argv = exec_start(view["/etc/systemd/system/k8simg-etcd.service"][1].decode())[1:]
         argv += [f"--{k.removeprefix('ETCD_').lower().replace('_', '-')}={v}"
                  for k, v in env_values(doc, "/etc/k8simg/etcd.env").items() if k]
         out["etcd"] = argv

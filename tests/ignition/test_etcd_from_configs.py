@@ -4,22 +4,15 @@ The node subnet is a loopback range, so every member binds its planned address; 
 files are written under a temporary root per node and only their paths are rebased.
 """
 
-import shlex
 import subprocess
 
 import pytest
 
 from k8simg.ignition.render import render_node
-from tests.ignition.support import env_values, materialise, unit_text
+from tests.ignition.support import env_values, exec_start, materialise, unit_text
 from tests.support import etcd_available, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
-
-
-def exec_start(unit: str) -> list[str]:
-    text = unit.replace("\\\n", " ")
-    line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
-    return shlex.split(line.removeprefix("ExecStart="))
 
 
 def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):

@@ -13,7 +13,6 @@ import base64
 import ctypes
 import http.client
 import json
-import shlex
 import ssl
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from k8simg.ops.etcd import Etcd, EtcdAbort, EtcdError
 from k8simg.ops.membership import move_leader_off, replace_member
 from k8simg.pki import Pki, PkiContext
 from tests.conftest import write_cluster
-from tests.ignition.support import env_values, materialise, unit_text
+from tests.ignition.support import env_values, exec_start, materialise, unit_text
 from tests.support import etcd_available, etcd_lines, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
@@ -63,10 +62,7 @@ class Members:
         materialise(doc, root)
         env = env_values(doc, "/etc/k8simg/etcd.env")
         self.rendered_initial[node.name] = env["ETCD_INITIAL_CLUSTER"]
-        text = unit_text(doc, "k8simg-etcd.service", self.cfg.kubernetes_version)
-        line = next(ln for ln in text.replace("\\\n", " ").splitlines()
-                    if ln.startswith("ExecStart="))
-        args = shlex.split(line.removeprefix("ExecStart="))
+        args = exec_start(unit_text(doc, "k8simg-etcd.service", self.cfg.kubernetes_version))
         # the members share this machine's loopback: each its own metrics address
         rebased = [self.etcd_binary] + [a.replace("/etc/kubernetes/pki",
                                                   f"{root}/etc/kubernetes/pki")
