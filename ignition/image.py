@@ -56,13 +56,25 @@ def addon_manifests(kubernetes_version: str) -> dict[str, str]:
             for s, names in ADDON_SETS.items() for n in names}
 
 
-def image_files(kubernetes_version: str) -> dict[str, tuple[int, str]]:
+def etcd_line(version: str) -> tuple[int, int]:
+    """``3.6.6`` -> ``(3, 6)``: what decides the names etcd's flags go by."""
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def image_files(kubernetes_version: str, etcd_version: str | None = None
+                ) -> dict[str, tuple[int, str]]:
     """Every file the image carries for node configs to rely on: path -> (mode, text).
 
     Units are installed, never enabled: a node's config enables what its role runs.
+
+    :param etcd_version: the etcd the image carries (default: the one kubeadm pins for the
+        release); etcd's unit names its flags as that line does (3.6 turned the experimental
+        flags kubeadm sets into a feature gate and a plain flag, and 3.7 drops the old names).
     """
     rel = RELEASES[kubernetes_version]
-    ctx = {"pki": PKI, "etcd_env": ETCD_ENV, "kubelet_env": KUBELET_ENV,
+    ctx = {"etcd_line": etcd_line(etcd_version or rel.etcd), "pki": PKI, "etcd_env": ETCD_ENV,
+           "kubelet_env": KUBELET_ENV,
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
            "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
            "importer": IMAGE_IMPORTER}

@@ -59,38 +59,52 @@ def _blob(layout: Path, data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def _image_manifest(layout: Path, files: dict[str, bytes], labels: dict[str, str],
-                    arch: str, entrypoint: list[str] | None) -> dict:
+def _layer(files: dict[str, bytes | str]) -> bytes:
+    """A layer's tar: ``bytes`` a regular file, ``str`` a symbolic link to it."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                t.addfile(info)
+                continue
             info.size, info.mode = len(data), 0o755
             t.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    layer = _blob(layout, gzip.compress(raw, mtime=0))
+    return buf.getvalue()
+
+
+def _image_manifest(layout: Path, files: dict[str, bytes], labels: dict[str, str],
+                    arch: str, entrypoint: list[str] | None,
+                    more_layers: tuple[dict, ...] = ()) -> dict:
+    raws = [_layer(f) for f in (files, *more_layers)]
+    layers = [_blob(layout, gzip.compress(raw, mtime=0, compresslevel=1)) for raw in raws]
     config = {"architecture": arch, "os": "linux",
               "config": {"Labels": labels, **({"Entrypoint": entrypoint} if entrypoint else {})},
               "rootfs": {"type": "layers",
-                         "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}}
+                         "diff_ids": ["sha256:" + hashlib.sha256(r).hexdigest() for r in raws]}}
     cfg = _blob(layout, json.dumps(config, sort_keys=True).encode())
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            **layer}]}
+                            **layer} for layer in layers]}
     return {"mediaType": manifest["mediaType"],
             **_blob(layout, json.dumps(manifest, sort_keys=True).encode()),
             "platform": {"os": "linux", "architecture": arch}}
 
 
 def build_image(layout: Path, files: dict[str, bytes], *, labels: dict[str, str] | None = None,
-                arches: tuple[str, ...] = ("amd64",), entrypoint: list[str] | None = None
-                ) -> dict:
+                arches: tuple[str, ...] = ("amd64",), entrypoint: list[str] | None = None,
+                more_layers: tuple[dict, ...] = ()) -> dict:
     """Write an OCI image layout holding one image (or, with several ``arches``, a
     multi-platform index); returns ``{"digest": top-level digest, "platforms": {arch: digest}}``.
+
+    :param more_layers: layers over ``files``' (a ``.wh.<name>`` entry is a whiteout; a
+        ``str`` value a symbolic link).
     """
     labels = labels or {}
-    descs = [_image_manifest(layout, {**files, "arch": arch.encode()}, labels, arch, entrypoint)
+    descs = [_image_manifest(layout, {**files, "arch": arch.encode()}, labels, arch, entrypoint,
+                             more_layers)
              for arch in arches]
     if len(descs) == 1:
         top = {k: descs[0][k] for k in ("mediaType", "digest", "size")}

@@ -38,8 +38,9 @@ def _images(_ctx, _param, values: tuple[str, ...]):
 @click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True,
               type=click.Choice(sorted(RELEASES)))
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, exists=True),
-              help="Take kubelet, kubectl, kubeadm (and their .sha256) and images/*.tar "
-                   "from this folder instead of the network (air-gapped sites).")
+              help="Take the release's node and server tarballs and images/*.tar (the etcd "
+                   "image's among them) from this folder instead of the network (air-gapped "
+                   "sites); all are verified as if fetched.")
 @click.option("--without-kubernetes", is_flag=True,
               help="Bake an image with no Kubernetes binaries or images (demos, "
                    "infrastructure tests).")

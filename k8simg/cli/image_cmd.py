@@ -49,7 +49,8 @@ def show(path, output):
              "built_at": m.built_at, "k8simg_version": m.k8simg_version,
              "kubernetes_version": m.kubernetes_version, "has_kubernetes": m.has_kubernetes,
              "binaries": sorted(m.kubernetes_binaries),
-             "container_images": [i.get("ref") for i in m.container_images]}
+             "container_images": [i.get("ref") for i in m.container_images],
+             "etcd": {k: m.etcd[k] for k in ("version", "source", "support") if k in m.etcd}}
     if output == "json":
         emit_json(facts)
         return
@@ -57,3 +58,6 @@ def show(path, output):
     click.echo("kubernetes: " + (f"{m.kubernetes_version} ({', '.join(facts['binaries'])} "
                                  "verified)" if m.has_kubernetes else
                                  "ABSENT: this image was baked without Kubernetes binaries"))
+    if m.etcd:
+        click.echo(f"etcd: {m.etcd.get('version')} from {m.etcd.get('source')}"
+                   + (f" ({m.etcd['support']})" if m.etcd.get("support") else ""))

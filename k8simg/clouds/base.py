@@ -115,12 +115,17 @@ class ImageFacts:
         containerd, no kubelet: there is no API to ask).
     :param kubernetes_version: the Kubernetes release it was baked for, as its manifest says
         (None: it does not say).
+    :param etcd_version: the etcd it carries, as its manifest says (None: it does not say).
+    :param etcd_source: where that etcd came from: ``debian`` (the offline image's Debian
+        etcd 3.4, which upstream no longer maintains) or the etcd image it was taken from.
     """
 
     ref: str
     name: str
     has_kubernetes: bool = True
     kubernetes_version: str | None = None
+    etcd_version: str | None = None
+    etcd_source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from k8simg.errors import K8simgError
 # What the manifest (and the image's /etc/k8simg-release) says in place of the binaries and
 # images of an image baked without Kubernetes.
 NO_KUBERNETES = "absent: baked without Kubernetes binaries (demo and infrastructure tests only)"
+# The etcd ``source`` of that image, which carries Debian's etcd (an image with Kubernetes
+# carries the one kubeadm pins, and names the etcd image it came from), and what it means.
+DEBIAN_ETCD_SOURCE = "debian"
+DEBIAN_ETCD_SUPPORT = ("etcd-server 3.4 of Debian bookworm: a line upstream no longer maintains "
+                       "and Kubernetes no longer tests against (offline image only)")
 
 
 class ManifestError(K8simgError):
@@ -27,6 +32,10 @@ class Manifest:
         baked without Kubernetes.
     :param container_images: one record per baked container image (``key``, ``ref``,
         ``digest`` ...); empty without Kubernetes and extra images.
+    :param etcd: the etcd the image carries: ``version``, ``source`` (the etcd image by
+        digest, or ``debian`` for the offline image's Debian etcd, then with ``support``
+        saying what that means), the binaries' sha256; empty in a manifest from before k8simg
+        said.
     """
 
     k8simg_version: str
@@ -39,6 +48,7 @@ class Manifest:
     container_images: list = field(default_factory=list)
     packages: dict = field(default_factory=dict)
     elements: list = field(default_factory=list)
+    etcd: dict = field(default_factory=dict)
 
     @property
     def has_kubernetes(self) -> bool:
@@ -64,7 +74,8 @@ class Manifest:
                 image_sha256=str(m["image"]["sha256"]), image_bytes=int(m["image"].get("bytes", 0)),
                 kubernetes_binaries=binaries if isinstance(binaries, dict) else {},
                 container_images=images if isinstance(images, list) else [],
-                packages=m.get("packages") or {}, elements=m.get("elements") or [])
+                packages=m.get("packages") or {}, elements=m.get("elements") or [],
+                etcd=m["etcd"] if isinstance(m.get("etcd"), dict) else {})
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{source}: not a k8simg bake manifest "
                                 f"({type(e).__name__}: {e})") from None
@@ -87,6 +98,7 @@ class Manifest:
             "packages": self.packages,
             "container_images": (self.container_images if self.container_images
                                  or self.has_kubernetes else NO_KUBERNETES),
+            "etcd": self.etcd,
             "elements": self.elements,
             "built_at": self.built_at,
             "image": {"file": self.image_file, "sha256": self.image_sha256,

@@ -16,7 +16,7 @@ class Release:
     kubernetes: str  # kubelet, kubectl, kubeadm and the control-plane images
     pause: str  # sandbox image, as kubeadm pins it for this release
     coredns: str
-    etcd: str  # the etcd the image carries (Debian bookworm's etcd-server)
+    etcd: str  # the etcd kubeadm pins for the release, baked from its etcd image
     flannel: str
     cni_plugins: str
     ingress_nginx: str
@@ -28,7 +28,7 @@ RELEASES: dict[str, Release] = {
         kubernetes="1.35.2",
         pause="3.10.1",
         coredns="1.12.4",
-        etcd="3.4.23",
+        etcd="3.6.6",
         flannel="0.27.4",
         cni_plugins="1.6.2",
         ingress_nginx="1.13.3",
@@ -38,7 +38,7 @@ RELEASES: dict[str, Release] = {
         kubernetes="1.34.5",
         pause="3.10.1",
         coredns="1.12.1",
-        etcd="3.4.23",
+        etcd="3.6.5",
         flannel="0.27.4",
         cni_plugins="1.6.2",
         ingress_nginx="1.13.3",
@@ -47,6 +47,12 @@ RELEASES: dict[str, Release] = {
 }
 
 DEFAULT_KUBERNETES_VERSION = "1.35.2"
+
+# The etcd of an image baked without Kubernetes (the offline image: demos and infrastructure
+# tests): Debian bookworm's etcd-server, a line upstream no longer maintains and Kubernetes no
+# longer tests against. An image with Kubernetes carries the etcd kubeadm pins instead
+# (Release.etcd, out of the release's etcd image: see etcd_image).
+DEBIAN_ETCD = "3.4.23"
 
 # The SHA-512 of each supported release's tarballs, as upstream's CHANGELOG publishes them
 # (kubernetes/kubernetes CHANGELOG/CHANGELOG-1.35.md and CHANGELOG-1.34.md at commit
@@ -123,6 +129,22 @@ PINNED_INDEX_DIGESTS: dict[str, str] = {
     "registry.k8s.io/ingress-nginx/controller:v1.13.3":
         "sha256:1b044f6dcac3afbb59e05d98463f1dec6f3d3fb99940bc12ca5d80270358e3bd",
 }
+
+
+def etcd_image(release: Release, index_pins: dict[str, str] | None = None) -> ImageSpec:
+    """The image the bake takes etcd, etcdctl and etcdutl from: the one kubeadm runs etcd from
+    for ``release`` (kubeadm's ``SupportedEtcdVersion``; tests/conformance/data/
+    k8s-<release>-kubeadm.json says where that was read). Nodes run etcd as a systemd unit, so
+    the image itself is not carried into the node image, only those three binaries."""
+    ref = f"registry.k8s.io/etcd:{release.etcd}-0"
+    index_pins = PINNED_INDEX_DIGESTS if index_pins is None else index_pins
+    return ImageSpec("etcd", ref, PINNED_DIGESTS.get(ref), index_pins.get(ref))
+
+
+def etcd_version_of(ref: str) -> str:
+    """The etcd version an etcd image's tag names (``registry.k8s.io/etcd:3.6.6-0`` ->
+    ``3.6.6``)."""
+    return ref.rsplit(":", 1)[1].split("-", 1)[0]
 
 
 def image_specs(release: Release, index_pins: dict[str, str] | None = None):

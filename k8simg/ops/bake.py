@@ -25,8 +25,19 @@ from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.ignition.image import image_files
 from k8simg.model.images import ImageSpec
-from k8simg.model.manifest import NO_KUBERNETES, Manifest
-from k8simg.model.versions import RELEASES, image_specs
+from k8simg.model.manifest import (
+    DEBIAN_ETCD_SOURCE,
+    DEBIAN_ETCD_SUPPORT,
+    NO_KUBERNETES,
+    Manifest,
+)
+from k8simg.model.versions import (
+    DEBIAN_ETCD,
+    RELEASES,
+    etcd_image,
+    etcd_version_of,
+    image_specs,
+)
 from k8simg.ops.artifacts import (
     RELEASE_BASE_URL,
     fetch,
@@ -35,7 +46,7 @@ from k8simg.ops.artifacts import (
     server_image_archives,
     sha256_file,
 )
-from k8simg.ops.images import BakedImage, collect
+from k8simg.ops.images import BakedImage, collect, files_from_image
 
 
 def _elements_dir() -> Path:
@@ -56,6 +67,8 @@ HOOKS_DIR = Path(__file__).resolve().parents[1] / "hooks"  # k8simg/hooks, packa
 # install-types, pkg-map) comes with ``vm`` and ``debian-minimal``.
 BASE_ELEMENTS = ["debian-minimal", "vm", "block-device-mbr"]
 K8SIMG_ELEMENTS = ["k8simg-node", "k8simg-ignition"]
+# What the bake takes out of the release's etcd image (where upstream's image has them).
+ETCD_BINARIES = {f"/usr/local/bin/{b}": b for b in ("etcd", "etcdctl", "etcdutl")}
 
 
 class BakeError(K8simgError):
@@ -81,6 +94,8 @@ class BakeRequest:
         k8simg pins (a build of one's own; the CLI offers no way to give them).
     :param pinned_index_digests: image reference -> its index digest, instead of the ones
         k8simg pins (likewise).
+    :param etcd_image: the image etcd, etcdctl and etcdutl come from, instead of the release's
+        (likewise); the etcd in it must be the version its tag names.
     :param compression: the qcow2's cluster compression: ``zstd`` (several times faster to
         write and to read than zlib, about as small; QEMU 5.1 or later reads it, which every
         supported OpenStack release's compute hosts have) or ``zlib`` (what any QEMU reads).
@@ -102,6 +117,7 @@ class BakeRequest:
     compression: Literal["zstd", "zlib"] = "zstd"
     tarball_sha512: dict[str, str] | None = None  # None: k8simg's pins (versions.py)
     pinned_index_digests: dict[str, str] | None = None  # None: k8simg's (versions.py)
+    etcd_image: ImageSpec | None = None  # None: the release's (versions.etcd_image)
 
 
 @dataclass(frozen=True)
@@ -176,15 +192,18 @@ def has_device_mapper() -> bool:
 
 
 def release_text(req: BakeRequest, binaries: dict[str, dict],
-                 baked_images: list[BakedImage]) -> str:
+                 baked_images: list[BakedImage], etcd: dict) -> str:
     """The image's ``/etc/k8simg-release`` (``KEY=value`` lines): k8simg's and Kubernetes'
-    versions, the binaries' sha256 (or that the image has none), how many container images it
-    carries."""
+    versions, the binaries' sha256 (or that the image has none), which etcd it carries and
+    where from, how many container images it carries."""
     lines = [f"K8SIMG_VERSION={__version__}", f"KUBERNETES_VERSION={req.kubernetes_version}"]
     if req.without_kubernetes:
         lines.append(f"KUBERNETES_BINARIES={NO_KUBERNETES!r}")
     else:
         lines += [f"{n.upper()}_SHA256={b['sha256']}" for n, b in binaries.items()]
+    lines += [f"ETCD_VERSION={etcd['version']}", f"ETCD_SOURCE={etcd['source']}"]
+    if "support" in etcd:
+        lines.append(f"ETCD_SUPPORT={etcd['support']!r}")
     lines.append(f"CONTAINER_IMAGES={len(baked_images)}")
     return "\n".join(lines) + "\n"
 
@@ -196,9 +215,48 @@ def image_list(req: BakeRequest) -> list[ImageSpec]:
     return base + list(req.extra_images)
 
 
+def etcd_version(binary: Path) -> str:
+    """What ``etcd --version`` says the binary is (``etcd Version: 3.6.6``).
+
+    :raises BakeError: when it does not run or says no version.
+    """
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BakeError(f"{binary}: does not run here ({e})") from None
+    m = re.search(r"etcd Version: (\S+)", out)
+    if not m:
+        raise BakeError(f"{binary}: `etcd --version` names no version: {out.strip()[:200]!r}")
+    return m[1]
+
+
+def stage_etcd(req: BakeRequest, staging: Path, progress: Callable[[str], None]) -> dict:
+    """etcd, etcdctl and etcdutl out of the release's etcd image (verified like every image)
+    into the staged binaries, its version checked against the image's tag; returns the
+    manifest's record of it. The image itself is not carried: nodes run etcd as a unit."""
+    spec = req.etcd_image or etcd_image(RELEASES[req.kubernetes_version],
+                                        req.pinned_index_digests)
+    (baked,) = collect([spec], staging.parent / "etcd-image", artifacts_dir=req.artifacts_dir,
+                       mirrors=req.registry_mirrors, cache_dir=req.image_cache,
+                       progress=progress)
+    shas = files_from_image(baked.path, spec, {p: staging / "bin" / b
+                                               for p, b in ETCD_BINARIES.items()})
+    version, wanted = etcd_version(staging / "bin" / "etcd"), etcd_version_of(spec.ref)
+    if version != wanted:
+        raise BakeError(f"{spec.ref}: its etcd says it is {version}, its tag names {wanted}; "
+                        "not baking an etcd other than the one named")
+    progress(f"etcd {version} from {spec.ref} ({baked.digest})")
+    return {"version": version, "source": f"{spec.ref}@{baked.digest}",
+            "digest_source": baked.digest_source, "from": baked.source,
+            "binaries": {n: {"sha256": shas[n], "path": f"/usr/bin/{n}"}
+                         for n in ETCD_BINARIES.values()}}
+
+
 def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
-          ) -> tuple[dict, list[BakedImage]]:
-    """Lay out what the elements install; returns the binaries' and the images' records."""
+          ) -> tuple[dict, list[BakedImage], dict]:
+    """Lay out what the elements install; returns the binaries', the images' and etcd's
+    records."""
     binaries: dict[str, dict] = {}
     from_release = {}
     if not req.without_kubernetes:
@@ -211,16 +269,20 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
                                 "source": f.source, "tarball_sha512": node.digest}
         from_release = {key: (f.path, f.source)
                         for key, f in server_image_archives(server, release / "images").items()}
+        etcd = stage_etcd(req, staging, progress)
+    else:
+        etcd = {"version": DEBIAN_ETCD, "source": DEBIAN_ETCD_SOURCE,
+                "support": DEBIAN_ETCD_SUPPORT}
     baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
                            mirrors=req.registry_mirrors, cache_dir=req.image_cache,
                            from_release=from_release, progress=progress)
-    for path, (mode, text) in image_files(req.kubernetes_version).items():
+    for path, (mode, text) in image_files(req.kubernetes_version, etcd["version"]).items():
         dest = staging / "rootfs" / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text)
         dest.chmod(mode)
-    (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images))
-    return binaries, baked_images
+    (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images, etcd))
+    return binaries, baked_images, etcd
 
 
 def elements(req: BakeRequest) -> list[str]:
@@ -256,13 +318,15 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     base = out_dir / f"{req.name}-{req.kubernetes_version}"
     with tempfile.TemporaryDirectory(prefix="k8simg-bake.") as tmp:
         staging = Path(tmp) / "staging"
-        binaries, baked_images = stage(req, staging, progress)
+        binaries, baked_images, etcd = stage(req, staging, progress)
         main, security = apt_mirrors()
         env = {**scrubbed_environ(os.environ),
                "DIB_RELEASE": "bookworm", "DIB_DEBIAN_MIRROR": main,
                "DIB_DEBIAN_SECURITY_MIRROR": security,
                "DIB_DEBIAN_COMPONENTS": "main",
                "DIB_K8SIMG_STAGING": str(staging),
+               # k8simg-node installs Debian's etcd only where the bake staged none
+               "DIB_K8SIMG_ETCD": "debian" if etcd["source"] == DEBIAN_ETCD_SOURCE else "image",
                "ELEMENTS_PATH": os.pathsep.join(map(str, [ELEMENTS_DIR, *req.elements_paths])),
                "DIB_IMAGE_SIZE": str(req.image_size_gb),
                "DIB_SKIP_GRUB_PACKAGE_INSTALL": "True",  # k8simg-ignition installs grub-pc
@@ -311,6 +375,8 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     image = Path(f"{base}.qcow2")
     digest = sha256_file(image)
     packages = _dpkg_versions(Path(f"{base}.d"))
+    if etcd["source"] == DEBIAN_ETCD_SOURCE:  # the package's own version, as installed
+        etcd = {**etcd, "version": packages.get("etcd-server") or etcd["version"]}
     manifest = Manifest(
         k8simg_version=__version__, kubernetes_version=req.kubernetes_version,
         built_at=start.isoformat(timespec="seconds"), image_file=image.name,
@@ -323,7 +389,7 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
             "containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
             "etcd-client", "ignition", "dracut", "linux-image-amd64", "systemd", "chrony",
             "conntrack", "socat", "ethtool", "ipset")},
-        elements=elements(req))
+        elements=elements(req), etcd=etcd)
     manifest_path = Manifest.path_for(image)
     atomic_write(manifest_path, manifest.to_json())
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()

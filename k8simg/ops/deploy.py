@@ -33,6 +33,7 @@ from k8simg.errors import K8simgError, RenderError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.credential import ServiceNetwork
+from k8simg.model.manifest import DEBIAN_ETCD_SOURCE
 from k8simg.ops import desired, readyz
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
@@ -82,10 +83,17 @@ class ControlPlaneUnhealthy(K8simgError):
 
 def image_warning(image: ImageFacts | None) -> str | None:
     """What an operator is told about the image nodes boot from, built from its facts."""
-    if image is not None and not image.has_kubernetes:
-        return (f"image {image.name} was baked without Kubernetes binaries: its nodes run etcd "
-                "and containerd, no kubelet")
-    return None
+    if image is None:
+        return None
+    said = []
+    if not image.has_kubernetes:
+        said.append(f"image {image.name} was baked without Kubernetes binaries: its nodes run "
+                    "etcd and containerd, no kubelet")
+    if image.etcd_source == DEBIAN_ETCD_SOURCE:
+        said.append(f"image {image.name} carries Debian's etcd {image.etcd_version or '3.4'}, a "
+                    "line upstream no longer maintains and Kubernetes no longer tests against "
+                    "(an image baked with Kubernetes carries the etcd kubeadm pins)")
+    return "; ".join(said) or None
 
 
 class Deployment:

@@ -233,6 +233,73 @@ def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
     return digest
 
 
+def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mode: int = 0o755
+                ) -> dict[str, str]:
+    """Copy the regular files ``wanted`` (path in the image -> destination) out of a verified
+    OCI archive's layers, as the image's root filesystem holds them (a later layer's file, or
+    whiteout, wins); returns each destination's name -> its sha256.
+
+    Only those paths are read, each to a name the caller chose: nothing else of the image is
+    unpacked.
+
+    :raises ImageError: naming the image and the path that is missing, or not a regular file.
+    """
+    dests = {p.lstrip("/"): Path(d) for p, d in wanted.items()}
+    found: dict[str, Path | None] = {}
+    for d in dests.values():
+        d.parent.mkdir(parents=True, exist_ok=True)
+
+    def fail(msg: str) -> ImageError:
+        return ImageError(f"{spec.ref}: {archive}: {msg}")
+
+    with tempfile.TemporaryDirectory(dir=next(iter(dests.values())).parent,
+                                     prefix=".image-files.") as tmp:
+        try:
+            with tarfile.open(archive) as t:
+                members = {m.name.removeprefix("./"): m for m in t.getmembers() if m.isfile()}
+                index = json.load(t.extractfile(members["index.json"]))
+                blob = members[f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"]
+                manifest = json.load(t.extractfile(blob))
+                for n, layer in enumerate(manifest.get("layers", [])):
+                    if "zstd" in layer.get("mediaType", ""):
+                        raise fail(f"layer {layer['digest']} is zstd-compressed, which k8simg "
+                                   "cannot read")
+                    data = t.extractfile(members[f"blobs/sha256/{layer['digest'][7:]}"])
+                    with tarfile.open(fileobj=data, mode="r|*") as lt:
+                        for m in lt:
+                            name = m.name.removeprefix("./").lstrip("/")
+                            folder, _, base = name.rpartition("/")
+                            if base == ".wh..wh..opq":  # the folder's lower layers are hidden
+                                for p in [p for p in found if p.rpartition("/")[0] == folder]:
+                                    found[p] = None
+                                continue
+                            if base.startswith(".wh."):
+                                name = f"{folder}/{base[4:]}".lstrip("/")
+                                if name in found:
+                                    found[name] = None
+                                continue
+                            if name not in dests:
+                                continue
+                            if not m.isfile():
+                                raise fail(f"/{name} is not a regular file in the image")
+                            part = Path(tmp) / f"{n}-{dests[name].name}"
+                            with open(part, "wb") as out:
+                                shutil.copyfileobj(lt.extractfile(m), out)
+                            found[name] = part
+        except (tarfile.TarError, OSError, ValueError, KeyError, IndexError) as e:
+            raise fail(f"unreadable ({type(e).__name__}: {e})") from None
+        missing = [f"/{p}" for p in dests if found.get(p) is None]
+        if missing:
+            raise fail(f"{', '.join(missing)} not in the image")
+        out = {}
+        for name, dest in dests.items():
+            part = found[name]
+            part.chmod(mode)
+            out[dest.name] = hashlib.sha256(part.read_bytes()).hexdigest()
+            os.replace(part, dest)
+    return out
+
+
 def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path | None = None,
             mirrors: dict[str, str] | None = None, cache_dir: Path | None = None,
             from_release: dict[str, tuple[Path, str]] | None = None,

@@ -96,16 +96,23 @@ def test_image_upload_of_a_file_that_is_not_a_manifest(tmp_path, monkeypatch):
 
 
 def test_image_show_reads_the_manifest(tmp_path):
-    from k8simg.model.manifest import NO_KUBERNETES, Manifest
+    from k8simg.model.manifest import (
+        DEBIAN_ETCD_SOURCE,
+        DEBIAN_ETCD_SUPPORT,
+        NO_KUBERNETES,
+        Manifest,
+    )
 
     base = dict(k8simg_version="0.1.0", kubernetes_version="1.35.2", built_at="2026-11-29T10:00:00+00:00",
                 image_file="k8simg-1.35.2.qcow2", image_sha256="ab" * 32, image_bytes=3)
-    without = Manifest(**base)
+    without = Manifest(**base, etcd={"version": "3.4.23-4+b5", "source": DEBIAN_ETCD_SOURCE,
+                                     "support": DEBIAN_ETCD_SUPPORT})
     (tmp_path / "k8simg-1.35.2.qcow2").write_bytes(b"img")
     (tmp_path / "k8simg-1.35.2.manifest.json").write_text(without.to_json())
     assert json.loads(without.to_json())["kubernetes_binaries"] == NO_KUBERNETES
     r = run("image", "show", tmp_path / "k8simg-1.35.2.qcow2")
     assert r.exit_code == 0 and "kubernetes: ABSENT" in r.output
+    assert f"etcd: 3.4.23-4+b5 from debian ({DEBIAN_ETCD_SUPPORT})" in r.output
     binaries = {n: {"version": "1.35.2", "sha256": "00" * 32, "source": "x"}
                 for n in ("kubelet", "kubectl", "kubeadm")}
     (tmp_path / "k8simg-1.35.2.manifest.json").write_text(
@@ -113,6 +120,7 @@ def test_image_show_reads_the_manifest(tmp_path):
     r = run("image", "show", tmp_path / "k8simg-1.35.2.manifest.json", "-o", "json")
     out = json.loads(r.stdout)
     assert out["has_kubernetes"] is True and out["binaries"] == ["kubeadm", "kubectl", "kubelet"]
+    assert out["etcd"] == {}  # a manifest from before k8simg said which etcd
     (tmp_path / "k8simg-1.35.2.manifest.json").write_text('{"image": {}}')
     r = run("image", "show", tmp_path / "k8simg-1.35.2.qcow2")
     assert r.exit_code == 1 and "k8simg-1.35.2.manifest.json: not a k8simg bake manifest" in r.output

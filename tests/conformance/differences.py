@@ -12,16 +12,7 @@ KUBEADM_DIFFERENCES: dict[str, dict[str, str]] = {
     },
     "kube-controller-manager": {},
     "kube-scheduler": {},
-    "etcd": {
-        # etcd 3.6 renamed both; kubeadm writes the 3.4/3.5 names for an etcd before 3.6
-        "feature-gates": "the image's etcd (Debian's 3.4) has no feature gates; it gets "
-                         "InitialCorruptCheck by its 3.4 name, "
-                         "--experimental-initial-corrupt-check=true",
-        "watch-progress-notify-interval": "the image's etcd (Debian's 3.4) takes it by its 3.4 "
-                                          "name, --experimental-watch-progress-notify-interval"
-                                          "=5s (the API server's consistent reads from its "
-                                          "watch cache wait on these notifications)",
-    },
+    "etcd": {},
 }
 
 # Flags whose help text says DEPRECATED without the component marking them deprecated (no

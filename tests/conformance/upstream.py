@@ -223,3 +223,35 @@ def kubeadm_gaps(component: str, argv: list[str], version: str,
              + ("k8simg sets" if f in have else f"kubeadm {version} does not set")
              for f in sorted(differences) if f in have or f not in kubeadm]
     return gaps
+
+
+# -- etcd ------------------------------------------------------------------------------------
+
+def etcd_flag_problems(argv: list[str], line: tuple[int, int]) -> list[str]:
+    """What an etcd of ``line`` would warn about or refuse in ``argv``. From 3.6 on
+    (data/etcd-3.6.json): a flag renamed, moved to a feature gate, removed or deprecated, and
+    a feature gate not among those the moved flags became. Before 3.6: the 3.6 names, which
+    that line does not know (the lines' own binaries run the unit in the etcd tests)."""
+    known = facts("etcd-3.6")
+    flags = flags_of(argv)
+    out = []
+    if line >= (3, 6):
+        for name in flags:
+            if name in known["renamed"]:
+                out.append(f"etcd {line[0]}.{line[1]}: --{name} is renamed "
+                           f"--{known['renamed'][name]} (the old name goes in 3.7)")
+            elif name in known["moved_to_feature_gates"]:
+                out.append(f"etcd {line[0]}.{line[1]}: --{name} is the feature gate "
+                           f"{known['moved_to_feature_gates'][name]} now")
+            elif name in known["removed"] or name in known["deprecated"]:
+                out.append(f"etcd {line[0]}.{line[1]}: --{name} is "
+                           + ("removed" if name in known["removed"] else "deprecated"))
+        for gate in (flags.get("feature-gates") or "").split(","):
+            if gate and gate.split("=")[0] not in known["gates_of_moved_flags"]:
+                out.append(f"etcd {line[0]}.{line[1]}: no feature gate {gate.split('=')[0]!r} "
+                           "known here")
+    else:
+        newer = set(known["renamed"].values()) | {"feature-gates"}
+        out += [f"etcd {line[0]}.{line[1]} has no flag --{n} (etcd 3.6's name)"
+                for n in flags if n in newer]
+    return out

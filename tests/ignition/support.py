@@ -17,9 +17,12 @@ def files(doc: dict) -> dict[str, tuple[int, bytes]]:
             for f in doc.get("storage", {}).get("files", [])}
 
 
-def node_view(doc: dict, kubernetes_version: str) -> dict[str, tuple[int, bytes]]:
-    """What the node's filesystem holds after first boot: the image's files under the config's."""
-    view = {p: (m, t.encode()) for p, (m, t) in image_files(kubernetes_version).items()}
+def node_view(doc: dict, kubernetes_version: str, etcd_version: str | None = None
+              ) -> dict[str, tuple[int, bytes]]:
+    """What the node's filesystem holds after first boot: the image's files (of an image
+    carrying ``etcd_version``, default the release's) under the config's."""
+    view = {p: (m, t.encode())
+            for p, (m, t) in image_files(kubernetes_version, etcd_version).items()}
     view.update(files(doc))
     return view
 
@@ -28,13 +31,16 @@ def enabled_units(doc: dict) -> list[str]:
     return [u["name"] for u in doc.get("systemd", {}).get("units", []) if u.get("enabled")]
 
 
-def unit_text(doc: dict, name: str, kubernetes_version: str) -> str:
-    """A unit's contents, whether the config carries it or the image does."""
+def unit_text(doc: dict, name: str, kubernetes_version: str, etcd_version: str | None = None
+              ) -> str:
+    """A unit's contents, whether the config carries it or the image does (an image carrying
+    ``etcd_version``, default the release's)."""
     inline = next((u.get("contents") for u in doc.get("systemd", {}).get("units", [])
                    if u["name"] == name), None)
     if inline:
         return inline
-    return node_view(doc, kubernetes_version)[f"/etc/systemd/system/{name}"][1].decode()
+    return node_view(doc, kubernetes_version, etcd_version)[
+        f"/etc/systemd/system/{name}"][1].decode()
 
 
 def exec_start(unit: str) -> list[str]:

@@ -8,13 +8,16 @@ import json
 import pytest
 import yaml
 
+from k8simg.ignition.image import etcd_line
 from k8simg.ignition.render import render_node
-from k8simg.model.versions import RELEASES
+from k8simg.model.versions import DEBIAN_ETCD, RELEASES
 from tests.conformance.differences import HELP_DEPRECATED_KEPT, KUBEADM_DIFFERENCES
 from tests.conformance.upstream import (
     config_problems,
     controller_problems,
     corefile_problems,
+    etcd_flag_problems,
+    facts,
     flag_problems,
     flags_of,
     kubeadm_gaps,
@@ -175,7 +178,9 @@ def test_every_flag_exists_in_its_release_and_kubeadms_are_set_or_explained(
         for component, argv in commands(doc, version, node.role).items():
             seen.add(component)
             where = f"{node.name} {component}"
-            if component != "etcd":  # etcd's own flags: the etcd line's (see etcd's tests)
+            if component == "etcd":  # the image's etcd: the one kubeadm pins for the release
+                assert etcd_flag_problems(argv, etcd_line(RELEASES[version].etcd)) == [], where
+            else:
                 assert flag_problems(component, argv, version,
                                      HELP_DEPRECATED_KEPT.get(component, {})) == [], where
             if component != "kubelet":
@@ -205,6 +210,50 @@ def test_a_removed_deprecated_or_unknown_flag_is_named():
     assert soft.startswith("kube-scheduler 1.35.2: --kubeconfig's help says 'DEPRECATED: ")
     assert flag_problems("kube-scheduler", ["--kubeconfig=/x"], "1.35.2",
                          HELP_DEPRECATED_KEPT["kube-scheduler"]) == []
+
+
+def etcd_unit_argv(version, etcd_version=None):
+    from k8simg.ignition.image import image_files
+    unit = image_files(version, etcd_version)["/etc/systemd/system/k8simg-etcd.service"][1]
+    return exec_start(unit)[1:]
+
+
+@pytest.mark.parametrize("version", sorted(RELEASES))
+def test_the_offline_images_etcd_gets_kubeadms_flags_by_their_names_before_3_6(version):
+    """The image baked without Kubernetes carries Debian's etcd 3.4: its unit names what
+    kubeadm sets as kubeadm names it for an etcd before 3.6."""
+    argv = etcd_unit_argv(version, DEBIAN_ETCD)
+    kubeadm = facts(f"k8s-{version}-kubeadm")["etcd"]
+    for flag in ("feature-gates", "watch-progress-notify-interval"):
+        # kubeadm's own words for an etcd before 3.6, e.g. "... writes
+        # --experimental-initial-corrupt-check=true instead"
+        old = next(w for w in kubeadm[flag]["when"].split() if w.startswith("--experimental-"))
+        assert old.rstrip(")") in argv, (flag, argv)
+    assert etcd_flag_problems(argv, etcd_line(DEBIAN_ETCD)) == []
+    # and the release image's unit gives the same settings by etcd 3.6's names
+    release_argv = etcd_unit_argv(version)
+    assert flags_of(release_argv)["feature-gates"] == kubeadm["feature-gates"]["value"]
+    assert flags_of(release_argv)["watch-progress-notify-interval"] == \
+        kubeadm["watch-progress-notify-interval"]["value"]
+
+
+def test_an_etcd_flag_by_the_wrong_lines_name_is_named():
+    old = ["--experimental-initial-corrupt-check=true",
+           "--experimental-watch-progress-notify-interval=5s"]
+    new = ["--feature-gates=InitialCorruptCheck=true", "--watch-progress-notify-interval=5s"]
+    assert etcd_flag_problems(new, (3, 6)) == []
+    assert etcd_flag_problems(old, (3, 4)) == []
+    assert etcd_flag_problems(old + ["--enable-v2=true", "--max-snapshots=5"], (3, 6)) == [
+        "etcd 3.6: --experimental-initial-corrupt-check is the feature gate "
+        "InitialCorruptCheck now",
+        "etcd 3.6: --experimental-watch-progress-notify-interval is renamed "
+        "--watch-progress-notify-interval (the old name goes in 3.7)",
+        "etcd 3.6: --enable-v2 is removed", "etcd 3.6: --max-snapshots is deprecated"]
+    assert etcd_flag_problems(["--feature-gates=InitialCorruptChek=true"], (3, 6)) == [
+        "etcd 3.6: no feature gate 'InitialCorruptChek' known here"]
+    assert etcd_flag_problems(new, (3, 5)) == [
+        "etcd 3.5 has no flag --feature-gates (etcd 3.6's name)",
+        "etcd 3.5 has no flag --watch-progress-notify-interval (etcd 3.6's name)"]
 
 
 def test_controller_names_are_the_releases_own():

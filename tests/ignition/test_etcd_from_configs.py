@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from k8simg.ignition.render import render_node
+from k8simg.model.versions import DEBIAN_ETCD
 from tests.ignition.support import env_values, exec_start, materialise, unit_text
 from tests.support import etcd_available, processes, wait_until
 
@@ -28,7 +29,9 @@ def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):
             doc = render_node(ctx, node)
             materialise(doc, root)
             # The image's unit with the config's environment file, as systemd would run it.
-            unit = unit_text(doc, "k8simg-etcd.service", ctx.config.kubernetes_version)
+            # (of the offline image: this machine's etcd is Debian's, as that image's is)
+            unit = unit_text(doc, "k8simg-etcd.service", ctx.config.kubernetes_version,
+                             DEBIAN_ETCD)
             args = exec_start(unit)
             # Type=notify: ready once the cluster has a leader, so no start timeout (members
             # wait for their peers' boots; systemd's 90 s default would kill and restart them).

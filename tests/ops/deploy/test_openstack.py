@@ -522,7 +522,9 @@ def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
         conn.image.delete_image(old)
     conn.image.create_image("k8simg-demo-image", filename=str(qcow2), disk_format="qcow2",
                             container_format="bare", wait=True,
-                            meta={"k8simg_kubernetes_binaries": "absent"})
+                            meta={"k8simg_kubernetes_binaries": "absent",
+                                  "k8simg_etcd_version": "3.4.23-4+b5",
+                                  "k8simg_etcd_source": "debian"})
     cd = cluster(tmp_path, "demo", image="k8simg-demo-image", topology="single", masters=1,
                  workers=0, bastion=False)
     messages = []
@@ -530,6 +532,9 @@ def test_warns_when_the_image_has_no_kubernetes(test_cloud, os_cloud, tmp_path):
     assert any("baked without Kubernetes binaries" in w for w in result.warnings)
     assert any(m.startswith("warning: image k8simg-demo-image was baked without Kubernetes")
                for m in messages)
+    # and the offline image's etcd, as its Glance properties say
+    assert any("carries Debian's etcd 3.4.23-4+b5, a line upstream no longer maintains" in w
+               for w in result.warnings), result.warnings
 
 
 @pytest.fixture(scope="module")

@@ -42,9 +42,9 @@ class Interrupted(Exception):
 class Members:
     """etcd members started from each node's rendered config; stopped on request."""
 
-    def __init__(self, cd, start, tmp, etcd_binary: str = "etcd"):
+    def __init__(self, cd, start, tmp, etcd_binary: str = "etcd", etcd_line: str = "3.4"):
         self.cd, self.start_proc, self.tmp = cd, start, tmp
-        self.etcd_binary = etcd_binary
+        self.etcd_binary, self.etcd_line = etcd_binary, etcd_line
         self.cfg = cd.load()
         self.nodes = {n.name: n for n in (make_node(self.cfg, "master", i) for i in range(6))}
         Pki(cd.pki_dir, PkiContext(self.cfg, tuple(self.nodes.values()))).ensure()
@@ -62,7 +62,9 @@ class Members:
         materialise(doc, root)
         env = env_values(doc, "/etc/k8simg/etcd.env")
         self.rendered_initial[node.name] = env["ETCD_INITIAL_CLUSTER"]
-        args = exec_start(unit_text(doc, "k8simg-etcd.service", self.cfg.kubernetes_version))
+        # the unit of an image carrying this etcd line (its flags go by that line's names)
+        args = exec_start(unit_text(doc, "k8simg-etcd.service", self.cfg.kubernetes_version,
+                                    self.etcd_line))
         # the members share this machine's loopback: each its own metrics address
         rebased = [self.etcd_binary] + [a.replace("/etc/kubernetes/pki",
                                                   f"{root}/etc/kubernetes/pki")
@@ -218,7 +220,7 @@ def three_members(tmp_path, request):
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False}, network=NET)
     with processes() as start:
-        members = Members(cd, start, tmp_path, str(etcd_bin))
+        members = Members(cd, start, tmp_path, str(etcd_bin), line)
         first = [(members.nodes[f"roll-master-{i}"].name,
                   peer_url(members.nodes[f"roll-master-{i}"])) for i in range(3)]
         for i in range(3):
