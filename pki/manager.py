@@ -5,6 +5,8 @@ Layout, as kubeadm's ``/etc/kubernetes/pki``::
     ca.crt ca.key front-proxy-ca.* front-proxy-client.* apiserver-kubelet-client.*
     apiserver-etcd-client.* sa.key sa.pub etcd/ca.* etcd/healthcheck-client.*
     ssh/bastion_host_ed25519_key{,.pub}           the bastion's SSH host key (pinned)
+    etcd-snapshot.key                           the key etcd snapshots are encrypted with
+                                                (AES-256, never on a node)
     kubeconfig/<identity>.*                     client identities of the kubeconfigs
     nodes/<node>/apiserver.*  nodes/<node>/etcd/{server,peer}.*  nodes/<node>/kubelet-client.*
 
@@ -12,7 +14,9 @@ Nothing is ever overwritten by :meth:`Pki.ensure`; every file is written atomica
 key 0600.
 """
 
+import base64
 import datetime as dt
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,11 @@ from k8simg.pki.kubeconfig import kubeconfig
 from k8simg.pki.x509 import Subject, cert_sans, issue, signed_by
 
 BASTION_HOST_KEY = "ssh/bastion_host_ed25519_key"
+# 32 random bytes, base64: the key k8simg encrypts the cluster's etcd snapshots with on the
+# operator's machine. Not derived from a CA key, so a CA rotation leaves old snapshots
+# readable; never in a node's config.
+SNAPSHOT_KEY = "etcd-snapshot.key"
+SNAPSHOT_KEY_BYTES = 32
 
 Clock = Callable[[], dt.datetime]
 Progress = Callable[[str], None]
@@ -149,6 +158,7 @@ class Pki:
         self._check_files(problems)
         self._check_ca_validity(loaded, problems)
         self._check_bastion_host_key(problems)
+        self._check_snapshot_key(problems)
         return loaded, problems
 
     def _files(self) -> list[tuple[Path, bool]]:
@@ -159,7 +169,7 @@ class Pki:
             out += [(crt, False), (key, True)]
         host = self.bastion_host_key_path
         out += [(self.root / "sa.key", True), (self.root / "sa.pub", False), (host, True),
-                (host.with_name(host.name + ".pub"), False)]
+                (host.with_name(host.name + ".pub"), False), (self.root / SNAPSHOT_KEY, True)]
         return [(p, private) for p, private in out if p.exists() or p.is_symlink()]
 
     def _check_files(self, problems: list) -> None:
@@ -208,6 +218,31 @@ class Pki:
                 serialization.load_ssh_public_key(kind + b" " + data)
             except (ValueError, TypeError) as e:
                 problems.append((BASTION_HOST_KEY + ".pub", f"not an OpenSSH public key ({e})"))
+
+    def _check_snapshot_key(self, problems: list) -> None:
+        path = self.root / SNAPSHOT_KEY
+        if path.is_file():
+            try:
+                key = base64.b64decode(path.read_bytes().strip(), validate=True)
+            except ValueError:
+                key = b""
+            if len(key) != SNAPSHOT_KEY_BYTES:
+                problems.append((SNAPSHOT_KEY, f"not {SNAPSHOT_KEY_BYTES} bytes in base64"))
+
+    def snapshot_key(self) -> bytes:
+        """The key etcd snapshots are encrypted with, made (atomically, 0600) on first use.
+
+        :raises PkiError: when the file exists but is not such a key.
+        """
+        path = self.root / SNAPSHOT_KEY
+        problems: list = []
+        self._check_snapshot_key(problems)
+        if problems:
+            raise PkiError(problems)
+        if not path.is_file():
+            self.progress("generating the etcd snapshot key")
+            atomic_write(path, base64.b64encode(os.urandom(SNAPSHOT_KEY_BYTES)) + b"\n", 0o600)
+        return base64.b64decode(path.read_bytes().strip())
 
     def _check_sa(self, problems: list) -> None:
         key, pub = self.root / "sa.key", self.root / "sa.pub"
@@ -306,6 +341,9 @@ class Pki:
         if self.ctx.config.bastion.enabled:
             (result.created if self._ensure_bastion_host_key() else result.existing).append(
                 BASTION_HOST_KEY)
+        made = not (self.root / SNAPSHOT_KEY).is_file()
+        self.snapshot_key()
+        (result.created if made else result.existing).append(SNAPSHOT_KEY)
         return result
 
     @property

@@ -191,6 +191,69 @@ def health(cluster, cloud, wait, ssh_keys, output):
         _health(d, etcd, wait, output)
 
 
+@etcd.command()
+@cluster_argument
+@cluster_cloud_option
+@click.option("--to", "dest", type=click.Path(file_okay=False), default=None,
+              help="The folder to keep it in (default: the cluster's backups/).")
+@click.option("--keep", type=click.IntRange(1), default=None, metavar="N",
+              help="Then remove all but the N newest of the cluster's snapshots there.")
+@ssh_key_option
+@output_option
+def snapshot(cluster, cloud, dest, keep, ssh_keys, output):
+    """Take a snapshot of etcd from a healthy member, check it (revision, keys, etcd's hash)
+    and keep it encrypted with the cluster's snapshot key (pki/etcd-snapshot.key): the
+    plaintext, which holds every Secret of the cluster, never stays on disk.
+
+    On OpenStack through an SSH tunnel to the bastion; on the local cloud from its namespace.
+    """
+    from k8simg.ops.snapshot import snapshot_cluster
+
+    d = _deployment(cluster, cloud, ssh_keys=ssh_keys)
+    sealed, removed = snapshot_cluster(d.cluster, d.cloud, dest, keep, progress)
+    h = sealed.header
+    if output == "json":
+        emit_json({"path": str(sealed.path), **_snapshot_facts(h),
+                   "removed": [str(p) for p in removed]})
+    else:
+        click.echo(f"{sealed.path}  revision {h.revision}  {h.total_keys} keys  "
+                   f"{h.size} bytes  from {h.member}")
+
+
+def _snapshot_facts(h) -> dict:
+    return {"taken_at": h.taken_at, "revision": h.revision, "keys": h.total_keys,
+            "bytes": h.size, "member": h.member, "etcd_hash": f"{h.etcd_hash:08x}",
+            "sha512": h.sha512}
+
+
+@etcd.command()
+@cluster_argument
+@click.option("--in", "folder", type=click.Path(file_okay=False), default=None,
+              help="The folder to list (default: the cluster's backups/).")
+@output_option
+def snapshots(cluster, folder, output):
+    """The cluster's etcd snapshots, oldest first, from their headers (no key needed):
+    when, revision, keys, size."""
+    from pathlib import Path
+
+    from k8simg.ops.snapshot import listing
+
+    cd = cluster_dir(cluster)
+    cd.load()
+    uid = cd.state.uid
+    found = listing(Path(folder) if folder else cd.backups_dir, uid) if uid else []
+    if output == "json":
+        emit_json([{"path": str(s.path), **_snapshot_facts(s.header)} for s in found])
+        return
+    for s in found:
+        age = s.header.age
+        click.echo(f"{s.path.name}  {s.header.taken_at}  ({age.days} d "
+                   f"{age.seconds // 3600} h ago)  revision {s.header.revision}  "
+                   f"{s.header.total_keys} keys  {s.header.size} bytes")
+    if not found:
+        click.echo("no snapshots", err=True)
+
+
 def _health(d, etcd, wait, output):
     from k8simg.ops.etcd import planned_endpoints, wait_healthy
 

@@ -94,22 +94,74 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
         events("old-stopped", {"node": old.name})
         return
 
-    # Learners: ours (added by an interrupted run) is kept; any other that never started
-    # blocks the next learner add and can never be promoted: remove it.
+    _remove_stale_learners(etcd, members, mine, events, hook)
+    expected = voters if (mine is None or mine.learner) else voters + 1
+    members = preflight(etcd, endpoints(), expected)
+    _add_start_promote(etcd, new, members, start, endpoints, events, hook, timeout)
+
+    theirs = _by_peer(etcd.members(endpoints()), old)
+    if theirs is not None:
+        hook("before-remove")
+        before_remove()
+        hook("move-leader")
+        move_leader_off(etcd, theirs, new, endpoints)
+        events("leader-checked", {"node": old.name})
+        hook("remove")
+        # Two voters (a single master's roll) both have to commit the removal: a member
+        # slow under load (seen: a minute of deadlines) is waited for, as a promotion is.
+        etcd.change(["member", "remove", theirs.hex], [client_url(new)],
+                    f"remove {old.name}", retry_for=timeout,
+                    ok=lambda e: "member not found" in e)
+        events("removed", {"node": old.name, "member": theirs.hex})
+    hook("stop")
+    stop(old)
+    events("old-stopped", {"node": old.name})
+
+
+def join_member(etcd: Etcd, new: Node, *, voters: int,
+                start: Callable[[Node, list[tuple[str, str]]], None],
+                endpoints: Callable[[], list[str]], events: Events = lambda _s, _d: None,
+                timeout: float = 600, hook: Callable[[str], None] = lambda _step: None) -> None:
+    """Add the member on ``new`` to a cluster of ``voters`` voting members the way
+    :func:`replace_member` adds one (a learner, started, promoted once in sync), with no member
+    leaving: how a restore grows its one restored member to the cluster's size. Run again after
+    an interruption, it goes on where it stopped.
+
+    :raises EtcdAbort: when the preflight finds etcd unfit (nothing changed).
+    """
+    members = etcd.members(endpoints())
+    mine = _by_peer(members, new)
+    if mine is not None and mine.started and not mine.learner:
+        wait_healthy(etcd, client_url(new), timeout)
+        return
+    _remove_stale_learners(etcd, members, mine, events, hook)
+    members = preflight(etcd, endpoints(), voters)
+    _add_start_promote(etcd, new, members, start, endpoints, events, hook, timeout)
+
+
+def _remove_stale_learners(etcd: Etcd, members: list[Member], mine: Member | None,
+                           events: Events, hook: Callable[[str], None]) -> None:
+    """Learners: ours (``mine``, added by an interrupted run) is kept; any other that never
+    started blocks the next learner add and can never be promoted: it is removed."""
     for m in members:
         if m.learner and m is not mine:
             if m.started:
-                raise EtcdAbort(f"etcd has a started learner {m.name} ({m.hex}) that this "
-                                "upgrade did not add; resolve it before upgrading")
+                raise EtcdAbort(f"etcd has a started learner {m.name} ({m.hex}) that k8simg "
+                                "did not add; resolve it first")
             hook("remove-stale-learner")
             etcd.change(["member", "remove", m.hex], voter_urls(members),
                         f"remove stale learner {m.hex}",
                         ok=lambda e: "member not found" in e)
             events("stale-learner-removed", {"member": m.hex, "peer_urls": list(m.peer_urls)})
-    expected = voters if (mine is None or mine.learner) else voters + 1
-    members = preflight(etcd, endpoints(), expected)
-    mine = _by_peer(members, new)
 
+
+def _add_start_promote(etcd: Etcd, new: Node, members: list[Member],
+                       start: Callable[[Node, list[tuple[str, str]]], None],
+                       endpoints: Callable[[], list[str]], events: Events,
+                       hook: Callable[[str], None], timeout: float) -> None:
+    """The member on ``new`` added as a learner (unless ``members`` lists it), started with
+    the member list as it is, promoted once in sync, healthy."""
+    mine = _by_peer(members, new)
     if mine is None:
         hook("add-learner")
         # A timed-out add may have been applied: then its retry finds the peer URL taken.
@@ -134,24 +186,6 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
                     ok=lambda e: e.rstrip().endswith("can only promote a learner member"))
         events("promoted", {"node": new.name, "member": mine.hex})
     wait_healthy(etcd, client_url(new), timeout)
-
-    theirs = _by_peer(etcd.members(endpoints()), old)
-    if theirs is not None:
-        hook("before-remove")
-        before_remove()
-        hook("move-leader")
-        move_leader_off(etcd, theirs, new, endpoints)
-        events("leader-checked", {"node": old.name})
-        hook("remove")
-        # Two voters (a single master's roll) both have to commit the removal: a member
-        # slow under load (seen: a minute of deadlines) is waited for, as a promotion is.
-        etcd.change(["member", "remove", theirs.hex], [client_url(new)],
-                    f"remove {old.name}", retry_for=timeout,
-                    ok=lambda e: "member not found" in e)
-        events("removed", {"node": old.name, "member": theirs.hex})
-    hook("stop")
-    stop(old)
-    events("old-stopped", {"node": old.name})
 
 
 def listed(etcd: Etcd, endpoints: Callable[[], list[str]], node: Node,

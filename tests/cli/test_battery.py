@@ -200,6 +200,12 @@ COMMANDS = [
      "api.port"),
     ("console of a node the cluster does not have",
      lambda cd, t: ["console", cd.path, "c-worker-7"], 1, "c-worker-7"),
+    ("etcd snapshot of a cluster that is not deployed",
+     lambda cd, t: ["etcd", "snapshot", cd.path], 1, "deploy it first"),
+    ("etcd snapshot keeping none", lambda cd, t: ["etcd", "snapshot", cd.path, "--keep", "0"],
+     2, "--keep"),
+    ("etcd snapshots of a folder that is a file",
+     lambda cd, t: ["etcd", "snapshots", cd.path, "--in", cd.config_path], 2, "--in"),
 ]
 
 

@@ -1,3 +1,4 @@
+import base64
 import datetime as dt
 import json
 import os
@@ -25,8 +26,10 @@ def test_generates_the_whole_set_with_safe_modes(make_cluster, clock):
     p = cluster_pki(cd, clock=clock)
     result = p.ensure()
     ids = [i.id for i in table.instances(p.ctx)]
-    assert result.created == ids + ["sa", "ssh/bastion_host_ed25519_key"]
+    assert result.created == ids + ["sa", "ssh/bastion_host_ed25519_key", "etcd-snapshot.key"]
     assert len(ids) == 3 + 3 * 3 + 8 + 5  # CAs, per-master x3, shared leaves, kubelets
+    # the snapshot key: 32 random bytes, base64, private
+    assert len(base64.b64decode((cd.pki_dir / "etcd-snapshot.key").read_bytes())) == 32
     for path in cd.pki_dir.rglob("*"):
         if path.is_file():
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -49,7 +52,8 @@ def test_init_never_overwrites(make_cluster, clock):
     cluster_pki(cd, clock=clock).ensure()
     before = snapshot(cd.pki_dir)
     result = cluster_pki(cd, clock=clock).ensure()
-    assert result.created == [] and len(before) == 2 * len(result.existing)  # pairs
+    # pairs, and the snapshot key alone
+    assert result.created == [] and len(before) == 2 * len(result.existing) - 1
     assert snapshot(cd.pki_dir) == before
 
 
@@ -217,5 +221,23 @@ def test_cli_entry_point_runs_as_module(make_cluster):
     r = subprocess.run([sys.executable, "-m", "k8simg", "pki", "init", str(cd.path)],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 0, r.stderr
-    assert "generating ca" in r.stderr and r.stdout.startswith("27 created")
+    assert "generating ca" in r.stderr and r.stdout.startswith("28 created")
     assert "PRIVATE" not in r.stdout + r.stderr
+
+
+def test_a_snapshot_key_that_is_not_one_is_named_and_kept(make_cluster, clock):
+    cd = make_cluster()
+    p = cluster_pki(cd, clock=clock)
+    p.ensure()
+    key = p.snapshot_key()
+    assert p.snapshot_key() == key  # made once, then read
+    path = cd.pki_dir / "etcd-snapshot.key"
+    path.write_bytes(base64.b64encode(b"short") + b"\n")
+    with pytest.raises(PkiError, match=r"etcd-snapshot.key: not 32 bytes in base64"):
+        cluster_pki(cd, clock=clock).ensure()
+    with pytest.raises(PkiError, match=r"etcd-snapshot.key: not 32 bytes in base64"):
+        cluster_pki(cd, clock=clock).snapshot_key()
+    assert path.read_bytes() == base64.b64encode(b"short") + b"\n"  # never replaced
+    path.write_bytes(base64.b64encode(key) + b"\n")
+    path.chmod(0o644)
+    assert any(f == "etcd-snapshot.key" for f, _ in cluster_pki(cd, clock=clock).verify())

@@ -1,0 +1,380 @@
+"""etcd snapshots that leave the operator's machine only encrypted, and come back verified.
+
+A snapshot holds every Secret of the cluster. :func:`take` saves one from a single healthy
+member (``etcdctl snapshot save``), checks it (``etcdutl snapshot status``, or etcdctl's on the
+3.4 line: etcd's own hash over the database, its revision and key count) and writes it as a
+**sealed snapshot**, encrypted on this machine with the cluster's snapshot key
+(``pki/etcd-snapshot.key``, AES-256); the plaintext exists only in a private temporary file
+while that happens.
+
+The sealed file (``<cluster>-etcd-<UTC time>-r<revision>.snapshot``)::
+
+    MAGIC
+    4-byte length + header: JSON (cluster, its UID, the key's ID, when, revision, key count,
+                            etcd's hash, size, SHA-512 of the plaintext, ...)
+    chunks: 4-byte length + AES-256-GCM(4 MiB of the database)
+
+Each chunk's nonce is a random prefix and the chunk's index; its associated data binds the
+header's SHA-256, the index and whether it is the last chunk. So a flipped bit anywhere, a
+header changed, chunks reordered, a file cut short or extended, or a snapshot sealed by another
+cluster's key is refused by :func:`unseal` before a byte of it is used; the plaintext's
+SHA-512 is checked once more at the end. The header is readable without the key
+(:func:`read_header`), so snapshots can be listed and kept or dropped (:func:`prune`) without
+decrypting them.
+"""
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.errors import K8simgError
+
+MAGIC = b"K8SIMG-ETCD-SNAPSHOT\x00v1\n"
+CHUNK = 4 << 20
+MAX_HEADER = 1 << 16
+_NAME = re.compile(r"^(?P<cluster>[a-z0-9-]+)-etcd-(?P<when>\d{8}T\d{6}Z)-r(?P<rev>\d+)\.snapshot$")
+
+
+class SnapshotError(K8simgError):
+    """A snapshot could not be taken, or is not one this cluster can use."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a sealed snapshot says about itself (readable without the key).
+
+    :param key_id: the first 16 hex of the SHA-256 of the key that sealed it.
+    :param etcd_hash: etcd's own hash of the database (``snapshot status``).
+    """
+
+    cluster: str
+    cluster_uid: str
+    key_id: str
+    taken_at: str
+    revision: int
+    total_keys: int
+    etcd_hash: int
+    size: int
+    sha512: str
+    member: str
+    nonce_prefix: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @property
+    def age(self) -> dt.timedelta:
+        return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(self.taken_at)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A sealed snapshot on disk."""
+
+    path: Path
+    header: Header
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(b"k8simg etcd snapshot key\x00" + key).hexdigest()[:16]
+
+
+def _aad(header_digest: bytes, index: int, last: bool) -> bytes:
+    return header_digest + struct.pack(">Q?", index, last)
+
+
+def seal(plain: Path, dest: Path, key: bytes, **fields) -> Header:
+    """Encrypt the database ``plain`` into ``dest`` (0600, in place only once whole).
+
+    :param fields: the header's fields but the key's ID, size, SHA-512 and nonce prefix.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    sha = hashlib.sha512()
+    with open(plain, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+    header = Header(key_id=key_id(key), size=plain.stat().st_size, sha512=sha.hexdigest(),
+                    nonce_prefix=os.urandom(8).hex(), **fields)
+    raw = header.to_json()
+    digest, prefix, aead = hashlib.sha256(raw).digest(), bytes.fromhex(header.nonce_prefix), \
+        AESGCM(key)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out, open(plain, "rb") as f:
+            out.write(MAGIC + struct.pack(">I", len(raw)) + raw)
+            index, chunk = 0, f.read(CHUNK)
+            while True:
+                following = f.read(CHUNK)
+                last = not following
+                ct = aead.encrypt(prefix + struct.pack(">I", index), chunk,
+                                  _aad(digest, index, last))
+                out.write(struct.pack(">I", len(ct)) + ct)
+                if last:
+                    break
+                index, chunk = index + 1, following
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return header
+
+
+def read_header(path: Path) -> Header:
+    """The header of a sealed snapshot.
+
+    :raises SnapshotError: naming the file when it is not one.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise SnapshotError(f"{path}: not a k8simg etcd snapshot")
+            (n,) = struct.unpack(">I", f.read(4))
+            if n > MAX_HEADER:
+                raise SnapshotError(f"{path}: not a k8simg etcd snapshot (header of {n} bytes)")
+            return Header(**json.loads(f.read(n)))
+    except (OSError, struct.error, ValueError, TypeError) as e:
+        raise SnapshotError(f"{path}: not a readable k8simg etcd snapshot ({e})") from None
+
+
+def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
+    """Decrypt a sealed snapshot of the cluster ``cluster_uid`` into ``dest`` (0600), only once
+    every chunk authenticated and the SHA-512 matched; nothing is left at ``dest`` otherwise.
+
+    :raises SnapshotError: naming the file and why it is refused.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header = read_header(path)
+    if header.cluster_uid != cluster_uid or header.key_id != key_id(key):
+        raise SnapshotError(
+            f"{path}: taken from cluster {header.cluster} (UID {header.cluster_uid}, key "
+            f"{header.key_id}); this cluster's PKI (UID {cluster_uid}, key {key_id(key)}) "
+            "cannot decrypt it")
+    raw = header.to_json()
+    digest, prefix, aead = hashlib.sha256(raw).digest(), bytes.fromhex(header.nonce_prefix), \
+        AESGCM(key)
+    sha = hashlib.sha512()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+            f.seek(len(MAGIC))
+            (n,) = struct.unpack(">I", f.read(4))
+            if f.read(n) != raw:  # the header as parsed is the header as sealed
+                raise SnapshotError(f"{path}: its header is not in canonical form: refused")
+            index = 0
+            while True:
+                size = f.read(4)
+                if len(size) < 4:
+                    raise SnapshotError(f"{path}: cut short after {index} chunks (truncated?): "
+                                        "refused")
+                (m,) = struct.unpack(">I", size)
+                ct = f.read(m)
+                if len(ct) != m or m > CHUNK + 16:
+                    raise SnapshotError(f"{path}: cut short in chunk {index} (truncated?): "
+                                        "refused")
+                last = f.peek(1)[:1] == b""
+                try:
+                    chunk = aead.decrypt(prefix + struct.pack(">I", index), ct,
+                                         _aad(digest, index, last))
+                except InvalidTag:
+                    raise SnapshotError(
+                        f"{path}: chunk {index} does not authenticate (changed, reordered, or "
+                        "the file cut short or extended): refused") from None
+                sha.update(chunk)
+                out.write(chunk)
+                if last:
+                    break
+                index += 1
+        if sha.hexdigest() != header.sha512:
+            raise SnapshotError(f"{path}: SHA-512 of the decrypted database does not match its "
+                                "header: refused")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return header
+
+
+# -- etcd's side ---------------------------------------------------------------------------
+
+def snapshot_tool() -> list[str]:
+    """What reads and restores snapshot files here: ``etcdutl`` (3.5 on), or on the 3.4 line,
+    which has none, ``etcdctl``."""
+    found = shutil.which("etcdutl")
+    if found:
+        try:
+            if subprocess.run([found, "version"], capture_output=True, timeout=30
+                              ).returncode == 0:
+                return [found]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return ["etcdctl"]
+
+
+def status(db: Path, tool: list[str] | None = None) -> dict:
+    """etcd's own check of a snapshot database: ``{"hash", "revision", "totalKey",
+    "totalSize"}`` (``etcdutl snapshot status``; on the 3.4 line, which has no etcdutl,
+    ``etcdctl snapshot status``). It fails on a database whose hash does not verify.
+
+    :raises SnapshotError: with etcd's words.
+    """
+    tool = tool or snapshot_tool()
+    try:
+        r = subprocess.run([*tool, "snapshot", "status", str(db), "-w", "json"],
+                           capture_output=True,
+                text=True, timeout=300, env={"ETCDCTL_API": "3", "PATH": os.environ.get(
+                    "PATH", "/usr/bin:/bin")})
+    except FileNotFoundError:
+        raise SnapshotError("etcdctl not found: install the Debian package etcd-client") from None
+    if r.returncode != 0:
+        raise SnapshotError(f"{db}: etcd finds it unusable: "
+                            f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    try:
+        got = json.loads(r.stdout)
+        return {k: int(got[k]) for k in ("hash", "revision", "totalKey", "totalSize")}
+    except (ValueError, KeyError, TypeError) as e:
+        raise SnapshotError(f"{db}: `{tool[0]} snapshot status` said {r.stdout!r} ({e})") from None
+
+
+def snapshot_name(cluster: str, when: dt.datetime, revision: int) -> str:
+    return f"{cluster}-etcd-{when.strftime('%Y%m%dT%H%M%SZ')}-r{revision}.snapshot"
+
+
+def take(etcd, endpoint: str, member: str, dest_dir: Path, *, cluster: str, cluster_uid: str,
+         key: bytes, tool: list[str] | None = None,
+         progress: Callable[[str], None] = lambda _m: None,
+         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> Sealed:
+    """Save a snapshot from ``endpoint`` (one healthy member), check it, and seal it into
+    ``dest_dir``; the plaintext never stays on disk.
+
+    :param etcd: a :class:`k8simg.ops.etcd.Etcd` that reaches ``endpoint``.
+    :raises SnapshotError: when etcd gives none, or what it gave does not check.
+    """
+    from k8simg.ops.etcd import EtcdError
+
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    when = clock()
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".snapshot.") as tmp:
+        plain = Path(tmp) / "etcd.db"
+        progress(f"saving a snapshot from {member} ({endpoint})")
+        try:
+            etcd.snapshot(plain, endpoint)
+        except EtcdError as e:
+            raise SnapshotError(str(e)) from None
+        st = status(plain, tool)
+        progress(f"snapshot at revision {st['revision']}: {st['totalKey']} keys, "
+                 f"{st['totalSize']} bytes, etcd hash {st['hash']:08x}; encrypting")
+        dest = dest_dir / snapshot_name(cluster, when, st["revision"])
+        header = seal(plain, dest, key, cluster=cluster, cluster_uid=cluster_uid,
+                      taken_at=when.isoformat(timespec="seconds"), revision=st["revision"],
+                      total_keys=st["totalKey"], etcd_hash=st["hash"], member=member)
+    return Sealed(dest, header)
+
+
+def listing(folder: Path, cluster_uid: str) -> list[Sealed]:
+    """The sealed snapshots of the cluster ``cluster_uid`` in ``folder``, oldest first (others'
+    and files that are not snapshots are left out)."""
+    out = []
+    for p in sorted(Path(folder).glob("*.snapshot")) if Path(folder).is_dir() else []:
+        if not _NAME.match(p.name):
+            continue
+        try:
+            h = read_header(p)
+        except SnapshotError:
+            continue
+        if h.cluster_uid == cluster_uid:
+            out.append(Sealed(p, h))
+    return sorted(out, key=lambda s: (s.header.taken_at, s.path.name))
+
+
+def prune(folder: Path, cluster_uid: str, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest of the cluster's sealed snapshots in ``folder``;
+    returns what was removed."""
+    if keep < 1:
+        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
+    old = listing(folder, cluster_uid)[:-keep]
+    for s in old:
+        s.path.unlink()
+    return [s.path for s in old]
+
+
+def restore_data_dir(db: Path, data_dir: Path, *, name: str, peer_url: str,
+                     initial_cluster: list[tuple[str, str]], token: str,
+                     tool: list[str] | None = None) -> None:
+    """Make a member's data directory from a (checked, unsealed) snapshot database, as etcd
+    does it (``etcdutl snapshot restore``; ``etcdctl`` on the 3.4 line): the keys and their
+    revisions are the snapshot's, the membership is ``initial_cluster``'s.
+
+    :raises SnapshotError: with etcd's words; ``data_dir`` is not left behind half-made.
+    """
+    tool = tool or snapshot_tool()
+    if data_dir.exists():
+        raise SnapshotError(f"{data_dir}: exists; a restore makes a new member's data")
+    argv = [*tool, "snapshot", "restore", str(db), f"--name={name}",
+            f"--data-dir={data_dir}", f"--initial-advertise-peer-urls={peer_url}",
+            "--initial-cluster=" + ",".join(f"{n}={u}" for n, u in initial_cluster),
+            f"--initial-cluster-token={token}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                       env={"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if r.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise SnapshotError(f"restore of {db} for {name}: {(r.stderr or r.stdout).strip()}")
+
+
+# -- the cluster's -------------------------------------------------------------------------
+
+def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | None = None,
+                     progress: Callable[[str], None] = lambda _m: None
+                     ) -> tuple[Sealed, list[Path]]:
+    """A sealed snapshot of the cluster's etcd, taken from a healthy member reached the cloud's
+    way (the local cloud's namespace, the bastion's tunnel), into ``dest_dir`` (default: the
+    cluster's ``backups/``); then, with ``keep``, all but the ``keep`` newest of the cluster's
+    snapshots there removed. Returns the snapshot and what was removed.
+
+    :raises SnapshotError: when no member is healthy, or the snapshot does not check.
+    """
+    from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
+    from k8simg.pki import cluster_pki
+
+    if keep is not None and keep < 1:
+        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
+    cfg = cluster.load()
+    uid = cluster.state.uid
+    if uid is None:
+        raise SnapshotError(f"{cluster.path}: no UID in state.json: the cluster was never "
+                            "deployed, so it has no etcd to take a snapshot of")
+    dest_dir = Path(dest_dir) if dest_dir else cluster.backups_dir
+    endpoints = planned_endpoints(cluster)
+    with etcd_client(cloud) as etcd:
+        try:
+            healthy = [e.endpoint for e in etcd.health(endpoints) if e.healthy]
+            names = {u: m.name for m in etcd.members(healthy) for u in m.client_urls} \
+                if healthy else {}
+        except EtcdError as e:
+            raise SnapshotError(f"etcd cannot be asked: {e}") from None
+        if not healthy:
+            raise SnapshotError(f"no etcd member of {cfg.name} is healthy "
+                                f"({', '.join(endpoints)}): nothing to take a snapshot from")
+        key = cluster_pki(cluster, cfg).snapshot_key()  # made on first use
+        sealed = take(etcd, healthy[0], names.get(healthy[0], healthy[0]), dest_dir,
+                      cluster=cfg.name, cluster_uid=uid, key=key, progress=progress)
+    removed = prune(dest_dir, uid, keep) if keep else []
+    for p in removed:
+        progress(f"removed {p.name} (keeping the {keep} newest)")
+    return sealed, removed
