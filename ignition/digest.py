@@ -8,6 +8,10 @@ comparison: the etcd member list a node started with (``ETCD_INITIAL_CLUSTER``,
 an API server was given (``--etcd-servers``): both change whenever another member is replaced,
 and each replacement is rendered with the membership as it is then. Compared, they would make
 every replacement leave the other masters stale, and an upgrade would never end.
+
+What a restoring member's first boot alone uses (the snapshot Ignition fetches, the key for it,
+the unit that restores it: gone once used) is left out too: the member is not stale for having
+been the one that restored.
 """
 
 import base64
@@ -18,14 +22,20 @@ import json
 import re
 import urllib.parse
 
-from k8simg.ignition.image import ETCD_ENV
+from k8simg.ignition.image import ETCD_ENV, ETCD_RESTORE_ENV, RESTORE_SOURCE
 
 MEMBERSHIP = {ETCD_ENV: ("ETCD_INITIAL_CLUSTER=", "ETCD_INITIAL_CLUSTER_STATE="),
               "/etc/kubernetes/manifests/kube-apiserver.yaml": ("--etcd-servers=",)}
+FIRST_BOOT_ONLY = {RESTORE_SOURCE, ETCD_RESTORE_ENV, "unit:k8simg-etcd-restore.service"}
 
 
 def decode_source(contents: dict) -> bytes:
-    """The bytes an Ignition ``contents`` (a data URL, maybe gzip'd) stands for."""
+    """The bytes an Ignition ``contents`` (a data URL, maybe gzip'd) stands for.
+
+    :raises ValueError: for a remote source (its bytes are not in the config).
+    """
+    if not contents["source"].startswith("data:"):
+        raise ValueError(f"{contents['source'][:60]}: a remote source, not a data URL")
     header, _, payload = contents["source"].partition(",")
     data = base64.b64decode(payload) if header.endswith(";base64") else \
         urllib.parse.unquote_to_bytes(payload)
@@ -47,6 +57,8 @@ def file_digests(user_data: bytes) -> dict[str, str]:
     doc = json.loads(user_data)
     out = {}
     for f in doc.get("storage", {}).get("files", []):
+        if f["path"] in FIRST_BOOT_ONLY:
+            continue
         data = decode_source(f["contents"]) if "contents" in f else b""
         skipped = MEMBERSHIP.get(f["path"])
         if skipped:
@@ -58,6 +70,8 @@ def file_digests(user_data: bytes) -> dict[str, str]:
     for fs in doc.get("storage", {}).get("filesystems", []):
         out[f"filesystem:{fs.get('device')}"] = _sha(json.dumps(fs, sort_keys=True).encode())
     for u in doc.get("systemd", {}).get("units", []):
+        if f"unit:{u['name']}" in FIRST_BOOT_ONLY:
+            continue
         out[f"unit:{u['name']}"] = _sha(json.dumps(u, sort_keys=True).encode())
     for u in doc.get("passwd", {}).get("users", []):
         out[f"user:{u['name']}"] = _sha(json.dumps(u, sort_keys=True).encode())
@@ -86,6 +100,8 @@ def earliest_leaf_expiry(user_data: bytes) -> dt.datetime | None:
     doc = json.loads(user_data)
     found = []
     for f in doc.get("storage", {}).get("files", []):
+        if f["path"] in FIRST_BOOT_ONLY:
+            continue
         data = decode_source(f["contents"]) if "contents" in f else b""
         pems = _PEM.findall(data) + [base64.b64decode(m) for m in _EMBEDDED.findall(data)]
         for pem in pems:

@@ -61,6 +61,17 @@ class Ignition:
         entry["contents"] = contents
         self.files.append(entry)
 
+    def remote_file(self, path: str, url: str, sha512: str, mode: int = 0o644) -> None:
+        """Add a file Ignition fetches from ``url`` and refuses unless its SHA-512 is
+        ``sha512`` (hex)."""
+        if any(f["path"] == path for f in self.files):
+            raise ValueError(f"{path} added twice")
+        entry: dict = {"path": path}
+        if mode != DEFAULT_FILE_MODE:
+            entry["mode"] = mode
+        entry["contents"] = {"source": url, "verification": {"hash": f"sha512-{sha512}"}}
+        self.files.append(entry)
+
     def directory(self, path: str, mode: int = 0o755) -> None:
         self.directories.append({"path": path, "mode": mode})
 

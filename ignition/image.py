@@ -19,10 +19,14 @@ KUBELET_ENV = f"{ENV_DIR}/kubelet.env"
 ADDONS_ENV = f"{ENV_DIR}/addons.env"
 ADDONS_DIR = "/usr/share/k8simg/addons"
 IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
+ETCD_RESTORE = "/usr/libexec/k8simg/etcd-restore"
+ETCD_RESTORE_ENV = "/etc/k8simg/etcd-restore.env"  # the snapshot's key: a restoring member's
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
 STORAGE_ROOT = "/var/lib/k8simg"
 STORAGE_BY_LABEL = f"/dev/disk/by-label/{STORAGE_LABEL}"  # what the volume's mount unit mounts
+RESTORE_DIR = f"{STORAGE_ROOT}/restore"  # on the volume: a snapshot can be large
+RESTORE_SOURCE = f"{RESTORE_DIR}/etcd.db.enc"  # fetched by Ignition for a restoring member
 DEVICE_WAITS = (STORAGE_BY_LABEL, "/dev/ttyS0")
 DEVICE_TIMEOUT = "10min"
 WORKER_LABEL = ("k8simg.io/role", "worker")
@@ -77,10 +81,18 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
            "kubelet_env": KUBELET_ENV,
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
            "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
-           "importer": IMAGE_IMPORTER}
+           "importer": IMAGE_IMPORTER, "restore_script": ETCD_RESTORE,
+           "restore_env": ETCD_RESTORE_ENV, "restore_source": RESTORE_SOURCE,
+           "restore_dir": RESTORE_DIR,
+           # etcd's snapshot files are etcdutl's from 3.5 on; the 3.4 line has only etcdctl
+           "snapshot_tool": "etcdutl" if etcd_line(etcd_version or rel.etcd) >= (3, 5)
+           else "ETCDCTL_API=3 etcdctl"}
     unit_dir = "/etc/systemd/system"
     files = {
         f"{unit_dir}/k8simg-etcd.service": (0o644, template("image/k8simg-etcd.service.j2", **ctx)),
+        f"{unit_dir}/k8simg-etcd-restore.service":
+            (0o644, template("image/k8simg-etcd-restore.service.j2", **ctx)),
+        ETCD_RESTORE: (0o755, template("image/etcd-restore.sh.j2", **ctx)),
         f"{unit_dir}/kubelet.service": (0o644, template("image/kubelet.service.j2")),
         f"{unit_dir}/kubelet.service.d/10-k8simg.conf":
             (0o644, template("image/kubelet-dropin.conf.j2", **ctx)),

@@ -23,9 +23,11 @@ from k8simg.ignition.image import (
     ADDONS_DIR,
     ADDONS_ENV,
     ETCD_ENV,
+    ETCD_RESTORE_ENV,
     KUBECONFIGS,
     KUBELET_ENV,
     PKI,
+    RESTORE_SOURCE,
     STORAGE_BINDS,
     STORAGE_LABEL,
     STORAGE_ROOT,
@@ -51,6 +53,24 @@ KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 ADDON_VALUES = "/etc/k8simg/addons.yaml"
 STORAGE_DEVICE = "/dev/vdb"  # the second virtio disk: the Cinder volume deploy attaches at boot
 
+@dataclass(frozen=True)
+class EtcdRestore:
+    """The snapshot a restoring member's first boot makes its etcd data from (k8simg restore).
+
+    :param node: the member that restores (the others join it as learners).
+    :param url: where Ignition fetches the snapshot (encrypted for the trip) from.
+    :param sha512: the fetched file's SHA-512 (hex): Ignition refuses any other.
+    :param key: the trip's AES-256-CTR key (hex), for this node only.
+    :param iv: its counter block (hex).
+    """
+
+    node: str
+    url: str
+    sha512: str
+    key: str
+    iv: str
+
+
 @dataclass
 class RenderContext:
     """Everything a node's config is computed from."""
@@ -65,6 +85,8 @@ class RenderContext:
     service_network: ServiceNetwork | None = None
     # The cluster's UID: with its name, what ties what the cloud integrations make to it.
     uid: str | None = None
+    # A restore: the member whose etcd is made from a snapshot at its first boot.
+    restore: EtcdRestore | None = None
 
     @property
     def cloud_cluster_name(self) -> str:
@@ -243,6 +265,14 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
         "ETCD_ELECTION_TIMEOUT": str(ctx.config.etcd_timing()[1]),
     }))
     ign.unit("k8simg-etcd.service")
+    if ctx.restore is not None and ctx.restore.node == node.name:
+        # Fetched by Ignition onto the volume (never inside user_data: a snapshot is large)
+        # and refused unless its SHA-512 is this; the key decrypts it, then both go.
+        ign.remote_file(RESTORE_SOURCE, ctx.restore.url, ctx.restore.sha512, 0o600)
+        ign.file(ETCD_RESTORE_ENV, env_file({"RESTORE_KEY": ctx.restore.key,
+                                             "RESTORE_IV": ctx.restore.iv}), 0o600,
+                 compress=False)
+        ign.unit("k8simg-etcd-restore.service")
 
 
 def operator_access(ign: Ignition, ctx: RenderContext, node: Node) -> None:

@@ -210,6 +210,47 @@ def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
     return header
 
 
+@dataclass(frozen=True)
+class Trip:
+    """A snapshot encrypted for the trip to one restoring node (AES-256-CTR under a key made for
+    it, which only that node's config carries; the config's SHA-512 of the file is its
+    integrity, checked by Ignition before the node decrypts it)."""
+
+    path: Path
+    sha512: str
+    key: str
+    iv: str
+    header: Header
+
+
+def for_the_trip(sealed: Path, key: bytes, cluster_uid: str, dest: Path) -> Trip:
+    """Unseal ``sealed`` (refused as :func:`unseal` refuses) and encrypt it again for a node as
+    ``dest`` (0600); the plaintext exists only in a private temporary file meanwhile.
+
+    :raises SnapshotError: when the sealed snapshot is refused.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    trip_key, iv = os.urandom(32), os.urandom(16)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".trip.") as tmp:
+        plain = Path(tmp) / "etcd.db"
+        header = unseal(sealed, plain, key, cluster_uid)
+        enc = Cipher(algorithms.AES(trip_key), modes.CTR(iv)).encryptor()
+        sha = hashlib.sha512()
+        part = Path(tmp) / "trip"
+        with open(plain, "rb") as f, open(part, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            while chunk := f.read(CHUNK):
+                ct = enc.update(chunk)
+                sha.update(ct)
+                out.write(ct)
+            ct = enc.finalize()
+            sha.update(ct)
+            out.write(ct)
+        os.replace(part, dest)
+    return Trip(dest, sha.hexdigest(), trip_key.hex(), iv.hex(), header)
+
+
 # -- etcd's side ---------------------------------------------------------------------------
 
 def snapshot_tool() -> list[str]:

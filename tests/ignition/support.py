@@ -12,9 +12,19 @@ from k8simg.ignition.render import ADDON_VALUES
 
 
 def files(doc: dict) -> dict[str, tuple[int, bytes]]:
-    """path -> (mode, content) of every file in the config."""
+    """path -> (mode, content) of every file in the config (what a remote one is, Ignition
+    fetches: see :func:`remote_files`)."""
     return {f["path"]: (f.get("mode", 0o644), decode_source(f["contents"]))
-            for f in doc.get("storage", {}).get("files", [])}
+            for f in doc.get("storage", {}).get("files", [])
+            if f["contents"]["source"].startswith("data:")}
+
+
+def remote_files(doc: dict) -> dict[str, tuple[int, str, str]]:
+    """path -> (mode, URL, verification hash) of every file Ignition fetches."""
+    return {f["path"]: (f.get("mode", 0o644), f["contents"]["source"],
+                        f["contents"]["verification"]["hash"])
+            for f in doc.get("storage", {}).get("files", [])
+            if not f["contents"]["source"].startswith("data:")}
 
 
 def node_view(doc: dict, kubernetes_version: str, etcd_version: str | None = None
