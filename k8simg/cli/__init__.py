@@ -55,6 +55,7 @@ cli.add_command(deploy_cmd.nodes)
 cli.add_command(deploy_cmd.console)
 cli.add_command(deploy_cmd.etcd)
 cli.add_command(upgrade_cmd.upgrade)
+cli.add_command(upgrade_cmd.restore)
 
 
 def _terminated(signum, _frame):

@@ -92,3 +92,61 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
         for gate in result.skipped_gates:
             click.echo(f"skipped gate: {gate}")
     sys.exit(result.exit_code)
+
+
+@click.command()
+@cluster_argument
+@cluster_cloud_option
+@click.option("--snapshot", "snapshot", required=True,
+              type=click.Path(dir_okay=False, exists=True),
+              help="The sealed snapshot to restore (k8simg etcd snapshot; k8simg etcd "
+                   "snapshots lists them).")
+@click.option("--plan", is_flag=True, help="Say what is lost and what would be replaced, and "
+                                          "the snapshot's revision and age; change nothing.")
+@click.option("--force", is_flag=True,
+              help="Restore even though etcd still has a healthy quorum (every write since "
+                   "the snapshot is lost).")
+@click.option("--timeout", default=1800, show_default=True, type=click.IntRange(1),
+              metavar="SECONDS", help="How long each new master's boot and join may take.")
+@ssh_key_option
+@output_option
+def restore(cluster, cloud, snapshot, plan, force, timeout, ssh_keys, output):
+    """Bring back a control plane that lost its etcd quorum from a sealed snapshot: new
+    masters (the next indices), the first restoring the snapshot at its first boot, the
+    others joining it; the API load balancer moved to them, the old masters removed. Workers
+    keep running. Refused while etcd has a healthy quorum (that is an upgrade's job).
+
+    Exit codes: 0 done, 4 refused (nothing changed), 1 failed (re-run to resume). With
+    --output json, one JSON object per line and step on stdout.
+    """
+    from pathlib import Path
+
+    from k8simg.ops.deploy import Deployment
+    from k8simg.ops.restore import Restore
+
+    def event(name: str, detail: dict) -> None:
+        if output == "json":
+            sys.stdout.write(json.dumps({"event": name, "time": round(time.time(), 3),
+                                         **detail}) + "\n")
+            sys.stdout.flush()
+        else:
+            progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
+
+    d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
+                               ssh_keys=ssh_keys)
+    r = Restore(d, Path(snapshot), force=force, timeout=timeout, events=event)
+    if plan:
+        p = r.plan()
+        if output == "json":
+            emit_json(p.to_json())
+        else:
+            h = p.header
+            click.echo(f"snapshot {p.snapshot.name}: revision {h.revision}, {h.total_keys} "
+                       f"keys, taken {h.taken_at} ({int(h.age.total_seconds()) // 60} min ago)")
+            click.echo(f"healthy etcd members now: {len(p.healthy)}")
+            for old, new in p.replace:
+                click.echo(f"replace {old} by {new}")
+            if len(p.replace) == 1:
+                click.echo("single master: the Kubernetes API is down until the new one is up")
+        return
+    r.run()

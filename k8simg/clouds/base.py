@@ -334,6 +334,19 @@ class Cloud(abc.ABC):
         cloud gives it an address of its own; None where it has none (yet)."""
         return None
 
+    def stage_restore(self, node: str, path: Path) -> str:
+        """Put the file ``path`` (a snapshot encrypted for the trip) where the restoring node
+        ``node``, alone, fetches it at first boot; returns its URL.
+
+        :raises CloudError: when this cloud cannot serve one yet.
+        """
+        raise CloudError(f"a restore on {self.where} needs somewhere its first master fetches "
+                         "the snapshot from (Swift, on OpenStack), which k8simg has not yet")
+
+    def unstage_restore(self, node: str) -> None:  # noqa: B027  (nothing staged: nothing to do)
+        """Remove what :meth:`stage_restore` put there for ``node``; nothing staged is no
+        error."""
+
     def unreachable(self) -> str | None:
         """Why this machine can never reach the nodes' private addresses, by the cluster's
         own design; None when :meth:`reach` can (once the nodes are up)."""

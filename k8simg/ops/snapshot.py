@@ -67,6 +67,7 @@ class Header:
     sha512: str
     member: str
     nonce_prefix: str
+    kubernetes_version: str = ""  # the cluster's when it was taken ("" : not said)
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -297,7 +298,7 @@ def snapshot_name(cluster: str, when: dt.datetime, revision: int) -> str:
 
 
 def take(etcd, endpoint: str, member: str, dest_dir: Path, *, cluster: str, cluster_uid: str,
-         key: bytes, tool: list[str] | None = None,
+         key: bytes, kubernetes_version: str = "", tool: list[str] | None = None,
          progress: Callable[[str], None] = lambda _m: None,
          clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> Sealed:
     """Save a snapshot from ``endpoint`` (one healthy member), check it, and seal it into
@@ -324,7 +325,8 @@ def take(etcd, endpoint: str, member: str, dest_dir: Path, *, cluster: str, clus
         dest = dest_dir / snapshot_name(cluster, when, st["revision"])
         header = seal(plain, dest, key, cluster=cluster, cluster_uid=cluster_uid,
                       taken_at=when.isoformat(timespec="seconds"), revision=st["revision"],
-                      total_keys=st["totalKey"], etcd_hash=st["hash"], member=member)
+                      total_keys=st["totalKey"], etcd_hash=st["hash"], member=member,
+                      kubernetes_version=kubernetes_version)
     return Sealed(dest, header)
 
 
@@ -414,7 +416,9 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
                                 f"({', '.join(endpoints)}): nothing to take a snapshot from")
         key = cluster_pki(cluster, cfg).snapshot_key()  # made on first use
         sealed = take(etcd, healthy[0], names.get(healthy[0], healthy[0]), dest_dir,
-                      cluster=cfg.name, cluster_uid=uid, key=key, progress=progress)
+                      cluster=cfg.name, cluster_uid=uid, key=key,
+                      kubernetes_version=cluster.state.kubernetes_version
+                      or cfg.kubernetes_version, progress=progress)
     removed = prune(dest_dir, uid, keep) if keep else []
     for p in removed:
         progress(f"removed {p.name} (keeping the {keep} newest)")

@@ -19,7 +19,6 @@ cloud whose computes run nothing), the Kubernetes API on an image baked without 
 import contextlib
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +32,11 @@ from k8simg.ops import desired
 from k8simg.ops.deploy import Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
-from k8simg.ops.etcd import etcd_client, planned_endpoints
+from k8simg.ops.etcd import etcd_client
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.ops.membership import replace_member
 from k8simg.ops.skew import skew_problems
+from k8simg.ops.snapshot import take
 from k8simg.pki import cluster_pki
 
 EXIT_DONE = 0
@@ -304,15 +304,18 @@ class Upgrade:
             return None
 
     def snapshot(self, etcd) -> None:
-        """Save an etcd snapshot in the cluster's backups directory (named by the time), before any
-        membership change.
+        """Take a sealed etcd snapshot into the cluster's backups directory (encrypted with the
+        cluster's snapshot key, :mod:`k8simg.ops.snapshot`) before any membership change.
 
-        :raises EtcdError: when etcd cannot be snapshotted.
+        :raises SnapshotError: when etcd cannot be snapshotted.
         """
-        dest = self.cluster.backups_dir / time.strftime("etcd-%Y%m%dT%H%M%SZ.db", time.gmtime())
-        dest.parent.mkdir(mode=0o700, exist_ok=True)
-        etcd.snapshot(dest, planned_endpoints(self.cluster)[0])
-        self.emit("etcd-snapshot", {"path": str(dest)})
+        member = etcd_members(self.nodes(), self.cfg)[0]
+        sealed = take(etcd, client_url(member), member.name, self.cluster.backups_dir,
+                      cluster=self.cfg.name, cluster_uid=self.cluster.state.ensure_uid(),
+                      key=cluster_pki(self.cluster, self.cfg).snapshot_key(),
+                      kubernetes_version=self.cluster.state.kubernetes_version
+                      or self.cfg.kubernetes_version)
+        self.emit("etcd-snapshot", {"path": str(sealed.path), "revision": sealed.header.revision})
 
     def _replacement_for(self, old: str, role: str) -> Node:
         """The replacement an earlier, interrupted run chose for ``old``, or a new one: it

@@ -345,6 +345,20 @@ class LocalCloud(Cloud):
         if self.procs.get("dnsmasq") is not None:
             self.ensure_dnsmasq(self.cluster.nodes(self.cfg))
 
+    def stage_restore(self, node: str, path: Path) -> str:
+        """Beside the node's record, where the metadata service answers that node (and no
+        other) with it, as Nova's answers a node its user_data."""
+        d = self.node_path(node)
+        d.mkdir(parents=True, mode=0o700, exist_ok=True)
+        dest = d / metadata.RESTORE_FILE
+        shutil.copyfile(path, dest.with_suffix(".part"))
+        dest.with_suffix(".part").chmod(0o600)
+        os.replace(dest.with_suffix(".part"), dest)
+        return f"http://{metadata.ADDRESS}:{metadata.PORT}{metadata.RESTORE_PATH}"
+
+    def unstage_restore(self, node: str) -> None:
+        (self.node_path(node) / metadata.RESTORE_FILE).unlink(missing_ok=True)
+
     def unreachable(self) -> str | None:
         return None  # the cluster's namespace is on this machine
 

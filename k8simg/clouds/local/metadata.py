@@ -4,7 +4,8 @@ it can be shown to work (tests/clouds/local/test_local_cloud.py).
 
 It answers a node (known by its source address, as Nova knows it by its port) with that
 node's own ``user_data`` (``/openstack/<version>/user_data``, ``/<version>/user-data``) and
-``meta_data.json``; anything else, or anyone else, gets 404. It runs in the cluster's network
+``meta_data.json``, and a restoring master its snapshot (``RESTORE_PATH``, while staged); anything
+else, or anyone else, gets 404. It runs in the cluster's network
 namespace, started by :class:`k8simg.clouds.local.services.Services` and recorded in the
 process table like dnsmasq and haproxy, and logs every request.
 
@@ -19,6 +20,9 @@ from pathlib import Path
 
 ADDRESS = "169.254.169.254"
 PORT = 80
+# A restoring master's snapshot (k8simg restore), for that node alone, as a temp URL would be.
+RESTORE_PATH = "/k8simg/restore/etcd.db.enc"
+RESTORE_FILE = "restore.enc"
 
 
 def node_by_address(nodes_dir: Path, address: str) -> Path | None:
@@ -42,6 +46,8 @@ def answer(nodes_dir: Path, address: str, path: str) -> tuple[int, bytes]:
         if ((len(parts) == 3 and parts[0] == "openstack" and parts[2] == "user_data")
                 or (len(parts) == 2 and parts[1] == "user-data")):
             return 200, (node / "user_data").read_bytes()
+        if "/" + "/".join(parts) == RESTORE_PATH and (node / RESTORE_FILE).is_file():
+            return 200, (node / RESTORE_FILE).read_bytes()
         if len(parts) == 3 and parts[0] == "openstack" and parts[2] == "meta_data.json":
             rec = json.loads((node / "node.json").read_text())
             return 200, json.dumps({"uuid": rec["uuid"], "name": rec["name"],

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -193,6 +194,26 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
     assert sorted((m["name"], m["peer_urls"][0], m["learner"]) for m in health["members"]) == [
         (f"ha-master-{i}", f"https://10.0.0.1{i}:2380", False) for i in range(3)]
 
+    # A sealed snapshot of it, taken through the namespace; with --keep 1, only the newest stays
+    writer = Writer(cd.pki_dir, [f"https://10.0.0.1{i}:2379" for i in range(3)],
+                    interval=0.02, netns=open_cloud(cd, cd.load()).ns.name, sticky=True)
+    writer.start()
+    time.sleep(3)
+    writer.stop()
+    assert writer.acked, writer.errors[:5]
+    taken = []
+    for _ in range(2):
+        r = k8simg("etcd", "snapshot", str(cd.path), "--keep", "1", "-o", "json")
+        taken.append(json.loads(r.stdout))
+        time.sleep(1)
+    assert taken[1]["revision"] >= taken[0]["revision"] > len(writer.acked)
+    assert taken[1]["keys"] >= len(writer.acked)
+    assert taken[1]["member"] in {f"ha-master-{i}" for i in range(3)}
+    listed = json.loads(k8simg("etcd", "snapshots", str(cd.path), "-o", "json").stdout)
+    assert [s["path"] for s in listed] == [taken[1]["path"]]
+    assert Path(taken[1]["path"]).stat().st_mode & 0o777 == 0o600
+    assert taken[1]["removed"] == [taken[0]["path"]]
+
     nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
     sha = json.loads(manifest.read_text())["image"]["sha256"]
     assert [(n["name"], n["state"], n["address"]) for n in nodes] == [
@@ -263,12 +284,76 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         "changes"] == []
 
     pids = [p.pid for p in procs.values()]
+    pids += restore_after_losing_every_master(cd, cloud)
 
     # destroy: no process, namespace (bridge, taps), mount, loop device or file left.
     r = k8simg("destroy", str(cd.path), "-o", "json")
     assert json.loads(r.stdout)["left"] == []
     reap(pids)
     assert leftovers(cd, pids) == []
+
+
+def everything(cloud, endpoint=None) -> tuple[int, list]:
+    r = etcdctl_retried(cloud, "get", "/", "--prefix", "-w", "json", endpoint=endpoint)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    return int(got["header"]["revision"]), sorted(
+        (kv["key"], kv["value"], kv["mod_revision"]) for kv in got.get("kvs", []))
+
+
+def restore_after_losing_every_master(cd, cloud) -> list[int]:
+    """A snapshot, a write after it, then every master VM killed (not destroyed): `k8simg
+    restore` brings up three new masters from the snapshot. Returns the new VMs' PIDs."""
+    snap = json.loads(k8simg("etcd", "snapshot", str(cd.path), "-o", "json").stdout)
+    revision, before = everything(cloud)
+    assert revision == snap["revision"] and len(before) > 100
+    # refused while etcd has a healthy quorum: that is an upgrade's job
+    r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], check=False)
+    assert r.returncode == 4 and "healthy quorum (3 of 3 members)" in r.stderr, r.stderr
+    r = etcdctl_retried(cloud, "put", "/k8simg/after-snapshot", "lost")
+    assert r.returncode == 0, r.stderr
+    for i in range(3):  # the disaster
+        os.kill(cloud.procs.get(f"qemu:ha-master-{i}").pid, signal.SIGKILL)
+
+    plan = json.loads(k8simg("restore", str(cd.path), "--snapshot", snap["path"], "--plan",
+                             "-o", "json").stdout)
+    assert plan["healthy_members"] == [] and plan["revision"] == revision
+    assert [(x["node"], x["with"]) for x in plan["replace"]] == [
+        (f"ha-master-{i}", f"ha-master-{i + 3}") for i in range(3)]
+    started = time.monotonic()
+    r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], "-o", "json", check=False)
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    events = [json.loads(ln) for ln in r.stdout.splitlines()]
+    print(f"restore of three masters from a snapshot of {len(before)} keys: {took:.0f} s",
+          file=sys.stderr)
+    assert [e["event"] for e in events if e["event"] in (
+        "snapshot-staged", "etcd-restored", "lb-members", "deleted", "done")] == [
+        "snapshot-staged", "etcd-restored", "lb-members", "deleted", "deleted", "deleted",
+        "done"]
+    # the snapshot reached the node as its config's remote file, from the metadata service
+    staged = next(e for e in events if e["event"] == "snapshot-staged")
+    assert staged["url"] == "http://169.254.169.254:80/k8simg/restore/etcd.db.enc"
+
+    health = json.loads(k8simg("etcd", "health", str(cd.path), "-o", "json").stdout)
+    new = [f"ha-master-{i}" for i in (3, 4, 5)]
+    assert sorted((m["name"], m["learner"]) for m in health["members"]) == [
+        (n, False) for n in new]
+    assert all(e["healthy"] for e in health["endpoints"])
+    # every key and revision of the snapshot, nothing written after it
+    after_revision, after = everything(cloud, "https://10.0.0.13:2379")
+    assert after == before and after_revision == revision
+    # the API load balancer in front of the new masters alone; the old VMs gone
+    haproxy = (cloud.netdir / "haproxy.cfg").read_text()
+    assert all(f"10.0.0.1{i}:" in haproxy for i in (3, 4, 5))
+    assert not any(f"10.0.0.1{i}:" in haproxy for i in (0, 1, 2))
+    procs = cloud.procs.all()
+    assert sorted(k for k in procs if k.startswith("qemu:")) == [f"qemu:{n}" for n in new]
+    nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
+    assert [(n["name"], n["state"]) for n in nodes] == [(n, "ready") for n in new]
+    # the staged snapshot is gone from the metadata service's reach
+    assert not list(cloud.nodedir.glob("*/restore.enc"))
+    return [p.pid for k, p in procs.items() if k.startswith("qemu:")]
 
 
 ROLL = os.environ.get("K8SIMG_TEST_LOCAL_ROLL") == "1"
@@ -336,7 +421,7 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     assert "kubernetes-api" in events[-1]["skipped_gates"]
     assert "etcd" not in events[-1]["skipped_gates"]  # etcd was observed throughout
     assert [e["path"] for e in events if e["event"] == "etcd-snapshot"]
-    assert (cd.path / "backups").is_dir() and list((cd.path / "backups").glob("etcd-*.db"))
+    assert list((cd.path / "backups").glob("ha-etcd-*.snapshot"))  # sealed
 
     # New VMs from the new image; the old ones are gone, with their disks and taps.
     nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)

@@ -1,9 +1,17 @@
-"""Boot the baked image under QEMU (software emulation, no network) with a config drive
-holding a rendered single-node config, and read the result from the serial console."""
+"""Boot the baked image under QEMU (software emulation) with a config drive holding a rendered
+single-node config, and read the result from the serial console. Its one network device is
+QEMU's user-mode network restricted to a single forward, to a file server on this machine's
+loopback: the remote file the config names (as a restoring etcd member's does) is fetched by
+Ignition at first boot."""
 
+import hashlib
 import json
+import os
 import re
 import shlex
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,6 +24,11 @@ from tests.conftest import write_cluster
 from tests.ops.bake.testimage import BUSYBOX
 
 pytestmark = pytest.mark.slow
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 REPORT = r"""#!/bin/bash
 # Test-only: report what first boot produced on the serial console, then power off.
@@ -53,18 +66,28 @@ for i in $(seq 1 60); do
     sleep 2
 done
 echo "etcd: $out"
+echo "remote: $(sha512sum $REMOTE 2>&1 | cut -d' ' -f1) $(stat -c %a $REMOTE 2>&1)"
 echo "K8SIMG-REPORT-END"
 systemctl poweroff
 """
 
 
-def add_test_units(doc: dict, etcd_ip: str) -> dict:
-    """The rendered config plus a marker file and the report unit (test-only)."""
+REMOTE_PATH = "/var/lib/k8simg/restore/fetched-by-ignition"  # on the volume, as a snapshot's
+GUEST_FILES = "10.0.2.100:8080"  # QEMU's user network forwards it to the test's file server
+
+
+def add_test_units(doc: dict, etcd_ip: str, remote: tuple[str, str] | None = None) -> dict:
+    """The rendered config plus a marker file and the report unit (test-only), and with
+    ``remote`` ``(URL, SHA-512)`` a file Ignition fetches."""
     files = doc["storage"]["files"]
+    if remote:
+        files.append({"path": REMOTE_PATH, "mode": 0o600, "contents": {
+            "source": remote[0], "verification": {"hash": f"sha512-{remote[1]}"}}})
     source, _ = data_url(b"written by Ignition\n", compress=False)
     files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
     devices = " ".join(shlex.quote(path_unit_name(d, "device")) for d in DEVICE_WAITS)
-    script, compression = data_url(REPORT.replace("$ETCD_IP", etcd_ip).replace(
+    script, compression = data_url(REPORT.replace("$REMOTE", REMOTE_PATH).replace(
+        "$ETCD_IP", etcd_ip).replace(
         "$BUSYBOX", BUSYBOX).replace("$DEVICES", devices).encode())
     entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
              "contents": {"source": script}}
@@ -86,7 +109,8 @@ def report(console: str, nth: int) -> dict:
     out: dict = {"file": {}, "unit": {}, "image": {}, "wait": {},
                  "trouble": "\n".join(systemd_trouble(console))}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
-    keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container)"
+    keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container"
+            r"|remote)"
             r": (.*)$")
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
@@ -107,11 +131,13 @@ def systemd_trouble(console: str) -> list[str]:
             if re.search(r"systemd\[1\]: .*(timed out|Dependency failed|Failed to start)", ln)]
 
 
-def single_node_machine(image, work):
+def single_node_machine(image, work, remote: tuple[str, str, int] | None = None):
     """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
     config drive with its rendered config plus the report unit. The node subnet is a
     loopback range, so etcd binds its planned address with no network.
 
+    :param remote: ``(URL, SHA-512, port on this machine's loopback)`` of a file the config
+        names, which the VM reaches through QEMU's user network (nothing else it can reach).
     :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
     """
     cd = write_cluster(work / "solo", topology="single",
@@ -123,12 +149,17 @@ def single_node_machine(image, work):
     cluster_pki(cd).ensure()
     ctx = render_context(cd)
     node = ctx.nodes[0]
-    user_data = dumps(add_test_units(render_node(ctx, node), str(node.address)))
+    user_data = dumps(add_test_units(render_node(ctx, node), str(node.address),
+                                     remote[:2] if remote else None))
     iso = qemu.config_drive(work / "config.iso", node.name, user_data)
     disk = qemu.overlay(image, work / "root.qcow2")
     volume = qemu.blank_disk(work / "volume.qcow2", 2)
+    net = []
+    if remote:
+        net = ["-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FILES}-"
+                          f"tcp:127.0.0.1:{remote[2]}", "-device", "virtio-net-pci,netdev=n0"]
     return node, lambda console: qemu.boot(node.name, disk, console, config_iso=iso,
-                                           volume=volume)
+                                           volume=volume, extra_args=net)
 
 
 def boot_to_report(boot, console) -> dict:
@@ -146,9 +177,28 @@ def test_boots_with_only_a_config_drive(baked_image, tmp_path):
     image, manifest_path, _ = baked_image
     baked = {i["ref"]: i["digest"] for i in json.loads(manifest_path.read_text())[
         "container_images"]}
-    master, boot = single_node_machine(image, tmp_path)
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = os.urandom(3 << 20)  # a snapshot-sized file would do the same, slower
+    (served / "payload").write_bytes(payload)
+    sha = hashlib.sha512(payload).hexdigest()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _boots(baked, image, tmp_path, served, server, sha)
+    finally:
+        server.shutdown()
+        server.server_close()
 
+
+def _boots(baked, image, tmp_path, served, server, sha):
+    # (QEMU's forward to the file server connects when QEMU starts: it runs for both boots)
+    master, boot = single_node_machine(
+        image, tmp_path, (f"http://{GUEST_FILES}/payload", sha, server.server_address[1]))
     r = boot_to_report(boot, tmp_path / "console-1.log")
+    # Ignition fetched the remote file at first boot (networkd started in the initramfs as
+    # Ignition asked), checked its SHA-512, and wrote it on the volume
+    assert r["remote"] == f"{sha} 600", r["remote"]
     assert "ignition.firstboot" in r["cmdline"]
     assert r["marker"] == "present"
     assert r["hostname"] == master.name

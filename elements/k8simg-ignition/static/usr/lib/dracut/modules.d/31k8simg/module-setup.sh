@@ -8,7 +8,7 @@ check() {
 }
 
 depends() {
-    echo ignition
+    echo ignition systemd-networkd
 }
 
 install() {
@@ -28,6 +28,14 @@ install() {
     # a config drive fails visibly on its console.
     inst_simple "$moddir/ignition-fetch-timeout.conf" \
         "$systemdsystemunitdir/ignition-fetch.service.d/10-k8simg-timeout.conf"
+    # Network for a config's remote resources, only when Ignition says it needs one.
+    inst_simple "$moddir/k8simg-ignition-neednet.service" \
+        "$systemdsystemunitdir/k8simg-ignition-neednet.service"
+    mkdir -p "$initdir$systemdsystemunitdir/ignition-complete.target.requires"
+    ln -sfn ../k8simg-ignition-neednet.service \
+        "$initdir$systemdsystemunitdir/ignition-complete.target.requires/k8simg-ignition-neednet.service"
+    inst_simple "$moddir/10-k8simg-initrd.network" /etc/systemd/network/10-k8simg-initrd.network
+    inst_multiple systemctl
     # A failed first boot prints Ignition's messages on the console before the emergency
     # shell starts.
     inst_multiple -o journalctl awk sed tail

@@ -1,0 +1,241 @@
+"""``k8simg restore``: a control plane that lost its etcd quorum (its masters gone, killed, or
+broken) comes back from a sealed snapshot as new masters, the way an upgrade brings new ones.
+
+1. The plan: the snapshot is checked against the cluster (its UID and key, its Kubernetes
+   release not newer than the cluster's), every master's etcd is asked, and a healthy quorum
+   refuses the restore (that is an upgrade's job) unless forced. The replacements are the
+   masters' next indices, recorded in ``state.json`` before anything boots, so a run killed
+   anywhere and run again goes on with the same ones.
+2. The first new master's config names the snapshot as a remote file (encrypted for the trip
+   under a key only that config carries; :mod:`k8simg.ops.snapshot`); the cloud serves it to
+   that node alone (the local cloud's metadata service). Its first boot restores the snapshot
+   into a one-member cluster before etcd starts.
+3. The others join it as learners and are promoted (:func:`k8simg.ops.membership.join_member`).
+4. The API load balancer is pointed at the new masters; the old masters' servers and volumes
+   are removed. Workers are not touched: same CA, same API address.
+"""
+
+import datetime as dt
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8simg.errors import K8simgError
+from k8simg.ignition.render import EtcdRestore, render_context, render_user_data
+from k8simg.model.plan import Node, client_url, next_node
+from k8simg.ops import desired
+from k8simg.ops.deploy import Deployment
+from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
+from k8simg.ops.lifecycle import Lifecycle
+from k8simg.ops.membership import join_member, wait_healthy
+from k8simg.ops.snapshot import Header, SnapshotError, for_the_trip, key_id, read_header
+from k8simg.pki import cluster_pki
+from k8simg.pki.manager import SNAPSHOT_KEY
+
+EXIT_DONE = 0
+EXIT_ABORTED = 4
+MARK = "restore from "  # the state's upgrade marker while a restore is under way
+
+
+class RestoreAborted(K8simgError):
+    """Refused before changing anything."""
+
+    exit_code = EXIT_ABORTED
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do.
+
+    :param healthy: the members that answered healthy (a quorum of them refuses the restore).
+    :param replace: ``(old master, new master)`` names.
+    """
+
+    snapshot: Path
+    header: Header
+    healthy: list[str]
+    replace: list[tuple[str, str]]
+
+    def to_json(self) -> dict:
+        h = self.header
+        return {"snapshot": str(self.snapshot), "revision": h.revision, "keys": h.total_keys,
+                "taken_at": h.taken_at, "age_s": int(h.age.total_seconds()),
+                "healthy_members": self.healthy,
+                "replace": [{"node": o, "with": n} for o, n in self.replace]}
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+class Restore:
+    """One cluster's restore from ``snapshot`` on its cloud.
+
+    :param force: restore even though etcd has a healthy quorum.
+    :param events: receives ``(event, details)`` (CI's JSON lines).
+    """
+
+    def __init__(self, deployment: Deployment, snapshot: Path, *, force: bool = False,
+                 timeout: float = 1800,
+                 events: Callable[[str, dict], None] = lambda _e, _d: None):
+        self.d = deployment
+        self.cloud = deployment.cloud
+        self.cluster = deployment.cluster
+        self.cfg = deployment.cfg
+        self.snapshot = Path(snapshot)
+        self.force = force
+        self.timeout = timeout
+        self.emit = events
+
+    def nodes(self) -> list[Node]:
+        return self.cluster.nodes(self.cfg)
+
+    # ------------------------------------------------------------------ planning
+    def check_snapshot(self) -> Header:
+        """:raises RestoreAborted: when the snapshot is not this cluster's, or is newer than
+        its Kubernetes release."""
+        try:
+            header = read_header(self.snapshot)
+        except SnapshotError as e:
+            raise RestoreAborted(str(e)) from None
+        uid = self.cluster.state.uid
+        pki = cluster_pki(self.cluster, self.cfg)
+        if not (pki.root / SNAPSHOT_KEY).is_file():
+            raise RestoreAborted(f"{pki.root / SNAPSHOT_KEY} is missing: no snapshot was ever "
+                                 "sealed for this cluster; nothing was changed")
+        key = pki.snapshot_key()
+        if header.cluster_uid != uid or header.key_id != key_id(key):
+            raise RestoreAborted(
+                f"{self.snapshot}: taken from cluster {header.cluster} (UID "
+                f"{header.cluster_uid}); this cluster ({self.cfg.name}, UID {uid}) cannot "
+                "decrypt it; nothing was changed")
+        if header.kubernetes_version and \
+                _minor(header.kubernetes_version) > _minor(self.cfg.kubernetes_version):
+            raise RestoreAborted(
+                f"{self.snapshot}: taken under Kubernetes {header.kubernetes_version}, newer "
+                f"than the cluster's {self.cfg.kubernetes_version}: an older API server must "
+                "not serve what a newer one stored; nothing was changed")
+        return header
+
+    def plan(self) -> RestorePlan:
+        """:raises RestoreAborted: when the restore is refused (nothing changed)."""
+        if self.cfg.dedicated_etcd:
+            raise RestoreAborted("a restore of dedicated etcd members is not supported yet; "
+                                 "nothing was changed")
+        header = self.check_snapshot()
+        endpoints = planned_endpoints(self.cluster)
+        try:
+            with etcd_client(self.cloud) as etcd:
+                healthy = [e.endpoint for e in etcd.health(endpoints) if e.healthy]
+        except (K8simgError, EtcdError) as e:
+            raise RestoreAborted(f"etcd's members cannot be asked from here ({e}); a restore "
+                                 "needs the cluster's network; nothing was changed") from None
+        if len(healthy) > len(endpoints) // 2 and not self.force:
+            raise RestoreAborted(
+                f"etcd has a healthy quorum ({len(healthy)} of {len(endpoints)} members): "
+                "replacing masters is an upgrade's job (`k8simg upgrade`); --force restores "
+                "anyway, losing every write since the snapshot; nothing was changed")
+        chosen = self.chosen()
+        masters = [n for n in self.nodes() if n.role == "master" and n.name not in
+                   chosen.values()]
+        replace, taken = [], list(self.nodes())
+        for old in masters:
+            if old.name in chosen:
+                replace.append((old.name, chosen[old.name]))
+                continue
+            new = next_node(self.cfg, "master", taken)
+            taken.append(new)
+            replace.append((old.name, new.name))
+        return RestorePlan(self.snapshot, header, healthy, replace)
+
+    def chosen(self) -> dict[str, str]:
+        """The replacements an interrupted restore of the same snapshot chose."""
+        up = self.cluster.state.upgrade
+        if up is None:
+            return {}
+        if not up.image.startswith(MARK):
+            raise RestoreAborted(f"an upgrade to {up.image} is unfinished: run `k8simg "
+                                 f"upgrade {self.cluster.path}` to finish it first")
+        return dict(up.replacing)
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> RestorePlan:
+        """Restore; see the module's docstring. Run again after an interruption, it goes on.
+
+        :raises RestoreAborted: when refused before anything changed.
+        """
+        plan = self.plan()
+        state = self.cluster.state
+        self.emit("plan", plan.to_json())
+        pre = self.cloud.prepare(self.nodes())
+        if pre.problems:
+            raise RestoreAborted("preflight failed; nothing was changed: "
+                                 + "; ".join(f"{f}: {m}" for f, m in pre.problems))
+        started = dt.datetime.now(dt.UTC)
+        state.begin_upgrade(MARK + plan.snapshot.name)
+        nodes = self.nodes()
+        names = {n.name for n in nodes}
+        news = []
+        for old, new_name in plan.replace:
+            if new_name not in names:
+                new = next_node(self.cfg, "master", nodes)
+                assert new.name == new_name, (new.name, new_name)
+                nodes.append(new)
+                self.cluster.save_nodes(nodes)
+            state.set_replacing(old, new_name)
+            news.append(next(n for n in nodes if n.name == new_name))
+        cluster_pki(self.cluster, self.cfg).ensure()
+        olds = [n for n in nodes if n.name in dict(plan.replace)]
+        others = [n for n in nodes if n.role != "master"]
+        infra = self.cloud.ensure_infrastructure(pre, [*others, *news])
+        life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
+                         timeout=self.timeout, events=self.emit)
+        have = {s.name for s in self.cloud.nodes()}
+        first, rest = news[0], news[1:]
+
+        def user_data(node: Node, members: list[Node], restore: EtcdRestore | None = None,
+                      joining: bool = False) -> bytes:
+            ctx = render_context(self.cluster, nodes=[*others, *members],
+                                 joining=frozenset({node.name}) if joining else frozenset())
+            ctx.restore = restore
+            data = render_user_data(ctx, node)
+            desired.record(state, {node.name: data}, self.cloud.nodes())
+            return data
+
+        if first.name not in have:
+            key = cluster_pki(self.cluster, self.cfg).snapshot_key()
+            with tempfile.TemporaryDirectory(dir=self.cluster.path, prefix=".restore-") as tmp:
+                trip = for_the_trip(plan.snapshot, key, state.uid, Path(tmp) / "etcd.db.enc")
+                url = self.cloud.stage_restore(first.name, trip.path)
+            self.emit("snapshot-staged", {"node": first.name, "url": url,
+                                          "sha512": trip.sha512})
+            life.boot(first, user_data(first, [first], EtcdRestore(
+                first.name, url, trip.sha512, trip.key, trip.iv)), infra)
+            self.emit("restored-member-booted", {"node": first.name})
+        with etcd_client(self.cloud, "apiserver-etcd-client") as etcd:
+            wait_healthy(etcd, client_url(first), self.timeout)
+            self.cloud.unstage_restore(first.name)
+            self.emit("etcd-restored", {"node": first.name, "revision": plan.header.revision})
+            for k, new in enumerate(rest, start=1):
+                members = news[:k + 1]
+                join_member(
+                    etcd, new, voters=k, timeout=self.timeout,
+                    start=lambda n, _initial, m=members: life.boot(
+                        n, user_data(n, m, joining=True), infra)
+                    if n.name not in {s.name for s in self.cloud.nodes()} else None,
+                    endpoints=lambda m=members: [client_url(x) for x in m],
+                    events=lambda e, det: self.emit(f"etcd-{e}", det))
+        self.cloud.ensure_api_members(news, infra)
+        self.emit("lb-members", {"nodes": [n.name for n in news]})
+        for old in olds:
+            self.cloud.delete_node(old.name)
+            self.emit("deleted", {"node": old.name})
+        self.cluster.save_nodes([n for n in self.nodes() if n.name not in {o.name for o in olds}])
+        state.end_upgrade()
+        seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        self.emit("done", {"masters": [n.name for n in news], "revision": plan.header.revision,
+                           "seconds": round(seconds)})
+        return plan
+
