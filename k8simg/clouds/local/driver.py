@@ -347,7 +347,10 @@ class LocalCloud(Cloud):
 
     def stage_restore(self, node: str, path: Path) -> str:
         """Beside the node's record, where the metadata service answers that node (and no
-        other) with it, as Nova's answers a node its user_data."""
+        other) with it, as Nova's answers a node its user_data. The service is started again,
+        so one started by an older k8simg answers it too."""
+        self.procs.stop("metadata")
+        self.services.ensure_metadata(self.nodedir)
         d = self.node_path(node)
         d.mkdir(parents=True, mode=0o700, exist_ok=True)
         dest = d / metadata.RESTORE_FILE

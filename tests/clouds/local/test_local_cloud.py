@@ -306,7 +306,7 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
     restore` brings up three new masters from the snapshot. Returns the new VMs' PIDs."""
     snap = json.loads(k8simg("etcd", "snapshot", str(cd.path), "-o", "json").stdout)
     revision, before = everything(cloud)
-    assert revision == snap["revision"] and len(before) > 100
+    assert revision == snap["revision"] and len(before) >= 5  # the writes above
     # refused while etcd has a healthy quorum: that is an upgrade's job
     r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], check=False)
     assert r.returncode == 4 and "healthy quorum (3 of 3 members)" in r.stderr, r.stderr
