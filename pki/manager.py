@@ -17,6 +17,7 @@ key 0600.
 import base64
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,10 +230,12 @@ class Pki:
             if len(key) != SNAPSHOT_KEY_BYTES:
                 problems.append((SNAPSHOT_KEY, f"not {SNAPSHOT_KEY_BYTES} bytes in base64"))
 
-    def snapshot_key(self) -> bytes:
-        """The key etcd snapshots are encrypted with, made (atomically, 0600) on first use.
+    def snapshot_key(self, create: bool = True) -> bytes:
+        """The key etcd snapshots are encrypted with; made (0600) when missing and ``create``,
+        exclusively: of two runs making it at once, both end up with the one that won.
 
-        :raises PkiError: when the file exists but is not such a key.
+        :raises PkiError: when the file exists but is not such a key, or is missing and not
+            to be made.
         """
         path = self.root / SNAPSHOT_KEY
         problems: list = []
@@ -240,8 +243,24 @@ class Pki:
         if problems:
             raise PkiError(problems)
         if not path.is_file():
+            if not create:
+                raise PkiError([(SNAPSHOT_KEY, "missing: `k8simg pki init` makes it (every "
+                                               "snapshot needs it to be read again)")])
             self.progress("generating the etcd snapshot key")
-            atomic_write(path, base64.b64encode(os.urandom(SNAPSHOT_KEY_BYTES)) + b"\n", 0o600)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                os.fchmod(fd, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(base64.b64encode(os.urandom(SNAPSHOT_KEY_BYTES)) + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)  # fails if another run made it first: theirs is kept
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(tmp)
         return base64.b64decode(path.read_bytes().strip())
 
     def _check_sa(self, problems: list) -> None:

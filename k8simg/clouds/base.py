@@ -334,14 +334,19 @@ class Cloud(abc.ABC):
         cloud gives it an address of its own; None where it has none (yet)."""
         return None
 
+    def restore_unsupported(self) -> str | None:
+        """Why a restore cannot run on this cloud yet (None: it can); see
+        :meth:`stage_restore`."""
+        return (f"a restore on {self.where} needs somewhere its first master fetches the "
+                "snapshot from (Swift, on OpenStack), which k8simg has not yet")
+
     def stage_restore(self, node: str, path: Path) -> str:
         """Put the file ``path`` (a snapshot encrypted for the trip) where the restoring node
         ``node``, alone, fetches it at first boot; returns its URL.
 
         :raises CloudError: when this cloud cannot serve one yet.
         """
-        raise CloudError(f"a restore on {self.where} needs somewhere its first master fetches "
-                         "the snapshot from (Swift, on OpenStack), which k8simg has not yet")
+        raise CloudError(self.restore_unsupported() or "")
 
     def unstage_restore(self, node: str) -> None:  # noqa: B027  (nothing staged: nothing to do)
         """Remove what :meth:`stage_restore` put there for ``node``; nothing staged is no

@@ -238,5 +238,12 @@ class ClusterState:
         self._update(upgrade={"image": up.image,
                               "replacing": {k: v for k, v in replacing.items() if v}})
 
+    def set_replacing_all(self, pairs: dict[str, str]) -> None:
+        """Every ``old -> new`` of ``pairs`` recorded at once (one write)."""
+        up = self.upgrade
+        if up is None:
+            raise K8simgError(f"{self.path}: no upgrade under way to record replacements in")
+        self._update(upgrade={"image": up.image, "replacing": {**up.replacing, **pairs}})
+
     def end_upgrade(self) -> None:
         self._update(upgrade=None)

@@ -81,6 +81,10 @@ class ControlPlaneUnhealthy(K8simgError):
               f"`k8simg console {cluster_path} NODE` shows a node's boot")
 
 
+# What state.json's upgrade entry says while a restore (k8simg.ops.restore) is under way.
+RESTORE_MARK = "restore from "
+
+
 def image_warning(image: ImageFacts | None) -> str | None:
     """What an operator is told about the image nodes boot from, built from its facts."""
     if image is None:
@@ -249,6 +253,10 @@ class Deployment:
         """
         cloud = self.cloud
         upgrading = self.cluster.state.upgrade
+        if upgrading and upgrading.image.startswith(RESTORE_MARK):
+            raise K8simgError(f"a {upgrading.image} is unfinished ({self.cluster.state.path}); "
+                              f"run `k8simg restore {self.cluster.path} --snapshot ...` with "
+                              "the same snapshot to finish it before deploying")
         if upgrading:
             raise K8simgError(f"an upgrade to {upgrading.image} is in progress "
                               f"({self.cluster.state.path}); run `k8simg upgrade "

@@ -86,6 +86,7 @@ class Status:
     member_id: int
     leader_id: int  # 0: the member knows no leader (an election is under way, or no quorum)
     raft_index: int
+    version: str = ""  # the member's etcd version, as it says
 
 
 class Etcd:
@@ -180,7 +181,8 @@ class Etcd:
         # etcdctl prints the status message as protobuf's JSON: a field that is 0 is left
         # out, "leader" among them while the member knows no leader.
         return [Status(self._named(s["Endpoint"]), s["Status"]["header"]["member_id"],
-                       s["Status"].get("leader", 0), s["Status"].get("raftIndex", 0))
+                       s["Status"].get("leader", 0), s["Status"].get("raftIndex", 0),
+                       s["Status"].get("version", ""))
                 for s in data]
 
     def alarms(self, endpoints: list[str]) -> list[str]:
@@ -277,6 +279,30 @@ def wait_healthy(etcd: Etcd, endpoints: list[str], timeout: float,
             progress(message)
             said = message
         time.sleep(5)
+
+
+def version_skew(running: list[str], image: str | None) -> str | None:
+    """Why members of the versions ``running`` cannot be replaced by members of the image's
+    etcd ``image``, or None. etcd upgrades one minor release at a time, and never down: a
+    cluster on 3.4 reaches 3.6 through 3.5 (etcd's upgrade guides); an unknown side is no
+    objection (an image from before k8simg recorded its etcd)."""
+    def line(v: str) -> tuple[int, int]:
+        major, minor = v.split(".")[:2]
+        return int(major), int(minor)
+
+    known = sorted({line(v) for v in running if v and v[0].isdigit()})
+    if not image or not known:
+        return None
+    target = line(image)
+    low, high = known[0], known[-1]
+    if target < high:
+        return (f"the image's etcd {image} is older than the members' "
+                f"{'.'.join(map(str, high))}: etcd is never downgraded by replacement")
+    if target[0] != low[0] or target[1] > low[1] + 1:
+        return (f"the image's etcd {image} is more than one minor release above the members' "
+                f"{'.'.join(map(str, low))}: etcd upgrades one minor release at a time (roll "
+                f"onto an image with etcd {low[0]}.{low[1] + 1} first)")
+    return None
 
 
 def planned_endpoints(cluster) -> list[str]:

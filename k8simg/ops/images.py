@@ -245,12 +245,20 @@ def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mo
     :raises ImageError: naming the image and the path that is missing, or not a regular file.
     """
     dests = {p.lstrip("/"): Path(d) for p, d in wanted.items()}
-    found: dict[str, Path | None] = {}
+    found: dict[str, tuple[int, Path] | None] = {}  # path -> (layer, its copy); None: hidden
     for d in dests.values():
         d.parent.mkdir(parents=True, exist_ok=True)
 
     def fail(msg: str) -> ImageError:
         return ImageError(f"{spec.ref}: {archive}: {msg}")
+
+    def hide(prefix: str, layer: int, itself: bool) -> None:
+        """A whiteout (``itself``: the path and all under it) or an opaque folder (what is
+        under it) hides what lower layers have there, never this layer's own."""
+        for p, got in found.items():
+            if got is not None and got[0] < layer and (
+                    p.startswith(prefix + "/") or (itself and p == prefix)):
+                found[p] = None
 
     with tempfile.TemporaryDirectory(dir=next(iter(dests.values())).parent,
                                      prefix=".image-files.") as tmp:
@@ -267,16 +275,13 @@ def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mo
                     data = t.extractfile(members[f"blobs/sha256/{layer['digest'][7:]}"])
                     with tarfile.open(fileobj=data, mode="r|*") as lt:
                         for m in lt:
-                            name = m.name.removeprefix("./").lstrip("/")
+                            name = m.name.removeprefix("./").strip("/")
                             folder, _, base = name.rpartition("/")
-                            if base == ".wh..wh..opq":  # the folder's lower layers are hidden
-                                for p in [p for p in found if p.rpartition("/")[0] == folder]:
-                                    found[p] = None
+                            if base == ".wh..wh..opq":
+                                hide(folder, n, itself=False)
                                 continue
                             if base.startswith(".wh."):
-                                name = f"{folder}/{base[4:]}".lstrip("/")
-                                if name in found:
-                                    found[name] = None
+                                hide(f"{folder}/{base[4:]}".lstrip("/"), n, itself=True)
                                 continue
                             if name not in dests:
                                 continue
@@ -285,7 +290,7 @@ def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mo
                             part = Path(tmp) / f"{n}-{dests[name].name}"
                             with open(part, "wb") as out:
                                 shutil.copyfileobj(lt.extractfile(m), out)
-                            found[name] = part
+                            found[name] = (n, part)
         except (tarfile.TarError, OSError, ValueError, KeyError, IndexError) as e:
             raise fail(f"unreadable ({type(e).__name__}: {e})") from None
         missing = [f"/{p}" for p in dests if found.get(p) is None]
@@ -293,7 +298,7 @@ def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mo
             raise fail(f"{', '.join(missing)} not in the image")
         out = {}
         for name, dest in dests.items():
-            part = found[name]
+            part = found[name][1]
             part.chmod(mode)
             out[dest.name] = hashlib.sha256(part.read_bytes()).hexdigest()
             os.replace(part, dest)

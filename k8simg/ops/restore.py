@@ -16,6 +16,7 @@ broken) comes back from a sealed snapshot as new masters, the way an upgrade bri
 """
 
 import datetime as dt
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +26,24 @@ from k8simg.errors import K8simgError
 from k8simg.ignition.render import EtcdRestore, render_context, render_user_data
 from k8simg.model.plan import Node, client_url, next_node
 from k8simg.ops import desired
-from k8simg.ops.deploy import Deployment
+from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.ops.membership import join_member, wait_healthy
-from k8simg.ops.snapshot import Header, SnapshotError, for_the_trip, key_id, read_header
+from k8simg.ops.snapshot import (
+    Header,
+    SnapshotError,
+    for_the_trip,
+    key_id,
+    read_header,
+    unseal,
+)
 from k8simg.pki import cluster_pki
 from k8simg.pki.manager import SNAPSHOT_KEY
 
 EXIT_DONE = 0
 EXIT_ABORTED = 4
-MARK = "restore from "  # the state's upgrade marker while a restore is under way
+MARK = RESTORE_MARK  # state.json's upgrade entry names the snapshot while a restore is under way
 
 
 class RestoreAborted(K8simgError):
@@ -56,6 +64,7 @@ class RestorePlan:
     header: Header
     healthy: list[str]
     replace: list[tuple[str, str]]
+    finishing: bool = False  # an interrupted run got as far as removing the old masters
 
     def to_json(self) -> dict:
         h = self.header
@@ -124,7 +133,21 @@ class Restore:
         if self.cfg.dedicated_etcd:
             raise RestoreAborted("a restore of dedicated etcd members is not supported yet; "
                                  "nothing was changed")
+        why_not = self.cloud.restore_unsupported()
+        if why_not:
+            raise RestoreAborted(f"{why_not}; nothing was changed")
         header = self.check_snapshot()
+        try:  # every chunk authenticated now, not once the new masters are chosen
+            unseal(self.snapshot, None, cluster_pki(self.cluster, self.cfg).snapshot_key(),
+                   self.cluster.state.uid)
+        except SnapshotError as e:
+            raise RestoreAborted(f"{e}; nothing was changed") from None
+        chosen = self.chosen()
+        names = {n.name for n in self.nodes()}
+        # in the order first chosen: the first is the member that restores
+        resumed = sorted(chosen.items(), key=lambda kv: int(kv[1].rsplit("-", 1)[1]))
+        if chosen and not any(old in names for old in chosen):
+            return RestorePlan(self.snapshot, header, [], resumed, True)
         endpoints = planned_endpoints(self.cluster)
         try:
             with etcd_client(self.cloud) as etcd:
@@ -132,32 +155,35 @@ class Restore:
         except (K8simgError, EtcdError) as e:
             raise RestoreAborted(f"etcd's members cannot be asked from here ({e}); a restore "
                                  "needs the cluster's network; nothing was changed") from None
-        if len(healthy) > len(endpoints) // 2 and not self.force:
+        if len(healthy) > len(endpoints) // 2 and not self.force and not chosen:
             raise RestoreAborted(
                 f"etcd has a healthy quorum ({len(healthy)} of {len(endpoints)} members): "
                 "replacing masters is an upgrade's job (`k8simg upgrade`); --force restores "
                 "anyway, losing every write since the snapshot; nothing was changed")
-        chosen = self.chosen()
-        masters = [n for n in self.nodes() if n.role == "master" and n.name not in
-                   chosen.values()]
+        if chosen:
+            return RestorePlan(self.snapshot, header, healthy, resumed)
         replace, taken = [], list(self.nodes())
-        for old in masters:
-            if old.name in chosen:
-                replace.append((old.name, chosen[old.name]))
-                continue
+        for old in [n for n in self.nodes() if n.role == "master"]:
             new = next_node(self.cfg, "master", taken)
             taken.append(new)
             replace.append((old.name, new.name))
         return RestorePlan(self.snapshot, header, healthy, replace)
 
     def chosen(self) -> dict[str, str]:
-        """The replacements an interrupted restore of the same snapshot chose."""
+        """The replacements an interrupted restore of the same snapshot chose.
+
+        :raises RestoreAborted: when an upgrade, or a restore of another snapshot, is
+            unfinished.
+        """
         up = self.cluster.state.upgrade
         if up is None:
             return {}
         if not up.image.startswith(MARK):
             raise RestoreAborted(f"an upgrade to {up.image} is unfinished: run `k8simg "
                                  f"upgrade {self.cluster.path}` to finish it first")
+        if up.image != MARK + self.snapshot.name:
+            raise RestoreAborted(f"a {up.image} is unfinished: run the restore again with "
+                                 "that snapshot to finish it first; nothing was changed")
         return dict(up.replacing)
 
     # ------------------------------------------------------------------ running
@@ -169,31 +195,45 @@ class Restore:
         plan = self.plan()
         state = self.cluster.state
         self.emit("plan", plan.to_json())
+        if plan.finishing:  # killed after the old masters went: only the record is left
+            state.end_upgrade()
+            self.emit("done", {"masters": [n for _, n in plan.replace],
+                               "revision": plan.header.revision})
+            return plan
         pre = self.cloud.prepare(self.nodes())
         if pre.problems:
             raise RestoreAborted("preflight failed; nothing was changed: "
                                  + "; ".join(f"{f}: {m}" for f, m in pre.problems))
         started = dt.datetime.now(dt.UTC)
+        for stale in self.cluster.path.glob(".restore-*"):  # a killed run's trip, in the clear
+            shutil.rmtree(stale, ignore_errors=True)
+        # The replacements are recorded in one write, then join the node set in another: a run
+        # killed between them finds the same names again.
         state.begin_upgrade(MARK + plan.snapshot.name)
+        state.set_replacing_all(dict(plan.replace))
         nodes = self.nodes()
-        names = {n.name for n in nodes}
-        news = []
-        for old, new_name in plan.replace:
-            if new_name not in names:
+        for _old, new_name in plan.replace:
+            if new_name not in {n.name for n in nodes}:
                 new = next_node(self.cfg, "master", nodes)
-                assert new.name == new_name, (new.name, new_name)
+                if new.name != new_name:
+                    raise RestoreAborted(f"{state.path} names {new_name} as a replacement, but "
+                                         f"the node set's next master is {new.name}: resolve "
+                                         "it by hand")
                 nodes.append(new)
-                self.cluster.save_nodes(nodes)
-            state.set_replacing(old, new_name)
-            news.append(next(n for n in nodes if n.name == new_name))
+        self.cluster.save_nodes(nodes)
+        news = [next(n for n in nodes if n.name == new_name) for _, new_name in plan.replace]
         cluster_pki(self.cluster, self.cfg).ensure()
         olds = [n for n in nodes if n.name in dict(plan.replace)]
         others = [n for n in nodes if n.role != "master"]
         infra = self.cloud.ensure_infrastructure(pre, [*others, *news])
         life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
                          timeout=self.timeout, events=self.emit)
-        have = {s.name for s in self.cloud.nodes()}
         first, rest = news[0], news[1:]
+
+        def to_boot(node: Node) -> bool:
+            """Not there, or its first boot failed (the cloud replaces it)."""
+            got = {s.name: s.state for s in self.cloud.nodes()}
+            return got.get(node.name) in (None, "failed", "ERROR")
 
         def user_data(node: Node, members: list[Node], restore: EtcdRestore | None = None,
                       joining: bool = False) -> bytes:
@@ -204,7 +244,7 @@ class Restore:
             desired.record(state, {node.name: data}, self.cloud.nodes())
             return data
 
-        if first.name not in have:
+        if to_boot(first):
             key = cluster_pki(self.cluster, self.cfg).snapshot_key()
             with tempfile.TemporaryDirectory(dir=self.cluster.path, prefix=".restore-") as tmp:
                 trip = for_the_trip(plan.snapshot, key, state.uid, Path(tmp) / "etcd.db.enc")
@@ -223,8 +263,7 @@ class Restore:
                 join_member(
                     etcd, new, voters=k, timeout=self.timeout,
                     start=lambda n, _initial, m=members: life.boot(
-                        n, user_data(n, m, joining=True), infra)
-                    if n.name not in {s.name for s in self.cloud.nodes()} else None,
+                        n, user_data(n, m, joining=True), infra) if to_boot(n) else None,
                     endpoints=lambda m=members: [client_url(x) for x in m],
                     events=lambda e, det: self.emit(f"etcd-{e}", det))
         self.cloud.ensure_api_members(news, infra)

@@ -77,6 +77,11 @@ class Header:
         return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(self.taken_at)
 
 
+_HEADER_TYPES = {"cluster": str, "cluster_uid": str, "key_id": str, "taken_at": str,
+                 "revision": int, "total_keys": int, "etcd_hash": int, "size": int,
+                 "sha512": str, "member": str, "nonce_prefix": str, "kubernetes_version": str}
+
+
 @dataclass(frozen=True)
 class Sealed:
     """A sealed snapshot on disk."""
@@ -145,14 +150,27 @@ def read_header(path: Path) -> Header:
             (n,) = struct.unpack(">I", f.read(4))
             if n > MAX_HEADER:
                 raise SnapshotError(f"{path}: not a k8simg etcd snapshot (header of {n} bytes)")
-            return Header(**json.loads(f.read(n)))
+            header = Header(**json.loads(f.read(n)))
     except (OSError, struct.error, ValueError, TypeError) as e:
         raise SnapshotError(f"{path}: not a readable k8simg etcd snapshot ({e})") from None
+    wrong = [f for f, kind in _HEADER_TYPES.items() if type(getattr(header, f)) is not kind]
+    try:
+        bytes.fromhex(header.nonce_prefix)
+        if dt.datetime.fromisoformat(header.taken_at).tzinfo is None:
+            raise ValueError("no time zone")
+    except (TypeError, ValueError):
+        wrong.append("nonce_prefix or taken_at")
+    if wrong or not re.fullmatch(r"(\d+\.\d+\.\d+)?", header.kubernetes_version):
+        raise SnapshotError(f"{path}: not a readable k8simg etcd snapshot (its header's "
+                            f"{', '.join(wrong) or 'kubernetes_version'} is malformed)")
+    return header
 
 
-def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
-    """Decrypt a sealed snapshot of the cluster ``cluster_uid`` into ``dest`` (0600), only once
-    every chunk authenticated and the SHA-512 matched; nothing is left at ``dest`` otherwise.
+def unseal(path: Path, dest: Path | None, key: bytes, cluster_uid: str) -> Header:
+    """Decrypt a sealed snapshot of the cluster ``cluster_uid`` into ``dest`` (0600), which
+    appears only once every chunk authenticated and the SHA-512 matched (nothing is left there
+    otherwise; the chunks read so far go to a 0600 part file beside it, removed). Without
+    ``dest``, the whole file is checked and nothing is written.
 
     :raises SnapshotError: naming the file and why it is refused.
     """
@@ -169,10 +187,15 @@ def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
     digest, prefix, aead = hashlib.sha256(raw).digest(), bytes.fromhex(header.nonce_prefix), \
         AESGCM(key)
     sha = hashlib.sha512()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = None
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+        if dest is not None:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            os.fchmod(fd, 0o600)
+            out = os.fdopen(fd, "wb")
+        else:
+            out = open(os.devnull, "wb")  # noqa: SIM115 (closed below)
+        with out, open(path, "rb") as f:
             f.seek(len(MAGIC))
             (n,) = struct.unpack(">I", f.read(4))
             if f.read(n) != raw:  # the header as parsed is the header as sealed
@@ -184,8 +207,11 @@ def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
                     raise SnapshotError(f"{path}: cut short after {index} chunks (truncated?): "
                                         "refused")
                 (m,) = struct.unpack(">I", size)
+                if m > CHUNK + 16:
+                    raise SnapshotError(f"{path}: chunk {index} claims {m} bytes, more than a "
+                                        "chunk holds: refused")
                 ct = f.read(m)
-                if len(ct) != m or m > CHUNK + 16:
+                if len(ct) != m:
                     raise SnapshotError(f"{path}: cut short in chunk {index} (truncated?): "
                                         "refused")
                 last = f.peek(1)[:1] == b""
@@ -204,10 +230,13 @@ def unseal(path: Path, dest: Path, key: bytes, cluster_uid: str) -> Header:
         if sha.hexdigest() != header.sha512:
             raise SnapshotError(f"{path}: SHA-512 of the decrypted database does not match its "
                                 "header: refused")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if tmp is not None:
+            os.replace(tmp, dest)
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot be read or unsealed ({e})") from None
+    finally:
+        if tmp is not None:  # moved into place when whole; otherwise removed
+            Path(tmp).unlink(missing_ok=True)
     return header
 
 
@@ -283,6 +312,9 @@ def status(db: Path, tool: list[str] | None = None) -> dict:
                     "PATH", "/usr/bin:/bin")})
     except FileNotFoundError:
         raise SnapshotError("etcdctl not found: install the Debian package etcd-client") from None
+    except subprocess.TimeoutExpired:
+        raise SnapshotError(f"{db}: `{tool[0]} snapshot status` gave no answer in 300 s") \
+            from None
     if r.returncode != 0:
         raise SnapshotError(f"{db}: etcd finds it unusable: "
                             f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}")
@@ -312,6 +344,12 @@ def take(etcd, endpoint: str, member: str, dest_dir: Path, *, cluster: str, clus
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     when = clock()
+    for stale in dest_dir.glob(".snapshot.*"):  # a killed run's plaintext (hours old: not a
+        try:                                    # snapshot being taken right now)
+            if when.timestamp() - stale.stat().st_mtime > 6 * 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".snapshot.") as tmp:
         plain = Path(tmp) / "etcd.db"
         progress(f"saving a snapshot from {member} ({endpoint})")
@@ -346,12 +384,17 @@ def listing(folder: Path, cluster_uid: str) -> list[Sealed]:
     return sorted(out, key=lambda s: (s.header.taken_at, s.path.name))
 
 
-def prune(folder: Path, cluster_uid: str, keep: int) -> list[Path]:
+def prune(folder: Path, cluster_uid: str, keep: int, key: str | None = None) -> list[Path]:
     """Remove all but the ``keep`` newest of the cluster's sealed snapshots in ``folder``;
-    returns what was removed."""
+    returns what was removed.
+
+    :param key: the ID of the key the cluster seals with now: only its snapshots count and go
+        (one sealed with another key is not this one's to drop).
+    """
     if keep < 1:
         raise SnapshotError("keep: at least 1 (the snapshot just taken)")
-    old = listing(folder, cluster_uid)[:-keep]
+    old = [s for s in listing(folder, cluster_uid)
+           if key is None or s.header.key_id == key][:-keep]
     for s in old:
         s.path.unlink()
     return [s.path for s in old]
@@ -373,8 +416,13 @@ def restore_data_dir(db: Path, data_dir: Path, *, name: str, peer_url: str,
             f"--data-dir={data_dir}", f"--initial-advertise-peer-urls={peer_url}",
             "--initial-cluster=" + ",".join(f"{n}={u}" for n, u in initial_cluster),
             f"--initial-cluster-token={token}"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                       env={"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                           env={"ETCDCTL_API": "3",
+                                "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise SnapshotError(f"restore of {db} for {name}: {tool[0]}: {e}") from None
     if r.returncode != 0:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise SnapshotError(f"restore of {db} for {name}: {(r.stderr or r.stdout).strip()}")
@@ -392,6 +440,7 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
 
     :raises SnapshotError: when no member is healthy, or the snapshot does not check.
     """
+    from k8simg.errors import PkiError
     from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
     from k8simg.pki import cluster_pki
 
@@ -402,6 +451,10 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
     if uid is None:
         raise SnapshotError(f"{cluster.path}: no UID in state.json: the cluster was never "
                             "deployed, so it has no etcd to take a snapshot of")
+    try:
+        key = cluster_pki(cluster, cfg).snapshot_key(create=False)
+    except PkiError as e:
+        raise SnapshotError(str(e)) from None
     dest_dir = Path(dest_dir) if dest_dir else cluster.backups_dir
     endpoints = planned_endpoints(cluster)
     with etcd_client(cloud) as etcd:
@@ -414,12 +467,11 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
         if not healthy:
             raise SnapshotError(f"no etcd member of {cfg.name} is healthy "
                                 f"({', '.join(endpoints)}): nothing to take a snapshot from")
-        key = cluster_pki(cluster, cfg).snapshot_key()  # made on first use
         sealed = take(etcd, healthy[0], names.get(healthy[0], healthy[0]), dest_dir,
                       cluster=cfg.name, cluster_uid=uid, key=key,
                       kubernetes_version=cluster.state.kubernetes_version
                       or cfg.kubernetes_version, progress=progress)
-    removed = prune(dest_dir, uid, keep) if keep else []
+    removed = prune(dest_dir, uid, keep, key_id(key)) if keep else []
     for p in removed:
         progress(f"removed {p.name} (keeping the {keep} newest)")
     return sealed, removed

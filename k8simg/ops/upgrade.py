@@ -29,10 +29,10 @@ from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.plan import Node, client_url, etcd_members, next_node
 from k8simg.ops import desired
-from k8simg.ops.deploy import Deployment
+from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
-from k8simg.ops.etcd import etcd_client
+from k8simg.ops.etcd import etcd_client, version_skew
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.ops.membership import replace_member
 from k8simg.ops.skew import skew_problems
@@ -225,6 +225,11 @@ class Upgrade:
 
         :raises UpgradeAborted: before changing anything, when a preflight refuses.
         """
+        under_way = self.cluster.state.upgrade
+        if under_way and under_way.image.startswith(RESTORE_MARK):
+            raise UpgradeAborted(f"a {under_way.image} is unfinished: run `k8simg restore "
+                                 f"{self.cluster.path} --snapshot ...` with the same snapshot "
+                                 "to finish it first; nothing was changed")
         pre = self.prepare()
         target, steps = self.plan(pre)
         result = UpgradeResult(target)
@@ -254,6 +259,12 @@ class Upgrade:
             # What cannot be observed refuses here, before any node of this run is touched:
             # etcd first, then the Kubernetes API that drains and gates.
             etcd = self.etcd(life, open_) if masters else None
+            if etcd is not None:
+                versions = [st.version for st in etcd.status(
+                    [client_url(n) for n in etcd_members(self.nodes(), self.cfg)])]
+                skew = version_skew(versions, pre.image.etcd_version)
+                if skew:
+                    raise UpgradeAborted(f"{skew}; nothing was changed")
             if any(s.role in ("master", "worker") for s in steps):
                 life.require_api("the upgrade replaced nothing ("
                                  + ", ".join(s.old for s in steps) + ")")

@@ -136,12 +136,19 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
            # the line's own etcdutl (3.5 on) or etcdctl, as the image has them in /usr/bin
            "PATH": f"{Path(members.etcd_binary).parent}:/usr/bin:/bin"}
     (root / "var/lib/etcd").mkdir(parents=True)  # the volume's bind mount
+    # A run that fails half-way (here: the wrong key) leaves no plaintext and no member data
+    wrong = {**env, "RESTORE_KEY": "00" * 32}
+    r = subprocess.run(["sh", str(root / "restore.sh")], capture_output=True, text=True,
+                       env=wrong, timeout=120)
+    assert r.returncode != 0
+    restore_dir = (root / RESTORE_SOURCE.lstrip("/")).parent
+    assert sorted(p.name for p in restore_dir.iterdir()) == ["etcd.db.enc"]
+    assert list((root / "var/lib/etcd").iterdir()) == []
     r = subprocess.run(["sh", str(root / "restore.sh")], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (root / "var/lib/etcd/member").is_dir()
     # the snapshot, its plaintext and the key are gone
-    restore_dir = (root / RESTORE_SOURCE.lstrip("/")).parent
     assert list(restore_dir.iterdir()) == []
     assert not (root / ETCD_RESTORE_ENV.lstrip("/")).exists()
     # run again (a reboot before etcd's first start went through): it leaves the data be

@@ -76,3 +76,46 @@ def test_refused_from_the_command_line_with_nothing_changed(cluster, tmp_path):
                                  str(tmp_path / "missing")])
     assert r.exit_code == 2 and "--snapshot" in r.output
     assert files_of(cluster.path) == before
+
+
+def test_an_altered_snapshot_of_this_cluster_is_refused_before_anything_changes(cluster,
+                                                                                 tmp_path):
+    path = sealed(cluster, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # the last chunk's tag: its header still reads as this cluster's
+    path.write_bytes(bytes(data))
+    before = files_of(cluster.path)
+    with pytest.raises(RestoreAborted, match=r"chunk 0 does not authenticate .*nothing was "
+                                             r"changed"):
+        restore(cluster, path).plan()
+    assert files_of(cluster.path) == before
+
+
+def test_an_unfinished_restore_or_upgrade_is_finished_first(cluster, tmp_path):
+    from k8simg.ops.upgrade import Upgrade, UpgradeAborted
+
+    mine = sealed(cluster, tmp_path)
+    cluster.state.begin_upgrade("restore from c-etcd-20261129T080000Z-r4.snapshot")
+    with pytest.raises(RestoreAborted, match=r"a restore from c-etcd-20261129T080000Z-r4"
+                                             r".snapshot is unfinished: run the restore again "
+                                             r"with that snapshot"):
+        restore(cluster, mine).plan()
+    d = Deployment.for_cluster(cluster, None, dry_run=True)
+    with pytest.raises(UpgradeAborted, match=r"run `k8simg restore .* --snapshot ...` with the "
+                                             r"same snapshot"):
+        Upgrade(d).run()
+    r = CliRunner().invoke(cli, ["deploy", str(cluster.path)])
+    assert r.exit_code == 1 and "k8simg restore" in r.output, r.output
+    cluster.state.end_upgrade()
+    cluster.state.begin_upgrade("img-2")
+    with pytest.raises(RestoreAborted, match="an upgrade to img-2 is unfinished"):
+        restore(cluster, mine).plan()
+
+
+def test_a_snapshot_is_not_taken_without_the_key_to_read_it_again(cluster):
+    (cluster.pki_dir / "etcd-snapshot.key").unlink()
+    before = files_of(cluster.path)
+    r = CliRunner().invoke(cli, ["etcd", "snapshot", str(cluster.path)])
+    assert r.exit_code == 1 and "etcd-snapshot.key: missing: `k8simg pki init` makes it" \
+        in r.output, r.output
+    assert files_of(cluster.path) == before

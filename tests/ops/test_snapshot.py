@@ -130,6 +130,9 @@ def test_a_sealed_snapshot_restores_into_three_new_members(three_members, tmp_pa
     assert got == [(n.name, False, (peer_url(n),)) for n in new]
     assert [s for s, _ in events] == ["learner-added", "started", "promoted"] * 2
     assert all(e.healthy for e in etcd.health(new_eps))
+    # each member says its version (what an upgrade's etcd skew check reads)
+    assert {".".join(st.version.split(".")[:2]) for st in etcd.status(new_eps)} == {
+        members.etcd_line}
     # Every key, value and revision is the snapshot's; nothing written after it
     after_revision, after = everything(etcd, new_eps)
     assert after == before
@@ -203,6 +206,15 @@ def test_only_an_intact_snapshot_of_this_cluster_is_unsealed(tmp_path):
         unseal(forged, out / "db", key, "fedcba9876543210")
     assert list(out.iterdir()) == []
     assert read_header(sealed) == header  # readable without the key, for listing
+    # a header whose fields are not what they should be is named, not a traceback later
+    for field, value in (("revision", "42"), ("taken_at", "yesterday"), ("nonce_prefix", "zz"),
+                         ("kubernetes_version", "latest")):
+        odd = json.dumps({**header.__dict__, field: value}, sort_keys=True).encode()
+        path = tmp_path / "odd.snapshot"
+        path.write_bytes(MAGIC + struct.pack(">I", len(odd)) + odd + data[body:])
+        with pytest.raises(SnapshotError, match=r"odd.snapshot: not a readable k8simg etcd "
+                                                r"snapshot \(its header's .* is malformed\)"):
+            read_header(path)
 
 
 def test_retention_keeps_the_newest_of_this_clusters_snapshots(tmp_path):
@@ -212,16 +224,21 @@ def test_retention_keeps_the_newest_of_this_clusters_snapshots(tmp_path):
     folder = tmp_path / "backups"
     folder.mkdir()
     for i, uid in enumerate(["a" * 16] * 4 + ["b" * 16]):
-        seal(plain, folder / f"c-etcd-2026113{i}T080000Z-r{i}.snapshot", key, cluster="c",
-             cluster_uid=uid, taken_at=f"2026-11-3{i}T08:00:00+00:00", revision=i,
+        seal(plain, folder / f"c-etcd-2026112{i}T080000Z-r{i}.snapshot", key, cluster="c",
+             cluster_uid=uid, taken_at=f"2026-11-2{i}T08:00:00+00:00", revision=i,
              total_keys=1, etcd_hash=1, member="m")
     (folder / "notes.txt").write_text("mine")
-    removed = prune(folder, "a" * 16, keep=2)
-    assert [p.name for p in removed] == ["c-etcd-20261130T080000Z-r0.snapshot",
-                                         "c-etcd-20261131T080000Z-r1.snapshot"]
+    other_key = os.urandom(32)  # the same cluster's, sealed with a key it no longer has
+    seal(plain, folder / "c-etcd-20261119T080000Z-r9.snapshot", other_key, cluster="c",
+         cluster_uid="a" * 16, taken_at="2026-11-19T08:00:00+00:00", revision=9,
+         total_keys=1, etcd_hash=1, member="m")
+    removed = prune(folder, "a" * 16, keep=2, key=key_id(key))
+    assert [p.name for p in removed] == ["c-etcd-20261120T080000Z-r0.snapshot",
+                                         "c-etcd-20261121T080000Z-r1.snapshot"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        "c-etcd-20261132T080000Z-r2.snapshot", "c-etcd-20261133T080000Z-r3.snapshot",
-        "c-etcd-20261134T080000Z-r4.snapshot", "notes.txt"]  # another cluster's, and not ours
+        "c-etcd-20261119T080000Z-r9.snapshot",  # not this key's to count or drop
+        "c-etcd-20261122T080000Z-r2.snapshot", "c-etcd-20261123T080000Z-r3.snapshot",
+        "c-etcd-20261124T080000Z-r4.snapshot", "notes.txt"]  # another cluster's, and not ours
     with pytest.raises(SnapshotError, match="keep: at least 1"):
         prune(folder, "a" * 16, keep=0)
 

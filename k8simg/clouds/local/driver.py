@@ -345,6 +345,9 @@ class LocalCloud(Cloud):
         if self.procs.get("dnsmasq") is not None:
             self.ensure_dnsmasq(self.cluster.nodes(self.cfg))
 
+    def restore_unsupported(self) -> str | None:
+        return None
+
     def stage_restore(self, node: str, path: Path) -> str:
         """Beside the node's record, where the metadata service answers that node (and no
         other) with it, as Nova's answers a node its user_data. The service is started again,

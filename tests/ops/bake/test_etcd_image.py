@@ -101,21 +101,25 @@ def test_an_etcd_other_than_its_tag_names_is_not_baked(etcd_layout, tmp_path):
 def test_files_are_read_as_the_layers_leave_them(tmp_path):
     layout = tmp_path / "layout"
     build_image(layout, {"usr/local/bin/etcd": b"old", "usr/local/bin/etcdctl": b"ctl",
-                         "usr/local/bin/gone": b"x", "opt/a": b"a"},
+                         "usr/local/bin/gone": b"x", "opt/a": b"a", "usr/share/doc/d": b"d"},
                 more_layers=({"usr/local/bin/etcd": b"new", "usr/local/bin/.wh.gone": b""},
-                             {"opt/.wh..wh..opq": b"", "opt/b": b"b"}))
+                             # (tar order: "-early" comes before the opaque marker)
+                             {"opt/.wh..wh..opq": b"", "opt/b": b"b", "opt/-early": b"e",
+                              "usr/.wh.share": b""}))
     spec = ImageSpec("etcd", "registry.k8s.io/etcd:9.9.9-0")
     archive = archive_of(layout, tmp_path / "etcd.tar")
     out = tmp_path / "out"
     got = files_from_image(archive, spec, {"/usr/local/bin/etcd": out / "etcd",
                                            "usr/local/bin/etcdctl": out / "etcdctl",
-                                           "/opt/b": out / "b"})
+                                           "/opt/b": out / "b", "/opt/-early": out / "e"})
     assert (out / "etcd").read_bytes() == b"new"  # the upper layer's
     assert got["etcd"] == hashlib.sha256(b"new").hexdigest()
     assert (out / "etcdctl").read_bytes() == b"ctl"
-    assert sorted(p.name for p in out.iterdir()) == ["b", "etcd", "etcdctl"]
-    # a whiteout, and an opaque folder, hide what lower layers had
-    for path in ("/usr/local/bin/gone", "/opt/a"):
+    assert (out / "e").read_bytes() == b"e"  # an opaque folder hides lower layers' only
+    assert sorted(p.name for p in out.iterdir()) == ["b", "e", "etcd", "etcdctl"]
+    # a whiteout (of the file, or of a folder above it), and an opaque folder, hide what
+    # lower layers had
+    for path in ("/usr/local/bin/gone", "/opt/a", "/usr/share/doc/d"):
         with pytest.raises(ImageError, match=rf"^registry.k8s.io/etcd:9.9.9-0: .*etcd.tar: "
                                              rf"{path} not in the image$"):
             files_from_image(archive, spec, {path: tmp_path / "x" / "f"})
