@@ -9,6 +9,7 @@ upgrade` rolls an HA cluster onto a re-baked image (new VMs, one at a time) unde
 keeping every acknowledged write and quorum.
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -304,9 +305,14 @@ def everything(cloud, endpoint=None) -> tuple[int, list]:
 def restore_after_losing_every_master(cd, cloud) -> list[int]:
     """A snapshot, a write after it, then every master VM killed (not destroyed): `k8simg
     restore` brings up three new masters from the snapshot. Returns the new VMs' PIDs."""
+    for i in range(10):  # keys of its own, whatever the writer above got through
+        r = etcdctl_retried(cloud, "put", f"/k8simg/dr/{i}", f"v{i}")
+        assert r.returncode == 0, r.stderr
     snap = json.loads(k8simg("etcd", "snapshot", str(cd.path), "-o", "json").stdout)
     revision, before = everything(cloud)
-    assert revision == snap["revision"] and len(before) >= 5  # the writes above
+    assert revision == snap["revision"]
+    assert {base64.b64decode(k).decode() for k, _, _ in before} >= {
+        f"/k8simg/dr/{i}" for i in range(10)}
     # refused while etcd has a healthy quorum: that is an upgrade's job
     r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], check=False)
     assert r.returncode == 4 and "healthy quorum (3 of 3 members)" in r.stderr, r.stderr
