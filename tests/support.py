@@ -148,3 +148,27 @@ def snapshot(root) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             + oct(p.stat().st_mode)
             for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@contextmanager
+def file_server(directory: Path):
+    """A static file server for ``directory`` on 127.0.0.1, quiet, for the ``with`` block;
+    yields ``(base URL, port)``."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

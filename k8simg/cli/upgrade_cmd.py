@@ -15,6 +15,18 @@ from k8simg.cli.options import (
 )
 
 
+def _events(output: str):
+    """Each step as one JSON object per line on stdout (``--output json``), else as progress."""
+    def event(name: str, detail: dict) -> None:
+        if output == "json":
+            sys.stdout.write(json.dumps({"event": name, "time": round(time.time(), 3),
+                                         **detail}) + "\n")
+            sys.stdout.flush()
+        else:
+            progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
+    return event
+
+
 @click.command()
 @cluster_argument
 @cluster_cloud_option
@@ -47,14 +59,7 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
     from k8simg.ops.deploy import Deployment, image_warning
     from k8simg.ops.upgrade import EXIT_NOTHING, Upgrade
 
-    def event(name: str, detail: dict) -> None:
-        if output == "json":
-            sys.stdout.write(json.dumps({"event": name, "time": round(time.time(), 3),
-                                         **detail}) + "\n")
-            sys.stdout.flush()
-        else:
-            progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
-
+    event = _events(output)
     d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
                                ssh_keys=ssh_keys)
     warnings: list[str] = []
@@ -124,14 +129,7 @@ def restore(cluster, cloud, snapshot, plan, force, timeout, ssh_keys, output):
     from k8simg.ops.deploy import Deployment
     from k8simg.ops.restore import Restore
 
-    def event(name: str, detail: dict) -> None:
-        if output == "json":
-            sys.stdout.write(json.dumps({"event": name, "time": round(time.time(), 3),
-                                         **detail}) + "\n")
-            sys.stdout.flush()
-        else:
-            progress(f"{name}: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
-
+    event = _events(output)
     d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
                                ssh_keys=ssh_keys)
     r = Restore(d, Path(snapshot), force=force, timeout=timeout, events=event)

@@ -12,11 +12,8 @@ config passes the real ``ignition-validate``.
 import hashlib
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -39,16 +36,11 @@ from tests.ignition.support import (
 )
 from tests.ops.test_snapshot import everything, snapshot_tool
 from tests.ops.upgrade import test_etcd_roll as roll
-from tests.support import etcd_available, processes, wait_until
+from tests.support import etcd_available, file_server, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
 
 three_members = roll.three_members
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -56,15 +48,8 @@ def served(tmp_path):
     """A folder served over HTTP on loopback: ``(folder, base URL)``."""
     folder = tmp_path / "served"
     folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with file_server(folder) as (url, _port):
+        yield folder, url
 
 
 def fetch_as_ignition(url: str, want: str, dest: Path, mode: int) -> None:

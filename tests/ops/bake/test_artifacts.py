@@ -5,9 +5,6 @@ members the bake names are ever read out of it."""
 import hashlib
 import io
 import tarfile
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -20,6 +17,7 @@ from k8simg.ops.artifacts import (
     server_image_archives,
 )
 from tests.release import release_dir
+from tests.support import file_server
 
 VERSION = "1.35.2"
 NODE, SERVER = "kubernetes-node-linux-amd64.tar.gz", "kubernetes-server-linux-amd64.tar.gz"
@@ -31,19 +29,8 @@ def release_server(tmp_path):
     root = tmp_path / "release"
     root.mkdir()
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with file_server(root) as (url, _port):
+        yield root, url
 
 
 def test_k8simg_pins_both_tarballs_of_every_release():

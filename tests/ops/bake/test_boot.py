@@ -9,9 +9,7 @@ import json
 import os
 import re
 import shlex
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 
 import pytest
 
@@ -22,6 +20,7 @@ from k8simg.ignition.render import render_context, render_node
 from k8simg.pki import cluster_pki
 from tests.conftest import write_cluster
 from tests.ops.bake.testimage import BUSYBOX
+from tests.support import file_server
 
 pytestmark = pytest.mark.slow
 
@@ -182,19 +181,14 @@ def test_boots_with_only_a_config_drive(baked_image, tmp_path):
     payload = os.urandom(3 << 20)  # a snapshot-sized file would do the same, slower
     (served / "payload").write_bytes(payload)
     sha = hashlib.sha512(payload).hexdigest()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(served)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        _boots(baked, image, tmp_path, served, server, sha)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _boots(baked, image, tmp_path, served, server, sha):
     # (QEMU's forward to the file server connects when QEMU starts: it runs for both boots)
+    with file_server(served) as (_url, port):
+        _boots(baked, image, tmp_path, sha, port)
+
+
+def _boots(baked, image, tmp_path, sha, port):
     master, boot = single_node_machine(
-        image, tmp_path, (f"http://{GUEST_FILES}/payload", sha, server.server_address[1]))
+        image, tmp_path, (f"http://{GUEST_FILES}/payload", sha, port))
     r = boot_to_report(boot, tmp_path / "console-1.log")
     # Ignition fetched the remote file at first boot (networkd started in the initramfs as
     # Ignition asked), checked its SHA-512, and wrote it on the volume
