@@ -7,7 +7,7 @@ from k8simg.cli.image_cmd import upload_manifest
 from k8simg.cli.options import cloud_option, emit_json, output_option, progress
 from k8simg.model.images import ImageError, parse_spec
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION, RELEASES
-from k8simg.ops.bake import BakeRequest
+from k8simg.ops.bake import BakeRequest, gather
 from k8simg.ops.bake import bake as run_bake
 
 
@@ -103,3 +103,38 @@ def bake(kubernetes_version, artifacts_dir, without_kubernetes, fallback, extra_
         click.echo(result.image)
         if upload:
             click.echo(out["image_id"])
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True,
+              type=click.Choice(sorted(RELEASES)))
+@click.option("--without-kubernetes", is_flag=True,
+              help="Only the --image images (for a bake --without-kubernetes).")
+@click.option("--image", "extra_images", multiple=True, metavar="REF[@DIGEST]", callback=_images,
+              help="Another container image the bake will preload. Repeatable.")
+@click.option("--registry-mirror", "mirrors", multiple=True, metavar="REGISTRY=MIRROR",
+              callback=_mirrors,
+              help="Pull REGISTRY's images from MIRROR (http:// for one without TLS). "
+                   "Repeatable.")
+@output_option
+def artifacts(directory, kubernetes_version, without_kubernetes, extra_images, mirrors, output):
+    """Fetch and verify into DIRECTORY everything a bake takes from the network: the release's
+    node and server tarballs, the etcd image and every other image (the control-plane images
+    come out of the server tarball). Carry DIRECTORY to a site without network and run
+    `k8simg bake --artifacts DIRECTORY` there with the same options; it verifies every file
+    again. Safe to run again after an interruption."""
+    got = gather(BakeRequest(
+        kubernetes_version=kubernetes_version, output_dir=Path(directory),
+        without_kubernetes=without_kubernetes, extra_images=extra_images,
+        registry_mirrors=mirrors, image_cache=image_cache()), Path(directory),
+        progress=progress)
+    progress(f"{len(got['tarballs'])} tarballs and {len(got['images'])} images verified "
+             f"in {directory}")
+    if output == "json":
+        emit_json(got)
+    else:
+        for t in got["tarballs"]:
+            click.echo(f"{t['file']}  sha512:{t['sha512']}")
+        for i in got["images"]:
+            click.echo(f"{i['file']}  {i['ref']}@{i['digest']}")

@@ -40,13 +40,14 @@ from k8simg.model.versions import (
 )
 from k8simg.ops.artifacts import (
     RELEASE_BASE_URL,
+    SERVER_IMAGES,
     fetch,
     node_binaries,
     release_tarballs,
     server_image_archives,
     sha256_file,
 )
-from k8simg.ops.images import BakedImage, collect, files_from_image
+from k8simg.ops.images import BakedImage, collect, files_from_image, index_file
 
 
 def _elements_dir() -> Path:
@@ -235,8 +236,7 @@ def stage_etcd(req: BakeRequest, staging: Path, progress: Callable[[str], None])
     """etcd, etcdctl and etcdutl out of the release's etcd image (verified like every image)
     into the staged binaries, its version checked against the image's tag; returns the
     manifest's record of it. The image itself is not carried: nodes run etcd as a unit."""
-    spec = req.etcd_image or etcd_image(RELEASES[req.kubernetes_version],
-                                        req.pinned_index_digests)
+    spec = etcd_spec(req)
     (baked,) = collect([spec], staging.parent / "etcd-image", artifacts_dir=req.artifacts_dir,
                        mirrors=req.registry_mirrors, cache_dir=req.image_cache,
                        progress=progress)
@@ -283,6 +283,50 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
         dest.chmod(mode)
     (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images, etcd))
     return binaries, baked_images, etcd
+
+
+def etcd_spec(req: BakeRequest) -> ImageSpec:
+    """The image a bake of ``req`` takes etcd from."""
+    return req.etcd_image or etcd_image(RELEASES[req.kubernetes_version],
+                                        req.pinned_index_digests)
+
+
+def gather(req: BakeRequest, dest: Path, progress: Callable[[str], None] = lambda _m: None
+           ) -> dict:
+    """Fetch and verify everything a bake of ``req`` would take from the network into
+    ``dest``, laid out as the artifacts directory ``bake --artifacts`` reads (for a site
+    without network): the release's node and server tarballs (their SHA-512 pinned), then every
+    image the bake pulls (the etcd image among them) as ``images/<archive>``, with the index
+    beside each image pinned by its index. The control-plane images are not pulled: the bake
+    takes them out of the server tarball. Each file is written whole or not at all, so an
+    interrupted run can simply be run again.
+
+    :returns: what is there: each tarball's SHA-512 and each image's digest and source.
+    :raises ArtifactError, ImageError: naming what could not be had or did not verify.
+    """
+    if req.kubernetes_version not in RELEASES:
+        raise BakeError(f"kubernetes version {req.kubernetes_version!r} is not one of "
+                        + ", ".join(sorted(RELEASES)))
+    if req.artifacts_dir is not None:
+        raise BakeError("gathering artifacts takes them from the network, not from another "
+                        "artifacts directory")
+    dest = Path(dest)
+    tarballs = [] if req.without_kubernetes else fetch(
+        release_tarballs(req.kubernetes_version, base_url=req.release_base_url,
+                         pins=req.tarball_sha512), dest, progress=progress)
+    specs = [s for s in image_list(req) if s.key not in SERVER_IMAGES]
+    if not req.without_kubernetes:
+        specs.append(etcd_spec(req))
+    got = collect(specs, dest / "images", mirrors=req.registry_mirrors,
+                  cache_dir=req.image_cache, keep_indexes=True, progress=progress)
+    return {"kubernetes_version": req.kubernetes_version, "artifacts": str(dest),
+            "tarballs": [{"file": t.name, "sha512": t.digest, "source": t.source}
+                         for t in tarballs],
+            "images": [{"ref": b.ref, "digest": b.digest, "digest_source": b.digest_source,
+                        "file": str(b.path.relative_to(dest)), "source": b.source,
+                        **({"index": str(index_file(b.path).relative_to(dest))}
+                           if index_file(b.path).is_file() else {})}
+                       for b in got]}
 
 
 def elements(req: BakeRequest) -> list[str]:

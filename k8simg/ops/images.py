@@ -37,6 +37,7 @@ INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
 MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json"}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+INDEX_SUFFIX = ".index.json"
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class BakedImage:
     :param key: what the cluster uses it for (as :class:`~k8simg.model.images.ImageSpec` says).
     :param digest: its linux/amd64 manifest's digest.
     :param path: the archive.
-    :param digest_source: ``pinned``, ``resolved at bake time``, ``artifacts directory`` or
-        ``release tarball (SHA-512 pinned)``.
+    :param digest_source: ``pinned``, ``pinned index <digest>``, ``resolved at bake time``,
+        ``artifacts directory`` or ``release tarball (SHA-512 pinned)``.
     :param source: where its bytes came from (a ``docker://`` reference or an archive's path).
     """
 
@@ -55,7 +56,7 @@ class BakedImage:
     ref: str
     digest: str
     path: Path
-    digest_source: str  # "pinned", "resolved at bake time" or "artifacts directory"
+    digest_source: str
     source: str  # where the bytes came from
 
 
@@ -139,12 +140,11 @@ class Skopeo:
         raw = self.run(["inspect", "--raw", f"docker://{spec.ref}"], f"cannot resolve {spec.ref}")
         return platform_digest(raw, spec.ref)
 
-    def from_index(self, spec: ImageSpec) -> str:
-        """The linux/amd64 digest named by ``spec``'s pinned multi-platform index, fetched by
-        that digest and checked against it.
+    def index(self, spec: ImageSpec) -> bytes:
+        """``spec``'s pinned multi-platform index as the registry has it, checked against its
+        pinned digest.
 
-        :raises ImageError: when the index is not there, does not match its digest, or names
-            no linux/amd64 image.
+        :raises ImageError: when the index is not there or does not match its digest.
         """
         pinned = spec.pinned_index
         raw = self.run(["inspect", "--raw", f"docker://{spec.name}@{pinned}"],
@@ -152,7 +152,7 @@ class Skopeo:
         if sha256_bytes(raw) != pinned:
             raise ImageError(f"{spec.ref}: the index the registry returned for {pinned} is "
                              f"{sha256_bytes(raw)}")
-        return platform_digest(raw, spec.ref)
+        return raw
 
     def copy(self, spec: ImageSpec, digest: str, layout: Path) -> None:
         """Pull ``spec``'s image by ``digest`` into the OCI layout ``layout``, digests preserved.
@@ -305,14 +305,41 @@ def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mo
     return out
 
 
+def index_file(archive: Path) -> Path:
+    """Where an artifacts directory keeps the multi-platform index an image is pinned by,
+    beside its archive: what lets an air-gapped bake check the archive against the pin."""
+    return archive.with_name(archive.name + INDEX_SUFFIX)
+
+
+def _from_pinned_index(src: Path, spec: ImageSpec) -> str:
+    """The linux/amd64 digest that the index file beside ``src`` names, the file checked
+    against ``spec``'s pinned index digest first."""
+    f = index_file(src)
+    try:
+        raw = f.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{spec.ref}: it is pinned by its multi-platform index "
+                         f"{spec.pinned_index}, and {f} is missing from the artifacts "
+                         "directory: without the index the archive cannot be checked against "
+                         "the pin (`k8simg artifacts` writes it)") from None
+    if sha256_bytes(raw) != spec.pinned_index:
+        raise ImageError(f"{spec.ref}: {f} is {sha256_bytes(raw)}, not the pinned index "
+                         f"{spec.pinned_index}")
+    return platform_digest(raw, spec.ref)
+
+
 def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path | None = None,
             mirrors: dict[str, str] | None = None, cache_dir: Path | None = None,
             from_release: dict[str, tuple[Path, str]] | None = None,
+            keep_indexes: bool = False,
             progress: Callable[[str], None] = lambda _m: None) -> list[BakedImage]:
     """Bring every image into ``dest_dir`` as a verified OCI archive, plus the list the node's
     importer reads; nothing unverified is ever left there.
 
-    :param artifacts_dir: take ``images/<archive>`` from here instead of a registry.
+    :param artifacts_dir: take ``images/<archive>`` from here instead of a registry (and, for
+        an image pinned by its index, the index beside it: :func:`index_file`).
+    :param keep_indexes: write each pinned index beside its archive, as an artifacts directory
+        holds it.
     :param from_release: image key -> (docker-archive, where it came from): the control-plane
         images out of the verified server tarball, taken instead of any registry.
     :param cache_dir: archives already pulled, by digest (checked again before use).
@@ -332,6 +359,7 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
         for s in seen.values():
             final = dest_dir / s.archive
             part = Path(tmp) / s.archive
+            index = None
             if from_release and s.key in from_release:
                 src, source = from_release[s.key]
                 progress(f"taking {s.ref} from the release's server tarball")
@@ -348,7 +376,8 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
                 if not src.is_file():
                     raise ImageError(f"{s.ref}: {src} is missing from the artifacts directory")
                 progress(f"taking {s.ref} from {src}")
-                digest = verify_archive(src, s, s.pinned)
+                expected = _from_pinned_index(src, s) if s.pinned_index else s.pinned
+                digest = verify_archive(src, s, expected)
                 # Re-packed so that the node's importer names it ``s.ref`` whatever tool
                 # wrote the archive.
                 layout = Path(tmp) / "layout"
@@ -360,13 +389,16 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
                     raise ImageError(f"{s.ref}: {src}: cannot be unpacked ({e})") from None
                 _pack(layout, s, part)
                 verify_archive(part, s, digest)
-                how, source = ("pinned" if s.pinned else "artifacts directory"), str(src)
+                how = ("pinned" if s.pinned else f"pinned index {s.pinned_index}"
+                       if s.pinned_index else "artifacts directory")
+                source = str(src)
             else:
                 skopeo = skopeo or Skopeo(mirrors, Path(tmp))
                 if s.pinned:
                     digest, how = s.pinned, "pinned"
                 elif s.pinned_index:
-                    digest, how = skopeo.from_index(s), f"pinned index {s.pinned_index}"
+                    index = skopeo.index(s)
+                    digest, how = platform_digest(index, s.ref), f"pinned index {s.pinned_index}"
                 else:
                     digest, how = skopeo.resolve(s), "resolved at bake time"
                 source = f"docker://{s.name}@{digest}"
@@ -386,6 +418,9 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
                     shutil.copyfile(part, cached.with_suffix(".part"))
                     os.replace(cached.with_suffix(".part"), cached)
             os.replace(part, final)
+            if keep_indexes and index is not None:
+                (Path(tmp) / "index").write_bytes(index)
+                os.replace(Path(tmp) / "index", index_file(final))
             out.append(BakedImage(s.key, s.ref, digest, final, how, source))
     lines = [f"{b.path.name} {b.ref} {b.digest}" for b in out]
     (dest_dir / LIST_FILE).write_text("".join(f"{ln}\n" for ln in lines))

