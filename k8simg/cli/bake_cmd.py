@@ -40,7 +40,7 @@ def _images(_ctx, _param, values: tuple[str, ...]):
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, exists=True),
               help="Take the release's node and server tarballs and images/*.tar (the etcd "
                    "image's among them) from this folder instead of the network (air-gapped "
-                   "sites); all are verified as if fetched.")
+                   "sites; `k8simg artifacts DIR` fills it); all are verified as if fetched.")
 @click.option("--without-kubernetes", is_flag=True,
               help="Bake an image with no Kubernetes binaries or images (demos, "
                    "infrastructure tests).")
