@@ -11,6 +11,8 @@
 - Cinder with upstream's fake logging driver (image copy and clone made no-ops).
 - Octavia with the amphora provider and its noop amphora, compute and network drivers, with a
   CA generated for the run.
+- Swift: one proxy (Keystone auth, temporary URLs) and an account, container and object
+  server on one device with single-replica rings.
 - MariaDB (unix socket only) and RabbitMQ (127.0.0.1 only, epmd and distribution included):
   SQLite does not survive Keystone's concurrent requests. APIs run under pyuwsgi with
   ``--http-socket``; every response carries ``Connection: close``, which keystoneauth's
@@ -40,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 REGION = "RegionOne"
 SERVICE_NICENESS = 5  # see start_process
 SERVICES = ("keystone", "glance", "placement", "nova", "neutron", "cinder", "octavia")
+SWIFT_SERVERS = ("swift-account", "swift-container", "swift-object")  # and the proxy, "swift"
 DATABASES = ("keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron",
              "cinder", "octavia")
 # Four: a rolling upgrade surges a fourth master into the hard anti-affinity group.
@@ -337,6 +340,61 @@ class TestCloud:
             "oslo_messaging": {"topic": "octavia_prov"},
             "oslo_policy": {"enforce_new_defaults": "true", "enforce_scope": "false"},
             "oslo_concurrency": lock})
+        self.configure_swift()
+
+    def configure_swift(self) -> None:
+        """Swift as one node keeps it: a single replica of every ring on one device (a folder
+        of the run's; xattrs of the machine's filesystem), the account, container and object
+        servers and a proxy authenticating through Keystone, with temporary URLs. Every server
+        reads its swift.conf from here (``swift_dir``), not from /etc/swift."""
+        swift_dir = self.etc / "swift"
+        devices = self.root / "state" / "swift"
+        (devices / "d1").mkdir(parents=True, exist_ok=True)
+        swift_dir.mkdir(parents=True, exist_ok=True)
+        self.write_conf("swift", "swift.conf", {
+            "swift-hash": {"swift_hash_path_suffix": secrets.token_hex(8),
+                           "swift_hash_path_prefix": secrets.token_hex(8)},
+            "storage-policy:0": {"name": "Policy-0", "default": "yes"}})
+        builder = self.bin("swift-ring-builder")
+        for ring in SWIFT_SERVERS:
+            kind = ring.removeprefix("swift-")
+            f = str(swift_dir / f"{kind}.builder")
+            self.run("swift-ring-builder", [builder, f, "create", "6", "1", "1"])
+            self.run("swift-ring-builder", [
+                builder, f, "add", f"r1z1-127.0.0.1:{self.ports[ring]}/d1", "100"])
+            # "rebalance" exits 1 when it warns (one device: nothing to balance)
+            subprocess.run([builder, f, "rebalance"], capture_output=True, cwd=self.root,
+                           env=self._env())
+            if not (swift_dir / f"{kind}.ring.gz").is_file():
+                raise CloudError(f"swift-ring-builder made no {kind} ring")
+        common = {"bind_ip": "127.0.0.1", "workers": "0", "swift_dir": str(swift_dir),
+                  "devices": str(devices), "mount_check": "false"}
+        for ring in SWIFT_SERVERS:
+            kind = ring.removeprefix("swift-")
+            self.write_conf("swift", f"{kind}-server.conf", {
+                "DEFAULT": {**common, "bind_port": self.ports[ring]},
+                "pipeline:main": {"pipeline": f"{kind}-server"},
+                f"app:{kind}-server": {"use": f"egg:swift#{kind}"}})
+        filters = ("catch_errors", "gatekeeper", "healthcheck", "proxy-logging",
+                   "listing_formats", "tempurl", "copy", "dlo", "versioned_writes")
+        self.write_conf("swift", "proxy-server.conf", {
+            "DEFAULT": {"bind_ip": "127.0.0.1", "bind_port": self.ports["swift"],
+                        "workers": "0", "swift_dir": str(swift_dir)},
+            "pipeline:main": {"pipeline": "catch_errors gatekeeper healthcheck proxy-logging "
+                              "listing_formats tempurl authtoken keystoneauth copy dlo "
+                              "versioned_writes proxy-logging proxy-server"},
+            "app:proxy-server": {"use": "egg:swift#proxy", "account_autocreate": "true"},
+            **{f"filter:{f}": {"use": f"egg:swift#{f.replace('-', '_')}"} for f in filters},
+            "filter:authtoken": {"paste.filter_factory":
+                                 "keystonemiddleware.auth_token:filter_factory",
+                                 "delay_auth_decision": "true", **self.authtoken("swift")},
+            "filter:keystoneauth": {"use": "egg:swift#keystoneauth",
+                                    "operator_roles": "admin, member"}})
+
+    def start_swift(self) -> None:
+        for server in (*SWIFT_SERVERS, "swift-proxy"):
+            conf = self.etc / "swift" / f"{server.removeprefix('swift-')}-server.conf"
+            self.start_process(server, [self.bin(f"{server}-server"), str(conf), "--verbose"])
 
     def octavia_pki(self) -> dict[str, str]:
         """Octavia's controller CA and the client certificate it presents to amphorae."""
@@ -474,7 +532,7 @@ class TestCloud:
             d.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         names = ["keystone", "glance", "placement", "nova", "neutron", "cinder", "octavia",
-                 "rabbit", "rabbit-dist", "epmd", "octavia-hm"]
+                 "rabbit", "rabbit-dist", "epmd", "octavia-hm", "swift", *SWIFT_SERVERS]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         try:
             self._start()
@@ -533,7 +591,11 @@ class TestCloud:
         self.start_process("cinder-volume", [self.bin("cinder-volume"), *cinder])
         self.start_process("octavia-worker", [self.bin("octavia-worker"), "--config-file",
                                               str(e / "octavia" / "octavia.conf")])
+        self.start_swift()
         for name in ("glance", "placement", "nova", "neutron", "cinder", "octavia"):
+            self.wait_http(name)
+        self.wait_http("swift", "/healthcheck")
+        for name in SWIFT_SERVERS:
             self.wait_http(name)
         self.seed()
 
@@ -588,7 +650,8 @@ class TestCloud:
         catalog = {"glance": ("image", ""), "placement": ("placement", ""),
                    "nova": ("compute", "/v2.1"), "neutron": ("network", ""),
                    "cinder": ("block-storage", "/v3/%(project_id)s"),
-                   "octavia": ("load-balancer", "")}
+                   "octavia": ("load-balancer", ""),
+                   "swift": ("object-store", "/v1/AUTH_%(project_id)s")}
         for name, (stype, path) in catalog.items():
             user = ident.create_user(name=name, password=self.password, domain_id="default",
                                      default_project_id=service_project.id)
