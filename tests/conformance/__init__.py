@@ -7,8 +7,11 @@ data/coredns-<v>.json, flannel-<v>.json
     written by scripts/upstream_facts.py from the projects' repositories at the pinned tags
     (and cross-checked by a reading by hand of the same files: identical).
 data/k8s-<v>-node.json
-    KubeletConfiguration and KubeProxyConfiguration: exact, from the staging repositories
-    (kubernetes/kubelet, kube-proxy, component-base, api) at tag kubernetes-<v>, commits named.
+    KubeletConfiguration and KubeProxyConfiguration: exact, written by
+    ``scripts/upstream_facts.py node`` from the staging repositories (kubernetes/kubelet,
+    kube-proxy, component-base, api, apimachinery) at tag kubernetes-<v>, commits named; its
+    ``--merge-from`` keeps what was written by hand (documented defaults, notes, and the one
+    enum the staging sources do not give: kube-proxy's ``detectLocalMode``, ``enumFrom``).
     kubelet's flags: not exact at the tag (``flagsSource``): 1.35 from kubelet's options.go as
     openshift/origin vendors it (Kubernetes 1.35.1), 1.34 from the generated kubelet reference
     page for 1.34; the two agree on every flag both releases have.
