@@ -195,7 +195,10 @@ def health(cluster, cloud, wait, ssh_keys, output):
 @cluster_argument
 @cluster_cloud_option
 @click.option("--to", "dest", type=click.Path(file_okay=False), default=None,
-              help="The folder to keep it in (default: the cluster's backups/).")
+              metavar="DIR|swift:CONTAINER",
+              help="The folder to keep it in (default: the cluster's backups/), or a Swift "
+                   "container of the cluster's cloud (made when missing; sealed here, then "
+                   "uploaded).")
 @click.option("--keep", type=click.IntRange(1), default=None, metavar="N",
               help="Then remove all but the N newest of the cluster's snapshots there.")
 @ssh_key_option
@@ -213,11 +216,15 @@ def snapshot(cluster, cloud, dest, keep, ssh_keys, output):
     sealed, removed = snapshot_cluster(d.cluster, d.cloud, dest, keep, progress)
     h = sealed.header
     if output == "json":
-        emit_json({"path": str(sealed.path), **_snapshot_facts(h),
-                   "removed": [str(p) for p in removed]})
+        emit_json({**_where(sealed), **_snapshot_facts(h), "removed": removed})
     else:
-        click.echo(f"{sealed.path}  revision {h.revision}  {h.total_keys} keys  "
+        click.echo(f"{sealed.ref}  revision {h.revision}  {h.total_keys} keys  "
                    f"{h.size} bytes  from {h.member}")
+
+
+def _where(sealed) -> dict:
+    """``ref`` (what ``restore --snapshot`` takes), and ``path`` for a file."""
+    return {"ref": sealed.ref, **({} if sealed.where else {"path": str(sealed.path)})}
 
 
 def _snapshot_facts(h) -> dict:
@@ -229,25 +236,32 @@ def _snapshot_facts(h) -> dict:
 @etcd.command()
 @cluster_argument
 @click.option("--in", "folder", type=click.Path(file_okay=False), default=None,
-              help="The folder to list (default: the cluster's backups/).")
+              metavar="DIR|swift:CONTAINER",
+              help="The folder to list (default: the cluster's backups/), or a Swift "
+                   "container of the cluster's cloud.")
+@cluster_cloud_option
 @output_option
-def snapshots(cluster, folder, output):
+def snapshots(cluster, folder, cloud, output):
     """The cluster's etcd snapshots, oldest first, from their headers (no key needed):
-    when, revision, keys, size."""
+    when, revision, keys, size. Another cluster's in the same place are not listed."""
     from pathlib import Path
 
-    from k8simg.ops.snapshot import listing
+    from k8simg.ops.snapshot import listing, stored_listing, swift_ref
 
     cd = cluster_dir(cluster)
     cd.load()
     uid = cd.state.uid
-    found = listing(Path(folder) if folder else cd.backups_dir, uid) if uid else []
+    swift = swift_ref(folder)
+    if swift and uid:
+        found = stored_listing(_deployment(cluster, cloud).cloud.object_container(swift[0]), uid)
+    else:
+        found = listing(Path(folder) if folder else cd.backups_dir, uid) if uid else []
     if output == "json":
-        emit_json([{"path": str(s.path), **_snapshot_facts(s.header)} for s in found])
+        emit_json([{**_where(s), **_snapshot_facts(s.header)} for s in found])
         return
     for s in found:
         age = s.header.age
-        click.echo(f"{s.path.name}  {s.header.taken_at}  ({age.days} d "
+        click.echo(f"{s.ref}  {s.header.taken_at}  ({age.days} d "
                    f"{age.seconds // 3600} h ago)  revision {s.header.revision}  "
                    f"{s.header.total_keys} keys  {s.header.size} bytes")
     if not found:

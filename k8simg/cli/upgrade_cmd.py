@@ -102,10 +102,10 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
 @click.command()
 @cluster_argument
 @cluster_cloud_option
-@click.option("--snapshot", "snapshot", required=True,
-              type=click.Path(dir_okay=False, exists=True),
+@click.option("--snapshot", "snapshot", required=True, metavar="FILE|swift:CONTAINER/NAME",
               help="The sealed snapshot to restore (k8simg etcd snapshot; k8simg etcd "
-                   "snapshots lists them).")
+                   "snapshots lists them); one in Swift is downloaded into the cluster's "
+                   "backups/ first.")
 @click.option("--plan", is_flag=True, help="Say what is lost and what would be replaced, and "
                                           "the snapshot's revision and age; change nothing.")
 @click.option("--force", is_flag=True,
@@ -128,10 +128,23 @@ def restore(cluster, cloud, snapshot, plan, force, timeout, ssh_keys, output):
 
     from k8simg.ops.deploy import Deployment
     from k8simg.ops.restore import Restore
+    from k8simg.ops.snapshot import SnapshotError, fetch_stored, swift_ref
 
     event = _events(output)
     d = Deployment.for_cluster(cluster_dir(cluster), cloud, dry_run=plan, progress=progress,
                                ssh_keys=ssh_keys)
+    swift = swift_ref(snapshot)
+    if swift:
+        if not swift[1]:
+            raise SnapshotError(f"{snapshot}: name the snapshot (swift:CONTAINER/NAME; k8simg "
+                                f"etcd snapshots {cluster} --in {snapshot} lists them)")
+        if d.cluster.state.uid is None:
+            raise SnapshotError(f"{cluster}: never deployed: no snapshot is its")
+        progress(f"downloading {snapshot} into {d.cluster.backups_dir}")
+        snapshot = fetch_stored(d.cloud.object_container(swift[0]), swift[1],
+                                d.cluster.backups_dir, d.cluster.state.uid).path
+    elif not Path(snapshot).is_file():
+        raise click.BadParameter(f"{snapshot}: no such file", param_hint="--snapshot")
     r = Restore(d, Path(snapshot), force=force, timeout=timeout, events=event)
     if plan:
         p = r.plan()

@@ -212,6 +212,45 @@ class Reach:
     route: Callable[[str], str] = lambda url: url
 
 
+class ObjectContainer(abc.ABC):
+    """A container of the cloud's object store (Swift), where a cluster's snapshots are kept
+    off its nodes. The container is the operator's to name and may hold other things: what is
+    the cluster's in it is told by each object's content, not by this class.
+
+    Every method raises :class:`CloudError` naming the container when the store cannot be
+    reached or refuses.
+    """
+
+    def __init__(self, name: str, where: str):
+        self.name = name
+        self.where = f"swift:{name} on {where}"
+
+    @abc.abstractmethod
+    def ensure(self) -> None:
+        """The container exists (made when it does not)."""
+
+    @abc.abstractmethod
+    def put(self, name: str, path: Path) -> None:
+        """Store the file ``path`` as ``name``; the store's checksum of what it received
+        must match the file's, else the object is removed again."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Every object's name in the container, sorted."""
+
+    @abc.abstractmethod
+    def head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of ``name`` (fewer when it is shorter)."""
+
+    @abc.abstractmethod
+    def get(self, name: str, dest: Path) -> None:
+        """The object ``name`` into the file ``dest`` (0600, in place only once whole)."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove ``name``; one already gone is no error."""
+
+
 class Cloud(abc.ABC):
     """One cloud's verbs for one cluster.
 
@@ -351,6 +390,14 @@ class Cloud(abc.ABC):
     def unstage_restore(self, node: str) -> None:  # noqa: B027  (nothing staged: nothing to do)
         """Remove what :meth:`stage_restore` put there for ``node``; nothing staged is no
         error."""
+
+    def object_container(self, name: str) -> ObjectContainer:
+        """The container ``name`` of the cloud's object store (nothing is made or asked yet).
+
+        :raises CloudError: when this cloud has no object store.
+        """
+        raise CloudError(f"{self.where} has no object store to keep snapshots in "
+                         f"(swift:{name}): keep them in a folder (--to DIR)")
 
     def unreachable(self) -> str | None:
         """Why this machine can never reach the nodes' private addresses, by the cluster's

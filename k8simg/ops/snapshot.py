@@ -41,6 +41,7 @@ from k8simg.errors import K8simgError
 MAGIC = b"K8SIMG-ETCD-SNAPSHOT\x00v1\n"
 CHUNK = 4 << 20
 MAX_HEADER = 1 << 16
+HEADER_BYTES = len(MAGIC) + 4 + MAX_HEADER  # enough of a sealed file to read its header
 _NAME = re.compile(r"^(?P<cluster>[a-z0-9-]+)-etcd-(?P<when>\d{8}T\d{6}Z)-r(?P<rev>\d+)\.snapshot$")
 
 
@@ -84,10 +85,21 @@ _HEADER_TYPES = {"cluster": str, "cluster_uid": str, "key_id": str, "taken_at": 
 
 @dataclass(frozen=True)
 class Sealed:
-    """A sealed snapshot on disk."""
+    """A sealed snapshot: a file on this machine, or an object in a Swift container.
+
+    :param path: the file; for a stored snapshot, its object name.
+    :param where: ``swift:<container>`` for a stored snapshot; empty for a file.
+    """
 
     path: Path
     header: Header
+    where: str = ""
+
+    @property
+    def ref(self) -> str:
+        """How the operator names it again (``--snapshot``): the file's path, or
+        ``swift:<container>/<name>``."""
+        return f"{self.where}/{self.path.name}" if self.where else str(self.path)
 
 
 def key_id(key: bytes) -> str:
@@ -145,14 +157,30 @@ def read_header(path: Path) -> Header:
     """
     try:
         with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise SnapshotError(f"{path}: not a k8simg etcd snapshot")
-            (n,) = struct.unpack(">I", f.read(4))
-            if n > MAX_HEADER:
-                raise SnapshotError(f"{path}: not a k8simg etcd snapshot (header of {n} bytes)")
-            header = Header(**json.loads(f.read(n)))
-    except (OSError, struct.error, ValueError, TypeError) as e:
+            return parse_header(f.read(HEADER_BYTES), str(path))
+    except OSError as e:
         raise SnapshotError(f"{path}: not a readable k8simg etcd snapshot ({e})") from None
+
+
+def parse_header(data: bytes, where: str) -> Header:
+    """The header in the first bytes of a sealed snapshot (at least its header's; all of
+    them: :data:`HEADER_BYTES`).
+
+    :param where: how messages name the snapshot.
+    :raises SnapshotError: naming ``where`` when it is not one.
+    """
+    try:
+        if data[:len(MAGIC)] != MAGIC:
+            raise SnapshotError(f"{where}: not a k8simg etcd snapshot")
+        (n,) = struct.unpack(">I", data[len(MAGIC):len(MAGIC) + 4])
+        if n > MAX_HEADER:
+            raise SnapshotError(f"{where}: not a k8simg etcd snapshot (header of {n} bytes)")
+        raw = data[len(MAGIC) + 4:len(MAGIC) + 4 + n]
+        if len(raw) != n:
+            raise ValueError("cut short in its header")
+        header = Header(**json.loads(raw))
+    except (struct.error, ValueError, TypeError) as e:
+        raise SnapshotError(f"{where}: not a readable k8simg etcd snapshot ({e})") from None
     wrong = [f for f, kind in _HEADER_TYPES.items() if type(getattr(header, f)) is not kind]
     try:
         bytes.fromhex(header.nonce_prefix)
@@ -161,7 +189,7 @@ def read_header(path: Path) -> Header:
     except (TypeError, ValueError):
         wrong.append("nonce_prefix or taken_at")
     if wrong or not re.fullmatch(r"(\d+\.\d+\.\d+)?", header.kubernetes_version):
-        raise SnapshotError(f"{path}: not a readable k8simg etcd snapshot (its header's "
+        raise SnapshotError(f"{where}: not a readable k8simg etcd snapshot (its header's "
                             f"{', '.join(wrong) or 'kubernetes_version'} is malformed)")
     return header
 
@@ -428,24 +456,106 @@ def restore_data_dir(db: Path, data_dir: Path, *, name: str, peer_url: str,
         raise SnapshotError(f"restore of {db} for {name}: {(r.stderr or r.stdout).strip()}")
 
 
+# -- in Swift -------------------------------------------------------------------------------
+
+SWIFT = "swift:"
+
+
+def swift_ref(text: str | Path | None) -> tuple[str, str] | None:
+    """``swift:CONTAINER`` or ``swift:CONTAINER/NAME`` as (container, name or ""); None for
+    anything else (a folder or a file).
+
+    :raises SnapshotError: for ``swift:`` naming no container.
+    """
+    if text is None or not str(text).startswith(SWIFT):
+        return None
+    container, _, name = str(text)[len(SWIFT):].partition("/")
+    if not container or "/" in name:
+        raise SnapshotError(f"{text}: expected swift:CONTAINER (or swift:CONTAINER/NAME for "
+                            "one snapshot)")
+    return container, name
+
+
+def _stored_header(container, name: str) -> Header:
+    """A stored snapshot's header, read from its first bytes (a second read only for a
+    header longer than the first gave)."""
+    where = f"{container.where}/{name}"
+    first = container.head(name, 4096)
+    if first[:len(MAGIC)] == MAGIC and len(first) >= len(MAGIC) + 4:
+        (n,) = struct.unpack(">I", first[len(MAGIC):len(MAGIC) + 4])
+        if len(MAGIC) + 4 + n > len(first) and n <= MAX_HEADER:
+            first = container.head(name, len(MAGIC) + 4 + n)
+    return parse_header(first, where)
+
+
+def stored_listing(container, cluster_uid: str) -> list[Sealed]:
+    """The sealed snapshots of the cluster ``cluster_uid`` in a Swift container, oldest
+    first, from their headers (others', and objects that are not snapshots, left out)."""
+    out = []
+    for name in container.names():
+        if not _NAME.match(name):
+            continue
+        try:
+            h = _stored_header(container, name)
+        except SnapshotError:
+            continue
+        if h.cluster_uid == cluster_uid:
+            out.append(Sealed(Path(name), h, f"{SWIFT}{container.name}"))
+    return sorted(out, key=lambda s: (s.header.taken_at, s.path.name))
+
+
+def stored_prune(container, cluster_uid: str, keep: int, key: str | None = None) -> list[str]:
+    """:func:`prune` for a Swift container; returns the names removed."""
+    if keep < 1:
+        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
+    old = [s for s in stored_listing(container, cluster_uid)
+           if key is None or s.header.key_id == key][:-keep]
+    for s in old:
+        container.delete(s.path.name)
+    return [s.ref for s in old]
+
+
+def fetch_stored(container, name: str, dest_dir: Path, cluster_uid: str) -> Sealed:
+    """The stored snapshot ``name`` downloaded into ``dest_dir`` (0600; one already there
+    with the same bytes is kept); its header must name the cluster ``cluster_uid``.
+
+    :raises SnapshotError: when it is not a snapshot, or another cluster's.
+    """
+    header = _stored_header(container, name)
+    if header.cluster_uid != cluster_uid:
+        raise SnapshotError(f"{container.where}/{name}: taken from cluster {header.cluster} "
+                            f"(UID {header.cluster_uid}), not this one")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dest = dest_dir / Path(name).name
+    container.get(name, dest)
+    return Sealed(dest, read_header(dest))
+
+
 # -- the cluster's -------------------------------------------------------------------------
 
-def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | None = None,
-                     progress: Callable[[str], None] = lambda _m: None
-                     ) -> tuple[Sealed, list[Path]]:
+def snapshot_cluster(cluster, cloud, dest_dir: Path | str | None = None,
+                     keep: int | None = None, progress: Callable[[str], None] = lambda _m: None
+                     ) -> tuple[Sealed, list[str]]:
     """A sealed snapshot of the cluster's etcd, taken from a healthy member reached the cloud's
     way (the local cloud's namespace, the bastion's tunnel), into ``dest_dir`` (default: the
-    cluster's ``backups/``); then, with ``keep``, all but the ``keep`` newest of the cluster's
-    snapshots there removed. Returns the snapshot and what was removed.
+    cluster's ``backups/``), or uploaded to the cloud's Swift container ``swift:NAME`` (sealed
+    here first; the container is reached before anything is taken); then, with ``keep``, all
+    but the ``keep`` newest of the cluster's snapshots there removed. Returns the snapshot and
+    what was removed.
 
     :raises SnapshotError: when no member is healthy, or the snapshot does not check.
+    :raises CloudError: when the Swift container cannot be reached or written.
     """
     from k8simg.errors import PkiError
-    from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
     from k8simg.pki import cluster_pki
 
     if keep is not None and keep < 1:
         raise SnapshotError("keep: at least 1 (the snapshot just taken)")
+    swift = swift_ref(dest_dir)
+    if swift and swift[1]:
+        raise SnapshotError(f"{dest_dir}: --to takes a container (swift:CONTAINER); a "
+                            "snapshot's name is its cluster's, time's and revision's")
     cfg = cluster.load()
     uid = cluster.state.uid
     if uid is None:
@@ -455,7 +565,33 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
         key = cluster_pki(cluster, cfg).snapshot_key(create=False)
     except PkiError as e:
         raise SnapshotError(str(e)) from None
-    dest_dir = Path(dest_dir) if dest_dir else cluster.backups_dir
+    if swift:
+        # Reached (and made) before anything is taken: a store that cannot be had changes
+        # nothing, and no plaintext is ever made for it.
+        container = cloud.object_container(swift[0])
+        container.ensure()
+        cluster.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryDirectory(dir=cluster.backups_dir, prefix=".upload.") as tmp:
+            sealed = _take_from_cluster(cluster, cloud, cfg, uid, key, Path(tmp), progress)
+            progress(f"uploading {sealed.path.name} ({sealed.header.size} bytes sealed) "
+                     f"to {container.where}")
+            container.put(sealed.path.name, sealed.path)
+        sealed = Sealed(Path(sealed.path.name), sealed.header, f"{SWIFT}{container.name}")
+        removed = stored_prune(container, uid, keep, key_id(key)) if keep else []
+    else:
+        dest_dir = Path(dest_dir) if dest_dir else cluster.backups_dir
+        sealed = _take_from_cluster(cluster, cloud, cfg, uid, key, dest_dir, progress)
+        removed = [str(p) for p in prune(dest_dir, uid, keep, key_id(key))] if keep else []
+    for p in removed:
+        progress(f"removed {Path(p).name} (keeping the {keep} newest)")
+    return sealed, removed
+
+
+def _take_from_cluster(cluster, cloud, cfg, uid: str, key: bytes, dest_dir: Path,
+                       progress: Callable[[str], None]) -> Sealed:
+    """:func:`take` from the first healthy member of the cluster's etcd."""
+    from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
+
     endpoints = planned_endpoints(cluster)
     with etcd_client(cloud) as etcd:
         try:
@@ -467,11 +603,7 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | None = None, keep: int | N
         if not healthy:
             raise SnapshotError(f"no etcd member of {cfg.name} is healthy "
                                 f"({', '.join(endpoints)}): nothing to take a snapshot from")
-        sealed = take(etcd, healthy[0], names.get(healthy[0], healthy[0]), dest_dir,
-                      cluster=cfg.name, cluster_uid=uid, key=key,
-                      kubernetes_version=cluster.state.kubernetes_version
-                      or cfg.kubernetes_version, progress=progress)
-    removed = prune(dest_dir, uid, keep, key_id(key)) if keep else []
-    for p in removed:
-        progress(f"removed {p.name} (keeping the {keep} newest)")
-    return sealed, removed
+        return take(etcd, healthy[0], names.get(healthy[0], healthy[0]), dest_dir,
+                    cluster=cfg.name, cluster_uid=uid, key=key,
+                    kubernetes_version=cluster.state.kubernetes_version
+                    or cfg.kubernetes_version, progress=progress)

@@ -11,7 +11,7 @@
 - Cinder with upstream's fake logging driver (image copy and clone made no-ops).
 - Octavia with the amphora provider and its noop amphora, compute and network drivers, with a
   CA generated for the run.
-- Swift: one proxy (Keystone auth, temporary URLs) and an account, container and object
+- Swift: one proxy (Keystone auth, temporary URLs, static large objects) and an account, container and object
   server on one device with single-replica rings.
 - MariaDB (unix socket only) and RabbitMQ (127.0.0.1 only, epmd and distribution included):
   SQLite does not survive Keystone's concurrent requests. APIs run under pyuwsgi with
@@ -376,13 +376,13 @@ class TestCloud:
                 "pipeline:main": {"pipeline": f"{kind}-server"},
                 f"app:{kind}-server": {"use": f"egg:swift#{kind}"}})
         filters = ("catch_errors", "gatekeeper", "healthcheck", "proxy-logging",
-                   "listing_formats", "tempurl", "copy", "dlo", "versioned_writes")
+                   "listing_formats", "tempurl", "copy", "slo", "dlo", "versioned_writes")
         self.write_conf("swift", "proxy-server.conf", {
             "DEFAULT": {"bind_ip": "127.0.0.1", "bind_port": self.ports["swift"],
                         "workers": "0", "swift_dir": str(swift_dir)},
             "pipeline:main": {"pipeline": "catch_errors gatekeeper healthcheck proxy-logging "
-                              "listing_formats tempurl authtoken keystoneauth copy dlo "
-                              "versioned_writes proxy-logging proxy-server"},
+                              "listing_formats tempurl authtoken keystoneauth copy slo "
+                              "dlo versioned_writes proxy-logging proxy-server"},
             "app:proxy-server": {"use": "egg:swift#proxy", "account_autocreate": "true"},
             **{f"filter:{f}": {"use": f"egg:swift#{f.replace('-', '_')}"} for f in filters},
             "filter:authtoken": {"paste.filter_factory":

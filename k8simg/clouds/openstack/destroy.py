@@ -1,13 +1,14 @@
 """Removing everything a cluster has on an OpenStack cloud, in dependency order, and nothing
 that is not provably its own: what carries the cluster's UID (a tag, Cinder metadata, the
 description of a Neutron resource a kill left untagged, the name of a server group or of the
-application credential), and what Kubernetes made in the cloud under the name with its UID
+application credential, the Swift container a restore stages its snapshot in), and what
+Kubernetes made in the cloud under the name with its UID
 (:mod:`k8simg.clouds.openstack.made`), in the cluster's project. A sweep then lists all of it
 again: whatever is still there is reported, so "destroyed" means the project holds nothing of
 the cluster."""
 
 from k8simg.clouds.base import DestroyResult
-from k8simg.clouds.openstack import compute, identity, loadbalancer, made
+from k8simg.clouds.openstack import compute, identity, loadbalancer, made, objects
 from k8simg.clouds.openstack.connect import Scope
 from k8simg.model.credential import CloudCredential
 
@@ -64,6 +65,9 @@ def inventory(s: Scope) -> list[str]:
               [g for g in n.security_groups(project_id=pid) if s.owns(g)]
               + made.security_groups(s)]
     found += [f"server-group {g.name}" for g in compute.server_groups_of(s, [])]
+    name = objects.restore_container(s)
+    found += [f"swift-object {name}/{o}" if o else f"swift-container {name}"
+              for o in objects.staged(s)]
     return found
 
 
@@ -136,6 +140,16 @@ def destroy(s: Scope, parallel, *, cluster_path) -> DestroyResult:
         attempt(f"security-group {sg.name}", lambda sg=sg: n.delete_security_group(sg))
     for g in server_groups:
         attempt(f"server-group {g.name}", lambda g=g: c.delete_server_group(g))
+    # A restore's staged snapshot (left by a restore killed before its first member was
+    # healthy), then its container.
+    name = objects.restore_container(s)
+    for o in objects.staged(s):
+        if o:
+            attempt(f"swift-object {name}/{o}", lambda o=o: conn.object_store.delete_object(
+                o, container=name, ignore_missing=True))
+        else:
+            attempt(f"swift-container {name}", lambda: conn.object_store.delete_container(
+                name, ignore_missing=True))
     user = conn.current_user_id
     creds = identity.credentials_of(s, cluster_path)
     saved = identity.saved_credential_id(cluster_path)

@@ -28,6 +28,7 @@ from k8simg.clouds.base import (
     CloudError,
     Infra,
     NodeStatus,
+    ObjectContainer,
     Preflight,
     Reach,
 )
@@ -41,6 +42,7 @@ from k8simg.clouds.openstack import (
     loadbalancer,
     made,
     network,
+    objects,
     quota,
     security,
 )
@@ -319,6 +321,21 @@ class OpenStackCloud(Cloud):
         return found.address if found is not None else None
 
     # -- the way in ----------------------------------------------------------------------------
+    def object_container(self, name: str) -> ObjectContainer:
+        return objects.SwiftContainer(self.scope, name)
+
+    def restore_unsupported(self) -> str | None:
+        return None
+
+    def stage_restore(self, node: str, path) -> str:
+        """The cluster's own Swift container (``k8simg-restore-<uid>``), a temporary URL
+        (HMAC-SHA256, a key of that container's made for this staging) for ``node``'s first
+        boot; see :func:`k8simg.clouds.openstack.objects.stage`."""
+        return objects.stage(self.scope, node, path)
+
+    def unstage_restore(self, node: str) -> None:
+        objects.unstage(self.scope, node)
+
     def unreachable(self) -> str | None:
         if not self.cfg.bastion.enabled:
             return (f"the nodes on {self.where} are reached through the bastion, and cluster "

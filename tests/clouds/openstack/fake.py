@@ -87,6 +87,8 @@ class FakeCloud:
     def __init__(self):
         self.lock = threading.RLock()
         self.objs: dict[str, dict[str, NS]] = {k: {} for k in KINDS}
+        # Swift: (project, container) -> object name -> bytes
+        self.containers: dict[tuple[str, str], dict[str, bytes]] = {}
         self.owner: dict[str, str | None] = {}  # resource id -> project
         self.parent: dict[str, str] = {}  # Octavia child id -> load balancer id
         self.steps: dict[str, list] = {}  # resource id -> transitions left, one per read
@@ -1270,6 +1272,35 @@ class IdentityProxy(_Proxy):
             self._cloud.drop("application_credentials", cred)
 
 
+class ObjectStoreProxy(_Proxy):
+    """Swift, as much of it as destroy reads: a project's containers and their objects (what
+    a restore staged). Containers are made by :meth:`FakeCloud` tests' ``containers``."""
+
+    _service = "object_store"
+
+    def _container(self, name):
+        got = self._cloud.containers.get((self._pid, name))
+        if got is None:
+            raise NotFound(f"container {name} could not be found")
+        return got
+
+    def objects(self, container):
+        return [NS(name=n) for n in sorted(self._container(container))]
+
+    @_write
+    def delete_object(self, obj, container=None, ignore_missing=True):
+        objs = self._cloud.containers.get((self._pid, container), {})
+        if obj not in objs and not ignore_missing:
+            raise NotFound(f"object {obj} could not be found")
+        objs.pop(obj, None)
+
+    @_write
+    def delete_container(self, container, ignore_missing=True):
+        if (self._pid, container) not in self._cloud.containers and not ignore_missing:
+            raise NotFound(f"container {container} could not be found")
+        self._cloud.containers.pop((self._pid, container), None)
+
+
 class _Config(_Strict):
     _service = "config"
 
@@ -1304,6 +1335,7 @@ class FakeConnection(_Strict):
         self.image, self.compute = ImageProxy(self), ComputeProxy(self)
         self.block_storage, self.network = BlockStorageProxy(self), NetworkProxy(self)
         self.load_balancer, self.identity = LoadBalancerProxy(self), IdentityProxy(self)
+        self.object_store = ObjectStoreProxy(self)
         # keystoneauth's view of the token: session.auth.get_access(session).role_names
         self.session = NS(auth=NS(get_access=lambda _session: NS(
             role_names=sorted(self.cloud.token_roles))))

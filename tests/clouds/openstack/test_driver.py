@@ -5,6 +5,7 @@ tests/clouds/openstack/fake.py (named as such; the real test cloud's tests are i
 tests/ops/deploy/test_openstack.py): it refuses what it does not model, goes through BUILD ->
 ACTIVE/ERROR, and refuses deletions in the wrong order as Neutron does."""
 
+import copy
 import time
 
 import pytest
@@ -302,6 +303,12 @@ def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
     net.create_security_group(name="prod-etcds",
                               description=f"k8simg cluster prod: etcds k8simg-uid={prod.state.uid}")
     net.create_network(name="prod-scratch", description="someone else's")
+    # A restore killed with its snapshot staged: prod's restore container (its UID in the
+    # name), beside prod-eu's and the operator's own snapshots
+    staged = {("p1", f"k8simg-restore-{prod.state.uid}"): {"prod-master-3/etcd.db.enc": b"x"},
+              ("p1", f"k8simg-restore-{prod_eu.state.uid}"): {"prod-eu-master-3/x": b"y"},
+              ("p1", "snapshots"): {"prod-etcd-20261130T000000Z-r1.snapshot": b"z"}}
+    fake.containers.update(copy.deepcopy(staged))
     before_eu, before_other = fake.inventory("p1"), fake.inventory("p2")
     calls = len(fake.calls)
 
@@ -315,7 +322,10 @@ def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
             ("load-balancer", "prod-api"), ("volume", "prod-master-0-storage"),
             ("security-group", "prod-nodes"), ("security-group", "prod-etcds"),
             ("server-group", f"prod-masters-{prod.state.uid}"),
-            ("application-credential", f"prod-k8simg-{prod.state.uid}")} <= planned
+            ("application-credential", f"prod-k8simg-{prod.state.uid}"),
+            ("swift-object", f"k8simg-restore-{prod.state.uid}/prod-master-3/etcd.db.enc"),
+            ("swift-container", f"k8simg-restore-{prod.state.uid}")} <= planned
+    assert fake.containers == staged
     assert not any(name.startswith(("prod-eu", "theirs")) for _, name in planned)
 
     gone = on(fake, prod).destroy()
@@ -330,6 +340,8 @@ def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
                                                         if "prod-eu" in n], kind
     assert "prod-etcds" not in left["security_groups"] and "prod-scratch" in left["networks"]
     assert fake.inventory("p2") == before_other
+    del staged[("p1", f"k8simg-restore-{prod.state.uid}")]
+    assert fake.containers == staged  # only prod's restore container went
     assert prod.state.api_floating_ip is None and prod.state.bastion_floating_ip is None
     assert not CloudCredential.path(prod.path).exists()  # its secret went with it
     assert CloudCredential.path(prod_eu.path).exists()

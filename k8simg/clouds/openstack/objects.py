@@ -1,0 +1,179 @@
+"""Swift containers for the cluster's snapshots (:class:`~k8simg.clouds.base.ObjectContainer`).
+
+The container is the operator's (``--to swift:NAME``); k8simg makes it when it is missing and
+never removes it. What in it is the cluster's is told by each object's sealed header, by
+:mod:`k8simg.ops.snapshot`, not here.
+"""
+
+import hashlib
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
+from k8simg.clouds.base import CloudError, ObjectContainer
+from k8simg.clouds.openstack.connect import Scope
+
+
+class SwiftContainer(ObjectContainer):
+    def __init__(self, scope: Scope, name: str):
+        super().__init__(name, scope.where)
+        self.scope = scope
+
+    def _call(self, what: str, fn: Callable[[], object]):
+        """``fn()``, any failure of the store (none in the catalog, refused, unreachable)
+        turned into a :class:`CloudError` that names the container and ``what`` failed."""
+        from keystoneauth1 import exceptions as ksa
+        from openstack import exceptions as osx
+
+        try:
+            return fn()
+        except CloudError:
+            raise
+        except (osx.SDKException, ksa.ClientException, OSError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CloudError(f"{self.where}: cannot {what}: {reason}") from None
+
+    @property
+    def _store(self):
+        return self.scope.conn.object_store
+
+    def ensure(self) -> None:
+        from openstack import exceptions as osx
+
+        def make():
+            try:
+                self._store.get_container_metadata(self.name)
+            except osx.NotFoundException:
+                self._store.create_container(self.name)
+                self.scope.record("create", "swift container", self.name)
+        self._call("reach the container", make)
+
+    def put(self, name: str, path: Path) -> None:
+        md5 = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                md5.update(chunk)
+        size = path.stat().st_size
+
+        def upload():
+            self.scope.conn.create_object(self.name, name, filename=str(path),
+                                          md5=md5.hexdigest(), generate_checksums=False)
+            got = self._store.get_object_metadata(name, self.name)
+            etag = (got.etag or "").strip('"')
+            if int(got.content_length or 0) != size or (etag != md5.hexdigest()
+                                                        and not got.is_static_large_object):
+                self._store.delete_object(name, container=self.name, ignore_missing=True)
+                raise CloudError(f"{self.where}: {name}: the store holds {got.content_length} "
+                                 f"bytes (MD5 {etag}), not the {size} bytes (MD5 "
+                                 f"{md5.hexdigest()}) sent; removed again")
+        self._call(f"upload {name}", upload)
+
+    def names(self) -> list[str]:
+        return self._call("list the container",
+                          lambda: sorted(o.name for o in self._store.objects(self.name)))
+
+    def head(self, name: str, size: int) -> bytes:
+        def first():
+            path = "/".join(urllib.parse.quote(p, safe="") for p in (self.name, name))
+            r = self._store.get(path, headers={"Range": f"bytes=0-{size - 1}"})
+            if r.status_code == 404:
+                raise CloudError(f"{self.where}: no object {name} there")
+            if r.status_code not in (200, 206):
+                raise CloudError(f"{self.where}: {name}: HTTP {r.status_code}")
+            return r.content[:size]
+        return self._call(f"read {name}", first)
+
+    def get(self, name: str, dest: Path) -> None:
+        def download():
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            try:
+                os.fchmod(fd, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in self._store.stream_object(name, container=self.name,
+                                                           chunk_size=1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        self._call(f"download {name}", download)
+
+    def delete(self, name: str) -> None:
+        self._call(f"remove {name}", lambda: self._store.delete_object(
+            name, container=self.name, ignore_missing=True))
+        self.scope.record("delete", "swift object", f"{self.name}/{name}")
+
+
+# -- a restore's snapshot, for one node's first boot -------------------------------------------
+
+STAGED = "etcd.db.enc"
+STAGE_SECONDS = 6 * 3600  # how long a staged snapshot's URL is good for: one first boot
+
+
+def restore_container(s: Scope) -> str:
+    """The container a restore stages its snapshot in: the cluster's own, by its UID."""
+    return f"k8simg-restore-{s.uid}"
+
+
+def temp_url(endpoint: str, container: str, name: str, key: str, expires: int) -> str:
+    """A Swift temporary URL for GET of ``container/name`` until ``expires`` (Unix time),
+    signed with HMAC-SHA256 (SHA-1, what openstacksdk signs with, is deprecated in Swift's
+    tempurl and disabled on some clouds)."""
+    import hmac
+
+    base = urllib.parse.urlsplit(endpoint)
+    path = f"{base.path.rstrip('/')}/{container}/{name}"
+    sig = hmac.new(key.encode(), f"GET\n{expires}\n{path}".encode(), hashlib.sha256).hexdigest()
+    return (f"{base.scheme}://{base.netloc}{urllib.parse.quote(path)}"
+            f"?temp_url_sig={sig}&temp_url_expires={expires}")
+
+
+def stage(s: Scope, node: str, path: Path) -> str:
+    """Upload ``path`` (a snapshot encrypted for the trip) for ``node`` into the cluster's
+    restore container, under a new random temp-URL key of that container's (so that an
+    earlier staging's URLs stop working), and return the temporary URL the node fetches it
+    from at first boot."""
+    import secrets
+    import time
+
+    name = restore_container(s)
+    c = SwiftContainer(s, name)
+    c.ensure()
+    key = secrets.token_hex(32)
+    c._call("set its temporary URL key",
+            lambda: s.conn.object_store.set_container_temp_url_key(name, key))
+    c.put(f"{node}/{STAGED}", path)
+    endpoint = c._call("find its endpoint", lambda: s.conn.object_store.get_endpoint())
+    return temp_url(endpoint, name, f"{node}/{STAGED}", key, int(time.time()) + STAGE_SECONDS)
+
+
+def unstage(s: Scope, node: str) -> None:
+    """Remove what :func:`stage` put there for ``node``, and the container once empty."""
+    name = restore_container(s)
+    c = SwiftContainer(s, name)
+    c.delete(f"{node}/{STAGED}")
+    if not c.names():
+        c._call("remove the container", lambda: s.conn.object_store.delete_container(
+            name, ignore_missing=True))
+        s.record("delete", "swift container", name)
+
+
+def staged(s: Scope) -> list[str]:
+    """What of the cluster's restore container is there (for destroy): its objects, and the
+    container itself last; nothing where the cloud has no Swift at all."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as osx
+
+    name = restore_container(s)
+    try:
+        names = [o.name for o in s.conn.object_store.objects(name)]
+    except osx.NotFoundException:
+        return []
+    except (osx.EndpointNotFound, osx.ServiceDisabledException, ksa.EndpointNotFound,
+            ksa.EmptyCatalog):
+        return []  # no object store in this cloud: nothing of ours can be in one
+    return [*names, ""]
