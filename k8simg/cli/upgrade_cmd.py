@@ -113,9 +113,14 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
                    "the snapshot is lost).")
 @click.option("--timeout", default=1800, show_default=True, type=click.IntRange(1),
               metavar="SECONDS", help="How long each new master's boot and join may take.")
+@click.option("--skip-unobservable", is_flag=True,
+              help="Where etcd cannot be asked at all (a test cloud whose servers run "
+                   "nothing): go on as if no member were healthy and boot the new masters "
+                   "without waiting on etcd (said as a skipped gate). Never on a real cluster.")
 @ssh_key_option
 @output_option
-def restore(cluster, cloud, snapshot, plan, force, timeout, ssh_keys, output):
+def restore(cluster, cloud, snapshot, plan, force, timeout, skip_unobservable, ssh_keys,
+            output):
     """Bring back a control plane that lost its etcd quorum from a sealed snapshot: new
     masters (the next indices), the first restoring the snapshot at its first boot, the
     others joining it; the API load balancer moved to them, the old masters removed. Workers
@@ -145,7 +150,8 @@ def restore(cluster, cloud, snapshot, plan, force, timeout, ssh_keys, output):
                                 d.cluster.backups_dir, d.cluster.state.uid).path
     elif not Path(snapshot).is_file():
         raise click.BadParameter(f"{snapshot}: no such file", param_hint="--snapshot")
-    r = Restore(d, Path(snapshot), force=force, timeout=timeout, events=event)
+    r = Restore(d, Path(snapshot), force=force, skip_unobservable=skip_unobservable,
+                timeout=timeout, events=event)
     if plan:
         p = r.plan()
         if output == "json":

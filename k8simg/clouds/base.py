@@ -263,6 +263,10 @@ class Cloud(abc.ABC):
 
     #: how messages name the cloud
     where: str = "the cloud"
+    #: whether the masters must be on distinct hosts (a hard anti-affinity group): then a
+    #: restore removes a lost master before its replacement boots, so that it needs one host
+    #: more than the masters, as an upgrade does, not twice as many
+    masters_on_distinct_hosts: bool = False
 
     def __init__(self, cluster: ClusterDir, cfg: ClusterConfig, *, ledger: Ledger | None = None,
                  concurrency: int = 8, timeout: float = 900, ssh_keys: tuple = ()):

@@ -82,6 +82,8 @@ class OpenStackCloud(Cloud):
     :param poll: seconds between two looks at a resource being waited for.
     """
 
+    masters_on_distinct_hosts = True  # the masters' server group is hard anti-affinity
+
     def __init__(self, cluster, cfg, cloud: str | None, *,
                  connect: Callable[[str | None], object] = connect, poll: float = 1.0, **kw):
         super().__init__(cluster, cfg, **kw)

@@ -1,0 +1,167 @@
+"""`k8simg restore` on the real OpenStack test cloud: the cloud's side of it, asserted by
+listing the cloud. The snapshot comes from Swift; the first new master's config names it as a
+remote file behind a temporary URL of the cluster's own container (never inside user_data),
+which serves exactly the bytes the config's SHA-512 names while staged and nothing once the
+restore is past it; new masters with their ports and volumes, the API load balancer's members
+moved to them, the old masters' servers, ports and volumes gone, workers and bastion untouched,
+and destroy leaving nothing, the restore container included. A run killed right after the
+snapshot was staged is run again and goes on with the same new masters.
+
+The test cloud's servers run nothing (Nova's FakeDriver), so etcd cannot be asked there: the
+restore needs ``--skip-unobservable`` (refused without it, nothing changed) and the snapshot's
+database is any bytes (restoring real etcd snapshots is test_snapshot.py's and the local
+cloud's).
+"""
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from k8simg.ignition.render import RESTORE_SOURCE
+from k8simg.ops.deploy import Deployment
+from k8simg.ops.snapshot import seal, snapshot_name
+from k8simg.pki import cluster_pki
+from tests.ops.deploy.test_openstack import (  # noqa: F401 (fixtures)
+    cluster,
+    destroyed_when_failed,
+    image,
+    listing,
+    nothing_left,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def restore(cd, *args, kill_after: str | None = None):
+    """`k8simg restore -o json`; with ``kill_after``, SIGKILL right after that event."""
+    p = subprocess.Popen([sys.executable, "-m", "k8simg", "restore", str(cd.path), "-o", "json",
+                          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=os.environ.copy())
+    events = []
+    for line in p.stdout:
+        events.append(json.loads(line))
+        if kill_after and events[-1]["event"] == kill_after:
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait()
+    return p.returncode, events, p.stderr.read()
+
+
+def fetch(url: str) -> bytes | int:
+    """The URL's bytes, or the HTTP status that refused them."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def remote_file(admin, name: str) -> dict:
+    """The restore's remote file in the config the server ``name`` booted with."""
+    admin.compute.default_microversion = "2.67"
+    server = next(admin.compute.servers(name=f"^{name}$", all_projects=True))
+    config = json.loads(base64.b64decode(admin.compute.get_server(server.id).user_data))
+    return next(f for f in config["storage"]["files"] if f["path"] == RESTORE_SOURCE)
+
+
+def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, image,  # noqa: F811
+                                                         tmp_path):
+    conn, admin = test_cloud.member(), test_cloud.admin()
+    cd = cluster(tmp_path, "dr")
+    Deployment.for_cluster(cd).deploy()
+    uid, cfg = cd.state.uid, cd.load()
+    lb = conn.load_balancer
+    pool = next(lb.pools(name="dr-api-masters"))
+    before = listing(conn, cd)
+    servers = {s.name: s.id for s in conn.compute.servers() if s.name.startswith("dr-")}
+
+    # The snapshot, sealed with the cluster's key, kept in Swift
+    plain = tmp_path / "etcd.db"
+    plain.write_bytes(os.urandom(3 << 20))
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sealed = tmp_path / snapshot_name("dr", when, 4242)
+    seal(plain, sealed, cluster_pki(cd, cfg).snapshot_key(), cluster="dr", cluster_uid=uid,
+         taken_at=when.isoformat(), revision=4242, total_keys=300, etcd_hash=7,
+         member="dr-master-0", kubernetes_version=cfg.kubernetes_version)
+    container = Deployment.for_cluster(cd).cloud.object_container("dr-backups")
+    container.ensure()
+    container.put(sealed.name, sealed)
+    ref = f"swift:dr-backups/{sealed.name}"
+    try:
+        # etcd cannot be asked here: refused, nothing changed
+        code, _, err = restore(cd, "--snapshot", ref)
+        assert code == 4, err
+        assert "etcd's members cannot be asked from here" in err and "Traceback" not in err
+        assert listing(conn, cd) == before
+
+        # Killed once the snapshot is staged: its temporary URL serves the trip's bytes,
+        # whose SHA-512 the first new master's config names
+        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable",
+                                    kill_after="snapshot-staged")
+        assert code == -signal.SIGKILL, err[-2000:]
+        staged = events[-1]
+        assert staged["node"] == "dr-master-3"
+        first_url = staged["url"]
+        assert first_url.startswith(test_cloud.url("swift") + "/v1/AUTH_")
+        assert f"/k8simg-restore-{uid}/dr-master-3/etcd.db.enc?temp_url_sig=" in first_url
+        got = fetch(first_url)
+        assert isinstance(got, bytes) and hashlib.sha512(got).hexdigest() == staged["sha512"]
+        assert plain.read_bytes()[:4096] not in got  # encrypted for the trip
+        assert fetch(first_url.replace("temp_url_sig=", "temp_url_sig=0")) == 401
+
+        # Run again: the same new masters, the snapshot staged anew (the old URL refused)
+        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable")
+        assert code == 0, err[-3000:]
+        done = events[-1]
+        assert done["event"] == "done" and done["masters"] == [
+            "dr-master-3", "dr-master-4", "dr-master-5"]
+        assert [e["gate"] for e in events if e["event"] == "gate-skipped"][:1] == ["etcd"]
+        restaged = next(e for e in events if e["event"] == "snapshot-staged")
+        f = remote_file(admin, "dr-master-3")
+        assert f["contents"]["source"] == restaged["url"] != first_url
+        assert f["contents"]["verification"]["hash"] == f"sha512-{restaged['sha512']}"
+        assert f["mode"] == 0o600
+        for name in ("dr-master-4", "dr-master-5"):  # they join it; no snapshot for them
+            with pytest.raises(StopIteration):
+                remote_file(admin, name)
+        # Past the first member, nothing is staged: both URLs refused, the container gone
+        assert fetch(restaged["url"]) in (401, 404) and fetch(first_url) in (401, 404)
+        assert f"k8simg-restore-{uid}" not in {c.name for c in
+                                                conn.object_store.containers()}
+
+        # The cloud: new masters with their ports and volumes, the old ones gone, the load
+        # balancer's members the new masters, workers and bastion the same servers
+        new = {"dr-master-3", "dr-master-4", "dr-master-5"}
+        got = listing(conn, cd)
+        others = {"dr-worker-0", "dr-worker-1", "dr-bastion"}
+        assert got["server"] == new | others
+        assert got["volume"] == {f"{n}-storage" for n in new | {"dr-worker-0", "dr-worker-1"}}
+        assert got["port"] == {f"{n}-port" for n in new | others} | {"dr-api-vip"}
+        assert sorted(m.name for m in lb.members(pool)) == sorted(new)
+        assert {s.name: s.id for s in conn.compute.servers() if s.name in others} == {
+            n: servers[n] for n in others}
+        assert {k: v for k, v in got.items() if k not in ("server", "volume", "port")} == {
+            k: v for k, v in before.items() if k not in ("server", "volume", "port")}
+        assert cd.state.upgrade is None
+        # Done is done: the same snapshot again finds a healthy-or-unknown quorum's cluster
+        # with nothing recorded, and plans the next masters; nothing is changed by a plan
+        r = subprocess.run([sys.executable, "-m", "k8simg", "restore", str(cd.path),
+                            "--snapshot", ref, "--skip-unobservable", "--plan"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert listing(conn, cd) == got
+    finally:
+        for n in container.names():
+            container.delete(n)
+        conn.object_store.delete_container("dr-backups")
+    assert Deployment.for_cluster(cd).destroy().left == []
+    nothing_left(conn, cd)
