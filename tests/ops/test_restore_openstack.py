@@ -73,25 +73,32 @@ def remote_file(admin, name: str) -> dict:
     return next(f for f in config["storage"]["files"] if f["path"] == RESTORE_SOURCE)
 
 
+def sealed_snapshot(cd, folder):
+    """A snapshot of any 3 MiB, sealed with the cluster's key: (plaintext, sealed file)."""
+    cfg, name = cd.load(), cd.load().name
+    plain = folder / "etcd.db"
+    plain.write_bytes(os.urandom(3 << 20))
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sealed = folder / snapshot_name(name, when, 4242)
+    seal(plain, sealed, cluster_pki(cd, cfg).snapshot_key(), cluster=name,
+         cluster_uid=cd.state.uid, taken_at=when.isoformat(), revision=4242, total_keys=300,
+         etcd_hash=7, member=f"{name}-master-0", kubernetes_version=cfg.kubernetes_version)
+    return plain, sealed
+
+
 def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, image,  # noqa: F811
                                                          tmp_path):
     conn, admin = test_cloud.member(), test_cloud.admin()
     cd = cluster(tmp_path, "dr")
     Deployment.for_cluster(cd).deploy()
-    uid, cfg = cd.state.uid, cd.load()
+    uid = cd.state.uid
     lb = conn.load_balancer
     pool = next(lb.pools(name="dr-api-masters"))
     before = listing(conn, cd)
     servers = {s.name: s.id for s in conn.compute.servers() if s.name.startswith("dr-")}
 
     # The snapshot, sealed with the cluster's key, kept in Swift
-    plain = tmp_path / "etcd.db"
-    plain.write_bytes(os.urandom(3 << 20))
-    when = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    sealed = tmp_path / snapshot_name("dr", when, 4242)
-    seal(plain, sealed, cluster_pki(cd, cfg).snapshot_key(), cluster="dr", cluster_uid=uid,
-         taken_at=when.isoformat(), revision=4242, total_keys=300, etcd_hash=7,
-         member="dr-master-0", kubernetes_version=cfg.kubernetes_version)
+    plain, sealed = sealed_snapshot(cd, tmp_path)
     container = Deployment.for_cluster(cd).cloud.object_container("dr-backups")
     container.ensure()
     container.put(sealed.name, sealed)
@@ -163,5 +170,35 @@ def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, i
         for n in container.names():
             container.delete(n)
         conn.object_store.delete_container("dr-backups")
+    assert Deployment.for_cluster(cd).destroy().left == []
+    nothing_left(conn, cd)
+
+
+def test_a_single_master_is_restored_with_its_downtime_said(test_cloud, os_cloud,
+                                                           image, tmp_path):  # noqa: F811
+    """One master and a worker, the snapshot a file on this machine: the plan says the API is
+    down until the new master is up; the master is replaced, the worker is the same server."""
+    conn = test_cloud.member()
+    cd = cluster(tmp_path, "one", topology="one-master", masters=1, workers=1)
+    Deployment.for_cluster(cd).deploy()
+    worker = next(conn.compute.servers(name="^one-worker-0$")).id
+    _, sealed = sealed_snapshot(cd, tmp_path)
+    before = listing(conn, cd)
+    r = subprocess.run([sys.executable, "-m", "k8simg", "restore", str(cd.path), "--snapshot",
+                        sealed, "--plan", "--skip-unobservable"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "replace one-master-0 by one-master-1" in r.stdout
+    assert "single master: the Kubernetes API is down until the new one is up" in r.stdout
+    assert listing(conn, cd) == before
+    code, events, err = restore(cd, "--snapshot", str(sealed), "--skip-unobservable")
+    assert code == 0, err[-3000:]
+    assert events[-1]["masters"] == ["one-master-1"]
+    assert [e["node"] for e in events if e["event"] == "deleted"] == ["one-master-0"]
+    got = listing(conn, cd)
+    assert got["server"] == {"one-master-1", "one-worker-0", "one-bastion"}
+    assert got["volume"] == {"one-master-1-storage", "one-worker-0-storage"}
+    pool = next(conn.load_balancer.pools(name="one-api-masters"))
+    assert [m.name for m in conn.load_balancer.members(pool)] == ["one-master-1"]
+    assert next(conn.compute.servers(name="^one-worker-0$")).id == worker
     assert Deployment.for_cluster(cd).destroy().left == []
     nothing_left(conn, cd)
