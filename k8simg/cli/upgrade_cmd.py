@@ -115,8 +115,9 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
               metavar="SECONDS", help="How long each new master's boot and join may take.")
 @click.option("--skip-unobservable", is_flag=True,
               help="Where etcd cannot be asked at all (a test cloud whose servers run "
-                   "nothing): go on as if no member were healthy and boot the new masters "
-                   "without waiting on etcd (said as a skipped gate). Never on a real cluster.")
+                   "nothing), with --force: go on as if no member were healthy and boot the "
+                   "new masters without waiting on etcd (said as a skipped gate). Never on a "
+                   "real cluster.")
 @ssh_key_option
 @output_option
 def restore(cluster, cloud, snapshot, plan, force, timeout, skip_unobservable, ssh_keys,

@@ -34,6 +34,10 @@ class CloudError(K8simgError):
     """The cloud refused, failed, or could not be reached."""
 
 
+class ObjectGone(CloudError):
+    """An object of an object store is not there (any more), or is empty."""
+
+
 class WaitTimeout(CloudError):
     """A resource did not reach the wanted state in time."""
 

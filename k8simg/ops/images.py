@@ -350,8 +350,13 @@ def collect(specs: Iterable[ImageSpec], dest_dir: Path, *, artifacts_dir: Path |
     specs = list(specs)
     seen: dict[str, ImageSpec] = {}
     for s in specs:
-        if s.ref in seen and seen[s.ref].pinned != s.pinned:
-            raise ImageError(f"{s.ref}: pinned to two different digests")
+        old = seen.get(s.ref)
+        if old is not None:
+            pins, more = (old.pinned, old.pinned_index), (s.pinned, s.pinned_index)
+            if any(pins) and any(more) and pins != more:
+                raise ImageError(f"{s.ref}: pinned to two different digests")
+            if not any(more):  # the same image named again without a pin: the pin stays
+                continue
         seen[s.ref] = s
     skopeo = None
     out: list[BakedImage] = []

@@ -87,8 +87,9 @@ class Restore:
 
     :param force: restore even though etcd has a healthy quorum.
     :param skip_unobservable: where etcd cannot be asked at all (a test cloud whose servers run
-        nothing), go on as if no member were healthy and boot the new masters without
-        waiting on their etcd (named as the skipped gate ``etcd``). Never on a real cluster.
+        nothing), go on, with ``force`` (nobody can tell the quorum is lost), as if no member
+        were healthy, and boot the new masters without waiting on their etcd (named as the
+        skipped gate ``etcd``). Never on a real cluster.
     :param events: receives ``(event, details)`` (CI's JSON lines).
     """
 
@@ -160,10 +161,13 @@ class Restore:
             with etcd_client(self.cloud) as etcd:
                 healthy = [e.endpoint for e in etcd.health(endpoints) if e.healthy]
         except (K8simgError, EtcdError) as e:
-            if not self.skip:
-                raise RestoreAborted(f"etcd's members cannot be asked from here ({e}); a "
-                                     "restore needs the cluster's network; nothing was "
-                                     "changed") from None
+            if not (self.skip and self.force):
+                raise RestoreAborted(
+                    f"etcd's members cannot be asked from here ({e}); a restore needs the "
+                    "cluster's network" + ("; with --skip-unobservable it goes on only with "
+                                           "--force too (nobody can tell its quorum is lost)"
+                                           if self.skip else "") + "; nothing was changed"
+                ) from None
             self.emit("gate-skipped", {"gate": "etcd", "why": str(e)})
             healthy = []
         if len(healthy) > len(endpoints) // 2 and not self.force and not chosen:
@@ -264,16 +268,20 @@ class Restore:
             desired.record(state, {node.name: data}, self.cloud.nodes())
             return data
 
+        def boot(k: int, node: Node, data: bytes) -> None:
+            """Everything that can fail before it done (staged, rendered), room made, boot."""
+            make_room(k)
+            life.boot(node, data, infra)
+
         if to_boot(first):
-            make_room(0)
             key = cluster_pki(self.cluster, self.cfg).snapshot_key()
             with tempfile.TemporaryDirectory(dir=self.cluster.path, prefix=".restore-") as tmp:
                 trip = for_the_trip(plan.snapshot, key, state.uid, Path(tmp) / "etcd.db.enc")
                 url = self.cloud.stage_restore(first.name, trip.path)
             self.emit("snapshot-staged", {"node": first.name, "url": url,
                                           "sha512": trip.sha512})
-            life.boot(first, user_data(first, [first], EtcdRestore(
-                first.name, url, trip.sha512, trip.key, trip.iv)), infra)
+            boot(0, first, user_data(first, [first], EtcdRestore(
+                first.name, url, trip.sha512, trip.key, trip.iv)))
             self.emit("restored-member-booted", {"node": first.name})
         with contextlib.ExitStack() as open_:
             try:
@@ -292,14 +300,12 @@ class Restore:
                 members = news[:k + 1]
                 if etcd is None:  # nothing to join: booted as it would join
                     if to_boot(new):
-                        make_room(k)
-                        life.boot(new, user_data(new, members, joining=True), infra)
+                        boot(k, new, user_data(new, members, joining=True))
                     continue
                 join_member(
                     etcd, new, voters=k, timeout=self.timeout,
-                    start=lambda n, _initial, m=members, k=k: (
-                        make_room(k), life.boot(n, user_data(n, m, joining=True), infra)
-                    ) if to_boot(n) else None,
+                    start=lambda n, _initial, m=members, k=k: boot(
+                        k, n, user_data(n, m, joining=True)) if to_boot(n) else None,
                     endpoints=lambda m=members: [client_url(x) for x in m],
                     events=lambda e, det: self.emit(f"etcd-{e}", det))
         self.cloud.ensure_api_members(news, infra)

@@ -32,6 +32,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,13 +492,15 @@ def _stored_header(container, name: str) -> Header:
 def stored_listing(container, cluster_uid: str) -> list[Sealed]:
     """The sealed snapshots of the cluster ``cluster_uid`` in a Swift container, oldest
     first, from their headers (others', and objects that are not snapshots, left out)."""
+    from k8simg.clouds.base import ObjectGone
+
     out = []
     for name in container.names():
         if not _NAME.match(name):
             continue
         try:
             h = _stored_header(container, name)
-        except SnapshotError:
+        except (SnapshotError, ObjectGone):  # not one; or gone since the listing, or empty
             continue
         if h.cluster_uid == cluster_uid:
             out.append(Sealed(Path(name), h, f"{SWIFT}{container.name}"))
@@ -516,8 +519,8 @@ def stored_prune(container, cluster_uid: str, keep: int, key: str | None = None)
 
 
 def fetch_stored(container, name: str, dest_dir: Path, cluster_uid: str) -> Sealed:
-    """The stored snapshot ``name`` downloaded into ``dest_dir`` (0600; one already there
-    with the same bytes is kept); its header must name the cluster ``cluster_uid``.
+    """The stored snapshot ``name`` downloaded into ``dest_dir`` (0600, replacing a file of
+    that name there); its header must name the cluster ``cluster_uid``.
 
     :raises SnapshotError: when it is not a snapshot, or another cluster's.
     """
@@ -571,6 +574,12 @@ def snapshot_cluster(cluster, cloud, dest_dir: Path | str | None = None,
         container = cloud.object_container(swift[0])
         container.ensure()
         cluster.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in cluster.backups_dir.glob(".upload.*"):  # a killed run's (its plaintext
+            try:                                              # too): hours old, not ours
+                if time.time() - stale.stat().st_mtime > 6 * 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass
         with tempfile.TemporaryDirectory(dir=cluster.backups_dir, prefix=".upload.") as tmp:
             sealed = _take_from_cluster(cluster, cloud, cfg, uid, key, Path(tmp), progress)
             progress(f"uploading {sealed.path.name} ({sealed.header.size} bytes sealed) "

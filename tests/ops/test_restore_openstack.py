@@ -8,7 +8,8 @@ and destroy leaving nothing, the restore container included. A run killed right 
 snapshot was staged is run again and goes on with the same new masters.
 
 The test cloud's servers run nothing (Nova's FakeDriver), so etcd cannot be asked there: the
-restore needs ``--skip-unobservable`` (refused without it, nothing changed) and the snapshot's
+restore needs ``--skip-unobservable --force`` (refused without either, nothing changed) and the
+snapshot's
 database is any bytes (restoring real etcd snapshots is test_snapshot.py's and the local
 cloud's).
 """
@@ -104,15 +105,19 @@ def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, i
     container.put(sealed.name, sealed)
     ref = f"swift:dr-backups/{sealed.name}"
     try:
-        # etcd cannot be asked here: refused, nothing changed
+        # etcd cannot be asked here: refused, nothing changed; told to skip that, it still
+        # wants --force (nobody can tell the quorum is lost)
         code, _, err = restore(cd, "--snapshot", ref)
         assert code == 4, err
         assert "etcd's members cannot be asked from here" in err and "Traceback" not in err
+        code, _, err = restore(cd, "--snapshot", ref, "--skip-unobservable")
+        assert code == 4, err
+        assert "with --skip-unobservable it goes on only with --force too" in err
         assert listing(conn, cd) == before
 
         # Killed once the snapshot is staged: its temporary URL serves the trip's bytes,
         # whose SHA-512 the first new master's config names
-        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable",
+        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable", "--force",
                                     kill_after="snapshot-staged")
         assert code == -signal.SIGKILL, err[-2000:]
         staged = events[-1]
@@ -126,7 +131,7 @@ def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, i
         assert fetch(first_url.replace("temp_url_sig=", "temp_url_sig=0")) == 401
 
         # Run again: the same new masters, the snapshot staged anew (the old URL refused)
-        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable")
+        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable", "--force")
         assert code == 0, err[-3000:]
         done = events[-1]
         assert done["event"] == "done" and done["masters"] == [
@@ -162,7 +167,7 @@ def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, i
         # Done is done: the same snapshot again finds a healthy-or-unknown quorum's cluster
         # with nothing recorded, and plans the next masters; nothing is changed by a plan
         r = subprocess.run([sys.executable, "-m", "k8simg", "restore", str(cd.path),
-                            "--snapshot", ref, "--skip-unobservable", "--plan"],
+                            "--snapshot", ref, "--skip-unobservable", "--force", "--plan"],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert listing(conn, cd) == got
@@ -185,12 +190,14 @@ def test_a_single_master_is_restored_with_its_downtime_said(test_cloud, os_cloud
     _, sealed = sealed_snapshot(cd, tmp_path)
     before = listing(conn, cd)
     r = subprocess.run([sys.executable, "-m", "k8simg", "restore", str(cd.path), "--snapshot",
-                        sealed, "--plan", "--skip-unobservable"], capture_output=True, text=True)
+                        sealed, "--plan", "--skip-unobservable", "--force"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "replace one-master-0 by one-master-1" in r.stdout
     assert "single master: the Kubernetes API is down until the new one is up" in r.stdout
     assert listing(conn, cd) == before
-    code, events, err = restore(cd, "--snapshot", str(sealed), "--skip-unobservable")
+    code, events, err = restore(cd, "--snapshot", str(sealed), "--skip-unobservable",
+                                "--force")
     assert code == 0, err[-3000:]
     assert events[-1]["masters"] == ["one-master-1"]
     assert [e["node"] for e in events if e["event"] == "deleted"] == ["one-master-0"]

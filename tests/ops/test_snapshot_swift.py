@@ -154,7 +154,7 @@ def test_an_unreachable_swift_is_named_and_nothing_is_taken(test_cloud, os_cloud
                                     "object_store_endpoint_override":
                                     f"http://127.0.0.1:{port}/v1/AUTH_none"}
     (tmp_path / "clouds.yaml").write_text(json.dumps(clouds))
-    cd, _ = openstack_cluster(tmp_path, "down", cloud="no-swift")
+    cd, key = openstack_cluster(tmp_path, "down", cloud="no-swift")
     for args in (["etcd", "snapshot", cd.path, "--to", "swift:snaps"],
                  ["etcd", "snapshots", cd.path, "--in", "swift:snaps"]):
         r = k8simg(*args)
@@ -163,6 +163,13 @@ def test_an_unreachable_swift_is_named_and_nothing_is_taken(test_cloud, os_cloud
         assert r.stderr.startswith("Error: swift:snaps on cloud 'no-swift': cannot "), r.stderr
         assert "etcd" not in r.stderr.splitlines()[-1].split(": cannot ")[1][:20]
     assert not cd.backups_dir.exists() or list(cd.backups_dir.iterdir()) == []
+    # nor can a restore stage a snapshot there for a new master: refused up front
+    (tmp_path / "sealed").mkdir()
+    path, _ = sealed(tmp_path / "sealed", "down", cd.state.uid, key, 1, 7)
+    r = k8simg("restore", cd.path, "--snapshot", path, "--plan")
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r
+    assert "cloud 'no-swift''s Swift cannot be asked" in r.stderr
+    assert "a restore stages the snapshot for the first new master there" in r.stderr
     # The local cloud keeps no object store at all
     local = write_cluster(tmp_path / "here")
     cluster_pki(local, local.load()).snapshot_key()

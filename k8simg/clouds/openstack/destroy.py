@@ -7,7 +7,7 @@ Kubernetes made in the cloud under the name with its UID
 again: whatever is still there is reported, so "destroyed" means the project holds nothing of
 the cluster."""
 
-from k8simg.clouds.base import DestroyResult
+from k8simg.clouds.base import CloudError, DestroyResult
 from k8simg.clouds.openstack import compute, identity, loadbalancer, made, objects
 from k8simg.clouds.openstack.connect import Scope
 from k8simg.model.credential import CloudCredential
@@ -66,8 +66,11 @@ def inventory(s: Scope) -> list[str]:
               + made.security_groups(s)]
     found += [f"server-group {g.name}" for g in compute.server_groups_of(s, [])]
     name = objects.restore_container(s)
-    found += [f"swift-object {name}/{o}" if o else f"swift-container {name}"
-              for o in objects.staged(s)]
+    try:
+        found += [f"swift-object {name}/{o}" if o else f"swift-container {name}"
+                  for o in objects.staged(s)]
+    except CloudError:
+        pass  # destroy reported it already: the listing failed there too
     return found
 
 
@@ -143,7 +146,12 @@ def destroy(s: Scope, parallel, *, cluster_path) -> DestroyResult:
     # A restore's staged snapshot (left by a restore killed before its first member was
     # healthy), then its container.
     name = objects.restore_container(s)
-    for o in objects.staged(s):
+    try:
+        staged = objects.staged(s)
+    except CloudError as e:
+        left.append(f"swift-container {name}: {e}")
+        staged = []
+    for o in staged:
         if o:
             attempt(f"swift-object {name}/{o}", lambda o=o: conn.object_store.delete_object(
                 o, container=name, ignore_missing=True))

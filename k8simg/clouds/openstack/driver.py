@@ -327,7 +327,7 @@ class OpenStackCloud(Cloud):
         return objects.SwiftContainer(self.scope, name)
 
     def restore_unsupported(self) -> str | None:
-        return None
+        return objects.restore_unsupported(self.scope)
 
     def stage_restore(self, node: str, path) -> str:
         """The cluster's own Swift container (``k8simg-restore-<uid>``), a temporary URL

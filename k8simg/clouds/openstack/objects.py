@@ -12,8 +12,10 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from k8simg.clouds.base import CloudError, ObjectContainer
+from k8simg.clouds.base import CloudError, ObjectContainer, ObjectGone
 from k8simg.clouds.openstack.connect import Scope
+
+SINGLE_PUT_MAX = 5 << 30  # Swift's default max_file_size: larger goes in segments
 
 
 class SwiftContainer(ObjectContainer):
@@ -31,7 +33,8 @@ class SwiftContainer(ObjectContainer):
             return fn()
         except CloudError:
             raise
-        except (osx.SDKException, ksa.ClientException, OSError) as e:
+        except (osx.SDKException, ksa.ClientException, OSError, AttributeError) as e:
+            # (AttributeError: openstacksdk reading a capability this Swift does not have)
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CloudError(f"{self.where}: cannot {what}: {reason}") from None
 
@@ -58,8 +61,22 @@ class SwiftContainer(ObjectContainer):
         size = path.stat().st_size
 
         def upload():
-            self.scope.conn.create_object(self.name, name, filename=str(path),
-                                          md5=md5.hexdigest(), generate_checksums=False)
+            if size <= SINGLE_PUT_MAX:
+                # One PUT carrying the MD5 as its ETag: Swift refuses (422) what it did not
+                # receive whole, and never keeps a half of it.
+                with open(path, "rb") as f:
+                    r = self._store.put(self._path(name), data=f,
+                                        headers={"ETag": md5.hexdigest(),
+                                                 "Content-Length": str(size)})
+                if r.status_code == 422:
+                    raise CloudError(f"{self.where}: {name}: the store did not receive what "
+                                     f"was sent (its MD5 {md5.hexdigest()} did not match)")
+                if r.status_code not in (200, 201):
+                    raise CloudError(f"{self.where}: {name}: upload refused: HTTP "
+                                     f"{r.status_code} {r.reason}")
+            else:  # a static large object of segments (openstacksdk's), checked by size
+                self.scope.conn.create_object(self.name, name, filename=str(path),
+                                              md5=md5.hexdigest(), generate_checksums=False)
             got = self._store.get_object_metadata(name, self.name)
             etag = (got.etag or "").strip('"')
             if int(got.content_length or 0) != size or (etag != md5.hexdigest()
@@ -74,15 +91,27 @@ class SwiftContainer(ObjectContainer):
         return self._call("list the container",
                           lambda: sorted(o.name for o in self._store.objects(self.name)))
 
+    def _path(self, name: str) -> str:
+        return "/".join(urllib.parse.quote(p, safe="") for p in (self.name, name))
+
     def head(self, name: str, size: int) -> bytes:
         def first():
-            path = "/".join(urllib.parse.quote(p, safe="") for p in (self.name, name))
-            r = self._store.get(path, headers={"Range": f"bytes=0-{size - 1}"})
-            if r.status_code == 404:
-                raise CloudError(f"{self.where}: no object {name} there")
-            if r.status_code not in (200, 206):
-                raise CloudError(f"{self.where}: {name}: HTTP {r.status_code}")
-            return r.content[:size]
+            r = self._store.get(self._path(name), headers={"Range": f"bytes=0-{size - 1}"},
+                                stream=True)
+            try:
+                if r.status_code in (404, 416):  # gone (a listing lags), or empty
+                    raise ObjectGone(f"{self.where}: no object {name} there"
+                                     + (" (it is empty)" if r.status_code == 416 else ""))
+                if r.status_code not in (200, 206):
+                    raise CloudError(f"{self.where}: {name}: HTTP {r.status_code}")
+                got = b""
+                for chunk in r.iter_content(1 << 16):  # a server ignoring Range: no more
+                    got += chunk
+                    if len(got) >= size:
+                        break
+                return got[:size]
+            finally:
+                r.close()
         return self._call(f"read {name}", first)
 
     def get(self, name: str, dest: Path) -> None:
@@ -126,7 +155,7 @@ def temp_url(endpoint: str, container: str, name: str, key: str, expires: int) -
     import hmac
 
     base = urllib.parse.urlsplit(endpoint)
-    path = f"{base.path.rstrip('/')}/{container}/{name}"
+    path = f"{urllib.parse.unquote(base.path).rstrip('/')}/{container}/{name}"  # signed unquoted
     sig = hmac.new(key.encode(), f"GET\n{expires}\n{path}".encode(), hashlib.sha256).hexdigest()
     return (f"{base.scheme}://{base.netloc}{urllib.parse.quote(path)}"
             f"?temp_url_sig={sig}&temp_url_expires={expires}")
@@ -153,10 +182,18 @@ def stage(s: Scope, node: str, path: Path) -> str:
 
 def unstage(s: Scope, node: str) -> None:
     """Remove what :func:`stage` put there for ``node``, and the container once empty."""
+    from openstack import exceptions as osx
+
     name = restore_container(s)
     c = SwiftContainer(s, name)
     c.delete(f"{node}/{STAGED}")
-    if not c.names():
+
+    def left() -> list[str]:
+        try:
+            return [o.name for o in s.conn.object_store.objects(name)]
+        except osx.NotFoundException:  # removed by an earlier run: a resumed restore
+            return ["(gone)"]
+    if not c._call("list the container", left):
         c._call("remove the container", lambda: s.conn.object_store.delete_container(
             name, ignore_missing=True))
         s.record("delete", "swift container", name)
@@ -164,7 +201,10 @@ def unstage(s: Scope, node: str) -> None:
 
 def staged(s: Scope) -> list[str]:
     """What of the cluster's restore container is there (for destroy): its objects, and the
-    container itself last; nothing where the cloud has no Swift at all."""
+    container itself last (``""``); nothing where the cloud has no Swift at all.
+
+    :raises CloudError: when Swift is there but cannot be asked (refused, unreachable).
+    """
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as osx
 
@@ -176,4 +216,29 @@ def staged(s: Scope) -> list[str]:
     except (osx.EndpointNotFound, osx.ServiceDisabledException, ksa.EndpointNotFound,
             ksa.EmptyCatalog):
         return []  # no object store in this cloud: nothing of ours can be in one
+    except (osx.SDKException, ksa.ClientException, OSError) as e:
+        raise CloudError(f"swift:{name} on {s.where}: cannot be listed: {e}") from None
     return [*names, ""]
+
+
+def restore_unsupported(s: Scope) -> str | None:
+    """Why a restore cannot stage its snapshot on this cloud (None: it can): no Swift, or one
+    whose temporary URLs are off or take no HMAC-SHA256 (its ``/info``)."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as osx
+
+    why = "a restore stages the snapshot for the first new master there"
+    try:
+        info = s.conn.object_store.get_info()
+    except (osx.EndpointNotFound, osx.ServiceDisabledException, ksa.EndpointNotFound,
+            ksa.EmptyCatalog):
+        return f"{s.where} has no object store (Swift): {why}"
+    except (osx.SDKException, ksa.ClientException, OSError) as e:
+        return f"{s.where}'s Swift cannot be asked ({e}): {why}"
+    tempurl = info.tempurl
+    if tempurl is None:
+        return f"{s.where}'s Swift has no temporary URLs (tempurl middleware): {why}"
+    if "sha256" not in (tempurl.get("allowed_digests") or ["sha1", "sha256", "sha512"]):
+        return (f"{s.where}'s Swift signs temporary URLs only with "
+                f"{', '.join(tempurl['allowed_digests'])}, not SHA-256: {why}")
+    return None

@@ -303,8 +303,15 @@ def everything(cloud, endpoint=None) -> tuple[int, list]:
 
 
 def restore_after_losing_every_master(cd, cloud) -> list[int]:
-    """A snapshot, a write after it, then every master VM killed (not destroyed): `k8simg
-    restore` brings up three new masters from the snapshot. Returns the new VMs' PIDs."""
+    """A worker added (day 2), a snapshot, a write after it, then every master VM killed (not
+    destroyed): `k8simg restore` brings up three new masters from the snapshot, the worker
+    running on as it was. Returns the VMs' PIDs."""
+    edit_cluster(cd, workers__count=1)
+    r = k8simg("deploy", str(cd.path), "--no-wait-api", "-o", "json", check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert [(c["action"], c["name"]) for c in json.loads(r.stdout)["changes"]
+            if c["kind"] == "server"] == [("create", "ha-worker-0")]
+    worker = cloud.procs.get("qemu:ha-worker-0").pid
     for i in range(10):  # keys of its own, whatever the writer above got through
         r = etcdctl_retried(cloud, "put", f"/k8simg/dr/{i}", f"v{i}")
         assert r.returncode == 0, r.stderr
@@ -354,9 +361,13 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
     assert all(f"10.0.0.1{i}:" in haproxy for i in (3, 4, 5))
     assert not any(f"10.0.0.1{i}:" in haproxy for i in (0, 1, 2))
     procs = cloud.procs.all()
-    assert sorted(k for k in procs if k.startswith("qemu:")) == [f"qemu:{n}" for n in new]
+    assert sorted(k for k in procs if k.startswith("qemu:")) == [
+        *(f"qemu:{n}" for n in new), "qemu:ha-worker-0"]
+    # the worker never stopped: the same VM process, up all along
+    assert procs["qemu:ha-worker-0"].pid == worker and running(worker)
     nodes = json.loads(k8simg("nodes", str(cd.path), "-o", "json").stdout)
-    assert [(n["name"], n["state"]) for n in nodes] == [(n, "ready") for n in new]
+    assert [(n["name"], n["state"]) for n in nodes] == [(n, "ready") for n in
+                                                       [*new, "ha-worker-0"]]
     # the staged snapshot is gone from the metadata service's reach
     assert not list(cloud.nodedir.glob("*/restore.enc"))
     return [p.pid for k, p in procs.items() if k.startswith("qemu:")]

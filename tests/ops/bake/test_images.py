@@ -302,6 +302,9 @@ def test_an_index_pinned_image_is_checked_against_its_pin_offline(reg, tmp_path)
     (b,) = collect([spec], tmp_path / "out", artifacts_dir=arts)
     assert (b.digest, b.digest_source) == (built["platforms"]["amd64"],
                                            f"pinned index {built['digest']}")
+    # The operator naming the same image again (--image, no pin) does not drop the pin
+    (b,) = collect([spec, ImageSpec("extra", ref)], tmp_path / "out-again", artifacts_dir=arts)
+    assert (b.key, b.digest_source) == ("ingress_nginx", f"pinned index {built['digest']}")
     # Another image's archive under this name: self-consistent, but not what the pin names
     stand_in(tmp_path / "other", ref)
     saved = archive.read_bytes()
