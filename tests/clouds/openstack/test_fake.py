@@ -115,8 +115,10 @@ def test_server_stuck_on_delete_goes_to_error_and_stays(fake):
 def test_unknown_method_and_unknown_keyword_both_raise(fake):
     with pytest.raises(NotImplementedError, match=r"fake openstack: compute\.rebuild_server "):
         fake.compute.rebuild_server("x")
-    with pytest.raises(NotImplementedError, match="fake openstack: connection.object_store"):
-        fake.object_store  # noqa: B018
+    with pytest.raises(NotImplementedError, match="fake openstack: connection.orchestration"):
+        fake.orchestration  # noqa: B018
+    with pytest.raises(NotImplementedError, match=r"fake openstack: object_store\.upload_object"):
+        fake.object_store.upload_object("c", "o")
     with pytest.raises(TypeError):
         fake.network.create_network(name="n", tags=[TAG])  # Neutron takes no tags in a POST
     with pytest.raises(TypeError):
