@@ -1,7 +1,9 @@
 """Atomic file writes: nothing is ever half-written, keys are never world-readable."""
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -57,3 +59,22 @@ def atomic_write_all(files: dict[Path, tuple[bytes | str, int]]) -> None:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+
+
+@contextlib.contextmanager
+def atomic_stream(path: Path, mode: int = 0o600) -> Iterator:
+    """A binary file to write ``path`` through, in pieces: created beside it with ``mode``
+    before any byte is written, synced and moved into place only when the ``with`` block
+    ends without an error; otherwise removed, ``path`` left as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k8simg.errors import K8simgError
+from k8simg.fsutil import atomic_stream
 
 MAGIC = b"K8SIMG-ETCD-SNAPSHOT\x00v1\n"
 CHUNK = 4 << 20
@@ -127,27 +128,18 @@ def seal(plain: Path, dest: Path, key: bytes, **fields) -> Header:
     raw = header.to_json()
     digest, prefix, aead = hashlib.sha256(raw).digest(), bytes.fromhex(header.nonce_prefix), \
         AESGCM(key)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out, open(plain, "rb") as f:
-            out.write(MAGIC + struct.pack(">I", len(raw)) + raw)
-            index, chunk = 0, f.read(CHUNK)
-            while True:
-                following = f.read(CHUNK)
-                last = not following
-                ct = aead.encrypt(prefix + struct.pack(">I", index), chunk,
-                                  _aad(digest, index, last))
-                out.write(struct.pack(">I", len(ct)) + ct)
-                if last:
-                    break
-                index, chunk = index + 1, following
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_stream(dest, 0o600) as out, open(plain, "rb") as f:
+        out.write(MAGIC + struct.pack(">I", len(raw)) + raw)
+        index, chunk = 0, f.read(CHUNK)
+        while True:
+            following = f.read(CHUNK)
+            last = not following
+            ct = aead.encrypt(prefix + struct.pack(">I", index), chunk,
+                              _aad(digest, index, last))
+            out.write(struct.pack(">I", len(ct)) + ct)
+            if last:
+                break
+            index, chunk = index + 1, following
     return header
 
 
@@ -420,13 +412,18 @@ def prune(folder: Path, cluster_uid: str, keep: int, key: str | None = None) -> 
     :param key: the ID of the key the cluster seals with now: only its snapshots count and go
         (one sealed with another key is not this one's to drop).
     """
-    if keep < 1:
-        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
-    old = [s for s in listing(folder, cluster_uid)
-           if key is None or s.header.key_id == key][:-keep]
+    old = _beyond(listing(folder, cluster_uid), keep, key)
     for s in old:
         s.path.unlink()
     return [s.path for s in old]
+
+
+def _beyond(found: list[Sealed], keep: int, key: str | None) -> list[Sealed]:
+    """Of ``found`` (oldest first), those sealed with ``key`` (any, for None) but the ``keep``
+    newest of them: what a retention of ``keep`` removes."""
+    if keep < 1:
+        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
+    return [s for s in found if key is None or s.header.key_id == key][:-keep]
 
 
 def restore_data_dir(db: Path, data_dir: Path, *, name: str, peer_url: str,
@@ -509,10 +506,7 @@ def stored_listing(container, cluster_uid: str) -> list[Sealed]:
 
 def stored_prune(container, cluster_uid: str, keep: int, key: str | None = None) -> list[str]:
     """:func:`prune` for a Swift container; returns the names removed."""
-    if keep < 1:
-        raise SnapshotError("keep: at least 1 (the snapshot just taken)")
-    old = [s for s in stored_listing(container, cluster_uid)
-           if key is None or s.header.key_id == key][:-keep]
+    old = _beyond(stored_listing(container, cluster_uid), keep, key)
     for s in old:
         container.delete(s.path.name)
     return [s.ref for s in old]

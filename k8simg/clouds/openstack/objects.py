@@ -6,14 +6,13 @@ never removes it. What in it is the cluster's is told by each object's sealed he
 """
 
 import hashlib
-import os
-import tempfile
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from k8simg.clouds.base import CloudError, ObjectContainer, ObjectGone
 from k8simg.clouds.openstack.connect import Scope
+from k8simg.fsutil import atomic_stream
 
 SINGLE_PUT_MAX = 5 << 30  # Swift's default max_file_size: larger goes in segments
 
@@ -116,19 +115,10 @@ class SwiftContainer(ObjectContainer):
 
     def get(self, name: str, dest: Path) -> None:
         def download():
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            try:
-                os.fchmod(fd, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    for chunk in self._store.stream_object(name, container=self.name,
-                                                           chunk_size=1 << 20):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_stream(dest, 0o600) as out:
+                for chunk in self._store.stream_object(name, container=self.name,
+                                                       chunk_size=1 << 20):
+                    out.write(chunk)
         self._call(f"download {name}", download)
 
     def delete(self, name: str) -> None:
