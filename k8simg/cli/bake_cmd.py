@@ -89,9 +89,12 @@ def bake(kubernetes_version, artifacts_dir, without_kubernetes, fallback, extra_
         extra_images=extra_images, registry_mirrors=mirrors, extra_elements=tuple(extra_elements),
         elements_paths=tuple(Path(p).resolve() for p in elements_path),
         image_cache=image_cache(), compression=compression), progress=progress)
+    for phase in result.phases:
+        progress(f"  {phase.seconds:6.1f} s  {phase.name}")
     progress(f"baked in {result.seconds:.0f} s")
     out = {"image": str(result.image), "manifest": str(result.manifest),
            "sha256": result.sha256, "seconds": round(result.seconds, 1),
+           "phases": [{"phase": p.name, "seconds": p.seconds} for p in result.phases],
            "kubernetes": "absent" if without_kubernetes else kubernetes_version}
     if fallback_reason:
         out["kubernetes_absent_because"] = fallback_reason

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,53 @@ class BakeResult:
     manifest: Path
     sha256: str
     seconds: float
+    phases: tuple["Phase", ...] = ()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One timed step of a bake: what it is and how long it took."""
+
+    name: str
+    seconds: float
+
+
+# Where each of diskimage-builder's steps starts, by the first line of its log that says so
+# (every line carries its time). In the order they run; a step's time runs to the next found.
+DIB_MARKS = (
+    ("diskimage-builder setup", r"Building elements: "),
+    ("base system (debootstrap cache, dist-upgrade)", r"(?:hooks|in_target\.d)/root\.d/"),
+    ("extra-data.d", r"(?:hooks|in_target\.d)/extra-data\.d/"),
+    ("pre-install.d", r"(?:hooks|in_target\.d)/pre-install\.d/"),
+    ("packages (install.d)", r"(?:hooks|in_target\.d)/install\.d/"),
+    ("post-install.d", r"(?:hooks|in_target\.d)/post-install\.d/"),
+    ("disk image (partition, mkfs, copy)", r"block_device\.blockdevice \[-\] create\(\) called"),
+    ("finalise.d (initramfs, bootloader, presets)", r"(?:hooks|in_target\.d)/finalise\.d/"),
+    ("cleanup.d and unmount", r"(?:hooks|in_target\.d)/cleanup\.d/"),
+    ("qcow2 conversion", r"Converting image using qemu-img convert"),
+    (None, r"Image file .* created"),
+)
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \| ")
+
+
+def dib_phases(log: str) -> list[Phase]:
+    """diskimage-builder's steps and their times, read from its log. A step whose line is
+    missing (a newer diskimage-builder's wording) is folded into the one before it; a log
+    without timestamps gives nothing."""
+    found: list[tuple[str | None, dt.datetime]] = []
+    marks = [(name, re.compile(rx)) for name, rx in DIB_MARKS]
+    at = 0
+    for line in log.splitlines():
+        stamp = _LOG_TIME.match(line)
+        if not stamp:
+            continue
+        for i in range(at, len(marks)):
+            if marks[i][1].search(line):
+                found.append((marks[i][0], dt.datetime.fromisoformat(stamp.group(1))))
+                at = i + 1
+                break
+    return [Phase(name, round((end - start).total_seconds(), 1))
+            for (name, start), (_, end) in zip(found, found[1:], strict=False) if name]
 
 
 def apt_mirrors(root: Path = Path("/etc/apt")) -> tuple[str, str]:
@@ -253,10 +301,11 @@ def stage_etcd(req: BakeRequest, staging: Path, progress: Callable[[str], None])
                          for n in ETCD_BINARIES.values()}}
 
 
-def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
-          ) -> tuple[dict, list[BakedImage], dict]:
+def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None],
+          phases: list[Phase] | None = None) -> tuple[dict, list[BakedImage], dict]:
     """Lay out what the elements install; returns the binaries', the images' and etcd's
-    records."""
+    records. Each step's time is appended to ``phases``."""
+    timed = _Timer(phases if phases is not None else [])
     binaries: dict[str, dict] = {}
     from_release = {}
     if not req.without_kubernetes:
@@ -269,13 +318,16 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
                                 "source": f.source, "tarball_sha512": node.digest}
         from_release = {key: (f.path, f.source)
                         for key, f in server_image_archives(server, release / "images").items()}
+        timed.lap("Kubernetes release (fetch, verify, unpack)")
         etcd = stage_etcd(req, staging, progress)
+        timed.lap("etcd (its image's binaries)")
     else:
         etcd = {"version": DEBIAN_ETCD, "source": DEBIAN_ETCD_SOURCE,
                 "support": DEBIAN_ETCD_SUPPORT}
     baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
                            mirrors=req.registry_mirrors, cache_dir=req.image_cache,
                            from_release=from_release, progress=progress)
+    timed.lap("container images (pull or read, verify)")
     for path, (mode, text) in image_files(req.kubernetes_version, etcd["version"]).items():
         dest = staging / "rootfs" / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +335,19 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None]
         dest.chmod(mode)
     (staging / "k8simg-release").write_text(release_text(req, binaries, baked_images, etcd))
     return binaries, baked_images, etcd
+
+
+class _Timer:
+    """Appends a :class:`Phase` per :meth:`lap`: the time since the last lap (or since made)."""
+
+    def __init__(self, phases: list[Phase]):
+        self.phases = phases
+        self.last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases.append(Phase(name, round(now - self.last, 1)))
+        self.last = now
 
 
 def etcd_spec(req: BakeRequest) -> ImageSpec:
@@ -362,7 +427,8 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
     base = out_dir / f"{req.name}-{req.kubernetes_version}"
     with tempfile.TemporaryDirectory(prefix="k8simg-bake.") as tmp:
         staging = Path(tmp) / "staging"
-        binaries, baked_images, etcd = stage(req, staging, progress)
+        phases: list[Phase] = []
+        binaries, baked_images, etcd = stage(req, staging, progress, phases)
         main, security = apt_mirrors()
         env = {**scrubbed_environ(os.environ),
                "DIB_RELEASE": "bookworm", "DIB_DEBIAN_MIRROR": main,
@@ -416,6 +482,8 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
             tail = "".join(log_path.read_text().splitlines(True)[-25:])
             raise BakeError(f"disk-image-create failed (exit {rc}); last lines of "
                             f"{log_path}:\n{tail}")
+        phases += dib_phases(log_path.read_text(errors="replace"))
+    timed = _Timer(phases)
     image = Path(f"{base}.qcow2")
     digest = sha256_file(image)
     packages = _dpkg_versions(Path(f"{base}.d"))
@@ -436,5 +504,6 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
         elements=elements(req), etcd=etcd)
     manifest_path = Manifest.path_for(image)
     atomic_write(manifest_path, manifest.to_json())
+    timed.lap("checksum and manifest")
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
-    return BakeResult(image, manifest_path, digest, seconds)
+    return BakeResult(image, manifest_path, digest, seconds, tuple(phases))
