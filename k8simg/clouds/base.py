@@ -7,6 +7,7 @@ one to read. The order of a deploy is :mod:`k8simg.ops.deploy`'s, not the cloud'
 
     pre = cloud.prepare(nodes)                  # every problem at once; nothing created
     infra = cloud.ensure_infrastructure(pre, nodes)   # network, security, groups, API address
+    cloud.prepare_node(node, infra)             # per node of a group, all at once
     cloud.ensure_node(node, user_data, infra)   # per node, in cloud.boot_groups(nodes)
     cloud.ensure_api_members(masters, infra)
     cloud.wait_ready(nodes)
@@ -333,6 +334,12 @@ class Cloud(abc.ABC):
     def boot_groups(self, nodes: list[Node]) -> list[list[Node]]:
         """Nodes that must boot one after another share a group; groups run concurrently."""
         return [[n] for n in nodes]
+
+    def prepare_node(self, node: Node, infra: Infra) -> None:  # noqa: B027  (most: nothing)
+        """What ``node``'s server needs and its placement does not depend on (OpenStack: its
+        port and volume), made ahead: nodes that boot one after another (a group of
+        :meth:`boot_groups`) then wait on each other's servers only. Idempotent; not called in
+        a dry run (:meth:`ensure_node` makes whatever is missing)."""
 
     @abc.abstractmethod
     def ensure_node(self, node: Node, user_data: bytes | None, infra: Infra) -> None:

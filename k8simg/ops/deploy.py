@@ -10,6 +10,7 @@ retired (:mod:`k8simg.ops.lifecycle`).
 """
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,7 +276,12 @@ class Deployment:
         masters = [n for n in self.nodes if n.role == "master"]
 
         def in_turn(group):
-            return lambda: [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
+            def boot():
+                if not self.dry:  # ports and volumes at once, then the servers in turn
+                    cloud.parallel([functools.partial(cloud.prepare_node, n, infra)
+                                    for n in group])
+                return [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
+            return boot
 
         said = cloud.parallel([in_turn(g) for g in cloud.boot_groups(self.nodes)]
                               + [lambda: cloud.ensure_api_members(masters, infra)])

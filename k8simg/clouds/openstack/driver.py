@@ -174,8 +174,19 @@ class OpenStackCloud(Cloud):
         return [g for g in strict if g] + [[n] for n in nodes if n.role not in
                                            ("master", "etcd")]
 
+    def prepare_node(self, node: Node, infra: OpenStackInfra) -> None:
+        """The node's port and volume (the volume waited for until available)."""
+        self._port_and_volume(node, infra)
+
     def ensure_node(self, node: Node, user_data: bytes | None, infra: OpenStackInfra) -> None:
         """Port, volume and server; waits until the server is ACTIVE."""
+        port, volume = self._port_and_volume(node, infra)
+        compute.ensure_server(
+            self.scope, node, port_id=port.id if port is not None else None, volume=volume,
+            image_id=infra.image_id, flavor=infra.flavors[self.cfg.flavor(node.role)],
+            server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
+
+    def _port_and_volume(self, node: Node, infra: OpenStackInfra):
         s = self.scope
         port = network.ensure_port(
             s, infra.subnet, f"{node.name}-port", node.address,
@@ -184,11 +195,7 @@ class OpenStackCloud(Cloud):
                                                    for g in security.groups_of(node)],
             allowed_address_pairs=[] if node.role == "bastion" else
             [{"ip_address": str(self.cfg.network.pod_cidr)}])
-        volume = compute.ensure_volume(s, node)
-        compute.ensure_server(
-            s, node, port_id=port.id if port is not None else None, volume=volume,
-            image_id=infra.image_id, flavor=infra.flavors[self.cfg.flavor(node.role)],
-            server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
+        return port, compute.ensure_volume(s, node)
 
     def wait_ready(self, nodes: list[Node]) -> None:
         """Wait until each node's first boot has ended, read from Nova's console log (its

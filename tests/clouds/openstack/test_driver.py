@@ -287,6 +287,29 @@ def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_pa
     assert fake.calls[calls:] == []
 
 
+def test_masters_ports_and_volumes_are_made_before_the_first_master_boots(fake, tmp_path,
+                                                                         monkeypatch):
+    """Masters boot one after another (hard anti-affinity); what their placement does not
+    depend on is made for all of them at once first, so each waits on the others' servers
+    only."""
+    made = []
+    new = fake.new
+
+    def recording(kind, project_id, **attrs):
+        made.append((kind, attrs.get("name")))
+        return new(kind, project_id, **attrs)
+
+    monkeypatch.setattr(fake, "new", recording)
+    on(fake, cluster(tmp_path)).deploy()
+    first_master = made.index(("servers", "c1-master-0"))
+    before = set(made[:first_master])
+    for i in range(3):
+        assert ("volumes", f"c1-master-{i}-storage") in before, made
+        assert ("ports", f"c1-master-{i}-port") in before, made
+    servers = [name for kind, name in made if kind == "servers" and "master" in name]
+    assert servers == [f"c1-master-{i}" for i in range(3)]  # still in turn
+
+
 def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
     """``prod``'s destroy leaves ``prod-eu`` (a name that extends it) and another project's
     resources alone, in a cloud that refuses deletions in the wrong order."""
