@@ -43,6 +43,7 @@ for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.
     echo "file: $f $(stat -c %a "$f" 2>/dev/null || echo missing)"
 done
 echo "hostname: $(hostname)"
+echo "ssh: $(cd /etc/ssh && ls ssh_host_*_key | tr '\n' ' ')$(systemctl is-active ssh.service)"
 for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
          k8simg-addons.service docker.service etcd.service k8simg-images.service; do
     echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
@@ -109,7 +110,7 @@ def report(console: str, nth: int) -> dict:
                  "trouble": "\n".join(systemd_trouble(console))}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
     keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container"
-            r"|remote)"
+            r"|remote|ssh)"
             r": (.*)$")
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
@@ -130,13 +131,15 @@ def systemd_trouble(console: str) -> list[str]:
             if re.search(r"systemd\[1\]: .*(timed out|Dependency failed|Failed to start)", ln)]
 
 
-def single_node_machine(image, work, remote: tuple[str, str, int] | None = None):
+def single_node_machine(image, work, remote: tuple[str, str, int] | None = None, units=None):
     """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
     config drive with its rendered config plus the report unit. The node subnet is a
     loopback range, so etcd binds its planned address with no network.
 
     :param remote: ``(URL, SHA-512, port on this machine's loopback)`` of a file the config
         names, which the VM reaches through QEMU's user network (nothing else it can reach).
+    :param units: ``(config, etcd address) -> config`` adding test units instead of the
+        report (the boot benchmark's probes).
     :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
     """
     cd = write_cluster(work / "solo", topology="single",
@@ -148,8 +151,11 @@ def single_node_machine(image, work, remote: tuple[str, str, int] | None = None)
     cluster_pki(cd).ensure()
     ctx = render_context(cd)
     node = ctx.nodes[0]
-    user_data = dumps(add_test_units(render_node(ctx, node), str(node.address),
-                                     remote[:2] if remote else None))
+    if units:
+        user_data = dumps(units(render_node(ctx, node), str(node.address)))
+    else:
+        user_data = dumps(add_test_units(render_node(ctx, node), str(node.address),
+                                         remote[:2] if remote else None))
     iso = qemu.config_drive(work / "config.iso", node.name, user_data)
     disk = qemu.overlay(image, work / "root.qcow2")
     volume = qemu.blank_disk(work / "volume.qcow2", 2)
@@ -196,6 +202,8 @@ def _boots(baked, image, tmp_path, sha, port):
     assert "ignition.firstboot" in r["cmdline"]
     assert r["marker"] == "present"
     assert r["hostname"] == master.name
+    # its own ed25519 host key alone (no RSA key to compute under emulation), sshd serving it
+    assert r["ssh"] == "ssh_host_ed25519_key active", r["ssh"]
     assert r["file"]["/etc/kubernetes/pki/apiserver.key"] == "600"
     assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
     assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
