@@ -10,6 +10,7 @@ import pytest
 
 from k8simg.model.images import IMAGES_DIR, LIST_FILE, ImageSpec
 from k8simg.model.versions import PINNED_INDEX_DIGESTS, RELEASES, images
+from k8simg.ops.bake import DIB_MARKS, dib_phases
 from k8simg.ops.images import verify_archive
 from tests.ops.bake.conftest import (
     debugfs_cat,
@@ -151,8 +152,8 @@ def test_files_are_in_the_image(baked_image, tmp_path):
 
 def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
     """One initramfs, built once with the image's dracut configuration: zstd-compressed,
-    carrying Ignition and none of the storage stacks a cloud VM's root never sits on; GRUB
-    boots at once."""
+    carrying Ignition, the drivers a cloud VM boots from and none of the storage stacks or
+    drivers it never has; GRUB boots at once."""
     image, _, _ = baked_image
     with root_partition(image, tmp_path) as part:
         boot = debugfs_ls(part, "/boot")
@@ -171,6 +172,16 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
     for absent in (b"sbin/iscsiadm", b"sbin/iscsid", b"sbin/lvm", b"sbin/mdadm",
                    b"sbin/multipath", b"sbin/nbd-client", b"sbin/cryptsetup", b"sbin/mount.nfs"):
         assert not any(absent in m for m in members), absent
+    # The kernel modules a cloud VM boots from, with what they need, and no others
+    modules = {m.rsplit(b"/", 1)[-1].split(b".ko")[0].decode() for m in members
+               if re.search(rb"/kernel/.*\.ko(\.[a-z]+)?$", m)}
+    for needed in ("virtio_blk", "virtio_scsi", "virtio_net", "net_failover", "nvme", "ahci",
+                   "sr_mod", "isofs", "vfat", "ext4", "jbd2", "e1000e", "vmxnet3"):
+        assert needed in modules, needed
+    for absent in ("mlx5_core", "ixgbe", "bnx2x", "lpfc", "qla2xxx", "xfs", "btrfs", "cifs",
+                   "ocfs2", "cfg80211", "usbhid", "iscsi_tcp", "dm_mod", "nfs"):
+        assert absent not in modules, absent
+    assert len(modules) < 150, sorted(modules)  # was about 1,900 files, 120 MB of modules
     assert re.search(rb"^\s*set timeout=0$", grub_cfg, re.M)
 
 
@@ -233,6 +244,29 @@ def test_the_image_holds_no_package_a_node_does_not_run(baked_image):
     assert installed & unwanted == set()
 
 
+def test_what_no_node_reads_is_not_unpacked(baked_image, tmp_path):
+    """dpkg leaves out documentation, manual pages, translations and the kernel modules of
+    hardware no cloud VM has; what a node needs stays (copyright files, the drivers of its
+    disks, NICs and file systems, netfilter)."""
+    image, _, _ = baked_image
+    with root_partition(image, tmp_path) as part:
+        kver = next(n for n in debugfs_ls(part, "/usr/lib/modules") if n[0].isdigit())
+        kernel = f"/usr/lib/modules/{kver}/kernel"
+        for gone in ("drivers/gpu", "drivers/media", "sound", "drivers/net/wireless",
+                     "net/wireless", "net/mac80211", "drivers/bluetooth", "drivers/staging"):
+            assert debugfs_ls(part, f"{kernel}/{gone}") == [], gone
+        for kept in ("drivers/block", "drivers/net/ethernet", "drivers/net/vxlan",
+                     "net/netfilter", "fs/overlayfs", "drivers/scsi"):
+            assert debugfs_ls(part, f"{kernel}/{kept}"), kept
+        assert debugfs_cat(part, "/usr/share/doc/containerd/copyright")
+        assert debugfs_ls(part, "/usr/share/doc/containerd") == ["copyright"]
+        assert debugfs_ls(part, "/usr/share/doc/coreutils") == ["copyright"]  # debootstrap's
+        assert debugfs_ls(part, "/usr/share/man") == []
+        assert set(debugfs_ls(part, "/usr/share/locale")) <= {"locale.alias"}
+        assert b"path-exclude=/usr/share/doc/*" in debugfs_cat(
+            part, "/etc/dpkg/dpkg.cfg.d/80-k8simg-excludes")
+
+
 def test_the_qcow2_is_zstd_compressed(baked_image):
     """zstd clusters: several times faster than zlib to write at bake and to read at boot.
     Glance's format inspector accepts it (tests/clouds/openstack/test_glance.py uploads this
@@ -244,3 +278,14 @@ def test_the_qcow2_is_zstd_compressed(baked_image):
     assert info["format-specific"]["data"]["compression-type"] == "zstd"
     # compressed: far smaller than the 4 GiB disk it holds
     assert info["actual-size"] < info["virtual-size"] / 4
+
+
+def test_the_real_bake_log_times_every_step(baked_image):
+    """diskimage-builder's own log, as this version writes it, gives every step of the bake
+    its time (``bake --output json``'s phases); a step whose line changed would be missing."""
+    image, _, _ = baked_image
+    log = image.with_name(image.name.removesuffix(".qcow2") + ".bake.log").read_text()
+    phases = dib_phases(log)
+    assert [p.name for p in phases] == [name for name, _ in DIB_MARKS if name]
+    assert all(p.seconds >= 0 for p in phases)
+    assert sum(p.seconds for p in phases) > 30  # a real bake, not a handful of lines
