@@ -1,18 +1,22 @@
-"""Bake and boot numbers: cold and warm bake time, image size, and the boot's phases from
-power-on, read from the serial console with host timestamps (kernel, initramfs, Ignition's
-stages, the switch to the real root, the units, the login prompt, etcd answering).
+"""Bake and boot numbers (#18's targets): the bake without a Kubernetes payload, cold and warm,
+with its phases and the qcow2's size; the bake of the test image's full set from an artifacts
+folder, and the payload's share of it; one node's boot from power-on, read from its serial
+console with host timestamps (kernel, initramfs, Ignition's stages, the switch to the real
+root, the units, the login prompt, etcd answering over TLS), and systemd's own account of it.
 
-    python benchmarks/bench_bake.py [--skip-cold | --skip-warm]
+    python benchmarks/bench_bake.py [--skip-cold] [--skip-warm] [--skip-payload]
     python benchmarks/bench_bake.py --boot IMAGE.qcow2   # only boot a given image (A/B runs)
 
 Cold bakes use an empty diskimage-builder cache (debootstrap from the mirror); warm bakes
-reuse ~/.cache/image-create. Boots run under QEMU's software emulation, as in the tests.
-Inputs are the slow tier's: kubelet and kubeadm are labelled stand-ins, kubectl is real, and
-the container images are labelled stand-ins pulled from a registry on loopback.
+reuse ~/.cache/image-create. Boots run under QEMU's software emulation, 2 vCPUs, as in the
+tests. The payload is the slow tier's: kubelet and kubeadm are labelled stand-ins, kubectl is
+real, the container images are labelled stand-ins, etcd is the real etcd image's, gathered
+over HTTP and from a registry on loopback into an artifacts folder, then baked from it.
 """
 
 import argparse
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -21,104 +25,138 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.model.images import ImageSpec  # noqa: E402
+from k8simg.ignition.document import data_url  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
-from k8simg.ops.bake import BakeRequest, bake  # noqa: E402
+from k8simg.ops.bake import BakeRequest, BakeResult, bake  # noqa: E402
 from tests.ops.bake.test_boot import single_node_machine  # noqa: E402
-from tests.ops.bake.testimage import BUSYBOX, publish_stand_ins, release_tree, serve  # noqa: E402
-from tests.registry import registry  # noqa: E402
+from tests.ops.bake.testimage import gather_test_artifacts  # noqa: E402
 from tests.support import kubectl_binary  # noqa: E402
 
 
-def timed_bake(out: Path, base_url: str, mirrors: dict, cache: str | None,
-               pins: dict[str, str]) -> tuple[float, Path]:
-    env = {"DIB_IMAGE_CACHE": cache} if cache else {}
-    start = time.perf_counter()
-    result = bake(BakeRequest(kubernetes_version=DEFAULT_KUBERNETES_VERSION, output_dir=out,
-                              release_base_url=base_url, extra_env=env, tarball_sha512=pins,
-                              registry_mirrors=mirrors,
-                              extra_images=(ImageSpec("extra", BUSYBOX),)),
-                  progress=lambda m: print(m, file=sys.stderr, flush=True))
-    return time.perf_counter() - start, result.image
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def timed_boot(image: Path, work: Path) -> dict:
-    _, boot = single_node_machine(image, work)
-    # systemd's own status lines are not always printed (they race the login prompt on the
-    # serial console); the test report's etcd line always is: etcd answered over TLS by then
-    # The boot's phases, in the order they happen, by lines the console always shows (systemd
-    # shortens unit names to the console's width: prefixes): the kernel (firmware and GRUB
-    # before it), the initramfs (udev, then Ignition's stages), the switch to the real root,
-    # the units, the login prompt, etcd answering (the test report's etcd line).
-    marks = {"kernel_started": "Linux version",
-             "initramfs_started": "(Initramfs)!",
-             "initramfs_udev_done": "Finished systemd-udev-trig",
-             "ignition_fetch_done": "Finished ignition-fetch.service",
-             "ignition_files_done": "Finished ignition-files.service",
-             "switch_root": "Reached target initrd-switch-root.target",
-             "storage_mounted": "Mounted var-lib-k8simg.mou",
-             "containerd_started": "Started containerd.service",
-             "login_prompt": " login:",
-             "etcd_healthy": "is healthy: successfully committed proposal",
-             "report_done": "K8SIMG-REPORT-END"}
+def bake_rows(label: str, result: BakeResult) -> list[dict]:
+    rows = [{"what": f"bake, {label}", "value": f"{result.seconds:.0f} s"},
+            {"what": f"bake, {label}: qcow2",
+             "value": f"{result.image.stat().st_size / (1 << 20):.0f} MiB"}]
+    rows += [{"what": f"bake, {label}: {p.name}", "value": f"{p.seconds} s"}
+             for p in result.phases]
+    return rows
+
+
+# The probe: etcd's health over TLS, polled from the moment its unit is up, written to the
+# kernel's log (which the console prints whatever the serial getty does to the tty), then
+# systemd's own account once the boot is finished, then power off.
+PROBE = r"""#!/bin/bash
+pki=/etc/kubernetes/pki
+until ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
+      --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
+      --dial-timeout=2s endpoint health >/dev/null 2>&1; do sleep 0.2; done
+echo "K8SIMG-BENCH etcd healthy" > /dev/kmsg
+exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
+    systemctl is-system-running --wait >/dev/null
+    { systemd-analyze; systemd-analyze critical-chain k8simg-etcd.service
+      systemd-analyze blame | head -15; } | sed "s/^/K8SIMG-BENCH /" > /dev/kmsg
+    echo "K8SIMG-BENCH END" > /dev/kmsg
+    systemctl poweroff'
+"""
+
+
+def probe_units(doc: dict, etcd_ip: str) -> dict:
+    script, compression = data_url(PROBE.replace("$ETCD_IP", shlex.quote(etcd_ip)).encode())
+    entry = {"path": "/usr/local/bin/k8simg-bench-probe", "mode": 0o755,
+             "contents": {"source": script}}
+    if compression:
+        entry["contents"]["compression"] = compression
+    doc["storage"]["files"].append(entry)
+    doc["systemd"]["units"].append({"name": "k8simg-bench-probe.service", "enabled": True,
+                                    "contents": (
+        "[Unit]\nAfter=k8simg-etcd.service\n[Service]\nType=oneshot\n"
+        "ExecStart=/usr/local/bin/k8simg-bench-probe\n[Install]\nWantedBy=multi-user.target\n")})
+    return doc
+
+
+# The boot's phases, in the order they happen, by lines the console always shows (systemd
+# shortens unit names to the console's width: prefixes).
+MARKS = {"kernel_started": "Linux version",
+         "initramfs_started": "(Initramfs)!",
+         "initramfs_udev_done": "Finished systemd-udev-trig",
+         "ignition_fetch_done": "Finished ignition-fetch.service",
+         "ignition_files_done": "Finished ignition-files.service",
+         "switch_root": "Reached target initrd-switch-root.target",
+         "storage_mounted": "Mounted var-lib-k8simg.mou",
+         "containerd_started": "Started containerd.service",
+         "login_prompt": " login:",
+         "etcd_healthy": "K8SIMG-BENCH etcd healthy",
+         "boot_finished": "K8SIMG-BENCH END"}
+
+
+def timed_boot(image: Path, work: Path) -> tuple[dict, list[str]]:
+    _, boot = single_node_machine(image, work, units=probe_units)
     start = time.monotonic()
     vm = boot(work / "console.log")
-    seen = {}
+    seen: dict[str, float] = {}
     try:
-        while "report_done" not in seen and time.monotonic() - start < 1200:
+        while "boot_finished" not in seen and time.monotonic() - start < 900:
             text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", vm.log())
-            for key, marker in marks.items():
+            for key, marker in MARKS.items():
                 if key not in seen and marker in text:
                     seen[key] = round(time.monotonic() - start, 1)
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         vm.stop()
-    return seen
+    said = [m.group(1).rstrip() for m in re.finditer(r"K8SIMG-BENCH (?!etcd healthy|END)(.*)",
+                                                      vm.log())]
+    return seen, said
 
 
 def boot_rows(image: Path, work: Path) -> list[dict]:
-    """One boot of ``image``: a report row per mark seen."""
-    seen = timed_boot(image, work)
-    return [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{seen[key]} s"}
+    """One boot of ``image``: a row per mark seen, then systemd's account of the boot."""
+    seen, said = timed_boot(image, work)
+    rows = [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{seen[key]} s"}
             for key in sorted(seen, key=seen.get)]
+    return rows + [{"what": "guest: systemd-analyze", "value": line} for line in said]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-warm", action="store_true")
+    ap.add_argument("--skip-payload", action="store_true",
+                    help="no artifacts-folder bake, and so no boot")
     ap.add_argument("--boot", type=Path, metavar="IMAGE",
                     help="bake nothing: boot this image (one baked by the test suite) only")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
             rows += boot_rows(args.boot, Path(d))
         report("boot", rows)
         return
-    with tempfile.TemporaryDirectory() as d, registry(Path(d) / "registry") as reg:
+    with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        pins = release_tree(work / "release", kubectl_binary(work), work / "layouts")
-        tree = work / "release"
-        mirrors = publish_stand_ins(reg, work / "layouts")
-        server, thread = serve(tree)
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        try:
-            if not args.skip_cold:
-                secs, image = timed_bake(work / "cold", url, mirrors, str(work / "dib-cache"),
-                                         pins)
-                rows.append({"what": "bake, cold (empty DIB cache)", "value": f"{secs:.0f} s"})
-            if not args.skip_warm:
-                secs, image = timed_bake(work / "warm", url, mirrors, None, pins)
-                rows.append({"what": "bake, warm", "value": f"{secs:.0f} s"})
-            rows.append({"what": "image size (qcow2)",
-                         "value": f"{image.stat().st_size / (1 << 20):.0f} MiB"})
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
-        (work / "boot").mkdir()
-        rows += boot_rows(image, work / "boot")
+        bare = {"kubernetes_version": DEFAULT_KUBERNETES_VERSION, "without_kubernetes": True}
+        warm = None
+        if not args.skip_cold:
+            rows += bake_rows("cold, no Kubernetes payload", bake(BakeRequest(
+                **bare, output_dir=work / "cold",
+                extra_env={"DIB_IMAGE_CACHE": str(work / "dib-cache")}), progress))
+        if not args.skip_warm:
+            warm = bake(BakeRequest(**bare, output_dir=work / "warm"), progress)
+            rows += bake_rows("warm, no Kubernetes payload", warm)
+        if not args.skip_payload:
+            request, _ = gather_test_artifacts(work / "gather", kubectl_binary(work), progress)
+            full = bake(BakeRequest(**request, output_dir=work / "full"), progress)
+            rows += bake_rows("warm, from an artifacts folder (the test image's set)", full)
+            if warm:
+                grown = full.image.stat().st_size - warm.image.stat().st_size
+                rows.append({"what": "bake: the payload's share (time, qcow2)",
+                             "value": f"{full.seconds - warm.seconds:.0f} s, "
+                                      f"{grown / (1 << 20):.0f} MiB"})
+            (work / "boot").mkdir()
+            rows += boot_rows(full.image, work / "boot")
     report("bake", rows)
 
 

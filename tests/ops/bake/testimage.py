@@ -98,33 +98,42 @@ def image_paths(cache: Path) -> tuple[Path, Path]:
 
 def bake_test_image(cache: Path, kubectl: Path, work: Path, progress=print):
     """One real bake of the test image into ``cache``, as an air-gapped site bakes: the
-    artifacts are gathered first (stand-in release tarballs over HTTP on loopback, stand-in
-    images and the etcd image from a registry on loopback, each verified), then both are
-    stopped and the image is baked from that artifacts directory alone, every element's test
-    case included; what was gathered is kept beside the image (``gathered.json``). Returns
-    (image, manifest, bake seconds)."""
+    artifacts are gathered first (:func:`gather_test_artifacts`), then the image is baked from
+    that artifacts directory alone, every element's test case included; what was gathered is
+    kept beside the image (``gathered.json``). Returns (image, manifest, bake seconds)."""
+    request, gathered = gather_test_artifacts(work, kubectl, progress)
+    result = bake(BakeRequest(**request, output_dir=cache,
+                              extra_elements=tuple(c.name for c in TEST_CASES),
+                              elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
+                  progress=progress)
+    (cache / "gathered.json").write_text(json.dumps(gathered, indent=1))
+    return result.image, result.manifest, result.seconds
+
+
+def gather_test_artifacts(work: Path, kubectl: Path, progress=print) -> tuple[dict, dict]:
+    """The test image's artifacts in ``work/artifacts``: stand-in release tarballs over HTTP
+    on loopback, stand-in images and the etcd image from a registry on loopback, each
+    verified; both servers are stopped when it returns. Returns the fields of a
+    :class:`BakeRequest` that bakes from that directory alone (all but ``output_dir``) and what
+    was gathered."""
     pins = release_tree(work / "release", kubectl, work / "layouts")
-    request = {"kubernetes_version": DEFAULT_KUBERNETES_VERSION, "output_dir": cache,
+    request = {"kubernetes_version": DEFAULT_KUBERNETES_VERSION,
                "tarball_sha512": pins, "pinned_index_digests": STAND_IN_INDEX_PINS,
                "extra_images": (ImageSpec("extra", BUSYBOX),), "etcd_image": ETCD_IMAGE}
     server, thread = serve(work / "release")
     try:
         with registry(work / "registry") as reg:
             gathered = gather(BakeRequest(
-                **request, release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                **request, output_dir=work / "unused",
+                release_base_url=f"http://127.0.0.1:{server.server_address[1]}",
                 registry_mirrors=publish_stand_ins(reg, work / "layouts")),
                 work / "artifacts", progress=progress)
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
-    result = bake(BakeRequest(**request, artifacts_dir=work / "artifacts",
-                              release_base_url="http://127.0.0.1:9",  # nothing is fetched
-                              extra_elements=tuple(c.name for c in TEST_CASES),
-                              elements_paths=tuple(sorted({c.parent for c in TEST_CASES}))),
-                  progress=progress)
-    (cache / "gathered.json").write_text(json.dumps(gathered, indent=1))
-    return result.image, result.manifest, result.seconds
+    return {**request, "artifacts_dir": work / "artifacts",
+            "release_base_url": "http://127.0.0.1:9"}, gathered  # nothing is fetched
 
 
 def release_tree(root: Path, kubectl: Path, layouts: Path) -> dict[str, str]:
