@@ -46,9 +46,10 @@ def bake_rows(label: str, result: BakeResult) -> list[dict]:
     return rows
 
 
-# The probe: etcd's health over TLS, polled from the moment its unit is up, written to the
-# kernel's log (which the console prints whatever the serial getty does to the tty), then
-# systemd's own account once the boot is finished, then power off.
+# The probe: etcd's health over TLS, polled from the moment its unit is up, said in the
+# kernel's log (the console prints it whatever the serial getty does to the tty; one line, as
+# the kernel rate-limits what userspace writes there), then systemd's own account on the
+# serial port once the boot is finished, then power off.
 PROBE = r"""#!/bin/bash
 pki=/etc/kubernetes/pki
 until ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
@@ -57,9 +58,10 @@ until ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/et
 echo "K8SIMG-BENCH etcd healthy" > /dev/kmsg
 exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
     systemctl is-system-running --wait >/dev/null
+    exec > /dev/ttyS0 2>&1  # opened after the serial getty took the tty: it stays ours
     { systemd-analyze; systemd-analyze critical-chain k8simg-etcd.service
-      systemd-analyze blame | head -15; } | sed "s/^/K8SIMG-BENCH /" > /dev/kmsg
-    echo "K8SIMG-BENCH END" > /dev/kmsg
+      systemd-analyze blame | head -15; } | sed "s/^/K8SIMG-BENCH /"
+    echo "K8SIMG-BENCH END"
     systemctl poweroff'
 """
 
