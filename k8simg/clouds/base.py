@@ -8,6 +8,7 @@ one to read. The order of a deploy is :mod:`k8simg.ops.deploy`'s, not the cloud'
     pre = cloud.prepare(nodes)                  # every problem at once; nothing created
     infra = cloud.ensure_infrastructure(pre, nodes)   # network, security, groups, API address
     cloud.prepare_node(node, infra)             # per node of a group, all at once
+    cloud.place_node(node, user_data, infra)    # per node of a group, in turn
     cloud.ensure_node(node, user_data, infra)   # per node, in cloud.boot_groups(nodes)
     cloud.ensure_api_members(masters, infra)
     cloud.wait_ready(nodes)
@@ -340,6 +341,13 @@ class Cloud(abc.ABC):
         port and volume), made ahead: nodes that boot one after another (a group of
         :meth:`boot_groups`) then wait on each other's servers only. Idempotent; not called in
         a dry run (:meth:`ensure_node` makes whatever is missing)."""
+
+    def place_node(self, node: Node, user_data: bytes, infra: Infra) -> None:
+        """Create ``node``'s server and return once the cloud has chosen its host, so that the
+        next member of its boot group can be placed (OpenStack, whose scheduler sees a
+        member's host only once a compute has claimed it); :meth:`ensure_node` then waits
+        for it to run. Not called in a dry run. By default, :meth:`ensure_node`."""
+        self.ensure_node(node, user_data, infra)
 
     @abc.abstractmethod
     def ensure_node(self, node: Node, user_data: bytes | None, infra: Infra) -> None:

@@ -267,10 +267,18 @@ def ensure_volume(s: Scope, node: Node):
     return volume
 
 
+# Nova's task states once a compute host has claimed a server (its host recorded, so the
+# scheduler places the next member of its server group elsewhere): after 'scheduling' and the
+# build's start, before ACTIVE.
+ON_HOST = frozenset({"networking", "block_device_mapping", "spawning"})
+
+
 def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id: str,
-                  flavor: Flavor, server_group_id: str | None, user_data: bytes | None) -> None:
+                  flavor: Flavor, server_group_id: str | None, user_data: bytes | None,
+                  placed_only: bool = False) -> None:
     """The node's server, booted from ``image_id`` with its config drive; one found in ERROR
-    is replaced. Waits until it is ACTIVE.
+    is replaced. Waits until it is ACTIVE, or with ``placed_only`` until a compute host has
+    claimed it (:data:`ON_HOST`).
 
     :raises CloudError: when it goes to ERROR (with Nova's fault).
     """
@@ -307,9 +315,20 @@ def ensure_server(s: Scope, node: Node, *, port_id: str | None, volume, image_id
                       "k8simg-config": config_of(user_data), BOOT_KEY: "booting"},
             **({"availability_zone": s.cfg.openstack.availability_zone}
                if s.cfg.openstack.availability_zone else {}))
-    if not s.dry and server.status != "ACTIVE":
+    if s.dry or server.status == "ACTIVE":
+        return
+    if placed_only:
+        def placement():
+            now = c.get_server(server.id)
+            if now is None:
+                return None
+            placed = now.status == "ACTIVE" or getattr(now, "task_state", None) in ON_HOST
+            return SimpleNamespace(state="PLACED" if placed else now.status, server=now)
+        s.wait(f"server {node.name} to be placed on a host", placement, attribute="state",
+               ok={"PLACED"}, failures={"ERROR"}, describe=lambda p: server_fault(p.server))
+    else:
         s.wait(f"server {node.name}", lambda: c.get_server(server.id), ok={"ACTIVE"},
-                 failures={"ERROR"}, describe=server_fault)
+               failures={"ERROR"}, describe=server_fault)
 
 
 def delete_node(s: Scope, name: str) -> None:

@@ -167,9 +167,10 @@ class OpenStackCloud(Cloud):
     def boot_groups(self, nodes: list[Node]) -> list[list[Node]]:
         """Masters in one group and dedicated etcd members in another, each group's members booted
         one after the other; every other node alone."""
-        # Members of a hard anti-affinity group boot one after the other: booted at once, the
-        # scheduler places them before any has landed and the compute's late check rejects
-        # them (seen here: "Anti-affinity instance group policy was violated").
+        # Members of a hard anti-affinity group are placed one after the other: booted at
+        # once, the scheduler places them before any has landed and the compute's late check
+        # rejects them (seen here: "Anti-affinity instance group policy was violated"). Each
+        # waits for the one before it to be on a host (place_node), not to be ACTIVE.
         strict = [[n for n in nodes if n.role == role] for role in ("master", "etcd")]
         return [g for g in strict if g] + [[n] for n in nodes if n.role not in
                                            ("master", "etcd")]
@@ -178,13 +179,24 @@ class OpenStackCloud(Cloud):
         """The node's port and volume (the volume waited for until available)."""
         self._port_and_volume(node, infra)
 
+    def place_node(self, node: Node, user_data: bytes | None, infra: OpenStackInfra) -> None:
+        """Port, volume and server; waits until a compute host has claimed the server (Nova's
+        scheduler counts a group member's host from then on; the late anti-affinity check
+        on the compute rejected members booted before that)."""
+        self._server(node, user_data, infra, placed_only=True)
+
     def ensure_node(self, node: Node, user_data: bytes | None, infra: OpenStackInfra) -> None:
         """Port, volume and server; waits until the server is ACTIVE."""
+        self._server(node, user_data, infra)
+
+    def _server(self, node: Node, user_data: bytes | None, infra: OpenStackInfra,
+                placed_only: bool = False) -> None:
         port, volume = self._port_and_volume(node, infra)
         compute.ensure_server(
             self.scope, node, port_id=port.id if port is not None else None, volume=volume,
             image_id=infra.image_id, flavor=infra.flavors[self.cfg.flavor(node.role)],
-            server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data)
+            server_group_id=infra.server_groups.get(f"{node.role}s"), user_data=user_data,
+            placed_only=placed_only)
 
     def _port_and_volume(self, node: Node, infra: OpenStackInfra):
         s = self.scope

@@ -316,7 +316,7 @@ class FakeCloud:
         if s.name in self.fail_servers:
             s.status, s.fault = "ERROR", {"code": 500, "message": self.fault_message}
             return
-        s.status = "ACTIVE"
+        s.status, s.task_state = "ACTIVE", None
         for p in self.objs["ports"].values():
             if p.device_id == sid:
                 net = self.objs["networks"][p.network_id].name
@@ -566,7 +566,8 @@ class ComputeProxy(_Proxy):
         group = group and self._target("server_groups", group)
         c.check_quota(self._pid, osx.ForbiddenException, instances=1, cores=flavor.vcpus,
                       ram=flavor.ram)
-        s = c.new("servers", self._pid, name=name, status="BUILD", tags=list(tags or []),
+        s = c.new("servers", self._pid, name=name, status="BUILD", task_state="scheduling",
+                  tags=list(tags or []),
                   metadata=dict(metadata or {}), user_id=self._conn.current_user_id,
                   flavor=NS(name=flavor.name, original_name=flavor.name, vcpus=flavor.vcpus,
                             ram=flavor.ram, disk=flavor.disk),
@@ -582,7 +583,9 @@ class ComputeProxy(_Proxy):
                                                   "attachment_id": str(uuid.uuid4())}]
         if group:
             group.member_ids.append(s.id)
-        c.pending(s, lambda: None, functools.partial(c.server_built, s.id))
+        # As Nova: scheduled, then claimed by a compute host (the build under way), then built
+        c.pending(s, functools.partial(setattr, s, "task_state", "spawning"),
+                  functools.partial(c.server_built, s.id))
         return c.view("servers", s)
 
     @_write

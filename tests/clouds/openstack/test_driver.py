@@ -289,25 +289,39 @@ def test_deploy_builds_the_cluster_and_a_second_run_changes_nothing(fake, tmp_pa
 
 def test_masters_ports_and_volumes_are_made_before_the_first_master_boots(fake, tmp_path,
                                                                          monkeypatch):
-    """Masters boot one after another (hard anti-affinity); what their placement does not
-    depend on is made for all of them at once first, so each waits on the others' servers
-    only."""
+    """Masters are placed one after another (hard anti-affinity); what their placement does
+    not depend on is made for all of them at once first, and each waits for the one before
+    it to be on a host, not for it to be ACTIVE."""
     made = []
     new = fake.new
+    servers = fake.objs["servers"]
 
     def recording(kind, project_id, **attrs):
         made.append((kind, attrs.get("name")))
+        if kind == "servers":  # how the masters before it stand, as it is created
+            made.append([(s.name, s.status, s.task_state) for s in servers.values()
+                         if "master" in s.name])
         return new(kind, project_id, **attrs)
 
     monkeypatch.setattr(fake, "new", recording)
     on(fake, cluster(tmp_path)).deploy()
     first_master = made.index(("servers", "c1-master-0"))
-    before = set(made[:first_master])
+    before = {m for m in made[:first_master] if isinstance(m, tuple)}
     for i in range(3):
         assert ("volumes", f"c1-master-{i}-storage") in before, made
         assert ("ports", f"c1-master-{i}-port") in before, made
-    servers = [name for kind, name in made if kind == "servers" and "master" in name]
-    assert servers == [f"c1-master-{i}" for i in range(3)]  # still in turn
+    masters = [m[1] for m in made if isinstance(m, tuple) and m[0] == "servers"
+               and "master" in m[1]]
+    assert masters == [f"c1-master-{i}" for i in range(3)]  # still in turn
+    # each created once the one before it was placed on a host (Nova's task state past
+    # scheduling), while that one was still building
+    second = made.index(("servers", "c1-master-1")) + 1
+    assert made[second] == [("c1-master-0", "BUILD", "spawning")], made[second]
+    third = made.index(("servers", "c1-master-2")) + 1
+    assert ("c1-master-1", "BUILD", "spawning") in made[third], made[third]
+    # and every one of them ACTIVE when the deploy is done
+    assert {s.name: s.status for s in servers.values() if "master" in s.name} == \
+        dict.fromkeys((f"c1-master-{i}" for i in range(3)), "ACTIVE")
 
 
 def test_destroy_takes_the_cluster_and_nothing_else(fake, tmp_path):
