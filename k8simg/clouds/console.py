@@ -88,7 +88,8 @@ def wait_boots(names: list[str], look: Callable[[str], Boot], *,
                settle: Callable[[str, str, str], None], where: Callable[[str], str],
                timeout: float, poll: float = 2.0, progress: Callable[[str], None] = lambda _m: None,
                clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> None:
+               sleep: Callable[[float], None] = time.sleep,
+               look_all: Callable[[list[str]], list[Boot]] | None = None) -> None:
     """Wait until every node of ``names`` has booted, each looked at every ``poll`` seconds.
 
     A node is done once its console shows its login prompt (``settle(name, "ready", "")``) or
@@ -97,6 +98,8 @@ def wait_boots(names: list[str], look: Callable[[str], Boot], *,
     not settled: a stopped machine is started again, not replaced).
 
     :param look: one look at a node.
+    :param look_all: a look at each of several nodes, in their order (a cloud's API looks at
+        them at once); by default ``look`` at one after another.
     :param where: where the operator reads a node's whole console (a path, a command).
     :raises NodeFailed: naming each node that failed, stopped, or showed no verdict within
         ``timeout`` seconds, with its console's lines that matter.
@@ -108,8 +111,9 @@ def wait_boots(names: list[str], look: Callable[[str], Boot], *,
     deadline = clock() + timeout
     failed_seen: dict[str, float] = {}
     while pending:
-        for name in list(pending):
-            boot = look(name)
+        looks = dict(zip(pending, (look_all or (lambda ns: [look(n) for n in ns]))(pending),
+                         strict=True))
+        for name, boot in looks.items():
             state = boot.settled or verdict(boot.text, name)
             if state == "ready":
                 pending.remove(name)

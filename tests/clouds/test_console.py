@@ -95,3 +95,21 @@ def test_a_node_that_never_ends_its_boot_times_out_with_its_last_lines():
 def test_a_verdict_recorded_earlier_is_reported_without_settling_again():
     settled, failures = watch({"a": lambda t: Boot(FAILED_CONSOLE, settled="failed")})
     assert settled == [] and failures[0][0] == "a"
+
+
+def test_a_cloud_looks_at_every_pending_node_at_once():
+    """Each poll hands the nodes still pending to ``look_all`` in one call (OpenStack asks
+    Nova for their consoles concurrently); done nodes are not looked at again."""
+    clock, calls = Clock(), []
+    script = {"a": lambda t: Boot(BOOTED_CONSOLE.format(hostname="a")),
+              "b": lambda t: Boot(BOOTED_CONSOLE.format(hostname="b") if t >= 4 else "booting"),
+              "c": lambda t: Boot(BOOTED_CONSOLE.format(hostname="c") if t >= 2 else "booting")}
+
+    def look_all(names):
+        calls.append(list(names))
+        return [script[n](clock.now) for n in names]
+
+    wait_boots(list(script), lambda n: script[n](clock.now), look_all=look_all,
+               settle=lambda *_a: None, where=str, timeout=60, poll=2, clock=clock,
+               sleep=clock.sleep)
+    assert calls == [["a", "b", "c"], ["b", "c"], ["b"]]

@@ -17,6 +17,7 @@ What each step makes, each phase's independent resources concurrently:
 """
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -252,6 +253,8 @@ class OpenStackCloud(Cloud):
                 self.progress(f"{name}: first boot done")
 
         wait_boots([n.name for n in nodes], look, settle=settle, timeout=self.timeout,
+                   look_all=lambda names: self.parallel([functools.partial(look, n)
+                                                         for n in names]),
                    poll=2 * s.poll, progress=self.progress,
                    where=lambda name: f"Nova's console log: k8simg console "
                                       f"{self.cluster.path} {name}")
