@@ -49,6 +49,16 @@ def connect(cloud: str | None):
     return conn
 
 
+def share_session(conn):
+    """Another connection to ``conn``'s cloud on the same keystone session: its token, its
+    catalog and the endpoints it has discovered, so a thread's connection authenticates
+    nothing. openstacksdk's connections are not shared between threads; the session is
+    (keystoneauth locks its token)."""
+    import openstack.connection
+
+    return openstack.connection.Connection(config=conn.config)
+
+
 def cluster_tag(uid: str) -> str:
     """The tag every resource of the cluster with UID ``uid`` carries."""
     return f"{TAG_PREFIX}{uid}"
@@ -104,11 +114,14 @@ class Scope:
     :param cloud: the cloud's name in clouds.yaml (None: the ``OS_*`` variables).
     :param uid: reads the cluster's UID (None before a cluster from before UIDs has one).
     :param connect: makes a connection (tests give a fake's).
+    :param share: another connection from the first one, for another thread
+        (:func:`share_session`); None: each thread's is made by ``connect``.
     """
 
     def __init__(self, cloud: str | None, cfg: ClusterConfig, ledger: Ledger, *,
                  uid: Callable[[], str | None], timeout: float = 900, poll: float = 1.0,
-                 connect: Callable[[str | None], object] = connect):
+                 connect: Callable[[str | None], object] = connect,
+                 share: Callable[[object], object] | None = None):
         self.cloud = cloud
         self.cfg = cfg
         self.name = cfg.name
@@ -118,6 +131,9 @@ class Scope:
         self.timeout = timeout
         self.poll = poll
         self._connect = connect
+        self._share = share
+        self._first = None  # the first thread's connection, which the others share
+        self._first_lock = threading.Lock()
         self._local = threading.local()
 
     @property
@@ -167,11 +183,18 @@ class Scope:
 
     @property
     def conn(self):
-        """One connection per thread (openstacksdk connections are not shared safely)."""
+        """One connection per thread (openstacksdk connections are not shared safely), all
+        on the first one's keystone session where ``share`` is given."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = self._connect(self.cloud)
+            with self._first_lock:
+                if self._first is None or self._share is None:
+                    c = self._connect(self.cloud)
+                    self._first = self._first or c
+                else:
+                    c = self._share(self._first)
             c.compute.default_microversion = SERVER_MICROVERSION
+            self._local.conn = c
         return c
 
     def wait(self, what: str, fetch: Callable[[], object], **kw):

@@ -48,7 +48,8 @@ from k8simg.clouds.openstack import (
     security,
 )
 from k8simg.clouds.openstack.compute import Flavor
-from k8simg.clouds.openstack.connect import Scope, connect, server_fault
+from k8simg.clouds.openstack.connect import Scope, connect, server_fault, share_session
+from k8simg.clouds.openstack.connect import connect as default_connect
 from k8simg.clouds.openstack.network import Subnet
 from k8simg.model.credential import CloudCredential, ServiceNetwork
 from k8simg.model.plan import Node
@@ -88,8 +89,10 @@ class OpenStackCloud(Cloud):
     def __init__(self, cluster, cfg, cloud: str | None, *,
                  connect: Callable[[str | None], object] = connect, poll: float = 1.0, **kw):
         super().__init__(cluster, cfg, **kw)
+        # one keystone session for every thread: only a real connection has one to share
         self.scope = Scope(cloud, cfg, self.ledger, uid=lambda: cluster.state.uid,
-                           timeout=self.timeout, poll=poll, connect=connect)
+                           timeout=self.timeout, poll=poll, connect=connect,
+                           share=share_session if connect is default_connect else None)
         self.where = self.scope.where
 
     # -- preflight ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import keystoneauth1.session as ks_session
 import pytest
 from cryptography import x509
 
@@ -126,10 +127,24 @@ def nothing_left(conn, cd) -> None:
                 if (v.metadata or {}).get("k8simg-uid") == cd.state.uid]
 
 
-def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image, tmp_path):
+def test_ha_deploy_is_exact_idempotent_and_destroyed(test_cloud, os_cloud, image, tmp_path,
+                                                     monkeypatch):
     cd = cluster(tmp_path, "ha")
-    result = Deployment.for_cluster(cd, None).deploy()
+    # every request the deploy's threads make, through keystoneauth's sessions
+    sent, request = [], ks_session.Session.request
+
+    def counted(self, url, method, *args, **kwargs):
+        sent.append((method, url, id(self)))
+        return request(self, url, method, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(ks_session.Session, "request", counted)
+        result = Deployment.for_cluster(cd, None).deploy()
     assert result.changes
+    # one keystone session for all of them: one token asked for, whatever the threads
+    assert len({session for _m, _u, session in sent}) == 1
+    tokens = [u for m, u, _s in sent if m == "POST" and u.endswith("/auth/tokens")]
+    assert len(tokens) == 1, tokens
     conn = connect(os_cloud)
     assert listing(conn, cd) == expected(cd, 3, 2, True)
 
