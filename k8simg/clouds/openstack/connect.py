@@ -56,7 +56,13 @@ def share_session(conn):
     (keystoneauth locks its token)."""
     import openstack.connection
 
-    return openstack.connection.Connection(config=conn.config)
+    sibling = openstack.connection.Connection(config=conn.config)
+    # The session is the first connection's to close, when it goes: a sibling collected
+    # earlier (by the garbage collector, in any thread) would close it under the others.
+    finalizer = getattr(sibling, "_finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()
+    return sibling
 
 
 def cluster_tag(uid: str) -> str:
@@ -133,6 +139,8 @@ class Scope:
         self._connect = connect
         self._share = share
         self._first = None  # the first thread's connection, which the others share
+        self._made: list = []  # every thread's, alive as long as this scope (the session's
+        #                        back-reference to a connection must not outlive it)
         self._first_lock = threading.Lock()
         self._local = threading.local()
 
@@ -193,6 +201,7 @@ class Scope:
                     self._first = self._first or c
                 else:
                     c = self._share(self._first)
+                self._made.append(c)
             c.compute.default_microversion = SERVER_MICROVERSION
             self._local.conn = c
         return c

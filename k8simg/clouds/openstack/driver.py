@@ -18,6 +18,7 @@ What each step makes, each phase's independent resources concurrently:
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -222,9 +223,10 @@ class OpenStackCloud(Cloud):
         :raises NodeFailed: naming the nodes whose boot failed, whose server left ACTIVE, or
             whose console showed no verdict within the cluster's timeout, with its lines.
         """
-        s, c = self.scope, self.scope.conn.compute
+        s = self.scope
         looked: dict[str, object] = {}  # each node's server as last looked at
         said_no_console = []
+        said_lock = threading.Lock()  # nodes are looked at from several threads at once
 
         def look(name: str) -> Boot:
             server = looked[name] = compute.find_server(s, name)
@@ -237,11 +239,12 @@ class OpenStackCloud(Cloud):
             running = server.status == "ACTIVE"
             text = compute.console_tail(s, server) if running or settled else ""
             if running and compute.verdict_unknowable(server, recorded, text):
-                if text is None and not said_no_console:
-                    self.progress(f"warning: Nova in {self.where} gives no console log for "
-                                  f"{name}: a first boot is taken as done when its server is "
-                                  f"ACTIVE")
-                    said_no_console.append(name)
+                with said_lock:
+                    if text is None and not said_no_console:
+                        self.progress(f"warning: Nova in {self.where} gives no console log "
+                                      f"for {name}: a first boot is taken as done when its "
+                                      f"server is ACTIVE")
+                        said_no_console.append(name)
                 # (else: booted before verdicts were recorded; its console's tail moved on)
                 settle(name, "ready", "")
                 return Boot(text or "", settled="ready")
@@ -250,8 +253,8 @@ class OpenStackCloud(Cloud):
                         + (f": {fault}" if (fault := server_fault(server)) else ""))
 
         def settle(name: str, state: str, why: str) -> None:
-            if looked.get(name) is not None:
-                c.set_server_metadata(looked[name], **{compute.BOOT_KEY: state})
+            if looked.get(name) is not None:  # this thread's connection
+                s.conn.compute.set_server_metadata(looked[name], **{compute.BOOT_KEY: state})
             if state == "ready":
                 self.progress(f"{name}: first boot done")
 

@@ -176,7 +176,7 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
     modules = {m.rsplit(b"/", 1)[-1].split(b".ko")[0].decode() for m in members
                if re.search(rb"/kernel/.*\.ko(\.[a-z]+)?$", m)}
     for needed in ("virtio_blk", "virtio_scsi", "virtio_net", "net_failover", "nvme", "ahci",
-                   "sr_mod", "isofs", "vfat", "ext4", "jbd2", "e1000e", "vmxnet3"):
+                   "sr_mod", "isofs", "vfat", "ext4", "jbd2", "e1000e", "vmxnet3", "mptspi"):
         assert needed in modules, needed
     for absent in ("mlx5_core", "ixgbe", "bnx2x", "lpfc", "qla2xxx", "xfs", "btrfs", "cifs",
                    "ocfs2", "cfg80211", "usbhid", "iscsi_tcp", "dm_mod", "nfs"):
