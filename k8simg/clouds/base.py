@@ -7,8 +7,8 @@ one to read. The order of a deploy is :mod:`k8simg.ops.deploy`'s, not the cloud'
 
     pre = cloud.prepare(nodes)                  # every problem at once; nothing created
     infra = cloud.ensure_infrastructure(pre, nodes)   # network, security, groups, API address
-    cloud.prepare_node(node, infra)             # per node of a group, all at once
-    cloud.place_node(node, user_data, infra)    # per node of a group, in turn
+    cloud.prepare_node(node, infra)             # per node of a group of several, at once
+    cloud.place_node(node, user_data, infra)    # per node of a group of several, in turn
     cloud.ensure_node(node, user_data, infra)   # per node, in cloud.boot_groups(nodes)
     cloud.ensure_api_members(masters, infra)
     cloud.wait_ready(nodes)

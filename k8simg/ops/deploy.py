@@ -277,13 +277,12 @@ class Deployment:
 
         def in_turn(group):
             def boot():
-                if not self.dry:
+                if len(group) > 1 and not self.dry:
                     # ports and volumes at once; the servers placed in turn, then waited for
                     cloud.parallel([functools.partial(cloud.prepare_node, n, infra)
                                     for n in group])
-                    if len(group) > 1:
-                        for n in group:
-                            cloud.place_node(n, user_data.get(n.name), infra)
+                    for n in group:
+                        cloud.place_node(n, user_data.get(n.name), infra)
                 return [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
             return boot
 

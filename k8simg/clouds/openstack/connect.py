@@ -138,10 +138,9 @@ class Scope:
         self.poll = poll
         self._connect = connect
         self._share = share
-        self._first = None  # the first thread's connection, which the others share
-        self._made: list = []  # every thread's, alive as long as this scope (the session's
-        #                        back-reference to a connection must not outlive it)
-        self._first_lock = threading.Lock()
+        self._made: list = []  # every thread's, the first one's session shared; alive as
+        #                        long as this scope (the session refers back to them)
+        self._made_lock = threading.Lock()
         self._local = threading.local()
 
     @property
@@ -195,12 +194,11 @@ class Scope:
         on the first one's keystone session where ``share`` is given."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            with self._first_lock:
-                if self._first is None or self._share is None:
-                    c = self._connect(self.cloud)
-                    self._first = self._first or c
+            with self._made_lock:
+                if self._made and self._share is not None:
+                    c = self._share(self._made[0])
                 else:
-                    c = self._share(self._first)
+                    c = self._connect(self.cloud)
                 self._made.append(c)
             c.compute.default_microversion = SERVER_MICROVERSION
             self._local.conn = c
