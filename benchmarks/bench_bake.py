@@ -25,10 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.ignition.document import data_url  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from k8simg.ops.bake import BakeRequest, BakeResult, bake  # noqa: E402
-from tests.ops.bake.test_boot import single_node_machine  # noqa: E402
+from tests.ops.bake.test_boot import (  # noqa: E402
+    ETCD_HEALTH,
+    add_script_unit,
+    single_node_machine,
+)
 from tests.ops.bake.testimage import gather_test_artifacts  # noqa: E402
 from tests.support import kubectl_binary  # noqa: E402
 
@@ -52,9 +55,7 @@ def bake_rows(label: str, result: BakeResult) -> list[dict]:
 # serial port once the boot is finished, then power off.
 PROBE = r"""#!/bin/bash
 pki=/etc/kubernetes/pki
-until ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
-      --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
-      --dial-timeout=2s endpoint health >/dev/null 2>&1; do sleep 0.2; done
+until $ETCD_HEALTH --dial-timeout=2s >/dev/null 2>&1; do sleep 0.2; done
 echo "K8SIMG-BENCH etcd healthy" > /dev/kmsg
 exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
     systemctl is-system-running --wait >/dev/null
@@ -67,16 +68,8 @@ exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
 
 
 def probe_units(doc: dict, etcd_ip: str) -> dict:
-    script, compression = data_url(PROBE.replace("$ETCD_IP", shlex.quote(etcd_ip)).encode())
-    entry = {"path": "/usr/local/bin/k8simg-bench-probe", "mode": 0o755,
-             "contents": {"source": script}}
-    if compression:
-        entry["contents"]["compression"] = compression
-    doc["storage"]["files"].append(entry)
-    doc["systemd"]["units"].append({"name": "k8simg-bench-probe.service", "enabled": True,
-                                    "contents": (
-        "[Unit]\nAfter=k8simg-etcd.service\n[Service]\nType=oneshot\n"
-        "ExecStart=/usr/local/bin/k8simg-bench-probe\n[Install]\nWantedBy=multi-user.target\n")})
+    add_script_unit(doc, "k8simg-bench-probe", PROBE.replace("$ETCD_HEALTH", ETCD_HEALTH)
+                    .replace("$ETCD_IP", shlex.quote(etcd_ip)), "After=k8simg-etcd.service\n")
     return doc
 
 

@@ -60,9 +60,7 @@ out=$(timeout 300 ctr -n k8s.io run --rm $BUSYBOX k8simg-test /bin/busybox echo 
 echo "container: $(echo $out | tail -c 300)"
 pki=/etc/kubernetes/pki
 for i in $(seq 1 60); do
-    out=$(ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" --cacert=$pki/etcd/ca.crt \
-          --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
-          endpoint health 2>&1) && break
+    out=$($ETCD_HEALTH 2>&1) && break
     sleep 2
 done
 echo "etcd: $out"
@@ -72,6 +70,11 @@ systemctl poweroff
 """
 
 
+# etcd's health over TLS as the API server's client asks it (``$pki`` set, ``$ETCD_IP``
+# replaced): the report's check and the boot benchmark's probe
+ETCD_HEALTH = ('ETCDCTL_API=3 etcdctl --endpoints="https://$ETCD_IP:2379" '
+               '--cacert=$pki/etcd/ca.crt --cert=$pki/apiserver-etcd-client.crt '
+               '--key=$pki/apiserver-etcd-client.key endpoint health')
 REMOTE_PATH = "/var/lib/k8simg/restore/fetched-by-ignition"  # on the volume, as a snapshot's
 GUEST_FILES = "10.0.2.100:8080"  # QEMU's user network forwards it to the test's file server
 
@@ -86,21 +89,25 @@ def add_test_units(doc: dict, etcd_ip: str, remote: tuple[str, str] | None = Non
     source, _ = data_url(b"written by Ignition\n", compress=False)
     files.append({"path": "/etc/k8simg/test-marker", "contents": {"source": source}})
     devices = " ".join(shlex.quote(path_unit_name(d, "device")) for d in DEVICE_WAITS)
-    script, compression = data_url(REPORT.replace("$REMOTE", REMOTE_PATH).replace(
-        "$ETCD_IP", etcd_ip).replace(
-        "$BUSYBOX", BUSYBOX).replace("$DEVICES", devices).encode())
-    entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
-             "contents": {"source": script}}
+    add_script_unit(doc, "k8simg-test-report", REPORT.replace("$ETCD_HEALTH", ETCD_HEALTH)
+                    .replace("$REMOTE", REMOTE_PATH).replace("$ETCD_IP", etcd_ip)
+                    .replace("$BUSYBOX", BUSYBOX).replace("$DEVICES", devices),
+                    "After=multi-user.target k8simg-etcd.service containerd.service "
+                    "k8simg-images.service\nWants=k8simg-images.service\n")
+    return doc
+
+
+def add_script_unit(doc: dict, name: str, script: str, unit: str) -> None:
+    """``script`` as ``/usr/local/bin/NAME``, run once by ``NAME.service`` (enabled) whose
+    ``[Unit]`` section is ``unit``."""
+    source, compression = data_url(script.encode())
+    entry = {"path": f"/usr/local/bin/{name}", "mode": 0o755, "contents": {"source": source}}
     if compression:
         entry["contents"]["compression"] = compression
-    files.append(entry)
-    doc["systemd"]["units"].append({"name": "k8simg-test-report.service", "enabled": True,
-                                    "contents": (
-        "[Unit]\nAfter=multi-user.target k8simg-etcd.service containerd.service "
-        "k8simg-images.service\nWants=k8simg-images.service\n"
-        "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
+    doc["storage"]["files"].append(entry)
+    doc["systemd"]["units"].append({"name": f"{name}.service", "enabled": True, "contents": (
+        f"[Unit]\n{unit}[Service]\nType=oneshot\nExecStart=/usr/local/bin/{name}\n"
         "[Install]\nWantedBy=multi-user.target\n")})
-    return doc
 
 
 def report(console: str, nth: int) -> dict:
