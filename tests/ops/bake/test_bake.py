@@ -172,6 +172,12 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
     for absent in (b"sbin/iscsiadm", b"sbin/iscsid", b"sbin/lvm", b"sbin/mdadm",
                    b"sbin/multipath", b"sbin/nbd-client", b"sbin/cryptsetup", b"sbin/mount.nfs"):
         assert not any(absent in m for m in members), absent
+    # dracut's modules: Ignition's and networkd's, none of the hooks no cloud VM's boot uses
+    dracut_modules = set(re.search(rb"usr/lib/dracut/modules\.txt\x00+([a-z0-9\n-]+)",
+                                   cpio).group(1).decode().split())
+    assert {"ignition", "k8simg", "systemd-networkd", "rootfs-block"} <= dracut_modules
+    assert dracut_modules & {"ifcfg", "nvdimm", "overlay-root", "virtiofs", "lunmask",
+                             "resume", "terminfo", "iscsi", "lvm", "crypt"} == set()
     # The kernel modules a cloud VM boots from, with what they need, and no others
     modules = {m.rsplit(b"/", 1)[-1].split(b".ko")[0].decode() for m in members
                if re.search(rb"/kernel/.*\.ko(\.[a-z]+)?$", m)}

@@ -35,7 +35,13 @@ install() {
     ln -sfn ../k8simg-ignition-neednet.service \
         "$initdir$systemdsystemunitdir/ignition-complete.target.requires/k8simg-ignition-neednet.service"
     inst_simple "$moddir/10-k8simg-initrd.network" /etc/systemd/network/10-k8simg-initrd.network
-    inst_multiple systemctl
+    inst_multiple systemctl systemd-machine-id-setup awk
+    # Ignition's presets applied here, with the machine id: no first-boot preset-all later.
+    inst_script "$moddir/k8simg-ignition-presets" /usr/bin/k8simg-ignition-presets
+    inst_simple "$moddir/k8simg-ignition-presets.service" \
+        "$systemdsystemunitdir/k8simg-ignition-presets.service"
+    ln -sfn ../k8simg-ignition-presets.service \
+        "$initdir$systemdsystemunitdir/ignition-complete.target.requires/k8simg-ignition-presets.service"
     # A failed first boot prints Ignition's messages on the console before the emergency
     # shell starts.
     inst_multiple -o journalctl awk sed tail

@@ -1,0 +1,88 @@
+"""The initramfs applies Ignition's unit presets itself (k8simg-ignition-presets): run here
+with the machine's real systemctl and systemd-machine-id-setup against a scratch root laid
+out as the image's, with the preset file Ignition writes."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from k8simg.ops.bake import ELEMENTS_DIR
+
+SCRIPT = (ELEMENTS_DIR / "k8simg-ignition/static/usr/lib/dracut/modules.d/31k8simg"
+          / "k8simg-ignition-presets")
+
+pytestmark = pytest.mark.skipif(not (shutil.which("systemctl")
+                                     and shutil.which("systemd-machine-id-setup")),
+                                reason="systemd's tools are not installed")
+
+
+def unit(root, name, install):
+    path = root / "usr/lib/systemd/system" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"[Unit]\nDescription={name}\n\n[Service]\nExecStart=/bin/true\n\n"
+                    f"[Install]\n{install}\n")
+
+
+def scratch_root(tmp_path, preset: str | None):
+    root = tmp_path / "sysroot"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")  # the image's: uninitialised
+    unit(root, "k8simg-etcd.service", "WantedBy=multi-user.target")
+    unit(root, "containerd.service", "WantedBy=multi-user.target")
+    unit(root, "docker.service", "WantedBy=multi-user.target")
+    unit(root, "serial-getty@.service", "WantedBy=getty.target")
+    # a unit the image enabled at bake, which Ignition's config does not name
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "docker.service").symlink_to("/usr/lib/systemd/system/docker.service")
+    if preset is not None:
+        d = root / "etc/systemd/system-preset"
+        d.mkdir(parents=True)
+        (d / "20-ignition.preset").write_text(preset)
+    return root
+
+
+def run(root):
+    return subprocess.run([str(SCRIPT)], env={**os.environ, "K8SIMG_SYSROOT": str(root)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def links(root):
+    base = root / "etc/systemd/system"
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_symlink())
+
+
+def test_ignitions_lines_enable_and_disable_what_they_name(tmp_path):
+    root = scratch_root(tmp_path, "enable k8simg-etcd.service\nenable containerd.service\n"
+                                  "disable docker.service\n"
+                                  "enable serial-getty@.service ttyS1 ttyS2\n")
+    r = run(root)
+    assert r.returncode == 0, r.stderr
+    assert links(root) == ["getty.target.wants/serial-getty@ttyS1.service",
+                           "getty.target.wants/serial-getty@ttyS2.service",
+                           "multi-user.target.wants/containerd.service",
+                           "multi-user.target.wants/k8simg-etcd.service"]
+    # the machine id is set, so the real root's systemd sees no first boot (and its preset)
+    assert re.fullmatch(r"[0-9a-f]{32}\n", (root / "etc/machine-id").read_text())
+
+
+def test_without_ignitions_presets_only_the_machine_id(tmp_path):
+    root = scratch_root(tmp_path, None)
+    r = run(root)
+    assert r.returncode == 0, r.stderr
+    assert links(root) == ["multi-user.target.wants/docker.service"]
+    assert re.fullmatch(r"[0-9a-f]{32}\n", (root / "etc/machine-id").read_text())
+
+
+def test_a_unit_the_image_lacks_fails_the_first_boot(tmp_path):
+    """Ignition's config names a unit the image does not have: the service fails (and with
+    it ignition-complete.target: the initramfs's report on the console), never a node that
+    boots with the unit silently off."""
+    root = scratch_root(tmp_path, "enable kubelet.service\n")
+    r = run(root)
+    assert r.returncode != 0
+    assert "kubelet.service" in r.stderr
+    assert (root / "etc/machine-id").read_text() == ""
