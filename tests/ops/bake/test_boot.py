@@ -44,6 +44,12 @@ for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.
 done
 echo "hostname: $(hostname)"
 echo "ssh: $(cd /etc/ssh && ls ssh_host_*_key | tr '\n' ' ')$(systemctl is-active ssh.service)"
+echo "machine-id: $(cat /etc/machine-id)"
+echo "first-boot-preset: $(journalctl -b -o cat _PID=1 | grep -c 'Populated /etc with preset')"
+for u in systemd-resolved.service apparmor.service; do
+    echo "early: $u $(systemctl is-active $u) before-sysinit $(systemctl show -p Before --value $u | tr ' ' '\n' | grep -c '^sysinit.target$')"
+done
+echo "chronyd: $(cat /proc/$(pgrep -x -o chronyd)/attr/current 2>&1)"
 for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
          k8simg-addons.service docker.service etcd.service k8simg-images.service; do
     echo "unit: $u $(systemctl is-enabled "$u" 2>/dev/null) $(systemctl is-active "$u")"
@@ -113,18 +119,18 @@ def add_script_unit(doc: dict, name: str, script: str, unit: str) -> None:
 def report(console: str, nth: int) -> dict:
     blocks = re.findall(r"K8SIMG-REPORT-BEGIN(.*?)K8SIMG-REPORT-END", console, re.S)
     assert len(blocks) >= nth, console[-3000:]
-    out: dict = {"file": {}, "unit": {}, "image": {}, "wait": {},
+    out: dict = {"file": {}, "unit": {}, "image": {}, "wait": {}, "early": {},
                  "trouble": "\n".join(systemd_trouble(console))}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
     keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container"
-            r"|remote|ssh)"
+            r"|remote|ssh|machine-id|first-boot-preset|early|chronyd)"
             r": (.*)$")
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
         if not m:
             continue
         key, value = m.groups()
-        if key in ("file", "unit", "image", "wait"):
+        if key in ("file", "unit", "image", "wait", "early"):
             name, _, rest = value.partition(" ")
             out[key][name] = rest.strip()
         else:
@@ -211,6 +217,16 @@ def _boots(baked, image, tmp_path, sha, port):
     assert r["hostname"] == master.name
     # its own ed25519 host key alone (no RSA key to compute under emulation), sshd serving it
     assert r["ssh"] == "ssh_host_ed25519_key active", r["ssh"]
+    # Ignition's presets applied in the initramfs with the node's own machine id: systemd saw
+    # no first boot, so no preset of every unit (6 s under emulation); the units it enabled
+    # are running (below, and this report's own unit)
+    assert re.fullmatch(r"[0-9a-f]{32}", r["machine-id"]), r["machine-id"]
+    assert r["first-boot-preset"] == "0"
+    # resolved and AppArmor run, and sysinit.target (every service) no longer waits for them;
+    # chronyd, ordered after AppArmor, is confined by its profile all the same
+    assert r["early"] == {"systemd-resolved.service": "active before-sysinit 0",
+                          "apparmor.service": "active before-sysinit 0"}, r["early"]
+    assert r["chronyd"] == "/usr/sbin/chronyd (enforce)", r["chronyd"]
     assert r["file"]["/etc/kubernetes/pki/apiserver.key"] == "600"
     assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
     assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
@@ -234,4 +250,5 @@ def _boots(baked, image, tmp_path, sha, port):
     assert r2["firstboot-flag"] == "absent"
     assert r2["marker"] == "absent"  # Ignition did not run again to write it back
     assert r2["unit"]["k8simg-etcd.service"] == "enabled active"
+    assert r2["machine-id"] == r["machine-id"]  # the node's own, kept
     assert f"https://{master.address}:2379 is healthy" in r2["etcd"]
