@@ -47,7 +47,8 @@ echo "ssh: $(cd /etc/ssh && ls ssh_host_*_key | tr '\n' ' ')$(systemctl is-activ
 echo "machine-id: $(cat /etc/machine-id)"
 echo "first-boot-preset: $(journalctl -b -o cat _PID=1 | grep -c 'Populated /etc with preset')"
 for u in systemd-resolved.service apparmor.service; do
-    echo "early: $u $(systemctl is-active $u) before-sysinit $(systemctl show -p Before --value $u | tr ' ' '\n' | grep -c '^sysinit.target$')"
+    before=$(systemctl show -p Before --value $u | tr ' ' '\n' | grep -c '^sysinit.target$')
+    echo "early: $u $(systemctl is-active $u) before-sysinit $before"
 done
 echo "chronyd: $(cat /proc/$(pgrep -x -o chronyd)/attr/current 2>&1)"
 for u in containerd.service k8simg-etcd.service kubelet.service var-lib-containerd.mount \
