@@ -79,7 +79,8 @@ class Ignition:
              dropins: dict[str, str] | None = None) -> None:
         """Add a systemd unit, or (without ``contents``) enable one the image provides.
 
-        Ignition enables units by writing a preset file; systemd applies it on first boot.
+        Ignition enables units by writing a preset file; the image's initramfs applies it to
+        the units it names on first boot (k8simg-ignition-presets).
         """
         u: dict = {"name": name}
         if enabled is not None:

@@ -193,7 +193,8 @@ def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
 
 # The image's whole enabled set (systemd's links in /etc/systemd/system), as
 # 80-k8simg.preset gives it: what a package's postinst enabled is not there. Ignition's preset
-# adds the role's own units on first boot (the boot tests read those states on the node).
+# adds the role's own units on first boot, applied by the initramfs (the boot tests read those
+# states on the node).
 ENABLED = {
     "multi-user.target.wants": {"chrony.service", "ssh.service", "systemd-networkd.service",
                                 "remote-fs.target", "k8simg-firstboot-done.service"},
@@ -223,7 +224,8 @@ def test_the_image_enables_exactly_its_preset(baked_image, tmp_path):
 
 
 def test_apparmor_compiles_only_what_a_node_runs(baked_image, tmp_path):
-    """Every profile in /etc/apparmor.d is compiled on first boot before sysinit: only those
+    """Every profile in /etc/apparmor.d is compiled on first boot (no longer before sysinit,
+    89-k8simg-off-sysinit; chrony waits for it): only those
     of programs a node runs are left enabled (chronyd's, of Debian's own)."""
     image, _, _ = baked_image
     with root_partition(image, tmp_path) as part:

@@ -29,7 +29,7 @@ def unit(root, name, install):
 def scratch_root(tmp_path, preset: str | None):
     root = tmp_path / "sysroot"
     (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/machine-id").write_text("")  # the image's: uninitialised
+    (root / "etc/machine-id").write_text("uninitialized\n")  # the image's (DIB's sysprep)
     unit(root, "k8simg-etcd.service", "WantedBy=multi-user.target")
     unit(root, "containerd.service", "WantedBy=multi-user.target")
     unit(root, "docker.service", "WantedBy=multi-user.target")
@@ -45,9 +45,17 @@ def scratch_root(tmp_path, preset: str | None):
     return root
 
 
-def run(root):
-    return subprocess.run([str(SCRIPT)], env={**os.environ, "K8SIMG_SYSROOT": str(root)},
-                          capture_output=True, text=True, timeout=60)
+INITRD_ID = "0123456789abcdef0123456789abcdef"
+
+
+def run(root, initrd_id: str | None = INITRD_ID):
+    """The script, with ``initrd_id`` as the initramfs's own /etc/machine-id (None: none)."""
+    own = root.parent / "initrd-machine-id"
+    if initrd_id is not None:
+        own.write_text(initrd_id + "\n")
+    return subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "K8SIMG_SYSROOT": str(root),
+                               "K8SIMG_INITRD_MACHINE_ID": str(own)})
 
 
 def links(root):
@@ -65,8 +73,12 @@ def test_ignitions_lines_enable_and_disable_what_they_name(tmp_path):
                            "getty.target.wants/serial-getty@ttyS2.service",
                            "multi-user.target.wants/containerd.service",
                            "multi-user.target.wants/k8simg-etcd.service"]
-    # the machine id is set, so the real root's systemd sees no first boot (and its preset)
-    assert re.fullmatch(r"[0-9a-f]{32}\n", (root / "etc/machine-id").read_text())
+    # the machine id is set, so the real root's systemd sees no first boot (and its preset):
+    # the initramfs's own (from the VM's UUID on KVM), so both journals are the node's
+    mid = root / "etc/machine-id"
+    assert mid.read_text() == INITRD_ID + "\n"
+    assert mid.stat().st_mode & 0o777 == 0o444
+    assert not (root / "etc/machine-id.k8simg").exists()
 
 
 def test_without_ignitions_presets_only_the_machine_id(tmp_path):
@@ -74,7 +86,18 @@ def test_without_ignitions_presets_only_the_machine_id(tmp_path):
     r = run(root)
     assert r.returncode == 0, r.stderr
     assert links(root) == ["multi-user.target.wants/docker.service"]
-    assert re.fullmatch(r"[0-9a-f]{32}\n", (root / "etc/machine-id").read_text())
+    assert (root / "etc/machine-id").read_text() == INITRD_ID + "\n"
+
+
+def test_without_an_initramfs_id_a_random_one(tmp_path):
+    """The initramfs's id unset or not an id (``uninitialized``): systemd-machine-id-setup
+    makes a random one, as systemd would."""
+    for own in (None, "uninitialized"):
+        root = scratch_root(tmp_path / str(own), "enable k8simg-etcd.service\n")
+        r = run(root, own)
+        assert r.returncode == 0, r.stderr
+        got = (root / "etc/machine-id").read_text()
+        assert re.fullmatch(r"[0-9a-f]{32}\n", got) and got != INITRD_ID + "\n", got
 
 
 def test_a_unit_the_image_lacks_fails_the_first_boot(tmp_path):
@@ -85,4 +108,4 @@ def test_a_unit_the_image_lacks_fails_the_first_boot(tmp_path):
     r = run(root)
     assert r.returncode != 0
     assert "kubelet.service" in r.stderr
-    assert (root / "etc/machine-id").read_text() == ""
+    assert (root / "etc/machine-id").read_text() == "uninitialized\n"  # untouched

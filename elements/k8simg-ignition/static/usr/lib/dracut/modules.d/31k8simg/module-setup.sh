@@ -35,7 +35,7 @@ install() {
     ln -sfn ../k8simg-ignition-neednet.service \
         "$initdir$systemdsystemunitdir/ignition-complete.target.requires/k8simg-ignition-neednet.service"
     inst_simple "$moddir/10-k8simg-initrd.network" /etc/systemd/network/10-k8simg-initrd.network
-    inst_multiple systemctl systemd-machine-id-setup awk
+    inst_multiple systemctl systemd-machine-id-setup awk cat chmod mv
     # Ignition's presets applied here, with the machine id: no first-boot preset-all later.
     inst_script "$moddir/k8simg-ignition-presets" /usr/bin/k8simg-ignition-presets
     inst_simple "$moddir/k8simg-ignition-presets.service" \
