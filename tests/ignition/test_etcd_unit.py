@@ -18,7 +18,8 @@ def wait_command(limit: int | None = None) -> list[str]:
     line = re.search(r"^ExecStartPre=(.*?)\n(?=\S)", unit, re.S | re.M).group(1)
     # systemd: a trailing backslash continues the line; "$$" is "$" and "%%" is "%"
     line = line.replace("\\\n", " ").replace("$$", "$").replace("%%", "%")
-    argv = [line.split(" ", 2)[0], line.split(" ", 2)[1], re.search(r"'(.*)'", line).group(1)]
+    shell, flag, _ = line.split(" ", 2)
+    argv = [shell, flag, re.search(r"'(.*)'", line).group(1)]
     if limit is not None:
         argv[2] = argv[2].replace("-lt 1800", f"-lt {limit}")
     return argv

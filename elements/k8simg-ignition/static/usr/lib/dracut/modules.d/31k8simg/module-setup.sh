@@ -44,7 +44,7 @@ install() {
         "$initdir$systemdsystemunitdir/ignition-complete.target.requires/k8simg-ignition-presets.service"
     # A failed first boot prints Ignition's messages on the console before the emergency
     # shell starts.
-    inst_multiple -o journalctl awk sed tail
+    inst_multiple -o journalctl sed tail  # (awk: above)
     inst_script "$moddir/k8simg-ignition-report" /usr/bin/k8simg-ignition-report
     local shell
     for shell in emergency.service dracut-emergency.service; do
