@@ -47,7 +47,7 @@ def test_an_address_never_seen_fails_with_its_name():
     # 10.255.255.7/32 on no interface here; the wait shortened from 180 s to 0.3 s
     r = run(wait_command(limit=3), "https://10.255.255.7:2380")
     assert r.returncode == 1
-    assert r.stderr.strip() == "10.255.255.7 is not on any interface after 180 s"
+    assert r.stderr.strip() == "10.255.255.7 is not a local address after 180 s"
 
 
 def test_a_loopback_address_no_interface_lists_is_local():

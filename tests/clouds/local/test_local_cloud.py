@@ -73,8 +73,21 @@ for u in containerd.service k8simg-etcd.service var-lib-containerd.mount etcd.se
 done
 echo "K8SIMG-NODE-REPORT hostname $(hostname)"
 echo "K8SIMG-NODE-REPORT etcd-restarts $(systemctl show -p NRestarts --value k8simg-etcd.service)"
-if ! systemctl is-active -q k8simg-etcd.service; then  # why, for the test's failure message
-    journalctl -b -u k8simg-etcd.service -o cat --no-pager | tail -n 15 | sed 's/^/K8SIMG-ETCD-LOG /'
+# The real root's networkd keeps the address the initramfs leased (the monitor below started
+# before networkd): nothing deleted it, and networkd's renewal of it was seen (the control).
+echo "K8SIMG-NODE-REPORT addresses-deleted $(grep -c '^Deleted .* inet ' /run/k8simg-test-addresses)"
+echo "K8SIMG-NODE-REPORT addresses-renewed $(grep -v '^Deleted' /run/k8simg-test-addresses \
+    | grep -c ' inet 10[.]')"
+# why, for the test's failure message: the lines before its first exit, else its last lines
+if ! systemctl is-active -q k8simg-etcd.service \
+        || [ "$(systemctl show -p NRestarts --value k8simg-etcd.service)" != 0 ]; then
+    # by identifier too: the lines of a process that exits at once can miss the unit's match
+    journalctl -b -o short-monotonic --no-pager -t etcd -t systemd -t sh -t systemd-networkd \
+        | grep -E " (etcd|sh|systemd-networkd)[[]|k8simg-etcd" \
+        | grep -m 1 -B 30 -E "k8simg-etcd.service: (Main|Control) process exited" \
+        | sed 's/^/K8SIMG-ETCD-LOG /'
+    journalctl -b -u k8simg-etcd.service -o short-monotonic --no-pager | tail -n 8 \
+        | sed 's/^/K8SIMG-ETCD-LOG /'
 fi
 # The metadata service (the local cloud's, at 169.254.169.254, as Nova's): asked from a network
 # namespace standing for a pod (routed by the node, masqueraded as flannel does) and from the
@@ -117,6 +130,12 @@ def with_report_unit(render):
                 entry["contents"]["compression"] = compression
             doc["storage"]["files"].append(entry)
             doc["systemd"]["units"].append({
+                "name": "k8simg-test-addresses.service", "enabled": True, "contents":
+                "[Unit]\nDefaultDependencies=no\nBefore=systemd-networkd.service\n"
+                "[Service]\nExecStart=/bin/sh -c 'exec ip -o monitor address"
+                " > /run/k8simg-test-addresses'\nExecStartPost=/bin/sleep 0.5\n"
+                "[Install]\nWantedBy=sysinit.target\n"})
+            doc["systemd"]["units"].append({
                 "name": "k8simg-test-report.service", "enabled": True, "contents":
                 "[Unit]\nAfter=multi-user.target containerd.service k8simg-etcd.service\n"
                 "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
@@ -135,7 +154,8 @@ def node_report(console: Path, timeout: float = 600) -> dict:
             break
         time.sleep(5)
     found = {}
-    for m in re.finditer(r"K8SIMG-NODE-REPORT (unit \S+|hostname|etcd-restarts|metadata-\S+) (\S+)", text):
+    keys = r"unit \S+|hostname|etcd-restarts|metadata-\S+|addresses-\S+"
+    for m in re.finditer(rf"K8SIMG-NODE-REPORT ({keys}) (\S+)", text):
         found[m.group(1)] = m.group(2)
     assert found, f"no report on {console}"
     log = re.findall(r"K8SIMG-ETCD-LOG (.*)", text)
@@ -226,9 +246,14 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         report = node_report(Path(n["console_file"]))
         assert report["hostname"] == n["name"]
         assert report["unit containerd.service"] == "active", report
-        assert report["unit k8simg-etcd.service"] == "active", report
+        why = f"{n['name']}: {report}\n" + report.get("etcd-log", "(no etcd log)")
+        assert report["unit k8simg-etcd.service"] == "active", why
         # not killed while it waited for its peers (no start timeout), nor crashed
-        assert report["etcd-restarts"] == "0", report
+        assert report["etcd-restarts"] == "0", why
+        # the initramfs's lease kept through the switch to the real root (else etcd, started
+        # on it, lost its address for a moment), and networkd renewed it (the monitor's control)
+        assert report["addresses-deleted"] == "0", report
+        assert int(report["addresses-renewed"]) >= 1, report
         assert report["unit var-lib-containerd.mount"] == "active", report  # the volume
         assert report["unit etcd.service"] == "inactive", report  # Debian's own stays off
         # Nothing on the node reaches the metadata service, while it stands there: with the
