@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
+from k8simg.ignition.document import data_url  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from k8simg.ops.bake import BakeRequest, BakeResult, bake  # noqa: E402
 from tests.ops.bake.test_boot import (  # noqa: E402
@@ -61,15 +62,49 @@ exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
     systemctl is-system-running --wait >/dev/null
     exec > /dev/ttyS0 2>&1  # opened after the serial getty took the tty: it stays ours
     { systemd-analyze; systemd-analyze critical-chain k8simg-etcd.service
-      systemd-analyze blame | head -15; } | sed "s/^/K8SIMG-BENCH /"
+      systemd-analyze blame | head -15; k8simg-bench-cpu; } | sed "s/^/K8SIMG-BENCH /"
     echo "K8SIMG-BENCH END"
     systemctl poweroff'
+"""
+
+
+# Where the boot's CPU went (what bounds five 1-vCPU nodes on two cores, the demo): the
+# kernel's count of busy time since power-on; the units still running that used the most, by
+# their cgroups' own count (systemd's CPUUsageNSec of a unit whose cgroup is gone is not to be
+# trusted: it said 17 s for an `rm -f`); and those that stopped, by the line systemd writes then
+# ("Consumed ... CPU time"), the initramfs's units among them. On a busy host the guest's counts
+# grow with the host's stalls (the same image: 102 to 140 s busy): compare within one session.
+CPU = r"""#!/bin/bash
+read -r _ user nice system idle iowait irq softirq steal _ < /proc/stat
+read -r up _ < /proc/uptime
+awk -v b=$((user + nice + system + irq + softirq)) -v i=$((idle + iowait)) -v up="$up" \
+    -v n="$(nproc)" 'BEGIN { printf "cpu: busy %.1f s, idle %.1f s, in %.1f s x %d vCPUs\n",
+                             b / 100, i / 100, up, n }'
+for f in /sys/fs/cgroup/init.scope/cpu.stat /sys/fs/cgroup/*.slice/*/cpu.stat; do
+    u=${f%/cpu.stat}
+    awk -v u="${u##*/}" '$1 == "usage_usec" { printf "%.2f %s\n", $2 / 1e6, u }' "$f"
+done | sort -rn | head -12 | sed 's/^/cpu: running /'
+# PID 1 itself (the initramfs's systemd, then the node's, one process) apart from its children
+# in init.scope (generators), and how often it reloaded its units
+read -r -a st < /proc/1/stat
+awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
+        | grep -c '^Reloading')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
+consumed='^\[ *([0-9.]+)\] [^ ]+ systemd\[[0-9]+\]: (.+): Consumed (([0-9]+)min )?([0-9.]+)(m?s) CPU'
+journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd \
+    | sed -nE "s/$consumed.*/\\1|\\2|\\4|\\5|\\6/p" \
+    | awk -F'|' '{ t = $3 * 60 + ($5 == "ms" ? $4 / 1000 : $4)
+                   printf "%.2f %s (stopped at %.0f s)\n", t, $2, $1 }' \
+    | sort -rn | head -12 | sed 's/^/cpu: stopped /'
 """
 
 
 def probe_units(doc: dict, etcd_ip: str) -> dict:
     add_script_unit(doc, "k8simg-bench-probe", PROBE.replace("$ETCD_HEALTH", ETCD_HEALTH)
                     .replace("$ETCD_IP", shlex.quote(etcd_ip)), "After=k8simg-etcd.service\n")
+    source, compression = data_url(CPU.encode())
+    doc["storage"]["files"].append({"path": "/usr/local/bin/k8simg-bench-cpu", "mode": 0o755,
+                                    "contents": {"source": source, **(
+                                        {"compression": compression} if compression else {})}})
     return doc
 
 
