@@ -72,8 +72,9 @@ exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
 # kernel's count of busy time since power-on; the units still running that used the most, by
 # their cgroups' own count (systemd's CPUUsageNSec of a unit whose cgroup is gone is not to be
 # trusted: it said 17 s for an `rm -f`); and those that stopped, by the line systemd writes then
-# ("Consumed ... CPU time"), the initramfs's units among them. On a busy host the guest's counts
-# grow with the host's stalls (the same image: 102 to 140 s busy): compare within one session.
+# ("Consumed ... CPU time", only for a unit that used more than 1 s), the initramfs's among
+# them. On a busy host the guest's counts grow with the host's stalls (the same image: 102 to
+# 140 s busy): compare within one session.
 CPU = r"""#!/bin/bash
 read -r _ user nice system idle iowait irq softirq steal _ < /proc/stat
 read -r up _ < /proc/uptime
@@ -88,7 +89,7 @@ done | sort -rn | head -12 | sed 's/^/cpu: running /'
 # in init.scope (generators), and how often it reloaded its units
 read -r -a st < /proc/1/stat
 awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
-        | grep -c '^Reloading')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
+        | grep -cx 'Reloading[.]')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
 consumed='^\[ *([0-9.]+)\] [^ ]+ systemd\[[0-9]+\]: (.+): Consumed (([0-9]+)min )?([0-9.]+)(m?s) CPU'
 journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd \
     | sed -nE "s/$consumed.*/\\1|\\2|\\4|\\5|\\6/p" \

@@ -73,11 +73,16 @@ for u in containerd.service k8simg-etcd.service var-lib-containerd.mount etcd.se
 done
 echo "K8SIMG-NODE-REPORT hostname $(hostname)"
 echo "K8SIMG-NODE-REPORT etcd-restarts $(systemctl show -p NRestarts --value k8simg-etcd.service)"
-# The real root's networkd keeps the address the initramfs leased (the monitor below started
-# before networkd): nothing deleted it, and networkd's renewal of it was seen (the control).
-echo "K8SIMG-NODE-REPORT addresses-deleted $(grep -c '^Deleted .* inet ' /run/k8simg-test-addresses)"
-echo "K8SIMG-NODE-REPORT addresses-renewed $(grep -v '^Deleted' /run/k8simg-test-addresses \
-    | grep -c ' inet 10[.]')"
+# The real root's networkd keeps the address the initramfs leased on the node's NIC (the
+# monitor, k8simg-test-addresses.service, listened before networkd started: it saw its own
+# sentinel): nothing deleted it, and networkd's renewal of it was seen (the control).
+watched() {
+    if [ -e /run/k8simg-test-addresses ]; then grep -cE "$1" /run/k8simg-test-addresses
+    else echo missing; fi
+}
+echo "K8SIMG-NODE-REPORT addresses-sentinel $(watched ' lo +inet 127[.]254[.]0[.]1/')"
+echo "K8SIMG-NODE-REPORT addresses-deleted $(watched '^Deleted [0-9]+: (en|eth)[^ ]* +inet ')"
+echo "K8SIMG-NODE-REPORT addresses-renewed $(watched '^[0-9]+: (en|eth)[^ ]* +inet ')"
 # why, for the test's failure message: the lines before its first exit, else its last lines
 if ! systemctl is-active -q k8simg-etcd.service \
         || [ "$(systemctl show -p NRestarts --value k8simg-etcd.service)" != 0 ]; then
@@ -133,7 +138,11 @@ def with_report_unit(render):
                 "name": "k8simg-test-addresses.service", "enabled": True, "contents":
                 "[Unit]\nDefaultDependencies=no\nBefore=systemd-networkd.service\n"
                 "[Service]\nExecStart=/bin/sh -c 'exec ip -o monitor address"
-                " > /run/k8simg-test-addresses'\nExecStartPost=/bin/sleep 0.5\n"
+                " > /run/k8simg-test-addresses'\n"
+                # started once it has seen an address of its own come (at most 30 s)
+                "ExecStartPost=/bin/sh -c 'ip addr add 127.254.0.1/32 dev lo; n=0; "
+                "until grep -q 127.254.0.1/ /run/k8simg-test-addresses || [ $$n -gt 300 ]; "
+                "do n=$$((n + 1)); sleep 0.1; done; ip addr del 127.254.0.1/32 dev lo'\n"
                 "[Install]\nWantedBy=sysinit.target\n"})
             doc["systemd"]["units"].append({
                 "name": "k8simg-test-report.service", "enabled": True, "contents":
@@ -252,6 +261,7 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         assert report["etcd-restarts"] == "0", why
         # the initramfs's lease kept through the switch to the real root (else etcd, started
         # on it, lost its address for a moment), and networkd renewed it (the monitor's control)
+        assert int(report["addresses-sentinel"]) >= 1, report  # it listened before networkd
         assert report["addresses-deleted"] == "0", report
         assert int(report["addresses-renewed"]) >= 1, report
         assert report["unit var-lib-containerd.mount"] == "active", report  # the volume
