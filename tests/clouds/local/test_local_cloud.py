@@ -139,10 +139,14 @@ def with_report_unit(render):
                 "[Unit]\nDefaultDependencies=no\nBefore=systemd-networkd.service\n"
                 "[Service]\nExecStart=/bin/sh -c 'exec ip -o monitor address"
                 " > /run/k8simg-test-addresses'\n"
-                # started once it has seen an address of its own come (at most 30 s)
-                "ExecStartPost=/bin/sh -c 'ip addr add 127.254.0.1/32 dev lo; n=0; "
-                "until grep -q 127.254.0.1/ /run/k8simg-test-addresses || [ $$n -gt 300 ]; "
-                "do n=$$((n + 1)); sleep 0.1; done; ip addr del 127.254.0.1/32 dev lo'\n"
+                # started once it has seen an address of its own come and go: added again
+                # until it is seen (an add before the monitor listened is missed), at most 60
+                # times; no start timeout, which cut the loop short in CI and left the sentinel
+                # unseen
+                "ExecStartPost=/bin/sh -c 'n=0; until grep -q 127.254.0.1/ /run/k8simg-test-addresses;"
+                " do n=$$((n + 1)); [ $$n -le 60 ] || exit 1; ip addr del 127.254.0.1/32 dev lo"
+                " 2>/dev/null; ip addr add 127.254.0.1/32 dev lo; sleep 0.2; done;"
+                " ip addr del 127.254.0.1/32 dev lo'\nTimeoutStartSec=infinity\n"
                 "[Install]\nWantedBy=sysinit.target\n"})
             doc["systemd"]["units"].append({
                 "name": "k8simg-test-report.service", "enabled": True, "contents":
