@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
-from k8simg.ignition.document import data_url  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from k8simg.ops.bake import BakeRequest, BakeResult, bake  # noqa: E402
 from tests.ops.bake.test_boot import (  # noqa: E402
     ETCD_HEALTH,
+    add_script,
     add_script_unit,
     single_node_machine,
 )
@@ -102,10 +102,7 @@ journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd \
 def probe_units(doc: dict, etcd_ip: str) -> dict:
     add_script_unit(doc, "k8simg-bench-probe", PROBE.replace("$ETCD_HEALTH", ETCD_HEALTH)
                     .replace("$ETCD_IP", shlex.quote(etcd_ip)), "After=k8simg-etcd.service\n")
-    source, compression = data_url(CPU.encode())
-    doc["storage"]["files"].append({"path": "/usr/local/bin/k8simg-bench-cpu", "mode": 0o755,
-                                    "contents": {"source": source, **(
-                                        {"compression": compression} if compression else {})}})
+    add_script(doc, "k8simg-bench-cpu", CPU)
     return doc
 
 

@@ -30,6 +30,7 @@ from k8simg.ops.deploy import Deployment
 from tests.clouds.local.conftest import leftovers, reap
 from tests.conftest import edit_cluster, write_cluster
 from tests.ops.bake.conftest import baked_image, rebaked_image  # noqa: F401  (slow tier's images)
+from tests.ops.bake.test_boot import add_script_unit
 from tests.ops.upgrade.test_etcd_roll import Writer
 
 pytestmark = pytest.mark.slow
@@ -122,18 +123,12 @@ echo "K8SIMG-NODE-REPORT end"
 
 
 def with_report_unit(render):
-    from k8simg.ignition.document import data_url
-
     def rendered():
         out = {}
         for name, data in render().items():
             doc = json.loads(data)
-            source, compression = data_url(REPORT.encode())
-            entry = {"path": "/usr/local/bin/k8simg-test-report", "mode": 0o755,
-                     "contents": {"source": source}}
-            if compression:
-                entry["contents"]["compression"] = compression
-            doc["storage"]["files"].append(entry)
+            add_script_unit(doc, "k8simg-test-report", REPORT, "After=multi-user.target "
+                            "containerd.service k8simg-etcd.service\n")
             doc["systemd"]["units"].append({
                 "name": "k8simg-test-addresses.service", "enabled": True, "contents":
                 "[Unit]\nDefaultDependencies=no\nBefore=systemd-networkd.service\n"
@@ -148,11 +143,6 @@ def with_report_unit(render):
                 " 2>/dev/null; ip addr add 127.254.0.1/32 dev lo; sleep 0.2; done;"
                 " ip addr del 127.254.0.1/32 dev lo'\nTimeoutStartSec=infinity\n"
                 "[Install]\nWantedBy=sysinit.target\n"})
-            doc["systemd"]["units"].append({
-                "name": "k8simg-test-report.service", "enabled": True, "contents":
-                "[Unit]\nAfter=multi-user.target containerd.service k8simg-etcd.service\n"
-                "[Service]\nType=oneshot\nExecStart=/usr/local/bin/k8simg-test-report\n"
-                "[Install]\nWantedBy=multi-user.target\n"})
             out[name] = json.dumps(doc).encode()
         return out
     return rendered

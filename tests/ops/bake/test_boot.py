@@ -110,14 +110,19 @@ def add_test_units(doc: dict, etcd_ip: str, remote: tuple[str, str] | None = Non
     return doc
 
 
-def add_script_unit(doc: dict, name: str, script: str, unit: str) -> None:
-    """``script`` as ``/usr/local/bin/NAME``, run once by ``NAME.service`` (enabled) whose
-    ``[Unit]`` section is ``unit``."""
+def add_script(doc: dict, name: str, script: str) -> None:
+    """``script`` as ``/usr/local/bin/NAME`` (mode 0755)."""
     source, compression = data_url(script.encode())
     entry = {"path": f"/usr/local/bin/{name}", "mode": 0o755, "contents": {"source": source}}
     if compression:
         entry["contents"]["compression"] = compression
     doc["storage"]["files"].append(entry)
+
+
+def add_script_unit(doc: dict, name: str, script: str, unit: str) -> None:
+    """``script`` as ``/usr/local/bin/NAME``, run once by ``NAME.service`` (enabled) whose
+    ``[Unit]`` section is ``unit``."""
+    add_script(doc, name, script)
     doc["systemd"]["units"].append({"name": f"{name}.service", "enabled": True, "contents": (
         f"[Unit]\n{unit}[Service]\nType=oneshot\nExecStart=/usr/local/bin/{name}\n"
         "[Install]\nWantedBy=multi-user.target\n")})
