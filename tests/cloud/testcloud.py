@@ -540,6 +540,7 @@ class TestCloud:
     def start(self) -> "TestCloud":
         """Start everything; returns once every API answers and the computes are known."""
         started = time.monotonic()
+        rpc_interval_checked()
         if self.root.exists():
             shutil.rmtree(self.root)
         for d in (self.root, self.logs, self.root / "lock", self.root / "state"):
@@ -744,6 +745,22 @@ class TestCloud:
             json.dump(data, f, indent=2)  # YAML is a superset of JSON
         os.replace(tmp, path)
         return path
+
+
+def rpc_interval_checked() -> None:
+    """``K8SIMG_TESTCLOUD_RPC_INTERVAL`` (seconds between looks for an RPC reply, see
+    ``plugins/k8simg_testcloud/rpc.py``) as a number the services can use: uwsgi would only
+    print a bad one's error and serve its API unpatched."""
+    value = os.environ.get("K8SIMG_TESTCLOUD_RPC_INTERVAL")
+    if value is None:
+        return
+    try:
+        ok = 0 < float(value) <= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CloudError(f"K8SIMG_TESTCLOUD_RPC_INTERVAL={value!r}: seconds, more than 0 and "
+                         "at most 1 (upstream's is 0.5)")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -8,7 +8,7 @@ import sys
 def main() -> None:
     from nova.cmd import compute  # first: nova's own start-up (its monkey patching)
 
-    import k8simg_testcloud.rpc  # noqa: F401 - patches oslo.messaging (imported by now)
+    import k8simg_testcloud.rpc  # noqa: F401 - patches oslo.messaging when it is imported
     from k8simg_testcloud import nova as scripted
 
     sys.modules["nova.virt.k8simg_scripted"] = scripted

@@ -11,30 +11,33 @@ changes. ``benchmarks/bench_upgrade.py --cloud test-cloud``, an HA cluster's rol
 with upstream's 0.5 s, 52.7 s with this.
 
 :func:`install` patches the driver when a service imports it, after eventlet's monkey
-patching (importing oslo.messaging any earlier would break nova's). If a later oslo.messaging
-no longer sleeps 0.5 s there, the service fails to start, saying so, rather than run
-unpatched or patched wrongly.
+patching (importing oslo.messaging any earlier would break nova's). With another
+oslo.messaging than the one ``get`` was copied from, the service fails to start, saying so.
 """
 
 import importlib.abc
-import importlib.util
+import importlib.machinery
+import importlib.metadata
 import os
 import sys
 
 MODULE = "oslo_messaging._drivers.amqpdriver"
+UPSTREAM = "17.3.0"  # tests/cloud/requirements.lock: ``get`` below is a copy of this one's
 UPSTREAM_SLEEP = 0.5
-# K8SIMG_TESTCLOUD_RPC_INTERVAL=0.5 gives upstream's timing back (benchmarks/bench_upgrade.py)
+# upstream's timing back: K8SIMG_TESTCLOUD_RPC_INTERVAL=0.5 in the environment of whatever
+# starts the test cloud (e.g. benchmarks/bench_upgrade.py); testcloud.py checks the value
 INTERVAL = float(os.environ.get("K8SIMG_TESTCLOUD_RPC_INTERVAL", "0.005"))
 
 
 def patch(amqpdriver) -> None:
-    """``ReplyWaiters.get`` as upstream's (oslo.messaging 17.x), its sleep shortened."""
+    """``ReplyWaiters.get`` as oslo.messaging 17.3.0's, its sleep shortened."""
     waiters = amqpdriver.ReplyWaiters
     if waiters.get.__module__ == __name__:
         return
-    if UPSTREAM_SLEEP not in waiters.get.__code__.co_consts:
-        raise RuntimeError(f"k8simg_testcloud.rpc: {MODULE}.ReplyWaiters.get no longer sleeps "
-                           f"{UPSTREAM_SLEEP} s between looks: review this patch")
+    found = importlib.metadata.version("oslo.messaging")
+    if found != UPSTREAM or UPSTREAM_SLEEP not in waiters.get.__code__.co_consts:
+        raise RuntimeError(f"k8simg_testcloud.rpc: its copy of {MODULE}.ReplyWaiters.get is "
+                           f"oslo.messaging {UPSTREAM}'s, this is {found}: review the patch")
 
     def get(self, msg_id, timeout):
         watch = amqpdriver.timeutils.StopWatch(duration=timeout)
@@ -51,11 +54,15 @@ def patch(amqpdriver) -> None:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
+    """Stays in ``sys.meta_path`` (taking itself out could make another thread's import skip
+    a finder) and finds the module as the path finder does, without asking the others."""
+
     def find_spec(self, name, path, target=None):
         if name != MODULE:
             return None
-        sys.meta_path.remove(self)  # find the module as if this finder were not there
-        spec = importlib.util.find_spec(name)
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is None or spec.loader is None:
+            return None  # the next finders say what is missing
         exec_module = spec.loader.exec_module
 
         def exec_and_patch(module):
@@ -70,7 +77,7 @@ def install() -> None:
     """Patch the driver when it is imported (now, if it already is)."""
     if MODULE in sys.modules:
         patch(sys.modules[MODULE])
-    elif not any(isinstance(f, _Finder) for f in sys.meta_path):
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 
 

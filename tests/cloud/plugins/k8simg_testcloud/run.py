@@ -5,12 +5,13 @@ installed first, and ``NAME`` as ``sys.argv[0]``, as when it runs as itself."""
 import sys
 from importlib.metadata import entry_points
 
+# At the top, not in main(): a worker started by multiprocessing's spawn runs only this.
+import k8simg_testcloud.rpc  # noqa: F401 - installs the patch (stdlib imports only)
+
 
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m k8simg_testcloud.run CONSOLE_SCRIPT [ARGS...]")
-    import k8simg_testcloud.rpc  # noqa: F401 - installs the patch
-
     name = sys.argv[1]
     found = entry_points(group="console_scripts", name=name)
     if not found:
