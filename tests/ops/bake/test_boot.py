@@ -30,8 +30,12 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 REPORT = r"""#!/bin/bash
-# Test-only: report what first boot produced on the serial console, then power off.
-exec > /dev/ttyS0 2>&1
+# Test-only: report what first boot produced on the serial console, then power off. Written
+# to a file first and to the console once the boot has finished: the serial getty hangs up
+# ttyS0 when it starts (a vhangup), and a second boot, faster, started this report before
+# it, so that every line after the hangup was lost (seen in CI: the report cut off, then the
+# power-off).
+exec > /run/k8simg-test-report 2>&1
 echo "K8SIMG-REPORT-BEGIN"
 echo "cmdline: $(cat /proc/cmdline)"
 echo "firstboot-flag: $([ -e /boot/ignition.firstboot ] && echo present || echo absent)"
@@ -79,7 +83,12 @@ done
 echo "etcd: $out"
 echo "remote: $(sha512sum $REMOTE 2>&1 | cut -d' ' -f1) $(stat -c %a $REMOTE 2>&1)"
 echo "K8SIMG-REPORT-END"
-systemctl poweroff
+exec systemd-run --no-block --unit k8simg-test-report-out /bin/bash -c '
+    timeout 300 systemctl is-system-running --wait >/dev/null  # a stuck job: report anyway
+    for i in $(seq 50); do pgrep -x agetty >/dev/null && break; sleep 0.2; done
+    sleep 1
+    cat /run/k8simg-test-report > /dev/ttyS0  # opened after the serial getty took the tty
+    systemctl poweroff'
 """
 
 
