@@ -52,8 +52,11 @@ def free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def processes():
-    """Start processes through the yielded ``start``; all of them are killed on exit."""
+def processes(kill: bool = False):
+    """Start processes through the yielded ``start``; all of them are stopped on exit: by
+    SIGTERM with 10 s to go before SIGKILL, or with ``kill`` by SIGKILL at once. Three etcd
+    members stopped together by SIGTERM outlast that deadline: 10 s at the end of every test
+    of such a cluster."""
     procs: list[subprocess.Popen] = []
 
     def start(args, **kw) -> subprocess.Popen:
@@ -67,7 +70,7 @@ def processes():
         for p in procs:
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGTERM)
+                    os.killpg(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 10

@@ -23,7 +23,7 @@ def test_rendered_etcd_forms_a_healthy_tls_cluster(rendered_cluster, tmp_path):
     masters = [n for n in ctx.nodes if n.role == "master"]
     pki = cd.pki_dir
     eps = []
-    with processes() as start:
+    with processes(kill=True) as start:
         for node in masters:
             root = tmp_path / node.name
             doc = render_node(ctx, node)

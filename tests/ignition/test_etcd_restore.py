@@ -147,7 +147,7 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
          .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
          .replace("//127.0.0.1:2381", f"//{new.address}:2381") for a in args[1:]]
     started = time.monotonic()
-    with processes() as start:
+    with processes(kill=True) as start:
         start(rebased, stdout=open(tmp_path / "restored.log", "w"), stderr=subprocess.STDOUT,
               env=env_values(doc, "/etc/k8simg/etcd.env"))
         new_ep = [client_url(new)]

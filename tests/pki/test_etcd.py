@@ -29,7 +29,7 @@ def test_three_member_tls_cluster(make_cluster, clock, tmp_path):
     clients = {m: f"https://127.0.0.1:{ports[2 * i + 1]}" for i, m in enumerate(masters)}
     initial = ",".join(f"{m}={u}" for m, u in peers.items())
     ca = pki / "etcd/ca.crt"
-    with processes() as start:
+    with processes(kill=True) as start:
         for m in masters:
             node = pki / "nodes" / m / "etcd"
             log = open(tmp_path / f"{m}.log", "w")

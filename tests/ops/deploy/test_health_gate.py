@@ -43,7 +43,7 @@ def test_deploy_waits_for_every_member_and_names_one_that_never_answers(tmp_path
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False}, network=NET)
     said: list[str] = []
-    with processes() as start:
+    with processes(kill=True) as start:
         members = Members(cd, start, tmp_path)
         masters = [members.nodes[f"gate-master-{i}"] for i in range(3)]
         first = [(n.name, peer_url(n)) for n in masters]

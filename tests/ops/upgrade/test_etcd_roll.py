@@ -219,7 +219,7 @@ def three_members(tmp_path, request):
     cd = write_cluster(tmp_path / "roll", topology="ha",
                        workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
                        bastion={"enabled": False}, network=NET)
-    with processes() as start:
+    with processes(kill=True) as start:
         members = Members(cd, start, tmp_path, str(etcd_bin), line)
         first = [(members.nodes[f"roll-master-{i}"].name,
                   peer_url(members.nodes[f"roll-master-{i}"])) for i in range(3)]

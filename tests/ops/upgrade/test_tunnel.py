@@ -134,7 +134,7 @@ def bastion_network(tmp_path):
     key_file = tmp_path / "operator_ed25519"
     key_file.write_bytes(operator)
     key_file.chmod(0o600)
-    with PrivateNetwork(tmp_path) as net, processes() as start:
+    with PrivateNetwork(tmp_path) as net, processes(kill=True) as start:
         def start_in_ns(argv, **kw):
             return start(net.exec(argv), **kw)
 
