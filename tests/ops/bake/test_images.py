@@ -223,6 +223,23 @@ def test_node_importer_loads_every_image_once(reg, pause, containerd, tmp_path):
                              capture_output=True, text=True, check=True).stdout
     rows = {ln.split()[0]: ln.split()[2] for ln in listing.splitlines()[1:]}
     assert rows[PAUSE] == pause and rows[ref2] == d2
+    # Imported, not unpacked: no snapshot until a container is made from an image. containerd's
+    # CRI then unpacks what is in the store (as `ctr images mount` does here, through the same
+    # client unpack), so a node unpacks only the images it runs.
+    ctr = ["ctr", "-n", "k8s.io"]
+    snapshots = subprocess.run([*ctr, "snapshots", "ls"], env=env, capture_output=True,
+                               text=True, check=True).stdout
+    assert snapshots.splitlines()[1:] == [], snapshots
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    subprocess.run([*ctr, "images", "mount", ref2, str(target)], env=env, capture_output=True,
+                   text=True, check=True)
+    try:
+        assert (target / "k8simg-test-stand-in").read_text() == \
+            f"k8simg TEST STAND-IN for {ref2}: not the real image\n"
+    finally:
+        subprocess.run([*ctr, "images", "unmount", "--rm", str(target)], env=env,
+                       capture_output=True, check=True)
 
     again = subprocess.run([str(script)], env=env, capture_output=True, text=True)
     assert (again.returncode, again.stdout.strip()) == (0, "baked images already imported")
