@@ -116,8 +116,13 @@ echo "K8SIMG-NODE-REPORT metadata-pod $(ip netns exec k8simg-probe curl -s -m 10
 echo "K8SIMG-NODE-REPORT metadata-node $(curl -s -m 10 -o /dev/null -w '%{http_code}' $url; \
     echo "-exit$?")"
 nft delete table inet k8simg_metadata
-echo "K8SIMG-NODE-REPORT metadata-unblocked-pod $(ip netns exec k8simg-probe curl -s -m 10 $url \
-    | sha256sum | cut -c1-64)"
+# retried, with more time: once, with three guests booting under emulation on two cores, this
+# fetch (then -m 10, no retry) came back empty and the report held the digest of nothing;
+# whatever curl says goes into the report, for the failure's message
+got=$(ip netns exec k8simg-probe curl -sS -m 60 --retry 5 --retry-delay 2 --retry-all-errors \
+    $url 2> /run/k8simg-probe-curl.err | sha256sum | cut -c1-64)
+echo "K8SIMG-NODE-REPORT metadata-unblocked-pod $got$(tr '\n' ' ' < /run/k8simg-probe-curl.err \
+    | sed 's/^./ curl: &/')"
 echo "K8SIMG-NODE-REPORT end"
 """
 
