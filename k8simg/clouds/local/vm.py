@@ -109,6 +109,10 @@ class Vm:
             if marker in text:
                 return text
             if self.process.poll() is not None:
+                # QEMU may have written the marker, then exited, since the read above
+                text = self.log()
+                if marker in text:
+                    return text
                 break
             time.sleep(poll)
         tail = "\n".join(self.log().splitlines()[-30:])
