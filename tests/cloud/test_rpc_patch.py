@@ -3,8 +3,8 @@ oslo.messaging of the cloud's virtualenv, in a process of that virtualenv with t
 tree's plugin first on the path: installed before the driver's import it patches it there; a
 reply waiting is handed over; a reply that never comes times out as upstream's does; another
 oslo.messaging than the one its copy of ``ReplyWaiters.get`` came from is refused. The services
-themselves load it in every tier that starts the test cloud. Marked ``cloud``: it needs the
-cloud's virtualenv, which scripts/test sets up beside the tests that do not."""
+themselves load it in every tier that starts the test cloud. That test is marked ``cloud``: it
+needs the cloud's virtualenv, which scripts/test sets up beside the tests that do not."""
 
 import os
 import subprocess
@@ -15,7 +15,6 @@ import pytest
 from tests.cloud.testcloud import CloudError, default_venv, rpc_interval_checked
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
-pytestmark = pytest.mark.cloud
 
 SCRIPT = """
 import importlib, importlib.metadata
@@ -40,6 +39,7 @@ except RuntimeError as e:
 """
 
 
+@pytest.mark.cloud
 def test_the_patch_hands_replies_over_and_refuses_another_oslo_messaging():
     python = default_venv() / "bin" / "python"
     if not python.exists():
