@@ -104,7 +104,7 @@ class Vm:
         :raises VmError: on timeout or if QEMU exits first, with the console's last lines.
         """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:  # the console is read once more after the last wait, whatever ended it
             text = self.log()
             if marker in text:
                 return text
@@ -113,6 +113,8 @@ class Vm:
                 text = self.log()
                 if marker in text:
                     return text
+                break
+            if time.monotonic() >= deadline:
                 break
             time.sleep(poll)
         tail = "\n".join(self.log().splitlines()[-30:])

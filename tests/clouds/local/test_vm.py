@@ -39,3 +39,16 @@ def test_qemu_exiting_without_the_marker_is_an_error_with_its_last_lines(tmp_pat
     proc = exited_after_writing(console, "Kernel panic - not syncing")
     with pytest.raises(VmError, match="n: exited; last console lines:\nKernel panic"):
         Vm("n", proc, console).wait_for("K8SIMG-REPORT-END", timeout=30, poll=0.01)
+
+
+def test_a_marker_written_during_the_last_wait_is_found(tmp_path):
+    console = tmp_path / "console.log"
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        vm = Vm("n", sleeper, ReadBeforeTheWrite(console))
+        console.write_text("K8SIMG-REPORT-END\n")  # after the first read, before the deadline
+        assert vm.wait_for("K8SIMG-REPORT-END", timeout=0.05, poll=0.2).strip() == \
+            "K8SIMG-REPORT-END"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
