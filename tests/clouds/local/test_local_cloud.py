@@ -117,12 +117,13 @@ echo "K8SIMG-NODE-REPORT metadata-node $(curl -s -m 10 -o /dev/null -w '%{http_c
     echo "-exit$?")"
 nft delete table inet k8simg_metadata
 # retried, with more time: once, with three guests booting under emulation on two cores, this
-# fetch (then -m 10, no retry) came back empty and the report held the digest of nothing;
-# whatever curl says goes into the report, for the failure's message
-got=$(ip netns exec k8simg-probe curl -sS -m 60 --retry 5 --retry-delay 2 --retry-all-errors \
-    $url 2> /run/k8simg-probe-curl.err | sha256sum | cut -c1-64)
-echo "K8SIMG-NODE-REPORT metadata-unblocked-pod $got$(tr '\n' ' ' < /run/k8simg-probe-curl.err \
-    | sed 's/^./ curl: &/')"
+# fetch (then -m 10, no retry, piped) came back empty and the report held the digest of
+# nothing. Into a file (a retry starts it again); curl's exit and complaint are reported too.
+: > /run/k8simg-probe-user-data
+ip netns exec k8simg-probe curl -sS -m 60 --retry 5 --retry-delay 2 --retry-all-errors \
+    -o /run/k8simg-probe-user-data $url 2> /run/k8simg-probe-curl.err
+echo "K8SIMG-NODE-REPORT metadata-unblocked-curl exit$?$(tr ' \\n' '__' < /run/k8simg-probe-curl.err)"
+echo "K8SIMG-NODE-REPORT metadata-unblocked-pod $(sha256sum < /run/k8simg-probe-user-data | cut -c1-64)"
 echo "K8SIMG-NODE-REPORT end"
 """
 
@@ -271,6 +272,7 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         assert report["metadata-pod"].startswith("000-exit"), report
         assert report["metadata-node"].startswith("000-exit"), report
         user_data = (open_cloud(cd, cd.load()).node_path(n["name"]) / "user_data").read_bytes()
+        assert report["metadata-unblocked-curl"] == "exit0", report  # else its complaint
         assert report["metadata-unblocked-pod"] == hashlib.sha256(user_data).hexdigest(), report
         console = console_text(Path(n["console_file"]))  # escape sequences removed
         assert f"{n['name']} login:" in console
