@@ -65,13 +65,21 @@ def etcdctl_retried(cloud, *args, endpoint=None, within: float = 120):
 REPORT = """#!/bin/bash
 # Test-only: once the node is up, report its units' states on the serial console.
 exec > /dev/ttyS0 2>&1
+# each unit asked on its own: `is-active -q A B` succeeds when either is active
 for i in $(seq 1 150); do
-    systemctl is-active -q containerd.service k8simg-etcd.service && break
+    systemctl is-active -q containerd.service && systemctl is-active -q k8simg-etcd.service \
+        && break
     sleep 2
 done
 for u in containerd.service k8simg-etcd.service var-lib-containerd.mount etcd.service; do
     echo "K8SIMG-NODE-REPORT unit $u $(systemctl is-active $u)"
 done
+if ! systemctl is-active -q containerd.service; then  # why, for the failure's message
+    systemctl show -p SubState -p Result -p NRestarts -p ExecMainStatus containerd.service \
+        | sed 's/^/K8SIMG-CONTAINERD-LOG /'
+    journalctl -b -u containerd.service -o short-monotonic --no-pager | tail -n 15 \
+        | sed 's/^/K8SIMG-CONTAINERD-LOG /'
+fi
 echo "K8SIMG-NODE-REPORT hostname $(hostname)"
 echo "K8SIMG-NODE-REPORT etcd-restarts $(systemctl show -p NRestarts --value k8simg-etcd.service)"
 # The real root's networkd keeps the address the initramfs leased on the node's NIC (the
@@ -170,6 +178,9 @@ def node_report(console: Path, timeout: float = 600) -> dict:
     log = re.findall(r"K8SIMG-ETCD-LOG (.*)", text)
     if log:
         found["etcd-log"] = "\n".join(line.rstrip() for line in log)
+    log = re.findall(r"K8SIMG-CONTAINERD-LOG (.*)", text)
+    if log:
+        found["containerd-log"] = "\n".join(line.rstrip() for line in log)
     return found
 
 
@@ -254,7 +265,8 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
     for n in nodes:
         report = node_report(Path(n["console_file"]))
         assert report["hostname"] == n["name"]
-        assert report["unit containerd.service"] == "active", report
+        assert report["unit containerd.service"] == "active", \
+            f"{n['name']}: {report}\n" + report.get("containerd-log", "")
         why = f"{n['name']}: {report}\n" + report.get("etcd-log", "(no etcd log)")
         assert report["unit k8simg-etcd.service"] == "active", why
         # not killed while it waited for its peers (no start timeout), nor crashed
