@@ -56,6 +56,17 @@ def leftovers(cd, pids) -> list[str]:
     return found
 
 
+def keep_consoles(cd) -> None:
+    """The nodes' serial consoles copied to ``<cluster dir>-consoles/<node>.log`` before
+    destroy removes them with the nodes: a failed test's stay in pytest's temporary folder."""
+    logs = sorted((cd.path / "local" / "nodes").glob("*/console.log"))
+    if logs:
+        kept = cd.path.parent / f"{cd.path.name}-consoles"
+        kept.mkdir(exist_ok=True)
+        for log in logs:
+            shutil.copyfile(log, kept / f"{log.parent.name}.log")
+
+
 @pytest.fixture
 def local_cluster():
     """Clusters made by a test are destroyed after it, whatever happened, and checked to
@@ -63,6 +74,7 @@ def local_cluster():
     made = []
     yield made.append
     for cd in made:
+        keep_consoles(cd)
         pids = [r.pid for r in ProcessTable(cd.path / "local" / "processes.json").all().values()]
         try:
             Deployment.for_cluster(cd).destroy()
