@@ -104,17 +104,14 @@ class Vm:
         :raises VmError: on timeout or if QEMU exits first, with the console's last lines.
         """
         deadline = time.monotonic() + timeout
-        while True:  # the console is read once more after the last wait, whatever ended it
+        while True:
+            # QEMU looked at before the console is read: what it wrote before exiting is read
+            # too; and the console is read after the last wait, whatever ended it
+            exited = self.process.poll() is not None
             text = self.log()
             if marker in text:
                 return text
-            if self.process.poll() is not None:
-                # QEMU may have written the marker, then exited, since the read above
-                text = self.log()
-                if marker in text:
-                    return text
-                break
-            if time.monotonic() >= deadline:
+            if exited or time.monotonic() >= deadline:
                 break
             time.sleep(poll)
         tail = "\n".join(self.log().splitlines()[-30:])

@@ -9,8 +9,7 @@ from k8simg.clouds.local.vm import Vm, VmError
 
 
 class ReadBeforeTheWrite:
-    """A console whose first read comes before the process wrote it (the read, then QEMU's
-    last line and exit, then wait_for's look at the process)."""
+    """A console whose first read comes before the process wrote it."""
 
     def __init__(self, path: Path):
         self.path, self.reads = path, 0
@@ -18,6 +17,17 @@ class ReadBeforeTheWrite:
     def read_text(self, errors=None) -> str:
         self.reads += 1
         return "" if self.reads == 1 else self.path.read_text(errors=errors)
+
+
+class ExitsAfterTheFirstRead:
+    """QEMU's process, running until the console's first read and exited after it (its last
+    line written and its exit in between)."""
+
+    def __init__(self, process: subprocess.Popen, console: ReadBeforeTheWrite):
+        self.process, self.console = process, console
+
+    def poll(self):
+        return None if self.console.reads == 0 else self.process.poll()
 
 
 def exited_after_writing(console: Path, text: str) -> subprocess.Popen:
@@ -29,7 +39,8 @@ def exited_after_writing(console: Path, text: str) -> subprocess.Popen:
 def test_a_marker_written_just_before_qemu_exits_is_found(tmp_path):
     console = tmp_path / "console.log"
     proc = exited_after_writing(console, "K8SIMG-REPORT-END")
-    vm = Vm("n", proc, ReadBeforeTheWrite(console))
+    read = ReadBeforeTheWrite(console)
+    vm = Vm("n", ExitsAfterTheFirstRead(proc, read), read)
     assert vm.wait_for("K8SIMG-REPORT-END", timeout=30, poll=0.01).strip() == "K8SIMG-REPORT-END"
     assert vm.console.reads == 2
 
