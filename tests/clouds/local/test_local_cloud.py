@@ -175,12 +175,10 @@ def node_report(console: Path, timeout: float = 600) -> dict:
     for m in re.finditer(rf"K8SIMG-NODE-REPORT ({keys}) (\S+)", text):
         found[m.group(1)] = m.group(2)
     assert found, f"no report on {console}"
-    log = re.findall(r"K8SIMG-ETCD-LOG (.*)", text)
-    if log:
-        found["etcd-log"] = "\n".join(line.rstrip() for line in log)
-    log = re.findall(r"K8SIMG-CONTAINERD-LOG (.*)", text)
-    if log:
-        found["containerd-log"] = "\n".join(line.rstrip() for line in log)
+    for unit in ("etcd", "containerd"):
+        log = re.findall(rf"K8SIMG-{unit.upper()}-LOG (.*)", text)
+        if log:
+            found[f"{unit}-log"] = "\n".join(line.rstrip() for line in log)
     return found
 
 

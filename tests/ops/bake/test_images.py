@@ -219,14 +219,14 @@ def test_node_importer_loads_every_image_once(reg, pause, containerd, tmp_path):
     assert first.returncode == 0, first.stderr
     assert f"imported {PAUSE} {pause}" in first.stdout
     assert f"imported {ref2} {d2}" in first.stdout
-    listing = subprocess.run(["ctr", "-n", "k8s.io", "images", "list"], env=env,
-                             capture_output=True, text=True, check=True).stdout
+    ctr = ["ctr", "-n", "k8s.io"]
+    listing = subprocess.run([*ctr, "images", "list"], env=env, capture_output=True, text=True,
+                             check=True).stdout
     rows = {ln.split()[0]: ln.split()[2] for ln in listing.splitlines()[1:]}
     assert rows[PAUSE] == pause and rows[ref2] == d2
     # Imported, not unpacked: no snapshot until a container is made from an image. containerd's
     # CRI then unpacks what is in the store (as `ctr images mount` does here, through the same
     # client unpack), so a node unpacks only the images it runs.
-    ctr = ["ctr", "-n", "k8s.io"]
     snapshots = subprocess.run([*ctr, "snapshots", "ls"], env=env, capture_output=True,
                                text=True, check=True).stdout
     assert snapshots.splitlines()[1:] == [], snapshots
