@@ -19,6 +19,7 @@ KUBELET_ENV = f"{ENV_DIR}/kubelet.env"
 ADDONS_ENV = f"{ENV_DIR}/addons.env"
 ADDONS_DIR = "/usr/share/k8simg/addons"
 IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
+ADDONS_APPLIER = "/usr/libexec/k8simg/apply-addons"
 ETCD_RESTORE = "/usr/libexec/k8simg/etcd-restore"
 ETCD_RESTORE_ENV = "/etc/k8simg/etcd-restore.env"  # the snapshot's key: a restoring member's
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
@@ -81,7 +82,7 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
            "kubelet_env": KUBELET_ENV,
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
            "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
-           "importer": IMAGE_IMPORTER, "restore_script": ETCD_RESTORE,
+           "importer": IMAGE_IMPORTER, "addons_applier": ADDONS_APPLIER, "restore_script": ETCD_RESTORE,
            "restore_env": ETCD_RESTORE_ENV, "restore_source": RESTORE_SOURCE,
            "restore_dir": RESTORE_DIR,
            # etcd's snapshot files are etcdutl's from 3.5 on; the 3.4 line has only etcdctl
@@ -101,6 +102,7 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
         f"{unit_dir}/k8simg-images.service": (0o644, template("image/k8simg-images.service.j2",
                                                              **ctx)),
         IMAGE_IMPORTER: (0o755, template("image/import-images.sh.j2", **ctx)),
+        ADDONS_APPLIER: (0o755, template("image/apply-addons.sh.j2", **ctx)),
         "/etc/containerd/config.toml": (0o644, template("image/containerd-config.toml.j2", **ctx)),
         "/etc/sysctl.d/90-k8simg.conf": (0o644, template("image/sysctl.conf.j2")),
         "/etc/modules-load.d/k8simg.conf": (0o644, template("image/modules.conf.j2")),

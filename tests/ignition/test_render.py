@@ -10,6 +10,8 @@ from k8simg.cli import cli
 from k8simg.errors import RenderError
 from k8simg.ignition.document import dumps
 from k8simg.ignition.image import (
+    ADDONS_APPLIER,
+    ADDONS_ENV,
     DEVICE_WAITS,
     STORAGE_BINDS,
     STORAGE_ROOT,
@@ -137,7 +139,8 @@ def test_master_has_the_control_plane(rendered_cluster):
         "-f /usr/share/k8simg/addons/core -f /usr/share/k8simg/addons/openstack "
         "-f /etc/k8simg/addons.yaml")
     applier = unit_text(doc, "k8simg-addons.service", version)
-    assert "apply --server-side" in applier and "until " in applier and "$ADDONS" in applier
+    assert f"ExecStart={ADDONS_APPLIER}\n" in applier  # run: test_addons_applier.py
+    assert f"EnvironmentFile={ADDONS_ENV}\n" in applier
 
 
 def test_the_default_storage_class_keeps_to_the_clusters_availability_zone(rendered_cluster):
