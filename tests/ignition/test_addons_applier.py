@@ -1,6 +1,6 @@
 """The add-on applier every master runs (the image's script, the config's kubeconfig and
-environment): it waits for its API server with curl, never with kubectl's apply, then applies
-once the server answers."""
+environment): it waits for its API server with a TCP connect of bash's own, never with
+kubectl's apply, then applies once the server answers."""
 
 import os
 import subprocess
