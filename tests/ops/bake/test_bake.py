@@ -99,6 +99,7 @@ def test_files_are_in_the_image(baked_image, baked_root, tmp_path):
     got = root_files(baked_root, [
         f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{pause['archive']}",
         "/usr/libexec/k8simg/import-images", "/etc/systemd/system/k8simg-images.service",
+        "/usr/libexec/k8simg/apply-addons",
         "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
         "/usr/bin/etcdutl",
         "/usr/bin/containerd", "/usr/bin/runc", "/usr/lib/cni/bridge", "/usr/sbin/dockerd",
@@ -146,6 +147,7 @@ def test_files_are_in_the_image(baked_image, baked_root, tmp_path):
     archive.write_bytes(got[f"{IMAGES_DIR}/{pause['archive']}"])
     assert verify_archive(archive, ImageSpec("pause", pause["ref"]), pause["digest"])
     assert got["/usr/libexec/k8simg/import-images"].startswith(b"#!/bin/sh")
+    assert got["/usr/libexec/k8simg/apply-addons"].startswith(b"#!/bin/bash")
     assert b"Before=kubelet.service" in got["/etc/systemd/system/k8simg-images.service"]
 
 
