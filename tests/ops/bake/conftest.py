@@ -117,10 +117,10 @@ def baked_image():
     return _started("baked")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def baked_root(baked_image, tmp_path_factory):
     """The baked image's root filesystem as an ext4 file, cut out once for the five tests
-    that read it with debugfs (read-only)."""
+    that read it with debugfs (read-only); removed after the module's tests."""
     with root_partition(baked_image[0], tmp_path_factory.mktemp("baked-root")) as part:
         yield part
 
@@ -135,19 +135,21 @@ def rebaked_image(baked_image):
 @contextlib.contextmanager
 def root_partition(image: Path, tmp: Path):
     """The image's root filesystem as an ext4 file, for debugfs (nothing mounted): the disk's
-    first MiB read to find the partition, then qemu-img converts from there. (Converting the
-    whole disk to raw and cutting the partition out with dd took 45 s; this takes 3.)
-    Removed afterwards."""
+    first MiB read to find the partition (the bake's disk has an MBR table, all in the first
+    sector; a GPT's backup header at the disk's end would be missed), then qemu-img converts
+    just that partition. (Converting the whole disk to raw and cutting the partition out with
+    dd took 45 s; this takes 3.) Removed afterwards."""
     head, part = tmp / "disk-head", tmp / "root.ext4"
     try:
         subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={image}",
                         f"of={head}", "bs=1M", "count=1"], check=True, capture_output=True)
-        out = subprocess.run(["partx", "-g", "-b", "-o", "START", "--nr", "1", str(head)],
-                             check=True, capture_output=True, text=True)
-        offset = int(out.stdout.split()[0]) * 512
+        out = subprocess.run(["partx", "-g", "-b", "-o", "START,SECTORS", "--nr", "1",
+                              str(head)], check=True, capture_output=True, text=True)
+        start, sectors = (int(n) * 512 for n in out.stdout.split())
+        source = str(image).replace(",", ",,")  # --image-opts' own escape
         subprocess.run(["qemu-img", "convert", "-O", "raw", "--image-opts",
-                        f"driver=raw,offset={offset},file.driver=qcow2,"
-                        f"file.file.filename={image}", str(part)], check=True,
+                        f"driver=raw,offset={start},size={sectors},file.driver=qcow2,"
+                        f"file.file.filename={source}", str(part)], check=True,
                        capture_output=True)
         yield part
     finally:
