@@ -430,17 +430,17 @@ def killed_deploy(cd, kill_after: str, env) -> list[str]:
 
 
 def test_killed_deploy_converges_on_rerun(os_cloud, image, tmp_path):
-    """Killed right after it starts on the security groups; its re-run killed right after it
-    starts on the load balancer; that one's re-run killed right after it starts on a server
-    (each point reached on the run that picks up the one before, in the order a deploy makes
-    them); then a re-run converges on exactly the cluster, with no duplicate of anything.
-    (Once three tests, each killed from nothing: the same kill points, a third of the test
-    cloud's work.)"""
+    """Killed right after it says it creates a security group; its re-run killed right after
+    it says it creates the load balancer (made beside the nodes' ports, volumes and servers);
+    that one's re-run right after it says it creates a server; then a re-run converges on
+    exactly the cluster, with no duplicate of anything. (Once three tests, each killed from
+    nothing: the same kill points, a third of the test cloud's work.)"""
     cd = cluster(tmp_path, "kill", topology="one-master", masters=1, workers=2, bastion=True)
     env = dict(os.environ)
     # --no-wait: the test cloud's servers run nothing, no etcd to wait for
-    for kill_after in ("create   security group", "create   load balancer", "create   server"):
-        killed_deploy(cd, kill_after, env)
+    for kind in ("security group", "load balancer", "server"):
+        # the whole kind (a "server group" or "security group rule" line is not a kill point)
+        killed_deploy(cd, f"{'create':8} {kind:22} {cd.load().name}-", env)
         time.sleep(1)
     r = subprocess.run([sys.executable, "-m", "k8simg", "deploy", str(cd.path), "--no-wait",
                         "-o", "json"], capture_output=True, text=True, env=env, timeout=900)
