@@ -687,13 +687,22 @@ class TestCloud:
     def seed(self) -> None:
         """Flavors, the external network, and every compute host known to Nova."""
         conn = self.admin()
-        self.wait("three nova-compute services up", lambda: len(
+        # Every compute host mapped to the cell. Nothing looks for new hosts later (the
+        # scheduler's periodic discovery is off), so a host missed here would stay unplaceable;
+        # and a service record is "up" before its compute node exists for discover_hosts to
+        # find: discovered again until all are mapped.
+        self.wait(f"{len(COMPUTES)} nova-compute services up", lambda: len(
             [s for s in conn.compute.services(binary="nova-compute") if s.state == "up"])
             == len(COMPUTES), 180)
-        self.run("nova-manage", [self.bin("nova-manage"), "--config-file",
-                                 str(self.etc / "nova" / "nova.conf"), "cell_v2",
-                                 "discover_hosts", "--verbose"])
-        self.wait("three hypervisors", lambda: len(list(conn.compute.hypervisors()))
+        manage = [self.bin("nova-manage"), "--config-file", str(self.etc / "nova" / "nova.conf"),
+                  "cell_v2"]
+
+        def mapped() -> bool:
+            self.run("nova-manage", [*manage, "discover_hosts", "--verbose"])
+            hosts = self.run("nova-manage", [*manage, "list_hosts"])
+            return all(f" {h} " in hosts for h in COMPUTES)
+        self.wait(f"{len(COMPUTES)} compute hosts mapped to the cell", mapped, 180, interval=2)
+        self.wait(f"{len(COMPUTES)} hypervisors", lambda: len(list(conn.compute.hypervisors()))
                   == len(COMPUTES), 120)
         self.wait("cinder-volume up", lambda: any(
             s.binary == "cinder-volume" and s.state == "up"
