@@ -262,6 +262,9 @@ def _boots(baked, image, tmp_path, sha, port):
         r["trouble"]
     # A late udev does not fail the volume's mounts or the console for good (the image's waits)
     assert r["wait"] == {path_unit_name(d, "device"): DEVICE_TIMEOUT for d in DEVICE_WAITS}
+    # the add-on applier found its API server in the node's kubeconfig and waits for it (the
+    # test image has no API server): running, not failed
+    assert r["unit"]["k8simg-addons.service"] == "enabled active", r["trouble"]
     # no Debian etcd in an image with Kubernetes: k8simg-etcd runs the etcd image's etcd
     assert r["unit"]["etcd.service"].split()[-1] == "inactive"
     assert r["mount"] == "/dev/vdb ext4"
