@@ -82,7 +82,8 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
            "kubelet_env": KUBELET_ENV,
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
            "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
-           "importer": IMAGE_IMPORTER, "addons_applier": ADDONS_APPLIER, "restore_script": ETCD_RESTORE,
+           "importer": IMAGE_IMPORTER, "addons_applier": ADDONS_APPLIER,
+           "restore_script": ETCD_RESTORE,
            "restore_env": ETCD_RESTORE_ENV, "restore_source": RESTORE_SOURCE,
            "restore_dir": RESTORE_DIR,
            # etcd's snapshot files are etcdutl's from 3.5 on; the 3.4 line has only etcdctl

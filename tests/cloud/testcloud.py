@@ -278,8 +278,8 @@ class TestCloud:
             "cinder": {**{k: v for k, v in service.items() if k != "region_name"},
                        "os_region_name": REGION, "username": "cinder"},
             "glance": {"region_name": REGION},
-            # one worker each (upstream: one per CPU); hosts are discovered once, by
-            # nova-manage when the computes are up (seed), not by the scheduler every 2 s
+            # one worker each (upstream: one per CPU); hosts are discovered by nova-manage
+            # until all are mapped (seed), not by the scheduler every 2 s
             "scheduler": {"workers": 1},
             "conductor": {"workers": 1},
             "wsgi": {"api_paste_config": str(venv_etc / "nova" / "api-paste.ini")},

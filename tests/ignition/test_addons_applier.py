@@ -68,8 +68,8 @@ def test_kubectl_waits_for_an_answering_api_then_applies(rendered_cluster, tmp_p
         assert run.returncode == 0, out
     apply = (f"kubectl --kubeconfig={kubeconfig} apply --server-side --force-conflicts "
              f"--field-manager=k8simg {addons}")
-    after = calls(log)[calls(log).index(apply):]
-    assert after == [apply, "sleep 10", apply], calls(log)
+    made = calls(log)
+    assert made[made.index(apply):] == [apply, "sleep 10", apply], made
     assert f"apply-addons: waiting for the API server at 127.0.0.1:{port}" in out
 
 
