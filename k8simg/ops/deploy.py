@@ -10,7 +10,6 @@ retired (:mod:`k8simg.ops.lifecycle`).
 """
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from k8simg.ops.etcd import (
     planned_endpoints,
     wait_healthy,
 )
-from k8simg.ops.lifecycle import Lifecycle
+from k8simg.ops.lifecycle import Lifecycle, boot_tasks
 from k8simg.ops.skew import skew_problems
 from k8simg.pki import cluster_pki
 
@@ -275,19 +274,8 @@ class Deployment:
             desired.record(self.cluster.state, user_data, cloud.nodes())
         masters = [n for n in self.nodes if n.role == "master"]
 
-        def in_turn(group):
-            def boot():
-                if len(group) > 1 and not self.dry:
-                    # ports and volumes at once; the servers placed in turn, then waited for
-                    cloud.parallel([functools.partial(cloud.prepare_node, n, infra)
-                                    for n in group])
-                    for n in group:
-                        cloud.place_node(n, user_data.get(n.name), infra)
-                return [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
-            return boot
-
-        said = cloud.parallel([in_turn(g) for g in cloud.boot_groups(self.nodes)]
-                              + [lambda: cloud.ensure_api_members(masters, infra)])
+        said = cloud.parallel([*boot_tasks(cloud, self.nodes, user_data, infra, dry=self.dry),
+                               lambda: cloud.ensure_api_members(masters, infra)])
         for warning in [w for group in said[:-1] for w in group if w]:
             self.warn(warning)
         if not self.dry:

@@ -8,6 +8,7 @@ A gate that cannot be observed is never passed silently: it is refused, or (with
 skipped.
 """
 
+import functools
 from collections.abc import Callable
 
 from k8simg.clouds.base import Cloud, Infra
@@ -17,6 +18,23 @@ from k8simg.model.plan import Node
 from k8simg.ops.drain import ApiAccess, DrainResult, api_access, cordon, drain, wait_ready
 
 Events = Callable[[str, dict], None]
+
+
+def boot_tasks(cloud: Cloud, nodes: list[Node], user_data: dict[str, bytes],
+               infra: Infra, *, dry: bool = False) -> list[Callable[[], list[str | None]]]:
+    """One task per boot group of ``nodes`` (:meth:`Cloud.boot_groups`), for
+    :meth:`Cloud.parallel`: a group's ports and volumes at once, its servers placed in turn,
+    then each ensured; each task returns the cloud's warnings. The nodes are not waited for."""
+    def in_turn(group: list[Node]) -> Callable[[], list[str | None]]:
+        def boot() -> list[str | None]:
+            if len(group) > 1 and not dry:
+                cloud.parallel([functools.partial(cloud.prepare_node, n, infra)
+                                for n in group])
+                for n in group:
+                    cloud.place_node(n, user_data.get(n.name), infra)
+            return [cloud.ensure_node(n, user_data.get(n.name), infra) for n in group]
+        return boot
+    return [in_turn(g) for g in cloud.boot_groups(nodes)]
 
 
 class Unobservable(K8simgError):
@@ -89,6 +107,20 @@ class Lifecycle:
         self.cloud.wait_ready([node])
         self.emit("node-up", {"node": node.name})
         return warning
+
+    def boot_all(self, nodes: list[Node], user_data: dict[str, bytes], infra: Infra
+                 ) -> list[str]:
+        """Boot ``nodes`` side by side (as a deploy boots them) and wait until the cloud says
+        each is up.
+
+        :returns: the cloud's warnings about them.
+        :raises NodeFailed: naming those whose boot fails.
+        """
+        said = self.cloud.parallel(boot_tasks(self.cloud, nodes, user_data, infra))
+        self.cloud.wait_ready(nodes)
+        for n in nodes:
+            self.emit("node-up", {"node": n.name})
+        return [w for group in said for w in group if w]
 
     def ready_gate(self, node: Node, gate: str = "node-ready") -> None:
         """The node registered and Ready (for a master: its API server and kubelet up), or
