@@ -57,10 +57,10 @@ STORAGE_DEVICE = "/dev/vdb"  # the second virtio disk: the Cinder volume deploy 
 class EtcdRestore:
     """The snapshot a restoring member's first boot makes its etcd data from (k8simg restore).
 
-    :param node: the member that restores (the others join it as learners).
+    :param node: the member that restores (each new master restores the same snapshot).
     :param url: where Ignition fetches the snapshot (encrypted for the trip) from.
     :param sha512: the fetched file's SHA-512 (hex): Ignition refuses any other.
-    :param key: the trip's AES-256-CTR key (hex), for this node only.
+    :param key: the trip's AES-256-CTR key (hex), in the restoring masters' configs only.
     :param iv: its counter block (hex).
     """
 
@@ -85,7 +85,8 @@ class RenderContext:
     service_network: ServiceNetwork | None = None
     # The cluster's UID: with its name, what ties what the cloud integrations make to it.
     uid: str | None = None
-    # A restore: the member whose etcd is made from a snapshot at its first boot.
+    # A restore: the node rendered now, if it is the one named, makes its etcd from the
+    # snapshot at its first boot (a restore sets it for each new master in turn).
     restore: EtcdRestore | None = None
 
     @property

@@ -112,7 +112,8 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
               help="Restore even though etcd still has a healthy quorum (every write since "
                    "the snapshot is lost).")
 @click.option("--timeout", default=1800, show_default=True, type=click.IntRange(1),
-              metavar="SECONDS", help="How long each new master's boot and join may take.")
+              metavar="SECONDS", help="How long the new masters' boot, and then each one's "
+                   "etcd, may take.")
 @click.option("--skip-unobservable", is_flag=True,
               help="Where etcd cannot be asked at all (a test cloud whose servers run "
                    "nothing), with --force: go on as if no member were healthy and boot the "
@@ -123,9 +124,10 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
 def restore(cluster, cloud, snapshot, plan, force, timeout, skip_unobservable, ssh_keys,
             output):
     """Bring back a control plane that lost its etcd quorum from a sealed snapshot: new
-    masters (the next indices), the first restoring the snapshot at its first boot, the
-    others joining it; the API load balancer moved to them, the old masters removed. Workers
-    keep running. Refused while etcd has a healthy quorum (that is an upgrade's job).
+    masters (the next indices), booted side by side, each restoring the snapshot at its first
+    boot as a member of their new cluster; the API load balancer moved to them, the old
+    masters removed. Workers keep running. Refused while etcd has a healthy quorum (that is
+    an upgrade's job).
 
     Exit codes: 0 done, 4 refused (nothing changed), 1 failed (re-run to resume). With
     --output json, one JSON object per line and step on stdout.

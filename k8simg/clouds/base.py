@@ -399,19 +399,21 @@ class Cloud(abc.ABC):
     def restore_unsupported(self) -> str | None:
         """Why a restore cannot run on this cloud yet (None: it can); see
         :meth:`stage_restore`."""
-        return (f"a restore on {self.where} needs somewhere its first master fetches the "
+        return (f"a restore on {self.where} needs somewhere its new masters fetch the "
                 "snapshot from (Swift, on OpenStack), which k8simg has not yet")
 
-    def stage_restore(self, node: str, path: Path) -> str:
-        """Put the file ``path`` (a snapshot encrypted for the trip) where the restoring node
-        ``node``, alone, fetches it at first boot; returns its URL.
+    def stage_restore(self, nodes: list[str], path: Path) -> str:
+        """Put the file ``path`` (a snapshot encrypted for the trip) where the restoring nodes
+        ``nodes`` fetch it at first boot; returns its URL. What an earlier staging of the same
+        restore put there stays until :meth:`unstage_restore` (a node it was staged for may
+        still be booting).
 
         :raises CloudError: when this cloud cannot serve one yet.
         """
         raise CloudError(self.restore_unsupported() or "")
 
-    def unstage_restore(self, node: str) -> None:  # noqa: B027  (nothing staged: nothing to do)
-        """Remove what :meth:`stage_restore` put there for ``node``; nothing staged is no
+    def unstage_restore(self, nodes: list[str]) -> None:  # noqa: B027  (nothing staged)
+        """Remove what :meth:`stage_restore` put there for ``nodes``; nothing staged is no
         error."""
 
     def object_container(self, name: str) -> ObjectContainer:

@@ -118,27 +118,6 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
     events("old-stopped", {"node": old.name})
 
 
-def join_member(etcd: Etcd, new: Node, *, voters: int,
-                start: Callable[[Node, list[tuple[str, str]]], None],
-                endpoints: Callable[[], list[str]], events: Events = lambda _s, _d: None,
-                timeout: float = 600, hook: Callable[[str], None] = lambda _step: None) -> None:
-    """Add the member on ``new`` to a cluster of ``voters`` voting members the way
-    :func:`replace_member` adds one (a learner, started, promoted once in sync), with no member
-    leaving: how a restore grows its one restored member to the cluster's size. Run again after
-    an interruption, it goes on where it stopped.
-
-    :raises EtcdAbort: when the preflight finds etcd unfit (nothing changed).
-    """
-    members = etcd.members(endpoints())
-    mine = _by_peer(members, new)
-    if mine is not None and mine.started and not mine.learner:
-        wait_healthy(etcd, client_url(new), timeout)
-        return
-    _remove_stale_learners(etcd, members, mine, events, hook)
-    members = preflight(etcd, endpoints(), voters)
-    _add_start_promote(etcd, new, members, start, endpoints, events, hook, timeout)
-
-
 def _remove_stale_learners(etcd: Etcd, members: list[Member], mine: Member | None,
                            events: Events, hook: Callable[[str], None]) -> None:
     """Learners: ours (``mine``, added by an interrupted run) is kept; any other that never

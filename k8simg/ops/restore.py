@@ -6,14 +6,18 @@ broken) comes back from a sealed snapshot as new masters, the way an upgrade bri
    refuses the restore (that is an upgrade's job) unless forced. The replacements are the
    masters' next indices, recorded in ``state.json`` before anything boots, so a run killed
    anywhere and run again goes on with the same ones.
-2. The first new master's config names the snapshot as a remote file (encrypted for the trip
-   under a key only that config carries; :mod:`k8simg.ops.snapshot`); the cloud serves it to
-   that node alone (the local cloud's metadata service). Its first boot restores the snapshot
-   into a one-member cluster before etcd starts.
-3. The others join it as learners and are promoted (:func:`k8simg.ops.membership.join_member`).
+2. Every new master's config names the snapshot as a remote file (encrypted for the trip
+   under a key only those configs carry; :mod:`k8simg.ops.snapshot`); the cloud serves it to
+   them (the local cloud's metadata service, to those nodes alone; OpenStack, a Swift temporary
+   URL). Each first boot restores the snapshot before etcd starts, as a member of the new
+   masters' cluster, with its own name and peer URL: etcd's own recovery of a cluster (every
+   member restored from the same snapshot, started together), so the new masters boot side by
+   side and none waits for another to join it.
+3. Once every new member answers healthy, and the voting members are exactly the new masters,
+   the staged snapshot is removed.
 4. The API load balancer is pointed at the new masters; the old masters' servers and volumes
-   are removed (where masters need distinct hosts, OpenStack's hard anti-affinity, each just
-   before its replacement boots, so that a restore needs no more hosts than an upgrade).
+   are removed (where masters need distinct hosts, OpenStack's hard anti-affinity, before the
+   new ones boot, so that a restore needs no more hosts than the masters).
    Workers are not touched: same CA, same API address.
 """
 
@@ -32,7 +36,7 @@ from k8simg.ops import desired
 from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.etcd import EtcdError, etcd_client, planned_endpoints
 from k8simg.ops.lifecycle import Lifecycle
-from k8simg.ops.membership import join_member, wait_healthy
+from k8simg.ops.membership import wait_healthy
 from k8simg.ops.snapshot import (
     Header,
     SnapshotError,
@@ -152,7 +156,7 @@ class Restore:
             raise RestoreAborted(f"{e}; nothing was changed") from None
         chosen = self.chosen()
         names = {n.name for n in self.nodes()}
-        # in the order first chosen: the first is the member that restores
+        # in the order first chosen: the new masters' order, and the events', stay the same
         resumed = sorted(chosen.items(), key=lambda kv: int(kv[1].rsplit("-", 1)[1]))
         if chosen and not any(old in names for old in chosen):
             return RestorePlan(self.snapshot, header, [], resumed, True)
@@ -243,46 +247,38 @@ class Restore:
         infra = self.cloud.ensure_infrastructure(pre, [*others, *news])
         life = Lifecycle(self.cluster, self.cloud, has_kubernetes=pre.image.has_kubernetes,
                          timeout=self.timeout, events=self.emit)
-        first, rest = news[0], news[1:]
         deleted: set[str] = set()
-
-        def make_room(k: int) -> None:
-            """Where masters need distinct hosts, the k-th lost master goes before the k-th
-            new one boots (it is lost already: the quorum is gone, or the restore forced)."""
-            if self.cloud.masters_on_distinct_hosts and k < len(olds):
-                self.cloud.delete_node(olds[k].name)
-                deleted.add(olds[k].name)
-                self.emit("deleted", {"node": olds[k].name})
-
-        def to_boot(node: Node) -> bool:
-            """Not there, or its first boot failed (the cloud replaces it)."""
-            got = {s.name: s.state for s in self.cloud.nodes()}
-            return got.get(node.name) in (None, "failed", "ERROR")
-
-        def user_data(node: Node, members: list[Node], restore: EtcdRestore | None = None,
-                      joining: bool = False) -> bytes:
-            ctx = render_context(self.cluster, nodes=[*others, *members],
-                                 joining=frozenset({node.name}) if joining else frozenset())
-            ctx.restore = restore
-            data = render_user_data(ctx, node)
-            desired.record(state, {node.name: data}, self.cloud.nodes())
-            return data
-
-        def boot(k: int, node: Node, data: bytes) -> None:
-            """Everything that can fail before it done (staged, rendered), room made, boot."""
-            make_room(k)
-            life.boot(node, data, infra)
-
-        if to_boot(first):
+        got = {s.name: s.state for s in self.cloud.nodes()}
+        # not there, their first boot failed (the cloud replaces them), or stopped (started)
+        booting = [n for n in news if got.get(n.name) in (None, "failed", "ERROR", "stopped")]
+        if booting:
             key = cluster_pki(self.cluster, self.cfg).snapshot_key()
             with tempfile.TemporaryDirectory(dir=self.cluster.path, prefix=".restore-") as tmp:
                 trip = for_the_trip(plan.snapshot, key, state.uid, Path(tmp) / "etcd.db.enc")
-                url = self.cloud.stage_restore(first.name, trip.path)
-            self.emit("snapshot-staged", {"node": first.name, "url": url,
+                url = self.cloud.stage_restore([n.name for n in booting], trip.path)
+            self.emit("snapshot-staged", {"nodes": [n.name for n in booting], "url": url,
                                           "sha512": trip.sha512})
-            boot(0, first, user_data(first, [first], EtcdRestore(
-                first.name, url, trip.sha512, trip.key, trip.iv)))
-            self.emit("restored-member-booted", {"node": first.name})
+            # Every new master restores the same snapshot as a member of the new masters'
+            # cluster (etcd's own recovery of a cluster): they start together, none waits
+            # for another to join it.
+            ctx = render_context(self.cluster, nodes=[*others, *news])
+            data = {}
+            for n in booting:
+                ctx.restore = EtcdRestore(n.name, url, trip.sha512, trip.key, trip.iv)
+                data[n.name] = render_user_data(ctx, n)
+            desired.record(state, data, self.cloud.nodes())
+            if self.cloud.masters_on_distinct_hosts:
+                # Masters need distinct hosts (OpenStack's hard anti-affinity): the lost ones
+                # go first, so that a restore needs no more hosts than the masters (they are
+                # lost already: the quorum is gone, or the restore forced).
+                for old in [o for o in olds if o.name in got]:
+                    self.cloud.delete_node(old.name)
+                    deleted.add(old.name)
+                    self.emit("deleted", {"node": old.name})
+            life.boot_all(booting, data, infra)
+            self.emit("restored-members-booted", {"nodes": [n.name for n in booting]})
+        if [n for n in news if n not in booting]:  # booted by a killed run: still booting?
+            self.cloud.wait_ready([n for n in news if n not in booting])
         with contextlib.ExitStack() as open_:
             try:
                 etcd = open_.enter_context(etcd_client(self.cloud, "apiserver-etcd-client"))
@@ -292,26 +288,21 @@ class Restore:
                 self.emit("gate-skipped", {"gate": "etcd", "why": str(e)})
                 etcd = None
             if etcd is not None:
-                wait_healthy(etcd, client_url(first), self.timeout)
-            self.cloud.unstage_restore(first.name)
-            self.emit("etcd-restored", {"node": first.name, "revision": plan.header.revision,
+                for n in news:
+                    wait_healthy(etcd, client_url(n), self.timeout)
+                voters = sorted(m.name for m in etcd.members([client_url(n) for n in news])
+                                if not m.learner)
+                if voters != sorted(n.name for n in news):
+                    raise EtcdError(f"the restored etcd's voting members are {voters}, not "
+                                    f"{sorted(n.name for n in news)}: resolve it by hand")
+            self.cloud.unstage_restore([n.name for n in news])
+            self.emit("etcd-restored", {"nodes": [n.name for n in news],
+                                        "revision": plan.header.revision,
                                         **({} if etcd else {"observed": False})})
-            for k, new in enumerate(rest, start=1):
-                members = news[:k + 1]
-                if etcd is None:  # nothing to join: booted as it would join
-                    if to_boot(new):
-                        boot(k, new, user_data(new, members, joining=True))
-                    continue
-                join_member(
-                    etcd, new, voters=k, timeout=self.timeout,
-                    start=lambda n, _initial, m=members, k=k: boot(
-                        k, n, user_data(n, m, joining=True)) if to_boot(n) else None,
-                    endpoints=lambda m=members: [client_url(x) for x in m],
-                    events=lambda e, det: self.emit(f"etcd-{e}", det))
         self.cloud.ensure_api_members(news, infra)
         self.emit("lb-members", {"nodes": [n.name for n in news]})
         for old in olds:
-            if old.name not in deleted:
+            if old.name not in deleted and old.name in got:
                 self.cloud.delete_node(old.name)
                 self.emit("deleted", {"node": old.name})
         self.cluster.save_nodes([n for n in self.nodes() if n.name not in {o.name for o in olds}])

@@ -263,9 +263,9 @@ def unseal(path: Path, dest: Path | None, key: bytes, cluster_uid: str) -> Heade
 
 @dataclass(frozen=True)
 class Trip:
-    """A snapshot encrypted for the trip to one restoring node (AES-256-CTR under a key made for
-    it, which only that node's config carries; the config's SHA-512 of the file is its
-    integrity, checked by Ignition before the node decrypts it)."""
+    """A snapshot encrypted for the trip to the restoring masters (AES-256-CTR under a key made
+    for it, which only their configs carry; the configs' SHA-512 of the file is its integrity,
+    checked by Ignition before a node decrypts it)."""
 
     path: Path
     sha512: str
@@ -275,7 +275,7 @@ class Trip:
 
 
 def for_the_trip(sealed: Path, key: bytes, cluster_uid: str, dest: Path) -> Trip:
-    """Unseal ``sealed`` (refused as :func:`unseal` refuses) and encrypt it again for a node as
+    """Unseal ``sealed`` (refused as :func:`unseal` refuses) and encrypt it again for the trip as
     ``dest`` (0600); the plaintext exists only in a private temporary file meanwhile.
 
     :raises SnapshotError: when the sealed snapshot is refused.

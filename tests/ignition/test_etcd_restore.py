@@ -1,8 +1,9 @@
-"""A restoring member's first boot, from its rendered config, against real etcd on loopback
-(each line this machine has): the snapshot travels as a remote file in the config (fetched
-over HTTP from loopback, its SHA-512 the config's), the image's restore unit decrypts it with
-the key the config carries and restores it with the member's identity, and etcd then starts
-from the image's unit as on any boot. Every key, value and revision is the snapshot's.
+"""The restoring masters' first boots, from their rendered configs, against real etcd on
+loopback (each line this machine has): the snapshot travels as a remote file in each config
+(fetched over HTTP from loopback, its SHA-512 the config's), the image's restore unit decrypts
+it with the key the config carries and restores it with the member's identity in the new
+masters' cluster, and the three etcds then start together from the image's unit as on any
+boot: one cluster of three voters, every key, value and revision the snapshot's.
 
 Ignition itself cannot run here outside a node's initramfs; what it would do with the remote
 file (fetch it, refuse it unless its SHA-512 is the config's) is done by the test, and the
@@ -22,7 +23,7 @@ from k8simg.ignition.digest import file_digests
 from k8simg.ignition.document import dumps
 from k8simg.ignition.image import ETCD_RESTORE, ETCD_RESTORE_ENV, RESTORE_SOURCE
 from k8simg.ignition.render import EtcdRestore, render_context, render_node
-from k8simg.model.plan import client_url
+from k8simg.model.plan import client_url, peer_url
 from k8simg.ops.snapshot import for_the_trip, take
 from k8simg.pki import cluster_pki
 from tests.ignition.support import (
@@ -64,7 +65,7 @@ def fetch_as_ignition(url: str, want: str, dest: Path, mode: int) -> None:
 
 
 @pytest.mark.parametrize("three_members", sorted(roll.LINES) or ["3.4"], indirect=True)
-def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
+def test_the_restoring_masters_first_boots_make_one_etcd_from_the_snapshot(
         three_members, served, tmp_path):
     cd, members, etcd = three_members
     line, cfg, nodes = members.etcd_line, members.cfg, members.nodes
@@ -84,10 +85,13 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
     folder, base = served
     trip = for_the_trip(sealed.path, key, uid, folder / "etcd.db.enc")
     assert b"/r/a" not in trip.path.read_bytes()  # encrypted for the trip, too
-    new = nodes["roll-master-3"]
-    ctx = render_context(cd, nodes=[new])
-    ctx.restore = EtcdRestore(new.name, f"{base}/etcd.db.enc", trip.sha512, trip.key, trip.iv)
-    doc = render_node(ctx, new)
+    news = [nodes[f"roll-master-{i}"] for i in (3, 4, 5)]
+    ctx = render_context(cd, nodes=news)
+    docs = {}
+    for n in news:  # as `k8simg restore` renders them: each with the restore, in turn
+        ctx.restore = EtcdRestore(n.name, f"{base}/etcd.db.enc", trip.sha512, trip.key, trip.iv)
+        docs[n.name] = render_node(ctx, n)
+    doc = docs[news[0].name]
     (tmp_path / "config.ign").write_bytes(dumps(doc))
     r = subprocess.run(["ignition-validate", str(tmp_path / "config.ign")], capture_output=True,
                        text=True)
@@ -98,14 +102,14 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
     assert len(dumps(doc)) < 49149
     assert "k8simg-etcd-restore.service" in enabled_units(doc)
     # Nor is any of it what the member's config is compared by later (it is not stale for it)
-    plain = render_node(render_context(cd, nodes=[new]), new)
+    plain = render_node(render_context(cd, nodes=news), news[0])
     assert file_digests(dumps(doc)) == file_digests(dumps(plain))
-
-    root = tmp_path / new.name
-    materialise(doc, root)
-    for path, (mode, url, want) in remote_files(doc).items():
-        fetch_as_ignition(url, want, root / path.lstrip("/"), mode)
-    assert (root / ETCD_RESTORE_ENV.lstrip("/")).stat().st_mode & 0o777 == 0o600
+    # Each is a member of the new masters' cluster, with its own name and peer URL
+    initial = ",".join(f"{n.name}={peer_url(n)}" for n in news)
+    assert [(env_values(docs[n.name], "/etc/k8simg/etcd.env")["ETCD_NAME"],
+             env_values(docs[n.name], "/etc/k8simg/etcd.env")["ETCD_INITIAL_CLUSTER"],
+             env_values(docs[n.name], "/etc/k8simg/etcd.env")["ETCD_INITIAL_CLUSTER_STATE"])
+            for n in news] == [(n.name, initial, "new") for n in news]
 
     # The image's restore unit, for the etcd line the image carries, as systemd would run it
     unit = unit_text(doc, "k8simg-etcd-restore.service", cfg.kubernetes_version, line)
@@ -113,15 +117,26 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
     assert f"ConditionPathExists={RESTORE_SOURCE}" in unit
     assert exec_start(unit) == [ETCD_RESTORE]
     script = node_view(doc, cfg.kubernetes_version, line)[ETCD_RESTORE][1]
-    (root / "restore.sh").write_bytes(script)
-    env = {**env_values(doc, "/etc/k8simg/etcd.env"), **env_values(doc, ETCD_RESTORE_ENV),
-           "K8SIMG_RESTORE_SOURCE": str(root / RESTORE_SOURCE.lstrip("/")),
-           "K8SIMG_ETCD_DATA_DIR": str(root / "var/lib/etcd"),
-           "K8SIMG_RESTORE_ENV": str(root / ETCD_RESTORE_ENV.lstrip("/")),
-           # the line's own etcdutl (3.5 on) or etcdctl, as the image has them in /usr/bin
-           "PATH": f"{Path(members.etcd_binary).parent}:/usr/bin:/bin"}
-    (root / "var/lib/etcd").mkdir(parents=True)  # the volume's bind mount
+    roots, envs = {}, {}
+    for n in news:
+        root = roots[n.name] = tmp_path / n.name
+        materialise(docs[n.name], root)
+        for path, (mode, url, want) in remote_files(docs[n.name]).items():
+            fetch_as_ignition(url, want, root / path.lstrip("/"), mode)
+        assert (root / ETCD_RESTORE_ENV.lstrip("/")).stat().st_mode & 0o777 == 0o600
+        (root / "restore.sh").write_bytes(script)
+        envs[n.name] = {
+            **env_values(docs[n.name], "/etc/k8simg/etcd.env"),
+            **env_values(docs[n.name], ETCD_RESTORE_ENV),
+            "K8SIMG_RESTORE_SOURCE": str(root / RESTORE_SOURCE.lstrip("/")),
+            "K8SIMG_ETCD_DATA_DIR": str(root / "var/lib/etcd"),
+            "K8SIMG_RESTORE_ENV": str(root / ETCD_RESTORE_ENV.lstrip("/")),
+            # the line's own etcdutl (3.5 on) or etcdctl, as the image has them in /usr/bin
+            "PATH": f"{Path(members.etcd_binary).parent}:/usr/bin:/bin"}
+        (root / "var/lib/etcd").mkdir(parents=True)  # the volume's bind mount
+
     # A run that fails half-way (here: the wrong key) leaves no plaintext and no member data
+    root, env = roots[news[0].name], envs[news[0].name]
     wrong = {**env, "RESTORE_KEY": "00" * 32}
     r = subprocess.run(["sh", str(root / "restore.sh")], capture_output=True, text=True,
                        env=wrong, timeout=120)
@@ -129,35 +144,45 @@ def test_a_restoring_members_first_boot_makes_its_etcd_from_the_snapshot(
     restore_dir = (root / RESTORE_SOURCE.lstrip("/")).parent
     assert sorted(p.name for p in restore_dir.iterdir()) == ["etcd.db.enc"]
     assert list((root / "var/lib/etcd").iterdir()) == []
-    r = subprocess.run(["sh", str(root / "restore.sh")], capture_output=True, text=True,
-                       env=env, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert (root / "var/lib/etcd/member").is_dir()
-    # the snapshot, its plaintext and the key are gone
-    assert list(restore_dir.iterdir()) == []
-    assert not (root / ETCD_RESTORE_ENV.lstrip("/")).exists()
+    for n in news:
+        r = subprocess.run(["sh", str(roots[n.name] / "restore.sh")], capture_output=True,
+                           text=True, env=envs[n.name], timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (roots[n.name] / "var/lib/etcd/member").is_dir()
+        # the snapshot, its plaintext and the key are gone
+        assert list((roots[n.name] / RESTORE_SOURCE.lstrip("/")).parent.iterdir()) == []
+        assert not (roots[n.name] / ETCD_RESTORE_ENV.lstrip("/")).exists()
     # run again (a reboot before etcd's first start went through): it leaves the data be
     r2 = subprocess.run(["sh", str(root / "restore.sh")], capture_output=True, text=True,
                         env=env, timeout=60)
     assert r2.returncode == 0 and "nothing to restore" in r2.stdout
 
-    args = exec_start(unit_text(doc, "k8simg-etcd.service", cfg.kubernetes_version, line))
-    rebased = [members.etcd_binary] + [
-        a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
-         .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
-         .replace("//127.0.0.1:2381", f"//{new.address}:2381") for a in args[1:]]
+    # The three started together, as their first boots start them, from the image's unit
     started = time.monotonic()
     with processes(kill=True) as start:
-        start(rebased, stdout=open(tmp_path / "restored.log", "w"), stderr=subprocess.STDOUT,
-              env=env_values(doc, "/etc/k8simg/etcd.env"))
-        new_ep = [client_url(new)]
-        wait_until(lambda: any(e.healthy for e in etcd.health(new_ep)), 60,
-                   "the restored member healthy")
-        print(f"etcd {line}: restored member healthy {time.monotonic() - started:.1f} s after "
-              "its start")
-        got = etcd.members(new_ep)
-        assert [(m.name, m.learner) for m in got] == [(new.name, False)]
-        after_revision, after = everything(etcd, new_ep)
-        assert after == before and after_revision == revision
-        assert json.loads(etcd.ctl(["get", "/r/after", "-w", "json"], new_ep).stdout
+        for n in news:
+            args = exec_start(unit_text(docs[n.name], "k8simg-etcd.service",
+                                        cfg.kubernetes_version, line))
+            rebased = [members.etcd_binary] + [
+                a.replace("/etc/kubernetes/pki", f"{roots[n.name]}/etc/kubernetes/pki")
+                 .replace("/var/lib/etcd", f"{roots[n.name]}/var/lib/etcd")
+                 .replace("//127.0.0.1:2381", f"//{n.address}:2381") for a in args[1:]]
+            start(rebased, stdout=open(tmp_path / f"restored-{n.name}.log", "w"),
+                  stderr=subprocess.STDOUT, env=env_values(docs[n.name], "/etc/k8simg/etcd.env"))
+        new_eps = [client_url(n) for n in news]
+        wait_until(lambda: all(e.healthy for e in etcd.health(new_eps)), 120,
+                   "the restored members healthy")
+        print(f"etcd {line}: three restored members healthy {time.monotonic() - started:.1f} s "
+              "after their start")
+        got = etcd.members(new_eps)
+        assert sorted((m.name, m.learner) for m in got) == [(n.name, False) for n in news]
+        # one cluster, not three of one: every member names the same cluster and leader
+        status = etcd.ctl(["endpoint", "status", "-w", "json"], new_eps)
+        headers = [x["Status"]["header"] for x in json.loads(status.stdout)]
+        assert len(headers) == 3 and len({h["cluster_id"] for h in headers}) == 1
+        assert len({x["Status"]["leader"] for x in json.loads(status.stdout)}) == 1
+        for ep in new_eps:  # every key, value and revision, asked through each
+            after_revision, after = everything(etcd, [ep])
+            assert after == before and after_revision == revision, ep
+        assert json.loads(etcd.ctl(["get", "/r/after", "-w", "json"], new_eps).stdout
                           ).get("kvs") is None  # written after the snapshot

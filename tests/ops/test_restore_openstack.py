@@ -1,11 +1,13 @@
 """`k8simg restore` on the real OpenStack test cloud: the cloud's side of it, asserted by
-listing the cloud. The snapshot comes from Swift; the first new master's config names it as a
+listing the cloud. The snapshot comes from Swift; each new master's config names it as a
 remote file behind a temporary URL of the cluster's own container (never inside user_data),
 which serves exactly the bytes the config's SHA-512 names while staged and nothing once the
-restore is past it; new masters with their ports and volumes, the API load balancer's members
-moved to them, the old masters' servers, ports and volumes gone, workers and bastion untouched,
-and destroy leaving nothing, the restore container included. A run killed right after the
-snapshot was staged is run again and goes on with the same new masters.
+restore is past it; the old masters gone before the new ones boot side by side (hard
+anti-affinity: no more hosts than the masters), new masters with their ports and volumes, the
+API load balancer's members moved to them, the old masters' servers, ports and volumes gone,
+workers and bastion untouched, and destroy leaving nothing, the restore container included. A
+run killed right after the snapshot was staged is run again and goes on with the same new
+masters.
 
 The test cloud's servers run nothing (Nova's FakeDriver), so etcd cannot be asked there: the
 restore needs ``--skip-unobservable --force`` (refused without either, nothing changed) and the
@@ -19,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,43 +119,60 @@ def test_restore_boots_new_masters_from_a_swift_snapshot(test_cloud, os_cloud, i
         assert listing(conn, cd) == before
 
         # Killed once the snapshot is staged: its temporary URL serves the trip's bytes,
-        # whose SHA-512 the first new master's config names
+        # whose SHA-512 the new masters' configs name
+        new = ["dr-master-3", "dr-master-4", "dr-master-5"]
         code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable", "--force",
                                     kill_after="snapshot-staged")
         assert code == -signal.SIGKILL, err[-2000:]
         staged = events[-1]
-        assert staged["node"] == "dr-master-3"
+        assert staged["nodes"] == new
         first_url = staged["url"]
         assert first_url.startswith(test_cloud.url("swift") + "/v1/AUTH_")
-        assert f"/k8simg-restore-{uid}/dr-master-3/etcd.db.enc?temp_url_sig=" in first_url
+        assert re.search(f"/k8simg-restore-{uid}/[0-9a-f]{{16}}/etcd.db.enc[?]temp_url_sig=",
+                         first_url), first_url
         got = fetch(first_url)
         assert isinstance(got, bytes) and hashlib.sha512(got).hexdigest() == staged["sha512"]
         assert plain.read_bytes()[:4096] not in got  # encrypted for the trip
         assert fetch(first_url.replace("temp_url_sig=", "temp_url_sig=0")) == 401
+        # Killed there again: a new upload beside the first, under the container's same key,
+        # so the first URL still serves what it served (a master the killed run booted fetches
+        # its own upload)
+        code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable", "--force",
+                                    kill_after="snapshot-staged")
+        assert code == -signal.SIGKILL, err[-2000:]
+        second = events[-1]
+        assert second["url"] != first_url
+        for url, sha in ((second["url"], second["sha512"]), (first_url, staged["sha512"])):
+            got = fetch(url)
+            assert isinstance(got, bytes) and hashlib.sha512(got).hexdigest() == sha, url
 
-        # Run again: the same new masters, the snapshot staged anew (the old URL refused)
+        # Run again: the same new masters, the snapshot staged anew; each new master's config
+        # names it. The old masters went before the new ones booted, side by side.
         code, events, err = restore(cd, "--snapshot", ref, "--skip-unobservable", "--force")
         assert code == 0, err[-3000:]
         done = events[-1]
-        assert done["event"] == "done" and done["masters"] == [
-            "dr-master-3", "dr-master-4", "dr-master-5"]
+        assert done["event"] == "done" and done["masters"] == new
         assert [e["gate"] for e in events if e["event"] == "gate-skipped"][:1] == ["etcd"]
         restaged = next(e for e in events if e["event"] == "snapshot-staged")
-        f = remote_file(admin, "dr-master-3")
-        assert f["contents"]["source"] == restaged["url"] != first_url
-        assert f["contents"]["verification"]["hash"] == f"sha512-{restaged['sha512']}"
-        assert f["mode"] == 0o600
-        for name in ("dr-master-4", "dr-master-5"):  # they join it; no snapshot for them
-            with pytest.raises(StopIteration):
-                remote_file(admin, name)
-        # Past the first member, nothing is staged: both URLs refused, the container gone
-        assert fetch(restaged["url"]) in (401, 404) and fetch(first_url) in (401, 404)
+        assert restaged["nodes"] == new and restaged["url"] != first_url
+        assert [(e["event"], e.get("node") or e.get("nodes")) for e in events
+                if e["event"] in ("deleted", "restored-members-booted")] == [
+            ("deleted", f"dr-master-{i}") for i in range(3)] + [
+            ("restored-members-booted", new)]
+        for name in new:
+            f = remote_file(admin, name)
+            assert f["contents"]["source"] == restaged["url"]
+            assert f["contents"]["verification"]["hash"] == f"sha512-{restaged['sha512']}"
+            assert f["mode"] == 0o600
+        # Once the new members are up, nothing is staged: both URLs refused, the container gone
+        assert [fetch(u) in (401, 404) for u in (first_url, second["url"], restaged["url"])
+                ] == [True] * 3
         assert f"k8simg-restore-{uid}" not in {c.name for c in
                                                 conn.object_store.containers()}
 
         # The cloud: new masters with their ports and volumes, the old ones gone, the load
         # balancer's members the new masters, workers and bastion the same servers
-        new = {"dr-master-3", "dr-master-4", "dr-master-5"}
+        new = set(new)
         got = listing(conn, cd)
         others = {"dr-worker-0", "dr-worker-1", "dr-bastion"}
         assert got["server"] == new | others

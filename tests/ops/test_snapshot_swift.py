@@ -169,7 +169,7 @@ def test_an_unreachable_swift_is_named_and_nothing_is_taken(test_cloud, os_cloud
     r = k8simg("restore", cd.path, "--snapshot", path, "--plan")
     assert r.returncode == 4 and "Traceback" not in r.stderr, r
     assert "cloud 'no-swift''s Swift cannot be asked" in r.stderr
-    assert "a restore stages the snapshot for the first new master there" in r.stderr
+    assert "a restore stages the snapshot for the new masters there" in r.stderr
     # The local cloud keeps no object store at all
     local = write_cluster(tmp_path / "here")
     cluster_pki(local, local.load()).snapshot_key()

@@ -212,6 +212,10 @@ class LocalCloud(Cloud):
                 self.ledger.record("replace", "server", node.name, "its boot failed")
                 if self.dry:
                     return
+                # a restore's snapshot, staged for this node's next first boot, stays
+                staged = self.node_path(node.name) / metadata.RESTORE_FILE
+                if staged.exists():
+                    os.replace(staged, self.nodedir / f".{node.name}.{metadata.RESTORE_FILE}")
                 self.delete_node(node.name)
             elif state == "stopped":
                 self.ledger.record("start", "server", node.name, "was not running")
@@ -231,6 +235,9 @@ class LocalCloud(Cloud):
             self.ensure_dnsmasq([*self.cluster.nodes(self.cfg), node])  # a replacement
         d = self.node_path(node.name)
         d.mkdir(parents=True, mode=0o700, exist_ok=True)
+        aside = self.nodedir / f".{node.name}.{metadata.RESTORE_FILE}"
+        if aside.exists():
+            os.replace(aside, d / metadata.RESTORE_FILE)
         volume_gb = self.cfg.volume_gb(node.role)
         instance = str(uuid.uuid4())
         qemu.overlay(self.image, d / "root.qcow2")
@@ -348,22 +355,25 @@ class LocalCloud(Cloud):
     def restore_unsupported(self) -> str | None:
         return None
 
-    def stage_restore(self, node: str, path: Path) -> str:
-        """Beside the node's record, where the metadata service answers that node (and no
+    def stage_restore(self, nodes: list[str], path: Path) -> str:
+        """Beside each node's record, where the metadata service answers that node (and no
         other) with it, as Nova's answers a node its user_data. The service is started again,
         so one started by an older k8simg answers it too."""
         self.procs.stop("metadata")
         self.services.ensure_metadata(self.nodedir)
-        d = self.node_path(node)
-        d.mkdir(parents=True, mode=0o700, exist_ok=True)
-        dest = d / metadata.RESTORE_FILE
-        shutil.copyfile(path, dest.with_suffix(".part"))
-        dest.with_suffix(".part").chmod(0o600)
-        os.replace(dest.with_suffix(".part"), dest)
+        for node in nodes:
+            d = self.node_path(node)
+            d.mkdir(parents=True, mode=0o700, exist_ok=True)
+            dest = d / metadata.RESTORE_FILE
+            shutil.copyfile(path, dest.with_suffix(".part"))
+            dest.with_suffix(".part").chmod(0o600)
+            os.replace(dest.with_suffix(".part"), dest)
         return f"http://{metadata.ADDRESS}:{metadata.PORT}{metadata.RESTORE_PATH}"
 
-    def unstage_restore(self, node: str) -> None:
-        (self.node_path(node) / metadata.RESTORE_FILE).unlink(missing_ok=True)
+    def unstage_restore(self, nodes: list[str]) -> None:
+        for node in nodes:
+            (self.node_path(node) / metadata.RESTORE_FILE).unlink(missing_ok=True)
+            (self.nodedir / f".{node}.{metadata.RESTORE_FILE}").unlink(missing_ok=True)
 
     def unreachable(self) -> str | None:
         return None  # the cluster's namespace is on this machine

@@ -357,14 +357,14 @@ class OpenStackCloud(Cloud):
     def restore_unsupported(self) -> str | None:
         return objects.restore_unsupported(self.scope)
 
-    def stage_restore(self, node: str, path) -> str:
+    def stage_restore(self, nodes: list[str], path) -> str:
         """The cluster's own Swift container (``k8simg-restore-<uid>``), a temporary URL
-        (HMAC-SHA256, a key of that container's made for this staging) for ``node``'s first
-        boot; see :func:`k8simg.clouds.openstack.objects.stage`."""
-        return objects.stage(self.scope, node, path)
+        (HMAC-SHA256, under a key of that container's made for this restore) for the nodes'
+        first boot; see :func:`k8simg.clouds.openstack.objects.stage`."""
+        return objects.stage(self.scope, path)
 
-    def unstage_restore(self, node: str) -> None:
-        objects.unstage(self.scope, node)
+    def unstage_restore(self, nodes: list[str]) -> None:
+        objects.unstage(self.scope)
 
     def unreachable(self) -> str | None:
         if not self.cfg.bastion.enabled:

@@ -127,7 +127,7 @@ class SwiftContainer(ObjectContainer):
         self.scope.record("delete", "swift object", f"{self.name}/{name}")
 
 
-# -- a restore's snapshot, for one node's first boot -------------------------------------------
+# -- a restore's snapshot, for the new masters' first boot -----------------------------------------
 
 STAGED = "etcd.db.enc"
 STAGE_SECONDS = 6 * 3600  # how long a staged snapshot's URL is good for: one first boot
@@ -151,42 +151,61 @@ def temp_url(endpoint: str, container: str, name: str, key: str, expires: int) -
             f"?temp_url_sig={sig}&temp_url_expires={expires}")
 
 
-def stage(s: Scope, node: str, path: Path) -> str:
-    """Upload ``path`` (a snapshot encrypted for the trip) for ``node`` into the cluster's
-    restore container, under a new random temp-URL key of that container's (so that an
-    earlier staging's URLs stop working), and return the temporary URL the node fetches it
-    from at first boot."""
+def stage(s: Scope, path: Path) -> str:
+    """Upload ``path`` (a snapshot encrypted for the trip) into the cluster's restore container
+    under a name of its own, and return the temporary URL the restoring masters fetch it from
+    at first boot.
+
+    The container exists only while a restore is under way (:func:`unstage` removes it). Made
+    anew, it gets a new random temp-URL key; found (a killed restore run again), its key is
+    kept, so that a master the killed run booted still fetches what its config names, while
+    the masters booted now get the new upload. Once the restore is done, the container and
+    every URL into it are gone."""
     import secrets
     import time
 
-    name = restore_container(s)
-    c = SwiftContainer(s, name)
-    c.ensure()
-    key = secrets.token_hex(32)
-    c._call("set its temporary URL key",
-            lambda: s.conn.object_store.set_container_temp_url_key(name, key))
-    c.put(f"{node}/{STAGED}", path)
-    endpoint = c._call("find its endpoint", lambda: s.conn.object_store.get_endpoint())
-    return temp_url(endpoint, name, f"{node}/{STAGED}", key, int(time.time()) + STAGE_SECONDS)
-
-
-def unstage(s: Scope, node: str) -> None:
-    """Remove what :func:`stage` put there for ``node``, and the container once empty."""
     from openstack import exceptions as osx
 
     name = restore_container(s)
     c = SwiftContainer(s, name)
-    c.delete(f"{node}/{STAGED}")
 
-    def left() -> list[str]:
+    def key_of() -> str | None:
+        try:
+            return s.conn.object_store.get_container_metadata(name).meta_temp_url_key
+        except osx.NotFoundException:
+            return None
+    key = c._call("read its temporary URL key", key_of)
+    c.ensure()
+    if not key:
+        key = secrets.token_hex(32)
+        c._call("set its temporary URL key",
+                lambda: s.conn.object_store.set_container_temp_url_key(name, key))
+    obj = f"{secrets.token_hex(8)}/{STAGED}"
+    c.put(obj, path)
+    endpoint = c._call("find its endpoint", lambda: s.conn.object_store.get_endpoint())
+    return temp_url(endpoint, name, obj, key, int(time.time()) + STAGE_SECONDS)
+
+
+def unstage(s: Scope) -> None:
+    """Remove what :func:`stage` put there (every upload of the restore), then the container."""
+    from openstack import exceptions as osx
+
+    name = restore_container(s)
+    c = SwiftContainer(s, name)
+
+    def left() -> list[str] | None:
         try:
             return [o.name for o in s.conn.object_store.objects(name)]
         except osx.NotFoundException:  # removed by an earlier run: a resumed restore
-            return ["(gone)"]
-    if not c._call("list the container", left):
-        c._call("remove the container", lambda: s.conn.object_store.delete_container(
-            name, ignore_missing=True))
-        s.record("delete", "swift container", name)
+            return None
+    objs = c._call("list the container", left)
+    if objs is None:
+        return
+    for obj in objs:
+        c.delete(obj)
+    c._call("remove the container", lambda: s.conn.object_store.delete_container(
+        name, ignore_missing=True))
+    s.record("delete", "swift container", name)
 
 
 def staged(s: Scope) -> list[str]:
@@ -217,7 +236,7 @@ def restore_unsupported(s: Scope) -> str | None:
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as osx
 
-    why = "a restore stages the snapshot for the first new master there"
+    why = "a restore stages the snapshot for the new masters there"
     try:
         info = s.conn.object_store.get_info()
     except (osx.EndpointNotFound, osx.ServiceDisabledException, ksa.EndpointNotFound,

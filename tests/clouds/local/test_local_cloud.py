@@ -387,15 +387,19 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
     print(f"restore of three masters from a snapshot of {len(before)} keys: {took:.0f} s",
           file=sys.stderr)
     assert [e["event"] for e in events if e["event"] in (
-        "snapshot-staged", "etcd-restored", "lb-members", "deleted", "done")] == [
-        "snapshot-staged", "etcd-restored", "lb-members", "deleted", "deleted", "deleted",
-        "done"]
-    # the snapshot reached the node as its config's remote file, from the metadata service
+        "snapshot-staged", "restored-members-booted", "etcd-restored", "lb-members", "deleted",
+        "done")] == [
+        "snapshot-staged", "restored-members-booted", "etcd-restored", "lb-members", "deleted",
+        "deleted", "deleted", "done"]
+    # the snapshot reached each new master as its config's remote file, from the metadata
+    # service; the three booted side by side, each restoring it
+    new = [f"ha-master-{i}" for i in (3, 4, 5)]
     staged = next(e for e in events if e["event"] == "snapshot-staged")
     assert staged["url"] == "http://169.254.169.254:80/k8simg/restore/etcd.db.enc"
+    assert staged["nodes"] == new
+    assert next(e for e in events if e["event"] == "restored-members-booted")["nodes"] == new
 
     health = json.loads(k8simg("etcd", "health", str(cd.path), "-o", "json").stdout)
-    new = [f"ha-master-{i}" for i in (3, 4, 5)]
     assert sorted((m["name"], m["learner"]) for m in health["members"]) == [
         (n, False) for n in new]
     assert all(e["healthy"] for e in health["endpoints"])
