@@ -8,6 +8,8 @@ from k8simg.errors import K8simgError
 
 IMAGES_DIR = "/usr/share/k8simg/images"  # on the node; not under the storage volume's mounts
 LIST_FILE = "images.list"  # "<archive> <ref> <digest>" per line, read by the node's importer
+# Every image a node carries, in one OCI archive: the node imports them with one ctr run
+NODE_ARCHIVE = "images.tar"
 # registry/path:tag, optionally @sha256:..., as in a pod spec (the registry is always explicit)
 _REF = re.compile(r"^(?P<name>[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)+):(?P<tag>[\w][\w.-]{0,127})"
                   r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")

@@ -48,7 +48,7 @@ from k8simg.ops.artifacts import (
     server_image_archives,
     sha256_file,
 )
-from k8simg.ops.images import BakedImage, collect, files_from_image, index_file
+from k8simg.ops.images import BakedImage, collect, files_from_image, index_file, merge
 
 
 def _elements_dir() -> Path:
@@ -327,6 +327,8 @@ def stage(req: BakeRequest, staging: Path, progress: Callable[[str], None],
     baked_images = collect(image_list(req), staging / "images", artifacts_dir=req.artifacts_dir,
                            mirrors=req.registry_mirrors, cache_dir=req.image_cache,
                            from_release=from_release, progress=progress)
+    if baked_images:
+        baked_images = merge(baked_images, staging / "images")
     timed.lap("container images (pull or read, verify)")
     for path, (mode, text) in image_files(req.kubernetes_version, etcd["version"]).items():
         dest = staging / "rootfs" / path.lstrip("/")

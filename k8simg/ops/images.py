@@ -18,6 +18,7 @@ an air-gapped site) are given per source registry.
 """
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -26,10 +27,10 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from k8simg.model.images import LIST_FILE, ImageError, ImageSpec
+from k8simg.model.images import LIST_FILE, NODE_ARCHIVE, ImageError, ImageSpec
 
 PLATFORM = {"os": "linux", "architecture": "amd64"}
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
@@ -38,6 +39,7 @@ MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json"}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 INDEX_SUFFIX = ".index.json"
+CONTAINERD_NAME = "io.containerd.image.name"  # the annotation ctr import names an image by
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _pack(layout: Path, spec: ImageSpec, dest: Path) -> None:
     """Write the OCI layout as one archive that ``ctr images import`` names ``spec.ref``."""
     index = json.loads((layout / "index.json").read_text())
     for m in index["manifests"]:
-        m["annotations"] = {"io.containerd.image.name": spec.ref,
+        m["annotations"] = {CONTAINERD_NAME: spec.ref,
                             "org.opencontainers.image.ref.name": spec.ref.rsplit(":", 1)[1]}
     (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
     names = ["oci-layout", "index.json"] + sorted(
@@ -181,15 +183,13 @@ def _pack(layout: Path, spec: ImageSpec, dest: Path) -> None:
                 t.addfile(info, f)
 
 
-def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
-    """Check an OCI archive: one image, every blob matching its digest, the manifest's config
-    and layers all present; returns the manifest's digest.
+def _read_archive(path: Path, fail: Callable[[str], ImageError]) -> list[tuple[dict, dict]]:
+    """Every image of an OCI archive as (its descriptor in ``index.json``, the manifest it
+    names), once every member is a plain file inside the archive's folder, every blob matches
+    its digest and every blob a manifest names is there.
 
-    :raises ImageError: naming the archive and what does not hold.
+    :raises ImageError: through ``fail``, saying what does not hold.
     """
-    def fail(msg: str) -> ImageError:
-        return ImageError(f"{spec.ref}: {path}: {msg}")
-
     try:
         with tarfile.open(path) as t:
             for m in t.getmembers():
@@ -216,21 +216,129 @@ def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
                         raise fail(f"blob {digest} does not match its digest (got "
                                    f"sha256:{h.hexdigest()})")
                     blobs[digest] = m
-            manifests = index.get("manifests", [])
-            if len(manifests) != 1:
-                raise fail(f"holds {len(manifests)} images, expected exactly one")
-            digest = manifests[0]["digest"]
-            if digest not in blobs:
-                raise fail(f"its manifest {digest} is missing")
-            manifest = json.load(t.extractfile(blobs[digest]))
-    except (tarfile.TarError, OSError, ValueError, KeyError) as e:
+            out = []
+            for d in index.get("manifests", []):
+                if d.get("digest") not in blobs:
+                    raise fail(f"its manifest {d.get('digest')} is missing")
+                out.append((d, json.load(t.extractfile(blobs[d["digest"]]))))
+    except (tarfile.TarError, OSError, ValueError, KeyError, AttributeError) as e:
         raise fail(f"unreadable ({e})") from None
-    for d in [manifest.get("config", {})] + manifest.get("layers", []):
-        if d.get("digest") not in blobs:
-            raise fail(f"blob {d.get('digest')} named by the manifest is missing")
+    for _d, manifest in out:
+        for b in [manifest.get("config", {})] + manifest.get("layers", []):
+            if b.get("digest") not in blobs:
+                raise fail(f"blob {b.get('digest')} named by the manifest is missing")
+    return out
+
+
+def verify_archive(path: Path, spec: ImageSpec, expected: str | None) -> str:
+    """Check an OCI archive: one image, every blob matching its digest, the manifest's config
+    and layers all present; returns the manifest's digest.
+
+    :raises ImageError: naming the archive and what does not hold.
+    """
+    def fail(msg: str) -> ImageError:
+        return ImageError(f"{spec.ref}: {path}: {msg}")
+
+    images = _read_archive(path, fail)
+    if len(images) != 1:
+        raise fail(f"holds {len(images)} images, expected exactly one")
+    digest = images[0][0]["digest"]
     if expected and digest != expected:
         raise fail(f"digest mismatch: expected {expected}, the archive holds {digest}")
     return digest
+
+
+def verify_node_archive(path: Path, expected: dict[str, str]) -> None:
+    """Check the node's archive (:func:`merge`): exactly the images ``expected`` (ref ->
+    manifest digest), each under the name containerd gives it on import, every blob there and
+    matching its digest.
+
+    :raises ImageError: naming the archive and what does not hold.
+    """
+    def fail(msg: str) -> ImageError:
+        return ImageError(f"{path}: {msg}")
+
+    held = {}
+    for d, _manifest in _read_archive(path, fail):
+        name = d.get("annotations", {}).get(CONTAINERD_NAME)
+        if not name or name in held:
+            raise fail(f"image {d['digest']} is {'unnamed' if not name else 'named twice'} "
+                       f"({CONTAINERD_NAME}: {name!r})")
+        held[name] = d["digest"]
+    if held != expected:
+        wrong = sorted(r for r in expected.keys() | held.keys()
+                       if held.get(r) != expected.get(r))
+        raise fail("does not hold what was baked: " + ", ".join(
+            f"{r} {held.get(r, 'missing')} (expected {expected.get(r, 'none')})" for r in wrong))
+
+
+def _write_layout(dest: Path, descriptors: list[dict], blobs: dict[str, tuple[Path, str]]
+                  ) -> None:
+    """Write one OCI archive: ``descriptors`` as its index, each blob (its name in the archive
+    -> the archive and member it is streamed from) once, in name order."""
+    sources: dict[Path, tarfile.TarFile] = {}
+    try:
+        with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as out:
+            def add(name: str, data, size: int) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = size, 0o644
+                out.addfile(info, data)
+
+            layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
+            index = json.dumps({"schemaVersion": 2, "manifests": descriptors},
+                               sort_keys=True).encode()
+            add("oci-layout", io.BytesIO(layout), len(layout))
+            add("index.json", io.BytesIO(index), len(index))
+            for name in sorted(blobs):
+                path, member = blobs[name]
+                if path not in sources:
+                    sources[path] = tarfile.open(path)
+                m = sources[path].getmember(member)
+                add(name, sources[path].extractfile(m), m.size)
+    finally:
+        for t in sources.values():
+            t.close()
+
+
+def merge(baked: list[BakedImage], dest_dir: Path) -> list[BakedImage]:
+    """Every baked image in one OCI archive, ``dest_dir/NODE_ARCHIVE``, with the importer's
+    list naming it for each image; the images' own archives leave ``dest_dir``. Returns the
+    images with that archive as their path.
+
+    The node imports it with one ``ctr images import``: each ctr run is a Go binary's start and
+    one import transaction in containerd, costly under emulation, and a node carries fifteen
+    images or more. Each image keeps its descriptor (annotations included, so containerd names
+    it as before) and its blobs; a blob two images share is written once. The archive is
+    verified against what was baked before anything is removed.
+
+    :raises ImageError: when the result does not verify.
+    """
+    dest_dir = Path(dest_dir)
+    final = dest_dir / NODE_ARCHIVE
+    blobs: dict[str, tuple[Path, str]] = {}  # blob -> (the archive it is read from, its member)
+    descriptors = []
+    for b in baked:
+        with tarfile.open(b.path) as t:
+            index = json.load(t.extractfile("index.json"))
+            for m in t.getmembers():
+                name = m.name.removeprefix("./")
+                if m.isfile() and name.startswith("blobs/sha256/"):
+                    blobs.setdefault(name, (b.path, m.name))
+        descriptors += index["manifests"]
+    part = dest_dir / f".{NODE_ARCHIVE}.part"
+    try:
+        _write_layout(part, descriptors, blobs)
+        verify_node_archive(part, {b.ref: b.digest for b in baked})
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    for b in baked:
+        if b.path != final:
+            b.path.unlink()
+    (dest_dir / LIST_FILE).write_text("".join(f"{NODE_ARCHIVE} {b.ref} {b.digest}\n"
+                                              for b in baked))
+    return [replace(b, path=final) for b in baked]
 
 
 def files_from_image(archive: Path, spec: ImageSpec, wanted: dict[str, Path], mode: int = 0o755

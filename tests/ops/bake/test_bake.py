@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from k8simg.model.images import IMAGES_DIR, LIST_FILE, ImageSpec
+from k8simg.model.images import IMAGES_DIR, LIST_FILE, NODE_ARCHIVE
 from k8simg.model.versions import PINNED_INDEX_DIGESTS, RELEASES, images
 from k8simg.ops.bake import DIB_MARKS, dib_phases
-from k8simg.ops.images import verify_archive
+from k8simg.ops.images import verify_node_archive
 from tests.ops.bake.conftest import (
     debugfs_cat,
     debugfs_link,
@@ -95,9 +95,8 @@ def test_manifest_lists_every_component(baked_image):
 def test_files_are_in_the_image(baked_image, baked_root, tmp_path):
     image, manifest_path, _ = baked_image
     manifest = json.loads(manifest_path.read_text())
-    pause = next(i for i in manifest["container_images"] if i["key"] == "pause")
     got = root_files(baked_root, [
-        f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{pause['archive']}",
+        f"{IMAGES_DIR}/{LIST_FILE}", f"{IMAGES_DIR}/{NODE_ARCHIVE}",
         "/usr/libexec/k8simg/import-images", "/etc/systemd/system/k8simg-images.service",
         "/usr/libexec/k8simg/apply-addons",
         "/etc/k8simg-release", "/usr/bin/kubelet", "/usr/bin/kubectl", "/usr/bin/etcd",
@@ -138,14 +137,16 @@ def test_files_are_in_the_image(baked_image, baked_root, tmp_path):
         got["/etc/systemd/system/k8simg-metadata-block.service"]
     assert got["/etc/systemd/system/sysinit.target.wants/k8simg-metadata-block.service"] \
         is not None  # the enablement link
-    # The container images: the importer's list matches the manifest, and an archive read
-    # back from the image verifies against the digest the manifest records
+    # The container images: the importer's list matches the manifest, every image in the one
+    # archive the node imports, which, read back from the image, holds exactly the images and
+    # digests the manifest records
     listed = [ln.split() for ln in got[f"{IMAGES_DIR}/{LIST_FILE}"].decode().splitlines()]
     assert sorted(listed) == sorted([i["archive"], i["ref"], i["digest"]]
                                     for i in manifest["container_images"])
-    archive = tmp_path / pause["archive"]
-    archive.write_bytes(got[f"{IMAGES_DIR}/{pause['archive']}"])
-    assert verify_archive(archive, ImageSpec("pause", pause["ref"]), pause["digest"])
+    assert {i["archive"] for i in manifest["container_images"]} == {NODE_ARCHIVE}
+    archive = tmp_path / NODE_ARCHIVE
+    archive.write_bytes(got[f"{IMAGES_DIR}/{NODE_ARCHIVE}"])
+    verify_node_archive(archive, {i["ref"]: i["digest"] for i in manifest["container_images"]})
     assert got["/usr/libexec/k8simg/import-images"].startswith(b"#!/bin/sh")
     assert got["/usr/libexec/k8simg/apply-addons"].startswith(b"#!/bin/bash")
     assert b"Before=kubelet.service" in got["/etc/systemd/system/k8simg-images.service"]

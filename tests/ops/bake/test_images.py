@@ -2,6 +2,7 @@
 docker-registry) holding images the tests build, pulled with the real skopeo, and imported by
 the node's own importer into a real containerd."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,9 +13,16 @@ import tarfile
 import pytest
 
 from k8simg.ignition.image import IMAGE_IMPORTER, image_files
-from k8simg.model.images import LIST_FILE, ImageError, ImageSpec, parse_spec
+from k8simg.model.images import LIST_FILE, NODE_ARCHIVE, ImageError, ImageSpec, parse_spec
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION
-from k8simg.ops.images import collect, index_file, registries_conf, verify_archive
+from k8simg.ops.images import (
+    collect,
+    index_file,
+    merge,
+    registries_conf,
+    verify_archive,
+    verify_node_archive,
+)
 from tests.registry import build_image, push, registry, stand_in, tampering_proxy
 from tests.support import processes, wait_until
 
@@ -198,27 +206,91 @@ def containerd(tmp_path):
         yield env, root
 
 
+def test_one_archive_for_the_node_holds_every_image_and_a_shared_blob_once(reg, tmp_path):
+    """The bake puts every image into one archive for the node (one import there): each image
+    keeps its digest and name, a layer two images share is written once, and the archive is
+    checked against what was baked."""
+    refs = ["registry.k8s.io/kube-scheduler:v1.35.2", "registry.k8s.io/kube-proxy:v1.35.2"]
+    digests = {}
+    for i, ref in enumerate(refs):  # the same files, so the same layer; their labels differ
+        built = build_image(tmp_path / f"l{i}", {"shared": b"the same layer\n"},
+                            labels={"k8simg.test/which": ref})
+        push(tmp_path / f"l{i}", f"{reg.host}/{ref}")
+        digests[ref] = built["digest"]
+    out = tmp_path / "images"
+    baked = collect([ImageSpec(f"k{i}", r) for i, r in enumerate(refs)], out, mirrors=mirrors(reg))
+    layers = {}
+    for b in baked:
+        with tarfile.open(b.path) as t:
+            blob = t.extractfile(f"blobs/sha256/{b.digest[7:]}")
+            layers[b.ref] = json.load(blob)["layers"][0]["digest"]
+    assert layers[refs[0]] == layers[refs[1]]  # what there is to share
+
+    # what was baked and what the archive would hold differ: nothing changes in the folder
+    before = sorted(p.name for p in out.iterdir())
+    wrong = [baked[0], dataclasses.replace(baked[1], digest="sha256:" + "2" * 64)]
+    with pytest.raises(ImageError, match=rf"{refs[1]} {digests[refs[1]]} \(expected sha256:2+\)"):
+        merge(wrong, out)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+    merged = merge(baked, out)
+    archive = out / NODE_ARCHIVE
+    assert [(b.ref, b.digest, b.path) for b in merged] == [(r, digests[r], archive) for r in refs]
+    assert sorted(p.name for p in out.iterdir()) == sorted([NODE_ARCHIVE, LIST_FILE])
+    assert (out / LIST_FILE).read_text() == "".join(
+        f"{NODE_ARCHIVE} {r} {digests[r]}\n" for r in refs)
+    with tarfile.open(archive) as t:
+        names = t.getnames()
+        index = json.load(t.extractfile("index.json"))
+    assert names.count(f"blobs/sha256/{layers[refs[0]][7:]}") == 1
+    assert len(names) == 2 + 1 + 2 * 2  # layout, index; the layer; a manifest and config each
+    assert [(d["digest"], d["annotations"]["io.containerd.image.name"])
+            for d in index["manifests"]] == [(digests[r], r) for r in refs]
+    verify_node_archive(archive, digests)
+    with pytest.raises(ImageError, match=rf"{refs[1]} {digests[refs[1]]} \(expected sha256:0+\)"):
+        verify_node_archive(archive, {**digests, refs[1]: "sha256:" + "0" * 64})
+    with pytest.raises(ImageError, match=rf"{PAUSE} missing \(expected sha256:1+\)"):
+        verify_node_archive(archive, {**digests, PAUSE: "sha256:" + "1" * 64})
+    # one byte of the shared layer flipped: the archive no longer verifies
+    with tarfile.open(archive) as t:
+        at = t.getmember(f"blobs/sha256/{layers[refs[0]][7:]}").offset_data
+    data = bytearray(archive.read_bytes())
+    data[at + 20] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=rf"{archive}: blob {layers[refs[0]]} does not match"):
+        verify_node_archive(archive, digests)
+
+
 def test_node_importer_loads_every_image_once(reg, pause, containerd, tmp_path):
-    """The importer baked into every node, run against a real containerd: each image lands in
-    the k8s.io namespace under its manifest name with its baked digest, once."""
+    """The importer baked into every node, run against a real containerd on the node's one
+    archive: each image lands in the k8s.io namespace under its manifest name with its baked
+    digest, once, with one ctr import."""
     env, root = containerd
     ref2 = "registry.k8s.io/kube-proxy:v1.35.2"
     d2 = stand_in(tmp_path / "kp", ref2)["digest"]
     push(tmp_path / "kp", f"{reg.host}/{ref2}")
     images_dir = tmp_path / "images"
-    collect([ImageSpec("pause", PAUSE), ImageSpec("kube_proxy", ref2)], images_dir,
-            mirrors=mirrors(reg))
+    merge(collect([ImageSpec("pause", PAUSE), ImageSpec("kube_proxy", ref2)], images_dir,
+                  mirrors=mirrors(reg)), images_dir)
     mode, text = image_files(DEFAULT_KUBERNETES_VERSION)[IMAGE_IMPORTER]
     script = tmp_path / "import-images"
     script.write_text(text)
     script.chmod(mode)
+    # ctr as the importer runs it, each run logged
+    shim = tmp_path / "bin" / "ctr"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/ctr.log\nexec {shutil.which("ctr")} "$@"\n')
+    shim.chmod(0o755)
     env = {**env, "K8SIMG_IMAGES_DIR": str(images_dir),
-           "K8SIMG_IMAGES_STAMP": str(root / "imported")}
+           "K8SIMG_IMAGES_STAMP": str(root / "imported"),
+           "PATH": f"{shim.parent}:{env['PATH']}"}
 
     first = subprocess.run([str(script)], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert f"imported {PAUSE} {pause}" in first.stdout
     assert f"imported {ref2} {d2}" in first.stdout
+    assert [ln for ln in (tmp_path / "ctr.log").read_text().splitlines() if " import " in ln] \
+        == [f"--namespace k8s.io images import --no-unpack {images_dir / NODE_ARCHIVE}"]
     ctr = ["ctr", "-n", "k8s.io"]
     listing = subprocess.run([*ctr, "images", "list"], env=env, capture_output=True, text=True,
                              check=True).stdout
