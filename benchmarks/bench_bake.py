@@ -6,6 +6,7 @@ root, the units, the login prompt, etcd answering over TLS), and systemd's own a
 
     python benchmarks/bench_bake.py [--skip-cold] [--skip-warm] [--skip-payload]
     python benchmarks/bench_bake.py --boot IMAGE.qcow2   # only boot a given image (A/B runs)
+    python benchmarks/bench_bake.py --boot IMAGE.qcow2 --cpus 1 --idle 120   # and at rest
 
 Cold bakes use an empty diskimage-builder cache (debootstrap from the mirror); warm bakes
 reuse ~/.cache/image-create. Boots run under QEMU's software emulation, 2 vCPUs, as in the
@@ -15,6 +16,7 @@ over HTTP and from a registry on loopback into an artifacts folder, then baked f
 """
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -63,6 +65,7 @@ exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
     exec > /dev/ttyS0 2>&1  # opened after the serial getty took the tty: it stays ours
     { systemd-analyze; systemd-analyze critical-chain k8simg-etcd.service
       systemd-analyze blame | head -15; k8simg-bench-cpu; } | sed "s/^/K8SIMG-BENCH /"
+    k8simg-bench-idle $IDLE
     echo "K8SIMG-BENCH END"
     systemctl poweroff'
 """
@@ -99,10 +102,35 @@ journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd \
 """
 
 
-def probe_units(doc: dict, etcd_ip: str) -> dict:
+# The node at rest once its boot is finished (what each idle node of a cluster costs the host,
+# under emulation): the guest's own busy time and its units' over the given seconds, in 1/100 s,
+# between two marks the host reads QEMU's CPU time at ("busy": the whole guest's).
+IDLE = r"""#!/bin/bash
+[ "${1:-0}" -gt 0 ] || exit 0
+usage() {
+    read -r _ user nice system _ _ irq softirq _ < /proc/stat
+    echo "$((user + nice + system + irq + softirq)) busy"
+    for f in /sys/fs/cgroup/init.scope/cpu.stat /sys/fs/cgroup/*.slice/*/cpu.stat; do
+        u=${f%/cpu.stat}
+        awk -v u="${u##*/}" '$1 == "usage_usec" { print int($2 / 1e4), u }' "$f"
+    done
+}
+usage > /run/k8simg-bench-idle.0
+echo "K8SIMG-BENCH IDLE-START"
+sleep "$1"
+echo "K8SIMG-BENCH IDLE-END"
+usage | awk 'NR == FNR { was[$2] = $1; next }
+    { d = ($1 - was[$2]) / 100; if (d >= 0.1 || $2 == "busy") printf "%.1f %s\n", d, $2 }' \
+    /run/k8simg-bench-idle.0 - | sort -rn | head -10 | sed "s/^/K8SIMG-BENCH idle $1 s: /"
+"""
+
+
+def probe_units(doc: dict, etcd_ip: str, idle: int = 0) -> dict:
     add_script_unit(doc, "k8simg-bench-probe", PROBE.replace("$ETCD_HEALTH", ETCD_HEALTH)
-                    .replace("$ETCD_IP", shlex.quote(etcd_ip)), "After=k8simg-etcd.service\n")
+                    .replace("$ETCD_IP", shlex.quote(etcd_ip)).replace("$IDLE", str(idle)),
+                    "After=k8simg-etcd.service\n")
     add_script(doc, "k8simg-bench-cpu", CPU)
+    add_script(doc, "k8simg-bench-idle", IDLE)
     return doc
 
 
@@ -118,33 +146,57 @@ MARKS = {"kernel_started": "Linux version",
          "containerd_started": "Started containerd.service",
          "login_prompt": " login:",
          "etcd_healthy": "K8SIMG-BENCH etcd healthy",
+         "idle_started": "K8SIMG-BENCH IDLE-START",
+         "idle_ended": "K8SIMG-BENCH IDLE-END",
          "boot_finished": "K8SIMG-BENCH END"}
 
 
-def timed_boot(image: Path, work: Path) -> tuple[dict, list[str]]:
-    _, boot = single_node_machine(image, work, units=probe_units)
+def qemu_cpu(pid: int) -> float:
+    """The CPU time (user + system, every thread) a process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0
+               ) -> tuple[dict, list[str], dict]:
+    """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
+    time on the host at power-on's end and over the idle window."""
+    _, boot = single_node_machine(image, work, units=lambda doc, ip: probe_units(doc, ip, idle),
+                                  cpus=cpus)
     start = time.monotonic()
     vm = boot(work / "console.log")
     seen: dict[str, float] = {}
+    host: dict[str, float] = {}
     try:
-        while "boot_finished" not in seen and time.monotonic() - start < 900:
+        while "boot_finished" not in seen and time.monotonic() - start < 900 + idle:
             text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", vm.log())
             for key, marker in MARKS.items():
                 if key not in seen and marker in text:
                     seen[key] = round(time.monotonic() - start, 1)
+                    if key in ("etcd_healthy", "idle_started", "idle_ended"):
+                        host[key] = qemu_cpu(vm.process.pid)
             time.sleep(0.2)
     finally:
         vm.stop()
-    said = [m.group(1).rstrip() for m in re.finditer(r"K8SIMG-BENCH (?!etcd healthy|END)(.*)",
-                                                      vm.log())]
-    return seen, said
+    said = [m.group(1).rstrip() for m in re.finditer(
+        r"K8SIMG-BENCH (?!etcd healthy|END|IDLE-)(.*)", vm.log())]
+    return seen, said, host
 
 
-def boot_rows(image: Path, work: Path) -> list[dict]:
-    """One boot of ``image``: a row per mark seen, then systemd's account of the boot."""
-    seen, said = timed_boot(image, work)
+def boot_rows(image: Path, work: Path, cpus: int = 2, idle: int = 0) -> list[dict]:
+    """One boot of ``image``: a row per mark seen, QEMU's CPU on the host, then systemd's
+    account of the boot."""
+    seen, said, host = timed_boot(image, work, cpus, idle)
     rows = [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{seen[key]} s"}
             for key in sorted(seen, key=seen.get)]
+    if "etcd_healthy" in host:
+        rows.append({"what": "host: QEMU's CPU, power-on to etcd healthy",
+                     "value": f"{host['etcd_healthy']:.1f} s ({cpus} vCPUs)"})
+    if "idle_ended" in host and "idle_started" in host:
+        used = host["idle_ended"] - host["idle_started"]
+        window = seen["idle_ended"] - seen["idle_started"]
+        rows.append({"what": f"host: QEMU's CPU, the node idle for {window:.0f} s",
+                     "value": f"{used:.1f} s ({60 * used / window:.1f} s a minute)"})
     return rows + [{"what": "guest: systemd-analyze", "value": line} for line in said]
 
 
@@ -156,11 +208,14 @@ def main() -> None:
                     help="no artifacts-folder bake, and so no boot")
     ap.add_argument("--boot", type=Path, metavar="IMAGE",
                     help="bake nothing: boot this image (one baked by the test suite) only")
+    ap.add_argument("--cpus", type=int, default=2, help="the booted node's vCPUs (2)")
+    ap.add_argument("--idle", type=int, default=0, metavar="S",
+                    help="keep the node up S seconds after its boot and report what it used")
     args = ap.parse_args()
     rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
-            rows += boot_rows(args.boot, Path(d))
+            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle)
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d:

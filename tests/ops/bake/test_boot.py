@@ -165,7 +165,8 @@ def systemd_trouble(console: str) -> list[str]:
             if re.search(r"systemd\[1\]: .*(timed out|Dependency failed|Failed to start)", ln)]
 
 
-def single_node_machine(image, work, remote: tuple[str, str, int] | None = None, units=None):
+def single_node_machine(image, work, remote: tuple[str, str, int] | None = None, units=None,
+                        cpus: int = 2):
     """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
     config drive with its rendered config plus the report unit. The node subnet is a
     loopback range, so etcd binds its planned address with no network.
@@ -174,6 +175,7 @@ def single_node_machine(image, work, remote: tuple[str, str, int] | None = None,
         names, which the VM reaches through QEMU's user network (nothing else it can reach).
     :param units: ``(config, etcd address) -> config`` adding test units instead of the
         report (the boot benchmark's probes).
+    :param cpus: its vCPUs (2, as a flavor's; the local cloud's HA test gives its nodes 1).
     :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
     """
     cd = write_cluster(work / "solo", topology="single",
@@ -198,7 +200,7 @@ def single_node_machine(image, work, remote: tuple[str, str, int] | None = None,
         net = ["-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FILES}-"
                           f"tcp:127.0.0.1:{remote[2]}", "-device", "virtio-net-pci,netdev=n0"]
     return node, lambda console: qemu.boot(node.name, disk, console, config_iso=iso,
-                                           volume=volume, extra_args=net)
+                                           volume=volume, cpus=cpus, extra_args=net)
 
 
 def boot_to_report(boot, console) -> dict:
