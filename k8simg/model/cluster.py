@@ -14,7 +14,7 @@ from pathlib import Path
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
 from k8simg.model.config import ClusterConfig
-from k8simg.model.plan import Node, initial_nodes, node_key, parse_node_key
+from k8simg.model.plan import Node, initial_nodes, node_key, parse_node_key, scaled_nodes
 from k8simg.model.state import ClusterState
 from k8simg.model.template import render_template
 from k8simg.model.validate import load_config, parse_config
@@ -63,15 +63,19 @@ class ClusterDir:
 
     def nodes(self, cfg: ClusterConfig | None = None) -> list[Node]:
         """The cluster's nodes: the initial plan until an upgrade has replaced some (then the
-        state records the set, which upgrade keeps in step with the cloud)."""
+        state records the set, which upgrade keeps in step with the cloud). Between upgrades
+        and restores, ``workers.count`` still rules the recorded set's workers (a deploy scales
+        them and records the result); during one, the recorded set is taken as it is (it holds
+        the replacements beside the nodes they replace)."""
         cfg = cfg or self.load()
         keys = self.state.node_keys
         if keys is None:
             return initial_nodes(cfg)
         try:
-            return [parse_node_key(cfg, k) for k in keys]
+            recorded = [parse_node_key(cfg, k) for k in keys]
         except ValueError as e:
             raise K8simgError(f"{self.state.path}: nodes: {e}") from None
+        return recorded if self.state.upgrade else scaled_nodes(cfg, recorded)
 
     def save_nodes(self, nodes: list[Node]) -> None:
         self.state.set_node_keys([node_key(n) for n in nodes])

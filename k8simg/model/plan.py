@@ -108,6 +108,19 @@ def next_node(cfg: ClusterConfig, role: Role, existing: list[Node]) -> Node:
                                     default=-1) + 1)
 
 
+def scaled_nodes(cfg: ClusterConfig, recorded: list[Node]) -> list[Node]:
+    """A recorded node set (an upgrade's or a restore's) with its workers brought to
+    ``workers.count``: the lowest-indexed kept (a deploy removes the newest first), new ones at
+    the next indices. Masters, etcd members and the bastion stay as recorded: replacing those
+    is an upgrade's."""
+    workers = sorted((n for n in recorded if n.role == "worker"), key=lambda n: n.index)
+    kept = {n.name for n in workers[:cfg.workers.count]}
+    out = [n for n in recorded if n.role != "worker" or n.name in kept]  # in recorded order
+    for _ in range(cfg.workers.count - len(kept)):
+        out.append(next_node(cfg, "worker", out))
+    return out
+
+
 def api_vip(cfg: ClusterConfig) -> IPv4Address:
     """The API load balancer's fixed address on the node network."""
     return cfg.network.node_cidr.network_address + VIP_OFFSET

@@ -12,6 +12,7 @@ does not say, and the one module that writes it.
     service_network       the subnet and floating network the cloud controller manager puts
                           Services' load balancers on (OpenStack; IDs deploy made or found)
     nodes                 the node set, as ``<role>-<index>`` keys, once an upgrade replaced one
+                          (its workers scaled to workers.count by each deploy)
     upgrade               an upgrade under way: its target ``image`` and the replacements
                           chosen (``replacing``: old node name -> new node name)
 

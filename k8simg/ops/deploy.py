@@ -264,6 +264,10 @@ class Deployment:
         if not self.dry:
             # A cluster from before UIDs gets one now, and its cloud adopts its old resources.
             self.cluster.state.ensure_uid(legacy=True)
+            if self.cluster.state.node_keys is not None:
+                # the set an upgrade or a restore recorded, its workers scaled to
+                # workers.count: recorded before any is made or removed
+                self.cluster.save_nodes(self.nodes)
         pre = self.preflight()
         infra = cloud.ensure_infrastructure(pre, self.nodes)
         self.refresh_pki(infra.api_address)

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from k8simg.errors import K8simgError
+from k8simg.model.plan import make_node
 from k8simg.ops.deploy import Deployment
 from k8simg.pki import cluster_pki
 from tests.conftest import edit_cluster, write_cluster
@@ -115,3 +116,35 @@ def test_no_api_no_deletion_unless_skipped_and_said(tmp_path, cloud_name, why):
     assert len(said) == 1 and said[0].startswith(
         f"workers sd-worker-3, sd-worker-2 removed without draining: {why}")
     assert sorted(cloud.servers) == ["sd-master-0", "sd-worker-0", "sd-worker-1"]
+
+
+def test_after_an_upgrade_deploy_still_scales_the_workers(tmp_path):
+    """Once an upgrade (or a restore) has recorded the node set, workers.count still rules its
+    workers: deploy removes the newest first and makes new ones at the next index, records the
+    set before it changes anything, and leaves the masters as the upgrade left them. (The
+    recorded set used to be taken as it was: a worker added after an upgrade was never made,
+    and said nothing; the local lifecycle test found it.)"""
+    with KubeApiDouble(termination_s=0.05, start_s=0.3) as api:
+        cd, cloud = scaled_down(tmp_path, api)  # 4 workers up, workers.count now 2
+        cfg = cd.load()
+        # as an upgrade leaves it: sd-master-0 replaced by sd-master-1, the set recorded
+        new_master = make_node(cfg, "master", 1)
+        cloud.delete_node("sd-master-0")
+        cloud.place(new_master, "img")
+        api.nodes["sd-master-1"]["spec"]["unschedulable"] = True
+        cd.save_nodes([new_master, *(make_node(cfg, "worker", i) for i in range(WORKERS))])
+
+        result = Deployment(cd, cloud, kube=api.client).deploy()
+        assert [(c.action, c.name) for c in result.changes if c.kind == "server"] == [
+            ("delete", "sd-worker-3"), ("delete", "sd-worker-2")]
+        assert cd.state.node_keys == ["master-1", "worker-0", "worker-1"]
+
+        edit_cluster(cd, workers__count=3)
+        cloud.cfg = cd.load()
+        booted = len(cloud.log)
+        Deployment(cd, cloud, kube=api.client).deploy()
+    # (the double boots without a ledger entry: its log says what it booted)
+    assert cloud.log[booted:] == [("boot", "sd-worker-2", 3)]  # not sd-master-0 again
+    assert cd.state.node_keys == ["master-1", "worker-0", "worker-1", "worker-2"]
+    assert sorted(s.name for s in cloud.nodes()) == [
+        "sd-master-1", "sd-worker-0", "sd-worker-1", "sd-worker-2"]
