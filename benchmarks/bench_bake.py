@@ -125,7 +125,16 @@ usage | awk 'NR == FNR { was[$2] = $1; next }
 """
 
 
-def probe_units(doc: dict, etcd_ip: str, idle: int = 0) -> dict:
+def probe_units(doc: dict, etcd_ip: str, idle: int = 0, mask: tuple[str, ...] = ()) -> dict:
+    """The probes; ``mask``: units masked through the config (Ignition's ``mask``), for an A/B
+    of what one costs the boot."""
+    units = doc["systemd"]["units"]
+    for name in mask:
+        given = [u for u in units if u["name"] == name]
+        if given:
+            given[0]["mask"] = True
+        else:
+            units.append({"name": name, "mask": True})
     add_script_unit(doc, "k8simg-bench-probe", PROBE.replace("$ETCD_HEALTH", ETCD_HEALTH)
                     .replace("$ETCD_IP", shlex.quote(etcd_ip)).replace("$IDLE", str(idle)),
                     "After=k8simg-etcd.service\n")
@@ -157,12 +166,12 @@ def qemu_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0
-               ) -> tuple[dict, list[str], dict]:
+def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
+               mask: tuple[str, ...] = ()) -> tuple[dict, list[str], dict]:
     """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
     time on the host at power-on's end and over the idle window."""
-    _, boot = single_node_machine(image, work, units=lambda doc, ip: probe_units(doc, ip, idle),
-                                  cpus=cpus)
+    _, boot = single_node_machine(image, work, cpus=cpus,
+                                  units=lambda doc, ip: probe_units(doc, ip, idle, mask))
     start = time.monotonic()
     vm = boot(work / "console.log")
     seen: dict[str, float] = {}
@@ -183,10 +192,11 @@ def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0
     return seen, said, host
 
 
-def boot_rows(image: Path, work: Path, cpus: int = 2, idle: int = 0) -> list[dict]:
+def boot_rows(image: Path, work: Path, cpus: int = 2, idle: int = 0,
+              mask: tuple[str, ...] = ()) -> list[dict]:
     """One boot of ``image``: a row per mark seen, QEMU's CPU on the host, then systemd's
     account of the boot."""
-    seen, said, host = timed_boot(image, work, cpus, idle)
+    seen, said, host = timed_boot(image, work, cpus, idle, mask)
     rows = [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{seen[key]} s"}
             for key in sorted(seen, key=seen.get)]
     if "etcd_healthy" in host:
@@ -211,11 +221,13 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help="the booted node's vCPUs (2)")
     ap.add_argument("--idle", type=int, default=0, metavar="S",
                     help="keep the node up S seconds after its boot and report what it used")
+    ap.add_argument("--mask", action="append", default=[], metavar="UNIT",
+                    help="mask this unit through the node's config (an A/B of its cost)")
     args = ap.parse_args()
     rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
-            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle)
+            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle, tuple(args.mask))
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d:
