@@ -157,11 +157,12 @@ def pytest_collection_modifyitems(config, items):
     cloud's (the cloud starts for the first, stops after the last), then the tests on the
     baked images (QEMU boots get the machine to themselves). The images are baked in the
     background from the start of the session (tests/ops/bake/conftest.py), so their ~20 minutes
-    overlap the first two groups instead of adding to them."""
+    overlap the first two groups instead of adding to them; the re-baked image comes second, so
+    the tests on it (the local HA lifecycle) run last, the other boots going on meanwhile."""
     def group(item):
         cloud, image = _uses(item, "test_cloud"), _uses(item, *IMAGE_FIXTURES)
         # Tests on both (the Glance upload of the baked image) end the cloud's group.
-        return (1, image) if cloud else (2, 0) if image else (0, 0)
+        return (1, image) if cloud else (2, _uses(item, "rebaked_image")) if image else (0, 0)
 
     items.sort(key=group)
     for item in items:

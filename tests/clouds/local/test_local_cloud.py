@@ -1,12 +1,13 @@
 """The local cloud end to end: the freshly baked image booted as QEMU VMs (software emulation)
 with nothing but their config drives, in the cluster's own network namespace.
 
-An HA cluster's three masters form one TLS etcd cluster, checked from the host with etcdctl and
-the cluster's healthcheck-client certificate through the namespace; a second deploy changes
-nothing; destroy leaves nothing behind. A node whose Ignition config is refused is reported
-failed with its console lines. With K8SIMG_TEST_LOCAL_ROLL=1 (too long for CI here), `k8simg
-upgrade` rolls an HA cluster onto a re-baked image (new VMs, one at a time) under a writer,
-keeping every acknowledged write and quorum.
+An HA cluster's whole life in one test: its three masters form one TLS etcd cluster, checked
+from the host with etcdctl and the cluster's healthcheck-client certificate through the
+namespace; a second deploy changes nothing; `k8simg upgrade` rolls it onto a re-baked image
+(new VMs, one at a time) under a writer, keeping every acknowledged write and quorum; a worker
+is added; every master is lost and `k8simg restore` brings the cluster back from a snapshot;
+destroy leaves nothing behind. A single master is replaced by a config change, etcd's data
+kept. A node whose Ignition config is refused is reported failed with its console lines.
 """
 
 import base64
@@ -199,7 +200,10 @@ def ha_cluster(path: Path, image: Path):
                          local={"memory_mb": 1536, "cpus": 1, "boot_timeout_s": 1800})
 
 
-def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_cluster):  # noqa: F811
+def test_ha_cluster_lifecycle(baked_image, rebaked_image, tmp_path, local_cluster):  # noqa: F811
+    """Deploy, roll onto a new image, add a worker, lose every master, restore, destroy: one
+    cluster through it all (each step on what the one before left, as an operator's cluster
+    goes; three masters booted once instead of once per step)."""
     image, manifest, _ = baked_image
     cd = ha_cluster(tmp_path / "ha", image)
     local_cluster(cd)
@@ -235,7 +239,8 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
 
     # A sealed snapshot of it, taken through the namespace; with --keep 1, only the newest stays
     writer = Writer(cd.pki_dir, [f"https://10.0.0.1{i}:2379" for i in range(3)],
-                    interval=0.02, netns=open_cloud(cd, cd.load()).ns.name, sticky=True)
+                    interval=0.02, netns=open_cloud(cd, cd.load()).ns.name, sticky=True,
+                    prefix="/snapshot/")  # apart from the roll's writes below
     writer.start()
     time.sleep(3)
     writer.stop()
@@ -331,7 +336,8 @@ def test_ha_cluster_forms_one_etcd_across_vms(baked_image, tmp_path, local_clust
         "changes"] == []
 
     pids = [p.pid for p in procs.values()]
-    pids += restore_after_losing_every_master(cd, cloud)
+    pids += roll_onto(cd, cloud, rebaked_image)  # masters 0-2 -> 3-5
+    pids += restore_after_losing_every_master(cd, cloud, [3, 4, 5])  # -> 6-8
 
     # destroy: no process, namespace (bridge, taps), mount, loop device or file left.
     r = k8simg("destroy", str(cd.path), "-o", "json")
@@ -348,10 +354,11 @@ def everything(cloud, endpoint=None) -> tuple[int, list]:
         (kv["key"], kv["value"], kv["mod_revision"]) for kv in got.get("kvs", []))
 
 
-def restore_after_losing_every_master(cd, cloud) -> list[int]:
-    """A worker added (day 2), a snapshot, a write after it, then every master VM killed (not
-    destroyed): `k8simg restore` brings up three new masters from the snapshot, the worker
-    running on as it was. Returns the VMs' PIDs."""
+def restore_after_losing_every_master(cd, cloud, masters: list[int]) -> list[int]:
+    """A worker added (day 2), a snapshot, a write after it, then every master VM (``masters``:
+    their indexes) killed, not destroyed: `k8simg restore` brings up three new masters from the
+    snapshot, the worker running on as it was. Returns the VMs' PIDs."""
+    new_index = [i + 3 for i in masters]
     edit_cluster(cd, workers__count=1)
     r = k8simg("deploy", str(cd.path), "--no-wait-api", "-o", "json", check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -371,14 +378,14 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
     assert r.returncode == 4 and "healthy quorum (3 of 3 members)" in r.stderr, r.stderr
     r = etcdctl_retried(cloud, "put", "/k8simg/after-snapshot", "lost")
     assert r.returncode == 0, r.stderr
-    for i in range(3):  # the disaster
+    for i in masters:  # the disaster
         os.kill(cloud.procs.get(f"qemu:ha-master-{i}").pid, signal.SIGKILL)
 
     plan = json.loads(k8simg("restore", str(cd.path), "--snapshot", snap["path"], "--plan",
                              "-o", "json").stdout)
     assert plan["healthy_members"] == [] and plan["revision"] == revision
     assert [(x["node"], x["with"]) for x in plan["replace"]] == [
-        (f"ha-master-{i}", f"ha-master-{i + 3}") for i in range(3)]
+        (f"ha-master-{i}", f"ha-master-{i + 3}") for i in masters]
     started = time.monotonic()
     r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], "-o", "json", check=False)
     took = time.monotonic() - started
@@ -393,7 +400,7 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
         "deleted", "deleted", "done"]
     # the snapshot reached each new master as its config's remote file, from the metadata
     # service; the three booted side by side, each restoring it
-    new = [f"ha-master-{i}" for i in (3, 4, 5)]
+    new = [f"ha-master-{i}" for i in new_index]
     staged = next(e for e in events if e["event"] == "snapshot-staged")
     assert staged["url"] == "http://169.254.169.254:80/k8simg/restore/etcd.db.enc"
     assert staged["nodes"] == new
@@ -404,12 +411,12 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
         (n, False) for n in new]
     assert all(e["healthy"] for e in health["endpoints"])
     # every key and revision of the snapshot, nothing written after it
-    after_revision, after = everything(cloud, "https://10.0.0.13:2379")
+    after_revision, after = everything(cloud, f"https://10.0.0.1{new_index[0]}:2379")
     assert after == before and after_revision == revision
     # the API load balancer in front of the new masters alone; the old VMs gone
     haproxy = (cloud.netdir / "haproxy.cfg").read_text()
-    assert all(f"10.0.0.1{i}:" in haproxy for i in (3, 4, 5))
-    assert not any(f"10.0.0.1{i}:" in haproxy for i in (0, 1, 2))
+    assert all(f"10.0.0.1{i}:" in haproxy for i in new_index)
+    assert not any(f"10.0.0.1{i}:" in haproxy for i in masters)
     procs = cloud.procs.all()
     assert sorted(k for k in procs if k.startswith("qemu:")) == [
         *(f"qemu:{n}" for n in new), "qemu:ha-worker-0"]
@@ -421,33 +428,6 @@ def restore_after_losing_every_master(cd, cloud) -> list[int]:
     # the staged snapshot is gone from the metadata service's reach
     assert not list(cloud.nodedir.glob("*/restore.enc"))
     return [p.pid for k, p in procs.items() if k.startswith("qemu:")]
-
-
-ROLL = os.environ.get("K8SIMG_TEST_LOCAL_ROLL") == "1"
-
-
-@pytest.mark.skipif(not ROLL, reason=(
-    "K8SIMG_TEST_LOCAL_ROLL=1 runs it: about 45 min on a 2-core machine under software "
-    "emulation (a second bake, three HA masters booted, then three more one at a time, each "
-    "about 10 min with the others running), beyond CI's budget; see README, Testing"))
-def test_ha_cluster_rolls_onto_a_rebaked_image(baked_image, rebaked_image,  # noqa: F811
-                                               tmp_path, local_cluster):
-    image, _, _ = baked_image
-    cd = ha_cluster(tmp_path / "ha", image)
-    local_cluster(cd)
-    Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr)).deploy()
-    cloud = open_cloud(cd, cd.load())
-    procs = cloud.procs.all()
-    r = k8simg("etcd", "health", str(cd.path), "--wait", "900", check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = etcdctl_retried(cloud, "put", "/k8simg/test", "written-via-master-0",
-                        endpoint="https://10.0.0.10:2379")
-    assert r.returncode == 0, r.stdout + r.stderr
-    pids = [p.pid for p in procs.values()] + roll_onto(cd, cloud, rebaked_image)
-    r = k8simg("destroy", str(cd.path), "-o", "json")
-    assert json.loads(r.stdout)["left"] == []
-    reap(pids)
-    assert leftovers(cd, pids) == []
 
 
 def roll_onto(cd, cloud, rebaked) -> list[int]:

@@ -83,12 +83,12 @@ class Members:
 
 
 class Writer(threading.Thread):
-    """Writes /roll/<n> every few milliseconds through etcd's JSON gateway (one keep-alive
-    connection per endpoint, endpoints tried in order, as a client with all of them would)
-    and records every acknowledged write with its time, and every failure's reason."""
+    """Writes /roll/<n> (``prefix``<n>) every few milliseconds through etcd's JSON gateway
+    (one keep-alive connection per endpoint, endpoints tried in order, as a client with all of
+    them would) and records every acknowledged write with its time, and every failure's reason."""
 
     def __init__(self, pki, endpoints: list[str], interval: float = 0.005,
-                 netns: str | None = None, sticky: bool = False):
+                 netns: str | None = None, sticky: bool = False, prefix: str = "/roll/"):
         """:param netns: write from inside this network namespace (the local cloud's).
         :param sticky: keep writing to the endpoint that answered last (as etcd's own client
             does), instead of trying them in order each time: on VMs an endpoint whose
@@ -99,7 +99,7 @@ class Writer(threading.Thread):
         self.ctx.load_cert_chain(pki / "apiserver-etcd-client.crt",
                                  pki / "apiserver-etcd-client.key")
         self.endpoints = [e.removeprefix("https://").rsplit(":", 1) for e in endpoints]
-        self.interval = interval
+        self.interval, self.prefix = interval, prefix
         self.conns: dict[str, http.client.HTTPSConnection] = {}
         self.acked: list[tuple[int, float]] = []
         self.errors: list[str] = []
@@ -110,7 +110,7 @@ class Writer(threading.Thread):
         if conn is None:
             conn = self.conns[host] = http.client.HTTPSConnection(
                 host, int(port), context=self.ctx, timeout=2)
-        body = json.dumps({"key": base64.b64encode(f"/roll/{seq:08d}".encode()).decode(),
+        body = json.dumps({"key": base64.b64encode(f"{self.prefix}{seq:08d}".encode()).decode(),
                            "value": base64.b64encode(str(seq).encode()).decode()})
         try:
             conn.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
