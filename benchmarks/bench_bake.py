@@ -16,7 +16,6 @@ over HTTP and from a registry on loopback into an artifacts folder, then baked f
 """
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report  # noqa: E402
+from k8simg.clouds.local.process import cpu_seconds  # noqa: E402
 from k8simg.model.versions import DEFAULT_KUBERNETES_VERSION  # noqa: E402
 from k8simg.ops.bake import BakeRequest, BakeResult, bake  # noqa: E402
 from tests.ops.bake.test_boot import (  # noqa: E402
@@ -160,12 +160,6 @@ MARKS = {"kernel_started": "Linux version",
          "boot_finished": "K8SIMG-BENCH END"}
 
 
-def qemu_cpu(pid: int) -> float:
-    """The CPU time (user + system, every thread) a process has used, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
                mask: tuple[str, ...] = ()) -> tuple[dict, list[str], dict]:
     """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
@@ -183,7 +177,9 @@ def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
                 if key not in seen and marker in text:
                     seen[key] = round(time.monotonic() - start, 1)
                     if key in ("etcd_healthy", "idle_started", "idle_ended"):
-                        host[key] = qemu_cpu(vm.process.pid)
+                        used = cpu_seconds(vm.process.pid)
+                        if used is not None:
+                            host[key] = used
             time.sleep(0.2)
     finally:
         vm.stop()

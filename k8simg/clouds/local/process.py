@@ -38,6 +38,13 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user + system, every thread) the process has used, in seconds, or None
+    when it does not exist."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
+
+
 def command_line(pid: int) -> str | None:
     """The process's command line (arguments joined by spaces), or None when it is gone."""
     try:
