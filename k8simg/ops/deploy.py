@@ -34,6 +34,7 @@ from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
 from k8simg.model.credential import ServiceNetwork
 from k8simg.model.manifest import DEBIAN_ETCD_SOURCE
+from k8simg.model.plan import node_key
 from k8simg.ops import desired, readyz
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
@@ -264,7 +265,8 @@ class Deployment:
         if not self.dry:
             # A cluster from before UIDs gets one now, and its cloud adopts its old resources.
             self.cluster.state.ensure_uid(legacy=True)
-            if self.cluster.state.node_keys is not None:
+            recorded = self.cluster.state.node_keys
+            if recorded is not None and recorded != [node_key(n) for n in self.nodes]:
                 # the set an upgrade or a restore recorded, its workers scaled to
                 # workers.count: recorded before any is made or removed
                 self.cluster.save_nodes(self.nodes)
