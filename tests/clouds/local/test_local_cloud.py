@@ -385,7 +385,7 @@ def restore_after_losing_every_master(cd, cloud, masters: list[int]) -> list[int
                              "-o", "json").stdout)
     assert plan["healthy_members"] == [] and plan["revision"] == revision
     assert [(x["node"], x["with"]) for x in plan["replace"]] == [
-        (f"ha-master-{i}", f"ha-master-{i + 3}") for i in masters]
+        (f"ha-master-{i}", f"ha-master-{j}") for i, j in zip(masters, new_index, strict=True)]
     started = time.monotonic()
     r = k8simg("restore", str(cd.path), "--snapshot", snap["path"], "-o", "json", check=False)
     took = time.monotonic() - started
