@@ -7,6 +7,7 @@ root, the units, the login prompt, etcd answering over TLS), and systemd's own a
     python benchmarks/bench_bake.py [--skip-cold] [--skip-warm] [--skip-payload]
     python benchmarks/bench_bake.py --boot IMAGE.qcow2   # only boot a given image (A/B runs)
     python benchmarks/bench_bake.py --boot IMAGE.qcow2 --cpus 1 --idle 120   # and at rest
+    python benchmarks/bench_bake.py --boot IMAGE.qcow2 --qemu-arg=-cpu --qemu-arg=qemu64
 
 Cold bakes use an empty diskimage-builder cache (debootstrap from the mirror); warm bakes
 reuse ~/.cache/image-create. Boots run under QEMU's software emulation, 2 vCPUs, as in the
@@ -161,10 +162,11 @@ MARKS = {"kernel_started": "Linux version",
 
 
 def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
-               mask: tuple[str, ...] = ()) -> tuple[dict, list[str], dict]:
+               mask: tuple[str, ...] = (),
+               qemu_args: tuple[str, ...] = ()) -> tuple[dict, list[str], dict]:
     """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
     time on the host at power-on's end and over the idle window."""
-    _, boot = single_node_machine(image, work, cpus=cpus,
+    _, boot = single_node_machine(image, work, cpus=cpus, qemu_args=qemu_args,
                                   units=lambda doc, ip: probe_units(doc, ip, idle, mask))
     start = time.monotonic()
     vm = boot(work / "console.log")
@@ -189,10 +191,10 @@ def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
 
 
 def boot_rows(image: Path, work: Path, cpus: int = 2, idle: int = 0,
-              mask: tuple[str, ...] = ()) -> list[dict]:
+              mask: tuple[str, ...] = (), qemu_args: tuple[str, ...] = ()) -> list[dict]:
     """One boot of ``image``: a row per mark seen, QEMU's CPU on the host, then systemd's
     account of the boot."""
-    seen, said, host = timed_boot(image, work, cpus, idle, mask)
+    seen, said, host = timed_boot(image, work, cpus, idle, mask, qemu_args)
     rows = [{"what": f"power-on to {key.replace('_', ' ')}", "value": f"{seen[key]} s"}
             for key in sorted(seen, key=seen.get)]
     if "etcd_healthy" in host:
@@ -219,11 +221,15 @@ def main() -> None:
                     help="keep the node up S seconds after its boot and report what it used")
     ap.add_argument("--mask", action="append", default=[], metavar="UNIT",
                     help="mask this unit through the node's config (an A/B of its cost)")
+    ap.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                    help="one more of QEMU's arguments, after the local cloud's (repeat: "
+                         "--qemu-arg=-cpu --qemu-arg=qemu64)")
     args = ap.parse_args()
     rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
-            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle, tuple(args.mask))
+            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle, tuple(args.mask),
+                              tuple(args.qemu_arg))
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d:

@@ -143,6 +143,16 @@ class Vm:
                 self.process.wait()
 
 
+# The CPU model under software emulation: QEMU's own default, and what Nova's libvirt driver
+# gives a TCG guest (cpu_mode "none"). "max" offered everything TCG can emulate, and the
+# guest paid for it: 5-level page tables (la57) on every page walk, SSE4.2 string functions
+# that TCG runs as helper calls. One node, 2 vCPUs, the same image (bench_bake.py --boot):
+# power-on to etcd healthy 49.8 s with "max" (QEMU 74.8 CPU-s), 39.2 / 46.0 s with
+# "max,la57=off" (55 / 70 CPU-s), 48.2 s with qemu64 plus x86-64-v2's SSE4 (66 CPU-s),
+# 39.2 / 38.0 s with qemu64 (50 / 48 CPU-s). What a node runs needs nothing past x86-64 v1.
+TCG_CPU = "qemu64"
+
+
 def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
               volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
               kvm: bool | None = None, nic: tuple[str, str] | None = None,
@@ -163,7 +173,7 @@ def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None =
             "-chardev", f"file,id=serial0,path={console},append={'on' if append_console else 'off'}",
             "-serial", "chardev:serial0",
             "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
-    args += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
+    args += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", TCG_CPU]
     if not reboot:
         args.append("-no-reboot")
     if nic is None:

@@ -166,7 +166,7 @@ def systemd_trouble(console: str) -> list[str]:
 
 
 def single_node_machine(image, work, remote: tuple[str, str, int] | None = None, units=None,
-                        cpus: int = 2):
+                        cpus: int = 2, qemu_args: tuple[str, ...] = ()):
     """A single-node cluster's master, ready to boot: its disk overlay, a blank volume and a
     config drive with its rendered config plus the report unit. The node subnet is a
     loopback range, so etcd binds its planned address with no network.
@@ -176,6 +176,8 @@ def single_node_machine(image, work, remote: tuple[str, str, int] | None = None,
     :param units: ``(config, etcd address) -> config`` adding test units instead of the
         report (the boot benchmark's probes).
     :param cpus: its vCPUs (2, as a flavor's; the local cloud's HA test gives its nodes 1).
+    :param qemu_args: more of QEMU's options, after the local cloud's (the last one given wins:
+        the boot benchmark's A/B of a CPU model).
     :returns: ``(node, boot)``; ``boot(console)`` starts the VM.
     """
     cd = write_cluster(work / "solo", topology="single",
@@ -200,7 +202,8 @@ def single_node_machine(image, work, remote: tuple[str, str, int] | None = None,
         net = ["-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FILES}-"
                           f"tcp:127.0.0.1:{remote[2]}", "-device", "virtio-net-pci,netdev=n0"]
     return node, lambda console: qemu.boot(node.name, disk, console, config_iso=iso,
-                                           volume=volume, cpus=cpus, extra_args=net)
+                                           volume=volume, cpus=cpus,
+                                           extra_args=net + list(qemu_args))
 
 
 def boot_to_report(boot, console) -> dict:
