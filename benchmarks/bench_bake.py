@@ -19,6 +19,7 @@ over HTTP and from a registry on loopback into an artifacts folder, then baked f
 import argparse
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -224,12 +225,18 @@ def main() -> None:
     ap.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
                     help="one more of QEMU's arguments, after the local cloud's (repeat: "
                          "--qemu-arg=-cpu --qemu-arg=qemu64)")
+    ap.add_argument("--keep-console", type=Path, metavar="FILE",
+                    help="copy the booted node's serial console here (with --boot)")
     args = ap.parse_args()
     rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
-            rows += boot_rows(args.boot, Path(d), args.cpus, args.idle, tuple(args.mask),
-                              tuple(args.qemu_arg))
+            try:
+                rows += boot_rows(args.boot, Path(d), args.cpus, args.idle, tuple(args.mask),
+                                  tuple(args.qemu_arg))
+            finally:
+                if args.keep_console and (Path(d) / "console.log").exists():
+                    shutil.copyfile(Path(d) / "console.log", args.keep_console)
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d:
