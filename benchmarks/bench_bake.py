@@ -95,6 +95,23 @@ done | sort -rn | head -12 | sed 's/^/cpu: running /'
 read -r -a st < /proc/1/stat
 awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
         | grep -cx 'Reloading[.]')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
+# Ignition's stages in the initramfs, by its journal lines (one process per stage): each
+# stage's span, and each of its steps ("op(N): [started]" to "[finished]") of 0.3 s or more
+journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=ignition \
+    | sed -nE 's/^\[ *([0-9.]+)\] [^ ]+ ignition\[([0-9]+)\]: (.*)/\1|\2|\3/p' \
+    | awk -F'|' '
+        !($2 in first) { first[$2] = $1; order[++n] = $2 }
+        { last[$2] = $1 }
+        !($2 in stage) && match($3, /^[a-z-]+: /) { stage[$2] = substr($3, 1, RLENGTH - 2) }
+        match($3, /op\([0-9a-f]+\): \[started\]/) {
+            op = $2 " " substr($3, RSTART, RLENGTH - 11); began[op] = $1
+            what[op] = substr($3, RSTART + RLENGTH) }
+        match($3, /op\([0-9a-f]+\): \[finished\]/) {
+            op = $2 " " substr($3, RSTART, RLENGTH - 12)
+            if (op in began && $1 - began[op] >= 0.3)
+                printf "ignition: %s %s %.1f s:%s\n", stage[$2], op, $1 - began[op], substr(what[op], 1, 60) }
+        END { for (i = 1; i <= n; i++) printf "ignition: stage %s %.1f-%.1f s\n",
+                  stage[order[i]], first[order[i]], last[order[i]] }'
 consumed='^\[ *([0-9.]+)\] [^ ]+ systemd\[[0-9]+\]: (.+): Consumed (([0-9]+)min )?([0-9.]+)(m?s) CPU'
 journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd \
     | sed -nE "s/$consumed.*/\\1|\\2|\\4|\\5|\\6/p" \
