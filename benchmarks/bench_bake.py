@@ -95,14 +95,15 @@ done | sort -rn | head -12 | sed 's/^/cpu: running /'
 read -r -a st < /proc/1/stat
 awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
         | grep -cx 'Reloading[.]')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
-# Ignition's stages in the initramfs, by its journal lines (one process per stage): each
+# Ignition's stages in the initramfs, by its journal lines (one process per stage; the later
+# ones' lines begin with a level, "INFO     : "): each
 # stage's span, and each of its steps ("op(N): [started]" to "[finished]") of 0.3 s or more
 journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=ignition \
-    | sed -nE 's/^\[ *([0-9.]+)\] [^ ]+ ignition\[([0-9]+)\]: (.*)/\1|\2|\3/p' \
+    | sed -nE 's/^\[ *([0-9.]+)\] [^ ]+ ignition\[([0-9]+)\]: ([A-Z]+ +: )?(.*)/\1|\2|\4/p' \
     | awk -F'|' '
         !($2 in first) { first[$2] = $1; order[++n] = $2 }
         { last[$2] = $1 }
-        !($2 in stage) && match($3, /^[a-z-]+: /) { stage[$2] = substr($3, 1, RLENGTH - 2) }
+        $3 ~ /^Stage: / { stage[$2] = substr($3, 8) }
         match($3, /op\([0-9a-f]+\): \[started\]/) {
             op = $2 " " substr($3, RSTART, RLENGTH - 11); began[op] = $1
             what[op] = substr($3, RSTART + RLENGTH) }
