@@ -99,18 +99,20 @@ awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDE
 # ones' lines begin with a level, "INFO     : "): each
 # stage's span, and each of its steps ("op(N): [started]" to "[finished]") of 0.3 s or more
 journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=ignition \
-    | sed -nE 's/^\[ *([0-9.]+)\] [^ ]+ ignition\[([0-9]+)\]: ([A-Z]+ +: )?(.*)/\1|\2|\4/p' \
-    | awk -F'|' '
+    | sed -nE 's/^\[ *([0-9.]+)\] [^ ]+ ignition\[([0-9]+)\]: ([A-Z]+ *: )?(.*)/\1\x1f\2\x1f\4/p' \
+    | awk -F'\037' '
         !($2 in first) { first[$2] = $1; order[++n] = $2 }
         { last[$2] = $1 }
         $3 ~ /^Stage: / { stage[$2] = substr($3, 8) }
         match($3, /op\([0-9a-f]+\): \[started\]/) {
             op = $2 " " substr($3, RSTART, RLENGTH - 11); began[op] = $1
-            what[op] = substr($3, RSTART + RLENGTH) }
+            what[op] = substr($3, RSTART + RLENGTH); sub(/^ +/, "", what[op])
+            name[op] = substr($3, RSTART, RLENGTH - 11) }
         match($3, /op\([0-9a-f]+\): \[finished\]/) {
             op = $2 " " substr($3, RSTART, RLENGTH - 12)
             if (op in began && $1 - began[op] >= 0.3)
-                printf "ignition: %s %s %.1f s:%s\n", stage[$2], op, $1 - began[op], substr(what[op], 1, 60) }
+                printf "ignition: %s %s %.1f s: %s\n", stage[$2], name[op], $1 - began[op],
+                       substr(what[op], 1, 60) }
         END { for (i = 1; i <= n; i++) printf "ignition: stage %s %.1f-%.1f s\n",
                   stage[order[i]], first[order[i]], last[order[i]] }'
 consumed='^\[ *([0-9.]+)\] [^ ]+ systemd\[[0-9]+\]: (.+): Consumed (([0-9]+)min )?([0-9.]+)(m?s) CPU'
@@ -241,11 +243,14 @@ def main() -> None:
     ap.add_argument("--mask", action="append", default=[], metavar="UNIT",
                     help="mask this unit through the node's config (an A/B of its cost)")
     ap.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
-                    help="one more of QEMU's arguments, after the local cloud's (repeat: "
-                         "--qemu-arg=-cpu --qemu-arg=qemu64)")
+                    help="one more of QEMU's arguments, after the local cloud's (repeat; a "
+                         "later -cpu replaces the local cloud's: --qemu-arg=-cpu "
+                         "--qemu-arg=max)")
     ap.add_argument("--keep-console", type=Path, metavar="FILE",
                     help="copy the booted node's serial console here (with --boot)")
     args = ap.parse_args()
+    if args.keep_console and not args.boot:
+        ap.error("--keep-console goes with --boot")
     rows: list[dict] = []
     if args.boot:
         with tempfile.TemporaryDirectory() as d:
@@ -254,7 +259,10 @@ def main() -> None:
                                   tuple(args.qemu_arg))
             finally:
                 if args.keep_console and (Path(d) / "console.log").exists():
-                    shutil.copyfile(Path(d) / "console.log", args.keep_console)
+                    try:
+                        shutil.copyfile(Path(d) / "console.log", args.keep_console)
+                    except OSError as e:
+                        progress(f"the console was not kept: {e}")
         report("boot", rows)
         return
     with tempfile.TemporaryDirectory() as d:

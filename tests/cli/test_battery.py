@@ -94,6 +94,7 @@ FIELDS = [
     ("local__memory_mb", 100, "local.memory_mb", "greater than or equal to 512"),
     ("local__cpus", 0, "local.cpus", "greater than or equal to 1"),
     ("local__accel", "hvf", "local.accel", "'tcg' or 'kvm'"),
+    ("local__cpu_model", "max -S", "local.cpu_model", "should match pattern"),
     ("local__boot_timeout_s", 5, "local.boot_timeout_s", "greater than or equal to 30"),
     ("pki__key_algorithm", "dsa", "pki.key_algorithm", "'ecdsa-p256'"),
     ("pki__ca_validity_days", 0, "pki.ca_validity_days", "greater than or equal to 1"),

@@ -271,7 +271,8 @@ class LocalCloud(Cloud):
             rec["name"], d / "root.qcow2", console, config_iso=d / "config.iso",
             volume=d / "storage.qcow2" if rec["volume"] else None,
             memory_mb=self.cfg.local.memory_mb, cpus=self.cfg.local.cpus,
-            kvm=self.cfg.local.accel == "kvm", nic=(rec["tap"], rec["mac"]),
+            kvm=self.cfg.local.accel == "kvm", cpu_model=self.cfg.local.cpu_model,
+            nic=(rec["tap"], rec["mac"]),
             append_console=True, reboot=True)
         run_daemon(self.ns.exec(args + ["-daemonize", "-pidfile", str(pid)]), f"QEMU {rec['name']}")
         self.procs.record(f"qemu:{rec['name']}", pid, "qemu-system-x86_64")

@@ -143,14 +143,16 @@ class Vm:
                 self.process.wait()
 
 
-# The CPU model under software emulation: QEMU's own default, and what Nova's libvirt driver
-# gives a TCG guest (cpu_mode "none"). "max" offered everything TCG can emulate, and the
-# guest paid for it: 5-level page tables (la57) on every page walk, SSE4.2 string functions
-# that TCG runs as helper calls. One node, 2 vCPUs, the same image (bench_bake.py --boot):
+# The CPU model under software emulation (``local.cpu_model`` replaces it): QEMU's own default
+# (Nova's too with cpu_mode "none") plus RDRAND. "max" offered everything TCG can emulate, and
+# the guest paid for it: 5-level page tables (la57) on every page walk (turning la57 off gave
+# back much of it), and, a guess not measured apart, glibc's SSE4.2/AVX string functions that
+# TCG runs as helper calls. One node, 2 vCPUs, the same image (bench_bake.py --boot):
 # power-on to etcd healthy 49.8 s with "max" (QEMU 74.8 CPU-s), 39.2 / 46.0 s with
 # "max,la57=off" (55 / 70 CPU-s), 48.2 s with qemu64 plus x86-64-v2's SSE4 (66 CPU-s),
-# 39.2 / 38.0 s with qemu64 (50 / 48 CPU-s). What a node runs needs nothing past x86-64 v1.
-# With RDRAND (TCG emulates it from the host's random source), as a cloud's CPUs have it: on
+# 39.2 / 38.0 s with qemu64 (50 / 48 CPU-s). What k8simg's nodes run needs nothing past
+# x86-64 v1 (a workload built for x86-64-v2 needs local.cpu_model, e.g. "max").
+# With RDRAND (TCG emulates it from the host's random source), as cloud CPUs have it: on
 # plain qemu64 the kernel's random pool was ready only 28-30 s into the boot, when
 # systemd-random-seed credited the seed file, and whatever asked for random bytes before
 # waited: mkfs.ext4 of the storage volume in Ignition's disks stage (its UUIDs) took 4.3 s of
@@ -160,12 +162,14 @@ TCG_CPU = "qemu64,+rdrand"
 
 def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None = None,
               volume: Path | None = None, memory_mb: int = 2048, cpus: int = 2,
-              kvm: bool | None = None, nic: tuple[str, str] | None = None,
+              kvm: bool | None = None, cpu_model: str | None = None,
+              nic: tuple[str, str] | None = None,
               append_console: bool = False, reboot: bool = False) -> list[str]:
     """QEMU's command line for a node the way Nova boots one: virtio root disk, the volume as
     the second virtio disk, the config drive as a CD-ROM, the serial console into a file.
 
     :param nic: ``(tap, mac)`` for a virtio NIC on that tap; no network without it.
+    :param cpu_model: QEMU's ``-cpu``; None: ``host`` under KVM, :data:`TCG_CPU` under TCG.
     :param append_console: keep earlier boots' console lines (a node's log across restarts).
     :param reboot: let the guest reboot (a node); tests that wait for a power-off do not.
     """
@@ -178,7 +182,8 @@ def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None =
             "-chardev", f"file,id=serial0,path={console},append={'on' if append_console else 'off'}",
             "-serial", "chardev:serial0",
             "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe"]
-    args += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", TCG_CPU]
+    args += ["-accel", "kvm" if kvm else "tcg",
+             "-cpu", cpu_model or ("host" if kvm else TCG_CPU)]
     if not reboot:
         args.append("-no-reboot")
     if nic is None:

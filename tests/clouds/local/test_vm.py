@@ -1,10 +1,15 @@
-"""``Vm.wait_for`` against a real process standing for QEMU (no VM booted)."""
+"""``Vm.wait_for`` against a real process standing for QEMU (no VM booted); the emulated CPU's
+model read back from a paused QEMU."""
 
+import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from k8simg.clouds.local import vm as qemu
 from k8simg.clouds.local.vm import Vm, VmError
 
 
@@ -63,3 +68,53 @@ def test_a_marker_written_during_the_last_wait_is_found(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def _qmp(proc: subprocess.Popen, sock_path: Path, commands: list[dict]) -> list[dict]:
+    """Send QMP ``commands`` to ``proc``, a QEMU listening on ``sock_path``; their answers."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock_path))
+            break
+        except OSError:
+            s.close()
+            if proc.poll() is not None:
+                pytest.fail(f"QEMU exited {proc.returncode}: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with s, s.makefile("rw") as f:
+        json.loads(f.readline())  # the greeting
+        answers = []
+        for cmd in [{"execute": "qmp_capabilities"}, *commands]:
+            f.write(json.dumps(cmd) + "\n")
+            f.flush()
+            while "return" not in (got := json.loads(f.readline())) and "error" not in got:
+                pass  # an event
+            answers.append(got)
+        return answers[1:]
+
+
+@pytest.mark.parametrize("model,rdrand", [(None, True), ("qemu64", False)])
+def test_the_emulated_cpu_model_and_its_rdrand(tmp_path, model, rdrand):
+    """The local cloud's QEMU, paused before the guest runs: the model it was given (the
+    default, or ``local.cpu_model``'s), and RDRAND in it or not, read back over QMP."""
+    disk = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    args = qemu.qemu_args("cpu", disk, tmp_path / "console.log", kvm=False, cpu_model=model)
+    sock = tmp_path / "qmp.sock"
+    p = subprocess.Popen(args + ["-S", "-qmp", f"unix:{sock},server=on,wait=off"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        cpus, = _qmp(p, sock, [{"execute": "query-cpus-fast"}])
+        path = cpus["return"][0]["qom-path"]
+        typ, has = _qmp(p, sock, [{"execute": "qom-get",
+                                "arguments": {"path": path, "property": prop}}
+                               for prop in ("type", "rdrand")])
+        assert typ["return"] == "qemu64-x86_64-cpu"
+        assert has["return"] is rdrand
+    finally:
+        p.kill()
+        p.wait()
