@@ -106,13 +106,12 @@ journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=ignition \
         $3 ~ /^Stage: / { stage[$2] = substr($3, 8) }
         match($3, /op\([0-9a-f]+\): \[started\]/) {
             op = $2 " " substr($3, RSTART, RLENGTH - 11); began[op] = $1
-            what[op] = substr($3, RSTART + RLENGTH); sub(/^ +/, "", what[op])
-            name[op] = substr($3, RSTART, RLENGTH - 11) }
+            what[op] = substr($3, RSTART + RLENGTH); sub(/^ +/, "", what[op]) }
         match($3, /op\([0-9a-f]+\): \[finished\]/) {
             op = $2 " " substr($3, RSTART, RLENGTH - 12)
             if (op in began && $1 - began[op] >= 0.3)
-                printf "ignition: %s %s %.1f s: %s\n", stage[$2], name[op], $1 - began[op],
-                       substr(what[op], 1, 60) }
+                printf "ignition: %s %s %.1f s: %s\n", stage[$2], substr(op, length($2) + 2),
+                       $1 - began[op], substr(what[op], 1, 60) }
         END { for (i = 1; i <= n; i++) printf "ignition: stage %s %.1f-%.1f s\n",
                   stage[order[i]], first[order[i]], last[order[i]] }'
 consumed='^\[ *([0-9.]+)\] [^ ]+ systemd\[[0-9]+\]: (.+): Consumed (([0-9]+)min )?([0-9.]+)(m?s) CPU'
