@@ -166,7 +166,9 @@ def probe_units(doc: dict, etcd_ip: str, idle: int = 0, mask: tuple[str, ...] = 
 
 # The boot's phases, in the order they happen, by lines the console always shows (systemd
 # shortens unit names to the console's width: prefixes).
-MARKS = {"kernel_started": "Linux version",
+MARKS = {"grub_booting": "Booting `",  # GRUB runs the menu entry (the firmware is done)
+         "initrd_loading": "Loading initial ramdisk",  # the kernel read, the initramfs next
+         "kernel_started": "Linux version",
          "initramfs_started": "(Initramfs)!",
          "initramfs_udev_done": "Finished systemd-udev-trig",
          "ignition_fetch_done": "Finished ignition-fetch.service",
