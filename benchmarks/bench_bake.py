@@ -84,8 +84,9 @@ CPU = r"""#!/bin/bash
 read -r _ user nice system idle iowait irq softirq steal _ < /proc/stat
 read -r up _ < /proc/uptime
 awk -v b=$((user + nice + system + irq + softirq)) -v i=$((idle + iowait)) -v up="$up" \
-    -v n="$(nproc)" 'BEGIN { printf "cpu: busy %.1f s, idle %.1f s, in %.1f s x %d vCPUs\n",
-                             b / 100, i / 100, up, n }'
+    -v n="$(nproc)" -v u=$((user + nice)) -v k=$((system + irq + softirq)) \
+    'BEGIN { printf "cpu: busy %.1f s (user %.1f, kernel %.1f), idle %.1f s, in %.1f s x %d vCPUs\n",
+                    b / 100, u / 100, k / 100, i / 100, up, n }'
 for f in /sys/fs/cgroup/init.scope/cpu.stat /sys/fs/cgroup/*.slice/*/cpu.stat; do
     u=${f%/cpu.stat}
     awk -v u="${u##*/}" '$1 == "usage_usec" { printf "%.2f %s\n", $2 / 1e6, u }' "$f"
@@ -93,8 +94,10 @@ done | sort -rn | head -12 | sed 's/^/cpu: running /'
 # PID 1 itself (the initramfs's systemd, then the node's, one process) apart from its children
 # in init.scope (generators), and how often it reloaded its units
 read -r -a st < /proc/1/stat
-awk -v t=$((st[13] + st[14])) -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
-        | grep -cx 'Reloading[.]')" 'BEGIN { printf "cpu: pid 1 itself %.2f s, %d reloads\n", t / 100, r }'
+awk -v u=${st[13]} -v k=${st[14]} -v r="$(journalctl -b -o cat --no-pager SYSLOG_IDENTIFIER=systemd \
+        | grep -cx 'Reloading[.]')" \
+    'BEGIN { printf "cpu: pid 1 itself %.2f s (user %.2f, kernel %.2f), %d reloads\n",
+                    (u + k) / 100, u / 100, k / 100, r }'
 # Ignition's stages in the initramfs, by its journal lines (one process per stage; the later
 # ones' lines begin with a level, "INFO     : "): each
 # stage's span, and each of its steps ("op(N): [started]" to "[finished]") of 0.3 s or more

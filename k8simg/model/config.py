@@ -127,7 +127,7 @@ class LocalSpec(_Strict):
     # tcg: software emulation, works everywhere; kvm: hardware virtualisation where /dev/kvm
     # boots a normal kernel (not inside most containers).
     accel: Literal["tcg", "kvm"] = "tcg"
-    # QEMU's -cpu; None: "host" under kvm, "qemu64,+rdrand" under tcg (x86-64 v1: workloads
+    # QEMU's -cpu; None: "host" under kvm, "qemu64,+rdrand,-svm" under tcg (x86-64 v1: workloads
     # built for x86-64-v2, RHEL 9's, need a model such as "max" here, at a cost in boot time).
     cpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.,+=-]*$",
                                     max_length=200)] | None = None

@@ -97,10 +97,11 @@ def _qmp(proc: subprocess.Popen, sock_path: Path, commands: list[dict]) -> list[
         return answers[1:]
 
 
-@pytest.mark.parametrize("model,rdrand", [(None, True), ("qemu64", False)])
-def test_the_emulated_cpu_model_and_its_rdrand(tmp_path, model, rdrand):
+@pytest.mark.parametrize("model,rdrand,svm", [(None, True, False), ("qemu64", False, True)])
+def test_the_emulated_cpu_model_and_its_rdrand(tmp_path, model, rdrand, svm):
     """The local cloud's QEMU, paused before the guest runs: the model it was given (the
-    default, or ``local.cpu_model``'s), and RDRAND in it or not, read back over QMP."""
+    default, or ``local.cpu_model``'s), RDRAND and SVM in it or not, and a machine without the
+    PS/2 controller, SMBus and VMware port, read back over QMP."""
     disk = tmp_path / "root.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
     args = qemu.qemu_args("cpu", disk, tmp_path / "console.log", kvm=False, cpu_model=model)
@@ -110,11 +111,15 @@ def test_the_emulated_cpu_model_and_its_rdrand(tmp_path, model, rdrand):
     try:
         cpus, = _qmp(p, sock, [{"execute": "query-cpus-fast"}])
         path = cpus["return"][0]["qom-path"]
-        typ, has = _qmp(p, sock, [{"execute": "qom-get",
-                                "arguments": {"path": path, "property": prop}}
-                               for prop in ("type", "rdrand")])
+        typ, has, virt, *machine = _qmp(p, sock, [
+            *({"execute": "qom-get", "arguments": {"path": path, "property": prop}}
+              for prop in ("type", "rdrand", "svm")),
+            *({"execute": "qom-get", "arguments": {"path": "/machine", "property": prop}}
+              for prop in ("i8042", "smbus", "vmport"))])
         assert typ["return"] == "qemu64-x86_64-cpu"
         assert has["return"] is rdrand
+        assert virt["return"] is svm
+        assert [m["return"] for m in machine] == [False, False, "off"], machine
     finally:
         p.kill()
         p.wait()
