@@ -182,9 +182,10 @@ def qemu_args(name: str, disk: Path, console: Path, *, config_iso: Path | None =
     kvm = kvm_usable() if kvm is None else kvm
     # -nodefaults: none of QEMU's default devices (VGA, parallel port, floppy, IDE CD-ROM, NIC,
     # monitor): a cloud VM has none of them, and probing them costs boot time under emulation.
-    # Nor the machine's PS/2 controller, SMBus and VMware port: with no display, nothing
-    # types or points, and each was a driver the guest's udev loaded and probed on every boot
-    # (psmouse, serio_raw, i2c_i801, i2c_smbus).
+    # Nor the machine's PS/2 controller (and with it the VMware port and mouse, and port 0x92)
+    # or SMBus: with no display nothing types or points, and the guest's udev loaded and probed
+    # their drivers on every boot (psmouse, serio_raw, i2c_i801, i2c_smbus). Leaner than a Nova
+    # VM, which keeps them; QEMU 7.0 or later (the i8042 property).
     args = [qemu, "-name", name, "-machine", MACHINE, "-m", str(memory_mb), "-smp", str(cpus),
             "-nodefaults", "-display", "none",
             "-chardev", f"file,id=serial0,path={console},append={'on' if append_console else 'off'}",
