@@ -187,12 +187,18 @@ MARKS = {"grub_booting": "Booting `",  # GRUB runs the menu entry (the firmware 
 
 
 def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
-               mask: tuple[str, ...] = (),
-               qemu_args: tuple[str, ...] = ()) -> tuple[dict, list[str], dict]:
+               mask: tuple[str, ...] = (), qemu_args: tuple[str, ...] = (),
+               extra_units=None) -> tuple[dict, list[str], dict]:
     """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
-    time on the host at power-on's end and over the idle window."""
-    _, boot = single_node_machine(image, work, cpus=cpus, qemu_args=qemu_args,
-                                  units=lambda doc, ip: probe_units(doc, ip, idle, mask))
+    time on the host at power-on's end and over the idle window.
+
+    :param extra_units: ``(config, etcd address) -> config``, more units after the probes'.
+    """
+    def units(doc, ip):
+        doc = probe_units(doc, ip, idle, mask)
+        return extra_units(doc, ip) if extra_units else doc
+
+    _, boot = single_node_machine(image, work, cpus=cpus, qemu_args=qemu_args, units=units)
     start = time.monotonic()
     vm = boot(work / "console.log")
     seen: dict[str, float] = {}
