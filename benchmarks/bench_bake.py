@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -188,11 +189,14 @@ MARKS = {"grub_booting": "Booting `",  # GRUB runs the menu entry (the firmware 
 
 def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
                mask: tuple[str, ...] = (), qemu_args: tuple[str, ...] = (),
-               extra_units=None) -> tuple[dict, list[str], dict]:
+               extra_units: Callable[[dict, str], dict] | None = None,
+               on_power_on: Callable[[float], object] | None = None
+               ) -> tuple[dict, list[str], dict]:
     """Boot once: when each mark showed on the console, what the guest said, and QEMU's own CPU
     time on the host at power-on's end and over the idle window.
 
     :param extra_units: ``(config, etcd address) -> config``, more units after the probes'.
+    :param on_power_on: given the monotonic time the marks count from, as QEMU starts.
     """
     def units(doc, ip):
         doc = probe_units(doc, ip, idle, mask)
@@ -200,6 +204,8 @@ def timed_boot(image: Path, work: Path, cpus: int = 2, idle: int = 0,
 
     _, boot = single_node_machine(image, work, cpus=cpus, qemu_args=qemu_args, units=units)
     start = time.monotonic()
+    if on_power_on:
+        on_power_on(start)
     vm = boot(work / "console.log")
     seen: dict[str, float] = {}
     host: dict[str, float] = {}

@@ -121,7 +121,7 @@ local:                         # the QEMU virtual machines of `cloud: local`
   memory_mb: {d.local.memory_mb}              # per node
   cpus: {d.local.cpus}
   accel: {d.local.accel}                   # tcg (software, works anywhere) or kvm (where /dev/kvm works)
-  cpu_model: {_value(d.local.cpu_model)}              # QEMU's -cpu; null: host (kvm), qemu64,+rdrand,-svm
+  cpu_model: {_value(d.local.cpu_model)}              # QEMU's -cpu; null: kvm host, tcg qemu64,+rdrand,-svm
   boot_timeout_s: {d.local.boot_timeout_s}         # how long deploy waits for a node's first boot
 
 pki:
