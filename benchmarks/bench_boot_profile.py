@@ -38,11 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_bake import timed_boot  # noqa: E402
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import BAKED, baked_test_images, report  # noqa: E402
 from tests.ops.bake.conftest import debugfs_cat, root_partition  # noqa: E402
 from tests.ops.bake.test_boot import add_script_unit  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache/d/baked-image"
 KALLSYMS, MODULES = "/var/tmp/k8simg-kallsyms", "/var/tmp/k8simg-modules"
 # The kernel's text symbols and the modules loaded, written to the root disk before the
 # benchmark's analysis powers the node off (it waits for every start job, this one's too).
@@ -237,10 +236,9 @@ def main() -> None:
                     help="one more of QEMU's arguments, after the local cloud's (repeat)")
     args = ap.parse_args()
     if args.image is None:
-        baked = sorted(CACHE.glob("*/k8simg-*.qcow2"), key=lambda p: p.stat().st_mtime)
-        baked = [p for p in baked if not p.parent.name.endswith("-rebake")]
+        baked = [p for p in baked_test_images() if not p.parent.name.endswith("-rebake")]
         if not baked:
-            print(f"bench_boot_profile: no image given and none in {CACHE}: nothing profiled "
+            print(f"bench_boot_profile: no image given and none in {BAKED}: nothing profiled "
                   "(pytest tests/ops/bake bakes one)", file=sys.stderr)
             return
         args.image = baked[-1]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import baked_test_images, report  # noqa: E402
 from k8simg.clouds import open_cloud  # noqa: E402
 from k8simg.ops.deploy import Deployment  # noqa: E402
 from k8simg.ops.etcd import Etcd, planned_endpoints  # noqa: E402
@@ -26,12 +26,9 @@ from k8simg.pki import cluster_pki
 from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def default_image() -> Path:
-    found = sorted(ROOT.glob(".pytest_cache/d/baked-image/*/k8simg-*.qcow2"),
-                   key=lambda p: p.stat().st_mtime)
+    found = baked_test_images()
     if not found:
         sys.exit("no baked image: run the slow test tier once, or pass --image")
     return found[-1]

@@ -8,6 +8,13 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+BAKED = Path(__file__).resolve().parent.parent / ".pytest_cache/d/baked-image"
+
+
+def baked_test_images() -> list[Path]:
+    """The test suite's bakes in pytest's cache (``<digest>/`` and ``<digest>-rebake/``),
+    oldest first."""
+    return sorted(BAKED.glob("*/k8simg-*.qcow2"), key=lambda p: p.stat().st_mtime)
 
 
 def machine() -> dict:
