@@ -225,6 +225,29 @@ def test_the_image_enables_exactly_its_preset(baked_root):
     assert masked == MASKED
 
 
+def test_generators_run_only_for_what_a_node_has(baked_root):
+    """systemd runs every generator at each boot before it loads a unit: those for volumes,
+    partitions and scripts a node never has are masked; fstab's, getty's (the serial login)
+    and debug's (an operator's `systemd.mask=`) run. And the image's /etc and /var are
+    stamped up to date with its /usr, so a first boot does not run systemd's update units
+    (sysusers, 3.3 s on the way to etcd under emulation) for packages set up at bake."""
+    shipped = set(debugfs_ls(baked_root, "/usr/lib/systemd/system-generators"))
+    masked = {g for g in debugfs_ls(baked_root, "/etc/systemd/system-generators")
+              if debugfs_link(baked_root, f"/etc/systemd/system-generators/{g}") == "/dev/null"}
+    assert shipped - masked == {"systemd-fstab-generator", "systemd-getty-generator",
+                                "systemd-debug-generator"}, shipped - masked
+    assert masked <= shipped, masked - shipped  # a mask of a generator that is not there
+    usr = re.search(r"mtime: (0x[0-9a-f:]+)", subprocess.run(
+        ["debugfs", "-R", "stat /usr", str(baked_root)], capture_output=True, text=True).stdout)
+    for stamp in ("/etc/.updated", "/var/.updated"):
+        text = (debugfs_cat(baked_root, stamp) or b"").decode()
+        assert re.search(r"^TIMESTAMP_NSEC=\d{19}$", text, re.M), (stamp, text)
+        got = re.search(r"mtime: (0x[0-9a-f:]+)", subprocess.run(
+            ["debugfs", "-R", f"stat {stamp}", str(baked_root)], capture_output=True,
+            text=True).stdout)
+        assert usr and got and got.group(1) == usr.group(1), (stamp, got, usr)
+
+
 def test_apparmor_compiles_only_what_a_node_runs(baked_root):
     """Every profile in /etc/apparmor.d is compiled on first boot (no longer before sysinit,
     89-k8simg-off-sysinit; chrony waits for it): only those

@@ -56,6 +56,10 @@ echo "first-boot: detected $(grep -c '^Detected first boot' <<< "$sd")" \
      "preset $(grep -c '^Populated /etc with preset' <<< "$sd")" \
      "hostname $(grep -c '^Hostname set to' <<< "$sd")" \
      "ignition $(journalctl -b -o cat -t ignition | grep -c .)"
+# systemd-sysusers: what it created (masked in the initramfs; the real root's /etc is stamped
+# up to date with /usr at bake) and whether the real root's ran (its condition's result)
+echo "sysusers: created $(journalctl -b -o cat -t systemd-sysusers | grep -c '^Creating')" \
+     "ran $(systemctl show -p ConditionResult --value systemd-sysusers.service)"
 for u in systemd-resolved.service apparmor.service; do
     before=$(systemctl show -p Before --value $u | tr ' ' '\n' | grep -c '^sysinit.target$')
     echo "early: $u $(systemctl is-active $u) before-sysinit $before"
@@ -144,7 +148,7 @@ def report(console: str, nth: int) -> dict:
                  "trouble": "\n".join(systemd_trouble(console))}
     # The serial getty's login prompt may land in the middle of a line: find the keys.
     keys = (r"(cmdline|firstboot-flag|marker|file|hostname|unit|wait|mount|etcd|image|container"
-            r"|remote|ssh|machine-id|first-boot|early|chronyd)"
+            r"|remote|ssh|machine-id|first-boot|sysusers|early|chronyd)"
             r": (.*)$")
     for ln in blocks[nth - 1].splitlines():
         m = re.search(keys, ln.strip())
@@ -262,6 +266,8 @@ def _boots(baked, image, tmp_path, sha, port):
     assert (seen["detected"], seen["preset"]) == ("0", "0"), r["first-boot"]
     # the initramfs's journal (Ignition's messages) is the node's: the same machine id
     assert int(seen["ignition"]) > 0, r["first-boot"]
+    # No system users made on a first boot: every package set its own up at bake
+    assert r["sysusers"] == "created 0 ran no", r["sysusers"]
     # resolved and AppArmor run, and sysinit.target (every service) no longer waits for them;
     # chronyd, ordered after AppArmor, is confined by its profile all the same
     assert r["early"] == {"systemd-resolved.service": "active before-sysinit 0",

@@ -28,6 +28,13 @@ install() {
     # a config drive fails visibly on its console.
     inst_simple "$moddir/ignition-fetch-timeout.conf" \
         "$systemdsystemunitdir/ignition-fetch.service.d/10-k8simg-timeout.conf"
+    # No systemd-sysusers in the initramfs: it created Debian's whole base set of users and
+    # groups there at every first boot (1.7 s of its start under emulation), when all the
+    # initramfs needs are the users and groups dracut's modules copy in from the image (its
+    # udev rules' groups, networkd's and dbus's users). Masked: networkd's module needs the
+    # sysusers module in, and the image's /etc is stamped up to date for the real root.
+    mkdir -p "$initdir/etc/systemd/system"
+    ln -sfn /dev/null "$initdir/etc/systemd/system/systemd-sysusers.service"
     # Network for a config's remote resources, only when Ignition says it needs one.
     inst_simple "$moddir/k8simg-ignition-neednet.service" \
         "$systemdsystemunitdir/k8simg-ignition-neednet.service"
