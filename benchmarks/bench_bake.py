@@ -63,16 +63,16 @@ PROBE = r"""#!/bin/bash
 pki=/etc/kubernetes/pki
 until $ETCD_HEALTH --dial-timeout=2s >/dev/null 2>&1; do sleep 0.2; done
 echo "K8SIMG-BENCH etcd healthy" > /dev/kmsg
-# What the boot had used at that moment (the summary below comes later, and PID 1's count
-# there includes its answers to systemd-analyze's D-Bus queries): PID 1, the whole guest, and
-# how many processes had been started
+# What the boot had used at that moment (the summary below comes once the whole boot is done,
+# after systemd-analyze's D-Bus queries, which PID 1 answers): PID 1, the whole guest, and the
+# last PID handed out (threads' and this probe's own etcdctl runs included)
 read -r -a st < /proc/1/stat
 read -r _ user nice system _ _ irq softirq _ < /proc/stat
 awk -v u=${st[13]} -v k=${st[14]} -v b=$((user + nice + system + irq + softirq)) \
     -v n="$(cat /proc/sys/kernel/ns_last_pid)" \
     'BEGIN { printf "at etcd healthy: pid 1 %.2f CPU-s (user %.2f, kernel %.2f), ", \
                     (u + k) / 100, u / 100, k / 100
-             printf "guest busy %.1f s, %d processes started\n", b / 100, n }' \
+             printf "guest busy %.1f s, last PID %d\n", b / 100, n }' \
     > /run/k8simg-bench-at-etcd
 exec systemd-run --no-block --unit k8simg-bench-analyze /bin/bash -c '
     systemctl is-system-running --wait >/dev/null

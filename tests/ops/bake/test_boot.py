@@ -59,7 +59,9 @@ echo "first-boot: detected $(grep -c '^Detected first boot' <<< "$sd")" \
 # systemd-sysusers: what it created (masked in the initramfs; the real root's /etc is stamped
 # up to date with /usr at bake) and whether the real root's ran (its condition's result)
 echo "sysusers: created $(journalctl -b -o cat -t systemd-sysusers | grep -c '^Creating')" \
-     "ran $(systemctl show -p ConditionResult --value systemd-sysusers.service)"
+     "ran $(systemctl show -p ConditionResult --value systemd-sysusers.service)" \
+     "checked $([ "$(systemctl show -p ConditionTimestampMonotonic --value systemd-sysusers.service)" \
+                 -gt 0 ] && echo yes || echo no)"
 for u in systemd-resolved.service apparmor.service; do
     before=$(systemctl show -p Before --value $u | tr ' ' '\n' | grep -c '^sysinit.target$')
     echo "early: $u $(systemctl is-active $u) before-sysinit $before"
@@ -267,7 +269,8 @@ def _boots(baked, image, tmp_path, sha, port):
     # the initramfs's journal (Ignition's messages) is the node's: the same machine id
     assert int(seen["ignition"]) > 0, r["first-boot"]
     # No system users made on a first boot: every package set its own up at bake
-    assert r["sysusers"] == "created 0 ran no", r["sysusers"]
+    # (its condition checked, and false: not merely a unit never queued)
+    assert r["sysusers"] == "created 0 ran no checked yes", r["sysusers"]
     # resolved and AppArmor run, and sysinit.target (every service) no longer waits for them;
     # chronyd, ordered after AppArmor, is confined by its profile all the same
     assert r["early"] == {"systemd-resolved.service": "active before-sysinit 0",
