@@ -177,6 +177,15 @@ def root_files(part: Path, paths: list[str]) -> dict[str, bytes | None]:
     return {p: debugfs_cat(part, p) for p in paths}
 
 
+def debugfs_mtime(part: Path, path: str) -> str | None:
+    """``path``'s mtime as debugfs prints it, ``0xSECONDS:0xEXTRA`` in hex (the extra word:
+    nanoseconds << 2, the epoch bits below); None if debugfs does not show one."""
+    r = subprocess.run(["debugfs", "-R", f"stat {path}", str(part)], capture_output=True,
+                       text=True)
+    m = re.search(r"mtime: (0x[0-9a-f:]+)", r.stdout)
+    return m.group(1) if m else None
+
+
 def debugfs_link(part: Path, path: str) -> str | None:
     """Where the symbolic link ``path`` of the ext4 file ``part`` points; None if not a link."""
     r = subprocess.run(["debugfs", "-R", f"stat {path}", str(part)], capture_output=True,
