@@ -17,9 +17,24 @@ def baked_test_images() -> list[Path]:
     return sorted(BAKED.glob("*/k8simg-*.qcow2"), key=lambda p: p.stat().st_mtime)
 
 
+def ruler() -> float:
+    """Seconds a fixed pure-Python loop takes here, the best of three: a yardstick for figures
+    taken on different days. The machines here have run the same emulated boot at a third
+    of their best speed some afternoons (README), so a figure says little without it."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t)
+    return round(best, 3)
+
+
 def machine() -> dict:
     return {"python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "machine": platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "ruler_s": ruler()}
 
 
 def report(name: str, rows: list[dict]) -> None:

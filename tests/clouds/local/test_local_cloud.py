@@ -443,8 +443,13 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     assert [(r["node"], r["to"]) for r in plan["replace"]] == [
         (f"ha-master-{i}", f"{image.name}@sha256:{sha[:12]}") for i in range(3)]
 
+    # Two writes a second, steady. Each write costs the emulated members CPU (about 0.2 CPU-s
+    # on a slow day's machine: benchmarks/bench_cluster_load.py); the closed loop this used
+    # before (a write every 0.02 s, about 5 a second there) took a whole core of the host's
+    # two on top of the idle members' 0.8, and the replacement booted on what was left. A lost
+    # quorum or leader shows at this rate as well: etcd's election timeout here is 5 s.
     writer = Writer(cd.pki_dir, [f"https://10.0.0.1{i}:2379" for i in range(6)],
-                    interval=0.02, netns=cloud.ns.name, sticky=True)
+                    interval=0.5, netns=cloud.ns.name, sticky=True)
     writer.start()
     started = time.monotonic()
     try:
@@ -459,10 +464,13 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     assert r.returncode == 0, r.stderr[-3000:]
     events = [json.loads(ln) for ln in r.stdout.splitlines()]
     begun = {e["node"]: e["time"] for e in events if e["event"] == "replace"}
-    took = {e["node"]: e["time"] - begun[e["node"]] for e in events if e["event"] == "deleted"}
+    ended = {e["node"]: e["time"] for e in events if e["event"] == "deleted"}
+    took = {n: t - begun[n] for n, t in ended.items()}
+    during = {n: writer.acked_between(begun[n], t) for n, t in ended.items()}
     print(f"roll: {time.monotonic() - started - 10:.0f} s; per master "
           + ", ".join(f"{n} {t:.0f} s" for n, t in sorted(took.items()))
-          + f"; {len(writer.acked)} writes, longest gap {writer.longest_gap * 1000:.0f} ms, "
+          + f"; {len(writer.acked)} writes (during each: {during}), longest gap "
+          f"{writer.longest_gap * 1000:.0f} ms, "
           f"errors {writer.errors[:5]}", file=sys.stderr)
     assert sorted(took) == [f"ha-master-{i}" for i in range(3)]
     assert "kubernetes-api" in events[-1]["skipped_gates"]
@@ -492,7 +500,9 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     assert sorted((m.name, m.learner) for m in etcd.members(new)) == [
         (f"ha-master-{i}", False) for i in (3, 4, 5)]
     assert all(e.healthy for e in etcd.health(new))
-    assert len(writer.acked) > 1000, f"only {len(writer.acked)} writes acknowledged"
+    # writes taken all through: while each master was replaced (a replacement takes a minute
+    # or more: over a hundred writes offered), not just before and after
+    assert all(n >= 20 for n in during.values()), during
     for ep in new:
         got = etcd.ctl(["get", "/k8simg/test", "--print-value-only", "--consistency=s"], [ep])
         assert got.stdout.strip() == "written-via-master-0", ep

@@ -83,13 +83,17 @@ class Members:
 
 
 class Writer(threading.Thread):
-    """Writes /roll/<n> (``prefix``<n>) every few milliseconds through etcd's JSON gateway
-    (one keep-alive connection per endpoint, endpoints tried in order, as a client with all of
-    them would) and records every acknowledged write with its time, and every failure's reason."""
+    """Writes /roll/<n> (``prefix``<n>) through etcd's JSON gateway, one write started every
+    ``interval`` seconds (or as soon as the last is answered, when that takes longer), with one
+    keep-alive connection per endpoint, endpoints tried in order, as a client with all of them
+    would; records every acknowledged write with its time, and every failure's reason."""
 
     def __init__(self, pki, endpoints: list[str], interval: float = 0.005,
                  netns: str | None = None, sticky: bool = False, prefix: str = "/roll/"):
-        """:param netns: write from inside this network namespace (the local cloud's).
+        """:param interval: seconds between the starts of two writes: a steady load, the same
+            on a fast machine and a slow one. Emulated members pay for every write in CPU
+            their host's other guests want (see the local lifecycle test).
+        :param netns: write from inside this network namespace (the local cloud's).
         :param sticky: keep writing to the endpoint that answered last (as etcd's own client
             does), instead of trying them in order each time: on VMs an endpoint whose
             machine is not up yet costs a connect timeout, not a refusal."""
@@ -101,7 +105,8 @@ class Writer(threading.Thread):
         self.endpoints = [e.removeprefix("https://").rsplit(":", 1) for e in endpoints]
         self.interval, self.prefix = interval, prefix
         self.conns: dict[str, http.client.HTTPSConnection] = {}
-        self.acked: list[tuple[int, float]] = []
+        self.acked: list[tuple[int, float]] = []  # (seq, time.monotonic())
+        self.wall_offset = time.time() - time.monotonic()  # for times other processes give
         self.errors: list[str] = []
         self.stopping = threading.Event()
 
@@ -127,7 +132,7 @@ class Writer(threading.Thread):
     def run(self):
         if self.netns:
             enter_netns(self.netns)  # this thread's sockets are the namespace's
-        seq = 0
+        seq, due = 0, time.monotonic()
         while not self.stopping.is_set():
             for host, port in list(self.endpoints):
                 err = self._put(host, port, seq)
@@ -140,11 +145,17 @@ class Writer(threading.Thread):
                 if "refused" not in err.lower() and "learner" not in err:
                     self.errors.append(err)
             seq += 1
-            time.sleep(self.interval)
+            # a write starts every ``interval`` (none skipped, none bunched up after a slow one)
+            due = max(due + self.interval, time.monotonic())
+            self.stopping.wait(due - time.monotonic())
 
     def stop(self):
         self.stopping.set()
         self.join(10)
+
+    def acked_between(self, start: float, end: float) -> int:
+        """How many writes were acknowledged between two wall-clock times (``time.time()``)."""
+        return sum(start <= t + self.wall_offset <= end for _, t in self.acked)
 
     @property
     def longest_gap(self) -> float:

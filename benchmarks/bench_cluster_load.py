@@ -1,0 +1,118 @@
+"""What an HA cluster of emulated masters costs the host at rest and under the roll test's
+writer: the QEMU processes' CPU (cores) over windows of the cluster idle and of a writer
+putting keys through etcd's JSON gateway at a fixed interval, with the writes acknowledged.
+
+    python benchmarks/bench_cluster_load.py [--image PATH] [--intervals 0.02,0.25,1] [--window 60]
+
+Three masters, 1.5 GiB and one vCPU each (TCG), as the local lifecycle test deploys them; the
+writer is the test's (tests/ops/upgrade/test_etcd_roll.py Writer), from inside the cluster's
+network namespace. Each writer window is followed by an idle one, so a window's extra CPU is
+read against the idle figure next to it. Runs as root. Everything started is destroyed afterwards.
+"""
+
+import argparse
+import ctypes
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import baked_test_images, report  # noqa: E402
+from k8simg.clouds import open_cloud  # noqa: E402
+from k8simg.ops.deploy import Deployment  # noqa: E402
+from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
+from tests.clouds.local.test_local_cloud import ha_cluster  # noqa: E402
+from tests.ops.upgrade.test_etcd_roll import Writer  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def host_busy() -> float:
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / TICK  # all but idle and iowait
+
+
+def window(cd, pids: dict[str, int], seconds: float, interval: float | None) -> dict:
+    """The guests' CPU (cores) and the host's over ``seconds``, with a writer every
+    ``interval`` s when given."""
+    writer = None
+    if interval is not None:
+        writer = Writer(cd.pki_dir, [f"https://10.0.0.1{i}:2379" for i in range(3)],
+                        interval=interval, netns=open_cloud(cd, cd.load()).ns.name, sticky=True,
+                        prefix=f"/bench-{interval}/")
+        writer.start()
+    guests0, host0, t0 = sum(cpu_seconds(p) for p in pids.values()), host_busy(), time.monotonic()
+    time.sleep(seconds)
+    guests1, host1, t1 = sum(cpu_seconds(p) for p in pids.values()), host_busy(), time.monotonic()
+    if writer:
+        writer.stop()
+    took = t1 - t0
+    out = {"guests": (guests1 - guests0) / took, "host": (host1 - host0) / took}
+    if writer:
+        out.update(writes=len(writer.acked) / took, errors=len(writer.errors),
+                   gap=writer.longest_gap)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image", type=Path)
+    ap.add_argument("--intervals", default="0.02,0.25,1",
+                    help="the writer's intervals, seconds, comma-separated (0.02: the roll "
+                         "test's until 2026-12-02)")
+    ap.add_argument("--window", type=float, default=60, help="seconds per window")
+    ap.add_argument("--settle", type=float, default=150,
+                    help="seconds after deploy before the first window (the boots' tail: "
+                         "image import, the rest of first boot)")
+    args = ap.parse_args()
+    found = baked_test_images()
+    if not args.image and not found:
+        sys.exit("no baked image: run the slow test tier once, or pass --image")
+    image = (args.image or found[-1]).resolve()
+    intervals = [float(x) for x in args.intervals.split(",")]
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # see bench_local
+    cd = ha_cluster(Path(tempfile.mkdtemp(prefix="k8simg-bench-load.")) / "ha", image)
+    rows, pids, daemons = [], {}, []
+    try:
+        t = time.monotonic()
+        Deployment.for_cluster(cd, progress=lambda m: print(m, file=sys.stderr),
+                               health_timeout=1800, wait_api=False).deploy()
+        rows.append({"what": "deploy of 3 masters to a healthy etcd",
+                     "value": f"{time.monotonic() - t:.0f} s"})
+        procs = open_cloud(cd, cd.load()).procs.all()
+        daemons = [p.pid for p in procs.values()]
+        pids = {k: p.pid for k, p in procs.items() if k.startswith("qemu:")}
+        print(f"settling for {args.settle:.0f} s", file=sys.stderr)
+        time.sleep(args.settle)
+        idle = window(cd, pids, args.window, None)
+        rows.append({"what": "3 masters at rest: the guests' CPU on the host",
+                     "value": f"{idle['guests']:.2f} cores (host busy {idle['host']:.2f})"})
+        for interval in intervals:
+            print(f"writer every {interval} s", file=sys.stderr)
+            w = window(cd, pids, args.window, interval)
+            rest = window(cd, pids, args.window / 2, None)
+            extra = w["guests"] - rest["guests"]
+            per = f", {extra / w['writes']:.2f} CPU-s a write" if w["writes"] else ""
+            rows.append({"what": f"writer every {interval} s",
+                         "value": f"{w['writes']:.1f} writes/s acknowledged, guests "
+                                  f"{w['guests']:.2f} cores (+{extra:.2f} on {rest['guests']:.2f} "
+                                  f"at rest{per}), host busy {w['host']:.2f}, "
+                                  f"longest gap {w['gap']:.2f} s, {w['errors']} errors"})
+    finally:
+        left = Deployment.for_cluster(cd).destroy().left
+        reap(daemons)
+        if left:
+            sys.exit(f"destroy left: {left}")
+    report("cluster_load", rows)
+
+
+if __name__ == "__main__":
+    main()
