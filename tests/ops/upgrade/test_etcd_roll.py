@@ -88,11 +88,13 @@ class Writer(threading.Thread):
     keep-alive connection per endpoint, endpoints tried in order, as a client with all of them
     would; records every acknowledged write with its time, and every failure's reason."""
 
-    def __init__(self, pki, endpoints: list[str], interval: float = 0.005,
+    def __init__(self, pki, endpoints: list[str], interval: float = 0.01,
                  netns: str | None = None, sticky: bool = False, prefix: str = "/roll/"):
         """:param interval: seconds between the starts of two writes: a steady load, the same
             on a fast machine and a slow one. Emulated members pay for every write in CPU
-            their host's other guests want (see the local lifecycle test).
+            their host's other guests want (see the local lifecycle test). The default, 10 ms,
+            is the pace of the 5 ms pause after each answer this writer had before, with
+            loopback members answering in about 5 ms.
         :param netns: write from inside this network namespace (the local cloud's).
         :param sticky: keep writing to the endpoint that answered last (as etcd's own client
             does), instead of trying them in order each time: on VMs an endpoint whose
@@ -145,7 +147,8 @@ class Writer(threading.Thread):
                 if "refused" not in err.lower() and "learner" not in err:
                     self.errors.append(err)
             seq += 1
-            # a write starts every ``interval`` (none skipped, none bunched up after a slow one)
+            # the next write starts ``interval`` after this one started, or at once when this
+            # one took longer (the starts it overran are dropped, not made up in a burst)
             due = max(due + self.interval, time.monotonic())
             self.stopping.wait(due - time.monotonic())
 
@@ -154,7 +157,11 @@ class Writer(threading.Thread):
         self.join(10)
 
     def acked_between(self, start: float, end: float) -> int:
-        """How many writes were acknowledged between two wall-clock times (``time.time()``)."""
+        """How many writes were acknowledged between two wall-clock times.
+
+        :param start: ``time.time()``, as other processes' events give it.
+        :param end: the same.
+        """
         return sum(start <= t + self.wall_offset <= end for _, t in self.acked)
 
     @property
