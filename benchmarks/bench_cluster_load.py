@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import baked_test_images, report  # noqa: E402
 from k8simg.clouds import open_cloud  # noqa: E402
+from k8simg.clouds.local.process import cpu_seconds  # noqa: E402
 from k8simg.ops.deploy import Deployment  # noqa: E402
 from k8simg.pki import cluster_pki  # noqa: E402
 from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
@@ -30,11 +31,6 @@ from tests.conftest import write_cluster  # noqa: E402
 from tests.ops.upgrade.test_etcd_roll import Writer  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def host_busy() -> float:

@@ -444,10 +444,11 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
         (f"ha-master-{i}", f"{image.name}@sha256:{sha[:12]}") for i in range(3)]
 
     # Two writes a second, steady. Each write costs the emulated members CPU (about 0.2 CPU-s
-    # on a slow day's machine: benchmarks/bench_cluster_load.py); the closed loop this used
-    # before (a write every 0.02 s, about 5 a second there) took a whole core of the host's
-    # two on top of the idle members' 0.8, and the replacement booted on what was left. A lost
-    # quorum or leader shows at this rate as well: etcd's election timeout here is 5 s.
+    # on a slow day's machine: README, benchmarks/bench_cluster_load.py); the closed loop this
+    # used before (a 0.02 s pause after each answer, about 5 writes a second there) took a
+    # whole core of the host's two on top of the idle members' 0.8, and the replacement
+    # booted on what was left. etcd's election timeout here is 5 s: an election is offered
+    # about ten writes.
     writer = Writer(cd.pki_dir, [f"https://10.0.0.1{i}:2379" for i in range(6)],
                     interval=0.5, netns=cloud.ns.name, sticky=True)
     writer.start()
