@@ -205,6 +205,7 @@ ENABLED = {
                                 "remote-fs.target", "k8simg-firstboot-done.service"},
     "sysinit.target.wants": {"systemd-resolved.service", "apparmor.service",
                              "k8simg-metadata-block.service",
+                             "k8simg-ignition-forget.service",
                              "systemd-network-generator.service"},  # networkd's Also=
     "sockets.target.wants": {"systemd-networkd.socket"},
     "getty.target.wants": {"getty@tty1.service"},

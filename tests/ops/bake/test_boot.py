@@ -43,7 +43,8 @@ if [ -e /etc/k8simg/test-marker ]; then echo "marker: present"; rm -f /etc/k8sim
 else echo "marker: absent"; fi
 for f in /etc/hostname /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/apiserver.key \
          /etc/kubernetes/pki/etcd/server.key /etc/k8simg/etcd.env \
-         /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/super-admin.conf; do
+         /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/super-admin.conf \
+         /run/ignition.json; do
     echo "file: $f $(stat -c %a "$f" 2>/dev/null || echo missing)"
 done
 echo "hostname: $(hostname)"
@@ -280,6 +281,9 @@ def _boots(baked, image, tmp_path, sha, port):
     assert r["file"]["/etc/kubernetes/pki/ca.crt"] == "644"
     assert r["file"]["/etc/kubernetes/super-admin.conf"] == "600"
     assert r["file"]["/etc/kubernetes/manifests/kube-apiserver.yaml"] == "644"
+    # Ignition's cached copy of the whole config (every key above, in clear) did not follow
+    # the node into its real root's /run
+    assert r["file"]["/run/ignition.json"] == "missing", r["file"]
     units = ("containerd.service", "k8simg-etcd.service", "var-lib-containerd.mount")
     assert {u: r["unit"][u] for u in units} == dict.fromkeys(units, "enabled active"), \
         r["trouble"]
