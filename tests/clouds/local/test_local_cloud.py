@@ -468,8 +468,14 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     ended = {e["node"]: e["time"] for e in events if e["event"] == "deleted"}
     took = {n: t - begun[n] for n, t in ended.items()}
     during = {n: writer.acked_between(begun[n], t) for n, t in ended.items()}
+    # of which the replacement's boot (replace -> its node-up); the rest is etcd's membership
+    # steps and the old VM's removal
+    up = {e["node"]: e["time"] for e in events if e["event"] == "node-up"}
+    boot = {e["node"]: up[e["with"]] - e["time"] for e in events
+            if e["event"] == "replace" and e["with"] in up}
     print(f"roll: {time.monotonic() - started - 10:.0f} s; per master "
-          + ", ".join(f"{n} {t:.0f} s" for n, t in sorted(took.items()))
+          + ", ".join(f"{n} {t:.0f} s (boot {boot.get(n, float('nan')):.0f} s)"
+                      for n, t in sorted(took.items()))
           + f"; {len(writer.acked)} writes (during each: {during}), longest gap "
           f"{writer.longest_gap * 1000:.0f} ms, "
           f"errors {writer.errors[:5]}", file=sys.stderr)
