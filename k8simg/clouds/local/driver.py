@@ -50,7 +50,7 @@ from k8simg.clouds.local.network import (
     namespace_name,
     tap_name,
 )
-from k8simg.clouds.local.process import ProcessTable, terminate
+from k8simg.clouds.local.process import ProcessTable, lengthen_slice, terminate
 from k8simg.clouds.local.services import Services, run_daemon
 from k8simg.errors import K8simgError
 from k8simg.fsutil import atomic_write
@@ -59,6 +59,13 @@ from k8simg.model.plan import Node, api_vip, gateway
 
 TOOLS = {"ip": "iproute2", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
          "genisoimage": "genisoimage", "dnsmasq": "dnsmasq-base", "haproxy": "haproxy"}
+
+# The time slice each emulated node's QEMU asks the scheduler for (process.lengthen_slice;
+# 0: the kernel's own, 1.4 ms on this 2-core machine). Software emulation runs translated code
+# whose caches the next guest on the core throws away: with more guests than cores (the demo's
+# five, the roll's four), longer turns left more of the CPU to the guests' own work (README,
+# "Benchmarks": `bench_local.py --demo --slice-ms`). 100 ms is the longest the kernel grants.
+QEMU_SLICE_MS = 100
 
 
 class LocalCloud(Cloud):
@@ -275,7 +282,9 @@ class LocalCloud(Cloud):
             nic=(rec["tap"], rec["mac"]),
             append_console=True, reboot=True)
         run_daemon(self.ns.exec(args + ["-daemonize", "-pidfile", str(pid)]), f"QEMU {rec['name']}")
-        self.procs.record(f"qemu:{rec['name']}", pid, "qemu-system-x86_64")
+        started = self.procs.record(f"qemu:{rec['name']}", pid, "qemu-system-x86_64")
+        if self.cfg.local.accel != "kvm" and QEMU_SLICE_MS:
+            lengthen_slice(started.pid, QEMU_SLICE_MS)
 
     def _records(self) -> list[dict]:
         if not self.nodedir.is_dir():
