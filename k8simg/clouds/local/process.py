@@ -67,37 +67,52 @@ def running(pid: int, started: int | None = None) -> bool:
 
 # sched_setattr(2)'s number where k8simg's local cloud runs (it is not in Python's os module).
 _SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
+_SCHED_FLAG_KEEP_POLICY = 0x08
 
 
 def lengthen_slice(pid: int, ms: float) -> int:
     """Ask the scheduler for ``ms`` milliseconds of CPU per turn for every thread of ``pid``
-    (``sched_setattr`` with ``sched_runtime`` under the normal policy: a slice request on
-    Linux 6.12 and later, whose EEVDF scheduler otherwise hands out a few milliseconds; older
-    kernels ignore the field). Threads the process starts later inherit it.
+    (``sched_setattr``'s ``sched_runtime``: a slice request to the EEVDF scheduler of Linux
+    6.12 and later, which otherwise hands out a few milliseconds). Threads the process starts
+    later inherit it. The thread's policy and nice level stay as they were (an operator's
+    ``nice`` or ``chrt -b`` is kept).
 
     For guests under software emulation sharing fewer cores than there are guests: each switch
     from one QEMU to another costs the next the CPU caches its translated code had warmed.
 
-    :returns: how many threads took it (0 where the call is refused or unknown: the request
-        is an optimisation, never a failure).
+    :returns: how many threads the kernel accepted it for (0 where the call is refused or
+        unknown: the request is an optimisation, never a failure). Kernels before 6.12 accept
+        the call and ignore the slice.
     """
     nr = _SCHED_SETATTR.get(os.uname().machine)
     if nr is None:
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
-    # struct sched_attr, its first version (48 bytes): size, policy, flags, nice, priority,
-    # runtime, deadline, period.
-    attr = ctypes.create_string_buffer(
-        struct.pack("IIQiIQQQ", 48, os.SCHED_OTHER, 0, 0, 0, int(ms * 1e6), 0, 0))
-    done = 0
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in threads:
-        if libc.syscall(nr, int(tid), attr, 0) == 0:
-            done += 1
-    return done
+    done: set[int] = set()
+    # A thread started while we go through the others is picked up by the next listing
+    # (or inherits the slice from its parent thread): a few passes until nothing is new.
+    for _ in range(3):
+        try:
+            threads = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - done
+        except OSError:
+            break
+        if not threads:
+            break
+        for tid in threads:
+            try:
+                nice = os.getpriority(os.PRIO_PROCESS, tid)  # Linux: the thread's own
+            except OSError:
+                continue
+            # struct sched_attr, its first version (48 bytes): size, policy, flags, nice,
+            # priority, runtime, deadline, period. KEEP_POLICY (Linux 5.3) leaves the policy;
+            # the nice level is set from the field, so it gets the thread's own. Not
+            # KEEP_PARAMS: with it the kernel skips the slice too.
+            attr = ctypes.create_string_buffer(struct.pack(
+                "IIQiIQQQ", 48, os.SCHED_OTHER, _SCHED_FLAG_KEEP_POLICY, nice, 0,
+                int(ms * 1e6), 0, 0))
+            if libc.syscall(nr, tid, attr, 0) == 0:
+                done.add(tid)
+    return len(done)
 
 
 @dataclass(frozen=True)
