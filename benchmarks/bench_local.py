@@ -39,23 +39,21 @@ from k8simg.ops.etcd import Etcd, planned_endpoints  # noqa: E402
 from k8simg.pki import cluster_pki
 from tests.clouds.local.conftest import PR_SET_CHILD_SUBREAPER, reap  # noqa: E402
 from tests.conftest import write_cluster  # noqa: E402
-from tests.ops.bake.test_boot import add_script, add_script_unit  # noqa: E402
+from tests.ops.bake.test_boot import ETCD_HEALTH, add_script, add_script_unit  # noqa: E402
 
 # On each master with --idle: once every member of its etcd cluster answers healthy (asked
 # through its own member, as the node's own client), 20 s to settle, then the window on the
 # serial console (bench_bake's IDLE marks and report lines).
 AT_REST = r"""#!/bin/bash
 pki=/etc/kubernetes/pki
-ip=$(ip -4 -o addr show scope global | awk '{ print $4 }' | cut -d/ -f1 | head -n 1)
-until [ "$(ETCDCTL_API=3 etcdctl --endpoints="https://$ip:2379" --cacert=$pki/etcd/ca.crt \
-        --cert=$pki/apiserver-etcd-client.crt --key=$pki/apiserver-etcd-client.key \
-        endpoint health --cluster 2>&1 | grep -c 'is healthy')" = "$MEMBERS" ]; do
+ETCD_IP=$(ip -4 -o addr show scope global | awk '{ print $4 }' | cut -d/ -f1 | head -n 1)
+until [ "$($ETCD_HEALTH --cluster 2>&1 | grep -c 'is healthy')" = "$MEMBERS" ]; do
     sleep 3
 done
 sleep 20
 exec > /dev/ttyS0 2>&1
 k8simg-bench-idle "$SECONDS_AT_REST"
-"""
+""".replace("$ETCD_HEALTH", ETCD_HEALTH)
 
 
 def with_rest_probe(render, members: int, seconds: int):
@@ -89,6 +87,7 @@ def at_rest(cd, procs: dict, seconds: int) -> list[dict]:
                 if (name, mark) not in seen and f"K8SIMG-BENCH {mark}" in text:
                     seen[(name, mark)] = (time.monotonic(), cpu_seconds(pid))
         time.sleep(0.5)
+    time.sleep(2)  # the report lines follow the last end mark
     rows = []
     for name in sorted(pids):
         (t0, c0), (t1, c1) = (seen.get((name, m), (0.0, None)) for m in ("IDLE-START", "IDLE-END"))
@@ -97,7 +96,6 @@ def at_rest(cd, procs: dict, seconds: int) -> list[dict]:
             continue
         rows.append({"cluster": cd.path.name, "what": f"{name} at rest: QEMU CPU-s a minute",
                      "seconds": round(60 * (c1 - c0) / (t1 - t0), 1)})
-        time.sleep(2)  # the report follows the end mark
         text = (nodes / name / "console.log").read_text(errors="replace")
         said = [m.strip() for m in re.findall(r"K8SIMG-BENCH idle \d+ s: (.*)", text)]
         rows.append({"cluster": cd.path.name, "what": f"{name} at rest {seconds} s, guest "
