@@ -4,7 +4,8 @@ one digest of it all, so that a node's config can be compared with what it would
 
 Values that follow the cluster's membership rather than its definition are left out of the
 comparison: the etcd member list a node started with (``ETCD_INITIAL_CLUSTER``,
-``ETCD_INITIAL_CLUSTER_STATE``: a running member never reads it again) and the etcd servers
+``ETCD_INITIAL_CLUSTER_STATE``, and whom a joining member asks for it,
+``K8SIMG_ETCD_JOIN_ENDPOINTS``: a running member never reads them again) and the etcd servers
 an API server was given (``--etcd-servers``): both change whenever another member is replaced,
 and each replacement is rendered with the membership as it is then. Compared, they would make
 every replacement leave the other masters stale, and an upgrade would never end.
@@ -24,7 +25,8 @@ import urllib.parse
 
 from k8simg.ignition.image import ETCD_ENV, ETCD_RESTORE_ENV, RESTORE_SOURCE
 
-MEMBERSHIP = {ETCD_ENV: ("ETCD_INITIAL_CLUSTER=", "ETCD_INITIAL_CLUSTER_STATE="),
+MEMBERSHIP = {ETCD_ENV: ("ETCD_INITIAL_CLUSTER=", "ETCD_INITIAL_CLUSTER_STATE=",
+                        "K8SIMG_ETCD_JOIN_ENDPOINTS="),
               "/etc/kubernetes/manifests/kube-apiserver.yaml": ("--etcd-servers=",)}
 FIRST_BOOT_ONLY = {RESTORE_SOURCE, ETCD_RESTORE_ENV, "unit:k8simg-etcd-restore.service"}
 

@@ -21,6 +21,8 @@ ADDONS_DIR = "/usr/share/k8simg/addons"
 IMAGE_IMPORTER = "/usr/libexec/k8simg/import-images"
 ADDONS_APPLIER = "/usr/libexec/k8simg/apply-addons"
 ETCD_RESTORE = "/usr/libexec/k8simg/etcd-restore"
+ETCD_JOIN = "/usr/libexec/k8simg/etcd-join"
+ETCD_JOIN_ENV = "/run/k8simg/etcd-join.env"  # a joining member's list, as the cluster has it
 ETCD_RESTORE_ENV = "/etc/k8simg/etcd-restore.env"  # the snapshot's key: a restoring member's
 CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 STORAGE_LABEL = "k8s-storage"  # the attached volume, formatted by Ignition on first boot
@@ -83,7 +85,7 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
            "addons_env": ADDONS_ENV, "kubeconfigs": KUBECONFIGS, "images": images(rel),
            "cni_bin_dir": CNI_BIN_DIR, "images_dir": IMAGES_DIR, "list_file": LIST_FILE,
            "importer": IMAGE_IMPORTER, "addons_applier": ADDONS_APPLIER,
-           "restore_script": ETCD_RESTORE,
+           "restore_script": ETCD_RESTORE, "join_script": ETCD_JOIN, "join_env": ETCD_JOIN_ENV,
            "restore_env": ETCD_RESTORE_ENV, "restore_source": RESTORE_SOURCE,
            "restore_dir": RESTORE_DIR,
            # etcd's snapshot files are etcdutl's from 3.5 on; the 3.4 line has only etcdctl
@@ -95,6 +97,7 @@ def image_files(kubernetes_version: str, etcd_version: str | None = None
         f"{unit_dir}/k8simg-etcd-restore.service":
             (0o644, template("image/k8simg-etcd-restore.service.j2", **ctx)),
         ETCD_RESTORE: (0o755, template("image/etcd-restore.sh.j2", **ctx)),
+        ETCD_JOIN: (0o755, template("image/etcd-join.sh.j2", **ctx)),
         f"{unit_dir}/kubelet.service": (0o644, template("image/kubelet.service.j2")),
         f"{unit_dir}/kubelet.service.d/10-k8simg.conf":
             (0o644, template("image/kubelet-dropin.conf.j2", **ctx)),

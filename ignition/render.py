@@ -252,7 +252,13 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
     put_pki(ign, ctx, node, "etcd-peer")
     client = client_url(node)
     peer = peer_url(node)
+    joining = node.name in ctx.joining
     # etcd reads ETCD_<FLAG> variables; the image's unit carries the fixed TLS flags.
+    # A joining member is told whom to ask for the member list it starts with (the image's
+    # etcd-join waits until that list holds it): ETCD_INITIAL_CLUSTER is the list as it was
+    # at the render, which the node may outlive when it boots ahead of its turn.
+    ask = {"K8SIMG_ETCD_JOIN_ENDPOINTS": etcd_client_urls(
+        [n for n in ctx.etcd_nodes if n.name != node.name])} if joining else {}
     ign.file(ETCD_ENV, env_file({
         "ETCD_NAME": node.name,
         "ETCD_LISTEN_CLIENT_URLS": client,
@@ -260,10 +266,11 @@ def etcd_member(ign: Ignition, ctx: RenderContext, node: Node) -> None:
         "ETCD_LISTEN_PEER_URLS": peer,
         "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
         "ETCD_INITIAL_CLUSTER": etcd_initial_cluster(ctx.etcd_nodes),
-        "ETCD_INITIAL_CLUSTER_STATE": "existing" if node.name in ctx.joining else "new",
+        "ETCD_INITIAL_CLUSTER_STATE": "existing" if joining else "new",
         "ETCD_INITIAL_CLUSTER_TOKEN": ctx.config.name,
         "ETCD_HEARTBEAT_INTERVAL": str(ctx.config.etcd_timing()[0]),
         "ETCD_ELECTION_TIMEOUT": str(ctx.config.etcd_timing()[1]),
+        **ask,
     }))
     ign.unit("k8simg-etcd.service")
     if ctx.restore is not None and ctx.restore.node == node.name:
