@@ -36,7 +36,11 @@ def _events(output: str):
               help="Workers whose replacements boot before they go (capacity above normal).")
 @click.option("--max-unavailable", default=0, show_default=True, type=click.IntRange(0, 50),
               help="Workers drained and deleted before their replacements exist (capacity "
-                   "below normal). Masters are always replaced one at a time, surge by one.")
+                   "below normal).")
+@click.option("--control-plane-surge", default=1, show_default=True, type=click.IntRange(1, 7),
+              help="Masters (and etcd members) whose replacements boot at once, each joining "
+                   "etcd in its turn: the membership changes stay one at a time, the boots "
+                   "overlap. That many servers above the cluster's size at most.")
 @click.option("--skip-unobservable", is_flag=True,
               help="Go on where a health gate cannot be observed (named as skipped), e.g. a "
                    "test cloud whose servers run nothing. Never on a real cluster.")
@@ -47,8 +51,8 @@ def _events(output: str):
                    "the nodes that carry them (a scheduled CI job's one command).")
 @ssh_key_option
 @output_option
-def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
-            allow_downgrade, renew_days, ssh_keys, output):
+def upgrade(cluster, cloud, plan, max_surge, max_unavailable, control_plane_surge,
+            skip_unobservable, allow_downgrade, renew_days, ssh_keys, output):
     """Replace every stale node (another image than cluster.yaml names, or a config that is
     not what it renders now), one by one; Kubernetes' version skew policy is enforced.
 
@@ -69,6 +73,7 @@ def upgrade(cluster, cloud, plan, max_surge, max_unavailable, skip_unobservable,
         progress(f"{name}: {detail.get('message', detail)}")
 
     up = Upgrade(d, max_surge=max_surge, max_unavailable=max_unavailable,
+                 control_plane_surge=control_plane_surge,
                  skip_unobservable=skip_unobservable, events=planning if plan else event,
                  allow_downgrade=allow_downgrade, renew_certs_within=renew_days)
     if plan:

@@ -27,14 +27,14 @@ from k8simg.clouds.base import Infra, Preflight, problems_text
 from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
-from k8simg.model.plan import Node, client_url, etcd_members, next_node
+from k8simg.model.plan import Node, client_url, etcd_members, next_node, peer_url
 from k8simg.ops import desired
 from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import etcd_client, version_skew
 from k8simg.ops.lifecycle import Lifecycle
-from k8simg.ops.membership import replace_member
+from k8simg.ops.membership import preflight, replace_member
 from k8simg.ops.skew import skew_problems
 from k8simg.ops.snapshot import take
 from k8simg.pki import cluster_pki
@@ -100,16 +100,20 @@ class Upgrade:
                  skip_unobservable: bool = False, timeout: float = 1800,
                  events: Callable[[str, dict], None] = lambda _e, _d: None,
                  kube: Callable[[], object] | None = None, allow_downgrade: bool = False,
-                 renew_certs_within: int | None = None):
+                 renew_certs_within: int | None = None, control_plane_surge: int = 1):
         if max_surge < 0 or max_unavailable < 0 or max_surge + max_unavailable < 1:
             raise UpgradeAborted("--max-surge and --max-unavailable cannot both be 0: no worker "
                                  "could ever be replaced")
+        if control_plane_surge < 1:
+            raise UpgradeAborted("--control-plane-surge must be at least 1: a master's "
+                                 "replacement boots before the old master goes")
         self.d = deployment
         self.cloud = deployment.cloud
         self.cluster = deployment.cluster
         self.cfg = deployment.cfg
         self.max_surge = max_surge
         self.max_unavailable = max_unavailable
+        self.control_plane_surge = control_plane_surge
         self.skip = skip_unobservable
         self.timeout = timeout
         self.emit = events
@@ -282,7 +286,9 @@ class Upgrade:
                                       "until the new one answers"})
             if etcd is not None:
                 self.snapshot(etcd)
-            for step in masters:
+            for i, step in enumerate(masters):
+                if self.control_plane_surge > 1:
+                    self.boot_ahead(masters[i:i + self.control_plane_surge], etcd, infra)
                 self.replace_control_plane(step, etcd, life, infra, result)
         # etcd's way in (the bastion's tunnel) is closed: workers need none.
         workers = [s for s in steps if s.role == "worker"]
@@ -367,6 +373,40 @@ class Upgrade:
         load balancer's members."""
         return [n for n in self.nodes() if n.role == "master" and n.name != without]
 
+    def voters(self) -> int:
+        """The voting members etcd has when whole: the etcd nodes, less the replacements
+        chosen and not yet through their turn (at most one of them is a member: this turn's)."""
+        pending = set(self.cluster.state.upgrade.replacing.values())
+        return len([n for n in etcd_members(self.nodes(), self.cfg) if n.name not in pending])
+
+    def etcd_endpoints(self) -> list[str]:
+        return [client_url(n) for n in etcd_members(self.nodes(), self.cfg)]
+
+    def boot_ahead(self, steps: list[Step], etcd, infra: Infra) -> None:
+        """Boot the replacements of ``steps`` (the control plane's next ones, this turn's
+        first) now, not each in its turn, and do not wait for them: a booted node's etcd
+        waits until its turn adds it as a member (the image's etcd-join), then joins with the
+        member list as it is then. The membership changes stay one at a time; the boots, the
+        slow part, overlap (``--control-plane-surge``: at most that many servers above the
+        cluster's size, while their old nodes run).
+
+        :raises EtcdAbort: when etcd is not fit for a membership change (then nothing new was
+            booted).
+        """
+        have = {n.name for n in self.cloud.nodes()}
+        olds = [self.node(s.old) for s in steps]
+        news = [self._replacement_for(old.name, old.role) for old in olds]
+        if etcd is not None and any(n.name not in have for n in news):
+            # this turn's replacement may be a voter already (an interrupted run's)
+            mine = peer_url(news[0])
+            members = etcd.members(self.etcd_endpoints())
+            joined = any(mine in m.peer_urls and not m.learner for m in members)
+            preflight(etcd, self.etcd_endpoints(), self.voters() + joined)
+        for old, new in zip(olds, news, strict=True):
+            if new.name not in have:
+                self.emit("boot-ahead", {"node": new.name, "for": old.name})
+                self.cloud.ensure_node(new, self.user_data(new), infra)
+
     def replace_control_plane(self, step: Step, etcd, life: Lifecycle, infra: Infra,
                               result: UpgradeResult) -> None:
         """Replace the master or dedicated etcd member of ``step`` by a new node, surge by one: it
@@ -393,11 +433,10 @@ class Upgrade:
             self.cloud.delete_node(node.name)
 
         if etcd is not None and old in etcd_members(self.nodes(), self.cfg):
-            voters = len(etcd_members(self.nodes(), self.cfg)) - 1
             replace_member(
-                etcd, old, new, voters=voters, timeout=self.timeout,
+                etcd, old, new, voters=self.voters(), timeout=self.timeout,
                 start=lambda n, _initial: self.boot(n, life, infra), stop=stop,
-                endpoints=lambda: [client_url(n) for n in etcd_members(self.nodes(), self.cfg)],
+                endpoints=self.etcd_endpoints,
                 before_remove=swap_in_lb,
                 events=lambda e, d: self.emit(f"etcd-{e}", d))
         else:
