@@ -36,7 +36,7 @@ from k8simg.ops.etcd import etcd_client, version_skew
 from k8simg.ops.lifecycle import Lifecycle
 from k8simg.ops.membership import preflight, replace_member
 from k8simg.ops.skew import skew_problems
-from k8simg.ops.snapshot import take
+from k8simg.ops.snapshot import SnapshotError, take
 from k8simg.pki import cluster_pki
 
 EXIT_DONE = 0
@@ -264,8 +264,11 @@ class Upgrade:
             # etcd first, then the Kubernetes API that drains and gates.
             etcd = self.etcd(life, open_) if masters else None
             if etcd is not None:
-                versions = [st.version for st in etcd.status(
-                    [client_url(n) for n in etcd_members(self.nodes(), self.cfg)])]
+                # the started members' (a replacement booted ahead by a killed run serves
+                # nothing until its turn: asking it costs etcdctl's whole deadline)
+                started = [u for m in etcd.members(self.etcd_endpoints()) if m.started
+                           for u in m.client_urls]
+                versions = [st.version for st in etcd.status(started)]
                 skew = version_skew(versions, pre.image.etcd_version)
                 if skew:
                     raise UpgradeAborted(f"{skew}; nothing was changed")
@@ -284,6 +287,15 @@ class Upgrade:
                 self.emit("warning", {"message": "single master: the Kubernetes API is down "
                                       "from the moment the old master leaves the load balancer "
                                       "until the new one answers"})
+            if len(masters) > 1 and self.control_plane_surge > 1 \
+                    and self.cloud.masters_on_distinct_hosts:
+                ahead = min(self.control_plane_surge, len(masters))
+                self.emit("warning", {"message": f"{ahead} masters' replacements boot at once "
+                                      "and masters must be on distinct hosts (hard "
+                                      f"anti-affinity): that needs {ahead} hosts more than "
+                                      "the cluster has masters (where there are fewer, "
+                                      "a boot finds no host and fails: choose a smaller "
+                                      "--control-plane-surge there)"})
             if etcd is not None:
                 self.snapshot(etcd)
             for i, step in enumerate(masters):
@@ -326,8 +338,13 @@ class Upgrade:
 
         :raises SnapshotError: when etcd cannot be snapshotted.
         """
-        member = etcd_members(self.nodes(), self.cfg)[0]
-        sealed = take(etcd, client_url(member), member.name, self.cluster.backups_dir,
+        # a started voter: on a re-run the first etcd node may be one whose member the killed
+        # run removed already, or a replacement not through its turn
+        member = next((m for m in etcd.members(self.etcd_endpoints())
+                       if m.started and not m.learner), None)
+        if member is None:
+            raise SnapshotError("etcd lists no started voting member to take a snapshot from")
+        sealed = take(etcd, member.client_urls[0], member.name, self.cluster.backups_dir,
                       cluster=self.cfg.name, cluster_uid=self.cluster.state.ensure_uid(),
                       key=cluster_pki(self.cluster, self.cfg).snapshot_key(),
                       kubernetes_version=self.cluster.state.kubernetes_version

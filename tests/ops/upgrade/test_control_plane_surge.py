@@ -1,0 +1,188 @@
+"""`upgrade --control-plane-surge 3`: the three masters' replacements boot at once and each
+joins etcd in its turn, under writes, also when the run is killed and run again.
+
+The upgrade (k8simg.ops.upgrade) runs for real against real etcd members on a loopback range;
+only the servers are a double (tests/ops/upgrade/cloud_double.py): a master's "boot" is what its
+first boot does for etcd, from the Ignition config the upgrade gave it: the config's files
+written under a folder of its own, then the image's etcd unit as systemd runs it (the join step,
+then etcd with the environment files). A master's deletion stops its etcd.
+"""
+
+import contextlib
+import json
+import subprocess
+
+import pytest
+
+from k8simg.clouds.base import ImageFacts, Preflight, Reach
+from k8simg.ignition.image import ETCD_ENV, ETCD_JOIN, ETCD_JOIN_ENV
+from k8simg.model.plan import client_url, peer_url
+from k8simg.model.versions import DEBIAN_ETCD
+from k8simg.ops.deploy import Deployment
+from k8simg.ops.etcd import Etcd
+from k8simg.ops.upgrade import Upgrade
+from k8simg.pki import cluster_pki
+from tests.conftest import write_cluster
+from tests.ignition.support import exec_start, materialise, node_view, unit_text
+from tests.ops.upgrade.cloud_double import CloudDouble, Killed
+from tests.ops.upgrade.kubeapi import KubeApiDouble
+from tests.ops.upgrade.test_etcd_roll import Writer
+from tests.support import etcd_available, processes, wait_until
+
+pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
+
+NET = {"node_cidr": "127.79.0.0/24", "service_cidr": "10.96.0.0/12",
+       "pod_cidr": "10.244.0.0/16", "dns_domain": "cluster.local", "dns_nameservers": []}
+
+
+class EtcdNodes(CloudDouble):
+    """The cloud double whose masters run their config's etcd as their first boot would."""
+
+    def __init__(self, cd, api, image, start, tmp, **kw):
+        super().__init__(cd, api, image, **kw)
+        self.start_proc, self.tmp = start, tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def prepare(self, nodes) -> Preflight:
+        return Preflight([], ImageFacts(self.image, self.image, has_kubernetes=False))
+
+    @contextlib.contextmanager
+    def reach(self):
+        yield Reach()  # the members' loopback addresses are this machine's
+
+    def boot_etcd(self, node, user_data: bytes) -> None:
+        doc = json.loads(user_data)
+        root = self.tmp / node.name
+        materialise(doc, root)
+        (root / "var/lib/etcd").mkdir(parents=True, exist_ok=True)  # the volume's bind mount
+        version = self.cfg.kubernetes_version
+        join = root / "etcd-join"
+        join.write_bytes(node_view(doc, version, DEBIAN_ETCD)[ETCD_JOIN][1])
+        unit = unit_text(doc, "k8simg-etcd.service", version, DEBIAN_ETCD)
+        etcd = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
+                           .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
+                           .replace("//127.0.0.1:2381", f"//{node.address}:2381")
+                           for a in exec_start(unit)[1:]]
+        env_file = root / ETCD_ENV.lstrip("/")
+        joined = root / ETCD_JOIN_ENV.lstrip("/")
+        # systemd: the config's environment file, then the join step, then etcd with both
+        script = ('set -a; . "$0"; set +a; K8SIMG_ETCD_JOIN_ENV="$1" sh "$2" || exit; '
+                  'if [ -f "$1" ]; then set -a; . "$1"; set +a; fi; shift 2; exec "$@"')
+        log = open(self.tmp / f"{node.name}.log", "a")
+        self.procs[node.name] = self.start_proc(
+            ["sh", "-c", script, str(env_file), str(joined), str(join), *etcd],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "K8SIMG_ETCD_DATA_DIR": str(root / "var/lib/etcd"),
+                 "K8SIMG_PKI": str(root / "etc/kubernetes/pki")})
+
+    def ensure_node(self, node, user_data, infra) -> None:
+        fresh = node.name not in self.servers
+        super().ensure_node(node, user_data, infra)
+        if fresh and node.role == "master":
+            self.boot_etcd(node, user_data)
+
+    def delete_node(self, name: str) -> None:
+        super().delete_node(name)
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(timeout=20)
+
+
+@pytest.fixture
+def surge_cluster(tmp_path):
+    """Three masters deployed, their etcd a healthy cluster of three; the cloud and the etcd
+    client. (The Kubernetes API double only records the cloud double's nodes.)"""
+    cd = write_cluster(tmp_path / "cps", topology="ha",
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False}, network=NET)
+    cluster_pki(cd, cd.load()).ensure()
+    api = KubeApiDouble()
+    with processes(kill=True) as start:
+        cloud = EtcdNodes(cd, api, "img-new", start, tmp_path)
+        from k8simg.ignition.render import render_context, render_user_data
+        ctx = render_context(cd)
+        for node in cd.nodes(cd.load()):
+            cloud.place(node, "img-old")
+            cloud.boot_etcd(node, render_user_data(ctx, node))
+        etcd = Etcd(cd.pki_dir, identity="apiserver-etcd-client")
+        eps = [client_url(n) for n in cd.nodes(cd.load())]
+        wait_until(lambda: sum(e.healthy for e in etcd.health(eps)) == 3, 60,
+                   "three healthy members")
+        yield cd, cloud, etcd
+
+
+def upgrade(cd, cloud, events):
+    """The image has no Kubernetes: no API gate is asked (each is named as skipped)."""
+    up = Upgrade(Deployment(cd, cloud), control_plane_surge=3, timeout=120,
+                 events=lambda e, d: events.append((e, d)))
+    return up.run()
+
+
+@pytest.mark.slow  # six real members, three joins under writes: about a minute
+@pytest.mark.parametrize("kill", [None, ("boot", "cps-master-5"), ("delete", "cps-master-1")],
+                         ids=["whole", "killed-booting-ahead", "killed-in-the-second-turn"])
+def test_three_replacements_boot_at_once_and_join_one_by_one(surge_cluster, kill):
+    cd, cloud, etcd = surge_cluster
+    old = [f"cps-master-{i}" for i in range(3)]
+    new = [f"cps-master-{i}" for i in (3, 4, 5)]
+    addresses = {n.name: n for n in cd.nodes(cd.load())}
+    writer = Writer(cd.pki_dir, [f"https://127.79.0.1{i}:2379" for i in (3, 4, 5, 0, 1, 2)],
+                    interval=0.05, sticky=True)
+    events: list[tuple[str, dict]] = []
+    writer.start()
+    try:
+        if kill is not None:
+            cloud.kill_before = kill
+            with pytest.raises(Killed):
+                upgrade(cd, cloud, events)
+            events.append(("killed", {}))
+        result = upgrade(cd, cloud, events)
+    finally:
+        writer.stop()
+    # (the run killed in the second turn had replaced the first master: the re-run, the rest)
+    assert result.replaced == list(zip(old, new, strict=True))[
+        1 if kill == ("delete", "cps-master-1") else 0:]
+    addresses.update({n.name: n for n in cd.nodes(cd.load())})
+
+    # All three booted before the first membership change, each booted once (a re-run boots
+    # only what the killed run had not); the changes one at a time, in order.
+    names = [e for e, _ in events]
+    first_add = names.index("etcd-learner-added")
+    booted = [d["node"] for e, d in events if e == "boot-ahead"]
+    assert sorted(set(booted)) == new
+    assert max(i for i, (e, _) in enumerate(events) if e == "boot-ahead") < first_add
+    assert sorted(n for v, n, _ in cloud.log if v == "boot") == new
+    assert [d["node"] for e, d in events if e == "etcd-promoted"] == new
+    assert [d["node"] for e, d in events if e == "etcd-removed"] == old
+    adds = [i for i, (e, _) in enumerate(events) if e == "etcd-learner-added"]
+    removes = [i for i, (e, _) in enumerate(events) if e == "etcd-removed"]
+    assert adds[1] > removes[0] and adds[2] > removes[1]  # one learner at a time
+    if kill == ("boot", "cps-master-5"):
+        # killed while booting ahead (the third announced, not booted): the re-run boots
+        # the third alone
+        k = names.index("killed")
+        assert [d["node"] for e, d in events[:k] if e == "boot-ahead"] == new
+        assert [d["node"] for e, d in events[k:] if e == "boot-ahead"] == new[2:]
+
+    # etcd: exactly the new members, voters, healthy; every acknowledged write kept; quorum
+    # never lost; the old members' etcd stopped with their servers
+    eps = [client_url(addresses[n]) for n in new]
+    assert sorted((m.name, m.learner) for m in etcd.members(eps)) == [(n, False) for n in new]
+    assert all(e.healthy for e in etcd.health(eps))
+    assert len(writer.acked) > 50
+    for ep in eps:
+        r = etcd.ctl(["get", "/roll/", "--prefix", "--keys-only", "--consistency=s"], [ep])
+        keys = {ln for ln in r.stdout.split() if ln.startswith("/roll/")}
+        assert [s for s, _ in writer.acked if f"/roll/{s:08d}" not in keys] == [], ep
+    assert [e for e in writer.errors if "no leader" in e or "leader changed" in e] == []
+    assert sorted(cloud.servers) == new
+    assert all(cloud.procs[n].poll() is not None for n in old)
+    # each new member started with the list as the cluster had it in its turn, not the
+    # rendered one (which named all six)
+    for i, n in enumerate(new):
+        said = (cloud.tmp / f"{n}.log").read_text()
+        listed = [*new[:i], *old[i:], n]
+        want = ",".join(sorted(f"{m}={peer_url(addresses[m])}" for m in listed))
+        got = next(ln for ln in said.splitlines() if "the cluster lists" in ln)
+        assert ",".join(sorted(got.rsplit("joining ", 1)[1].split(","))) == want, got
