@@ -124,6 +124,8 @@ class ImageFacts:
     :param etcd_version: the etcd it carries, as its manifest says (None: it does not say).
     :param etcd_source: where that etcd came from: ``debian`` (the offline image's Debian
         etcd 3.4, which upstream no longer maintains) or the etcd image it was taken from.
+    :param etcd_join: its etcd unit waits until the cluster lists a joining member (the image's
+        etcd-join): a node may boot before its member is added (``--control-plane-surge``).
     """
 
     ref: str
@@ -132,6 +134,7 @@ class ImageFacts:
     kubernetes_version: str | None = None
     etcd_version: str | None = None
     etcd_source: str | None = None
+    etcd_join: bool = False
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ class Manifest:
         ``digest`` ...); empty without Kubernetes and extra images.
     :param etcd: the etcd the image carries: ``version``, ``source`` (the etcd image by
         digest, or ``debian`` for the offline image's Debian etcd, then with ``support``
-        saying what that means), the binaries' sha256; empty in a manifest from before k8simg
-        said.
+        saying what that means), the binaries' sha256, ``join`` (true: the image's etcd
+        unit runs etcd-join, so a node may boot before its member is added); empty in a
+        manifest from before k8simg said.
     """
 
     k8simg_version: str

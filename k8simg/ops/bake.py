@@ -503,7 +503,7 @@ def bake(req: BakeRequest, progress: Callable[[str], None] = lambda _m: None) ->
             "containerd", "runc", "docker.io", "containernetworking-plugins", "etcd-server",
             "etcd-client", "ignition", "dracut", "linux-image-amd64", "systemd", "chrony",
             "conntrack", "socat", "ethtool", "ipset")},
-        elements=elements(req), etcd=etcd)
+        elements=elements(req), etcd={**etcd, "join": True})
     manifest_path = Manifest.path_for(image)
     atomic_write(manifest_path, manifest.to_json())
     timed.lap("checksum and manifest")

@@ -236,6 +236,13 @@ class Upgrade:
                                  "to finish it first; nothing was changed")
         pre = self.prepare()
         target, steps = self.plan(pre)
+        if self.control_plane_surge > 1 and not pre.image.etcd_join \
+                and any(s.role in ("master", "etcd") for s in steps):
+            raise UpgradeAborted(
+                f"--control-plane-surge {self.control_plane_surge}: the image {pre.image.name} "
+                "does not say its etcd waits for its turn (baked by a k8simg without etcd-join: "
+                "a master booted ahead would start etcd with a member list etcd refuses). "
+                "Re-bake it, or leave --control-plane-surge at 1; nothing was changed")
         result = UpgradeResult(target)
         state = self.cluster.state
         resuming = state.upgrade is not None
@@ -414,11 +421,12 @@ class Upgrade:
         olds = [self.node(s.old) for s in steps]
         news = [self._replacement_for(old.name, old.role) for old in olds]
         if etcd is not None and any(n.name not in have for n in news):
-            # this turn's replacement may be a voter already (an interrupted run's)
-            mine = peer_url(news[0])
+            # this turn's replacement may be a voter already (an interrupted run's), beside
+            # the old member or after its removal
             members = etcd.members(self.etcd_endpoints())
-            joined = any(mine in m.peer_urls and not m.learner for m in members)
-            preflight(etcd, self.etcd_endpoints(), self.voters() + joined)
+            joined = any(peer_url(news[0]) in m.peer_urls and not m.learner for m in members)
+            old_listed = any(peer_url(olds[0]) in m.peer_urls for m in members)
+            preflight(etcd, self.etcd_endpoints(), self.voters() + (joined and old_listed))
         for old, new in zip(olds, news, strict=True):
             if new.name not in have:
                 self.emit("boot-ahead", {"node": new.name, "for": old.name})

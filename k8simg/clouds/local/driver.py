@@ -113,7 +113,8 @@ class LocalCloud(Cloud):
         return ImageFacts(ref, self.image.name, has_kubernetes=bool(m and m.has_kubernetes),
                           kubernetes_version=m.kubernetes_version if m else None,
                           etcd_version=m.etcd.get("version") if m else None,
-                          etcd_source=m.etcd.get("source") if m else None)
+                          etcd_source=m.etcd.get("source") if m else None,
+                          etcd_join=bool(m and m.etcd.get("join")))
 
     def node_path(self, name: str) -> Path:
         """The node's directory: its disks, config drive, console log and record."""

@@ -49,6 +49,7 @@ def image_properties(manifest: Manifest, manifest_bytes: bytes) -> dict[str, str
         "k8simg_built_at": manifest.built_at,
         **({"k8simg_etcd_version": str(manifest.etcd["version"]),
             "k8simg_etcd_source": str(manifest.etcd["source"])} if manifest.etcd else {}),
+        **({"k8simg_etcd_join": "yes"} if manifest.etcd.get("join") else {}),
     }
 
 
@@ -86,7 +87,8 @@ def image_facts(s: Scope, name_or_id: str) -> tuple[ImageFacts | None, list[Prob
     return ImageFacts(image.id, image.name, has_kubernetes=props.get(PROPERTY_BINARIES) != "absent",
                       kubernetes_version=props.get("k8simg_kubernetes_version"),
                       etcd_version=props.get("k8simg_etcd_version"),
-                      etcd_source=props.get("k8simg_etcd_source")), []
+                      etcd_source=props.get("k8simg_etcd_source"),
+                      etcd_join=props.get("k8simg_etcd_join") == "yes"), []
 
 
 def find_uploaded(conn, image_sha256: str) -> list:

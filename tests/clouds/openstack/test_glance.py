@@ -30,7 +30,8 @@ def small_bake(tmp_path, name="k8simg-1.35.2"):
                 "kubernetes_binaries": {"kubelet": {"sha256": "0" * 64}},
                 "built_at": "2026-11-26T10:00:00+00:00",
                 "etcd": {"version": "3.6.6",
-                         "source": "registry.k8s.io/etcd:3.6.6-0@sha256:" + "e" * 64},
+                         "source": "registry.k8s.io/etcd:3.6.6-0@sha256:" + "e" * 64,
+                         "join": True},
                 "image": {"file": image.name, "sha256": digest,
                           "bytes": image.stat().st_size}}
     path = tmp_path / f"{name}.manifest.json"
@@ -61,6 +62,7 @@ def test_upload_is_idempotent_on_the_checksum(os_cloud, tmp_path):
     assert props["k8simg_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert props["k8simg_etcd_version"] == "3.6.6"
     assert props["k8simg_etcd_source"] == "registry.k8s.io/etcd:3.6.6-0@sha256:" + "e" * 64
+    assert props["k8simg_etcd_join"] == "yes"  # --control-plane-surge may boot masters ahead
     assert TAG in got.tags
     # What Glance stored is the qcow2, byte for byte
     stored = conn.image.download_image(got, stream=False).content

@@ -58,6 +58,7 @@ def test_manifest_lists_every_component(baked_image):
     assert etcd["source"] == f"{ETCD_IMAGE.ref}@{pulled[ETCD_IMAGE.ref]['digest']}"
     assert pulled[ETCD_IMAGE.ref]["digest_source"] == "resolved at bake time"
     assert etcd["digest_source"] == "artifacts directory"
+    assert etcd["join"] is True  # its unit runs etcd-join: masters may boot ahead of their turn
     assert etcd["from"] == f"{arts}/images/{ETCD_IMAGE.archive}"
     for b in ("etcd", "etcdctl", "etcdutl"):
         assert etcd["binaries"][b]["sha256"] == hashlib.sha256(

@@ -10,6 +10,8 @@ then etcd with the environment files). A master's deletion stops its etcd.
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 
 import pytest
@@ -42,9 +44,11 @@ class EtcdNodes(CloudDouble):
         super().__init__(cd, api, image, **kw)
         self.start_proc, self.tmp = start, tmp
         self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = []
 
     def prepare(self, nodes) -> Preflight:
-        return Preflight([], ImageFacts(self.image, self.image, has_kubernetes=False))
+        return Preflight([], ImageFacts(self.image, self.image, has_kubernetes=False,
+                                        etcd_join=True))
 
     @contextlib.contextmanager
     def reach(self):
@@ -69,6 +73,7 @@ class EtcdNodes(CloudDouble):
         script = ('set -a; . "$0"; set +a; K8SIMG_ETCD_JOIN_ENV="$1" sh "$2" || exit; '
                   'if [ -f "$1" ]; then set -a; . "$1"; set +a; fi; shift 2; exec "$@"')
         log = open(self.tmp / f"{node.name}.log", "a")
+        self.logs.append(log)
         self.procs[node.name] = self.start_proc(
             ["sh", "-c", script, str(env_file), str(joined), str(join), *etcd],
             stdout=log, stderr=subprocess.STDOUT,
@@ -85,7 +90,7 @@ class EtcdNodes(CloudDouble):
         super().delete_node(name)
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)  # etcd, or a join step still waiting, and its own
             p.wait(timeout=20)
 
 
@@ -109,7 +114,11 @@ def surge_cluster(tmp_path):
         eps = [client_url(n) for n in cd.nodes(cd.load())]
         wait_until(lambda: sum(e.healthy for e in etcd.health(eps)) == 3, 60,
                    "three healthy members")
-        yield cd, cloud, etcd
+        try:
+            yield cd, cloud, etcd
+        finally:
+            for log in cloud.logs:
+                log.close()
 
 
 def upgrade(cd, cloud, events):
@@ -186,3 +195,32 @@ def test_three_replacements_boot_at_once_and_join_one_by_one(surge_cluster, kill
         want = ",".join(sorted(f"{m}={peer_url(addresses[m])}" for m in listed))
         got = next(ln for ln in said.splitlines() if "the cluster lists" in ln)
         assert ",".join(sorted(got.rsplit("joining ", 1)[1].split(","))) == want, got
+
+
+def test_an_image_without_the_join_step_is_refused_a_surge(tmp_path):
+    """An image whose manifest does not say its etcd waits for its turn (baked before
+    etcd-join): a master booted ahead would start etcd with a list etcd refuses, for good. The
+    upgrade refuses before anything is created (exit 4); a surge of 1 is not refused."""
+    from k8simg.ops.upgrade import UpgradeAborted
+
+    cd = write_cluster(tmp_path / "old", topology="ha",
+                       workers={"count": 0, "flavor": "x", "volume_size_gb": 10},
+                       bastion={"enabled": False}, network=NET)
+    cluster_pki(cd, cd.load()).ensure()
+
+    class OldImage(CloudDouble):
+        def prepare(self, nodes) -> Preflight:
+            return Preflight([], ImageFacts(self.image, "k8simg-2026-11", has_kubernetes=False))
+
+    cloud = OldImage(cd, KubeApiDouble(), "img-new")
+    for node in cd.nodes(cd.load()):
+        cloud.place(node, "img-old")
+    with pytest.raises(UpgradeAborted) as e:
+        Upgrade(Deployment(cd, cloud), control_plane_surge=2).run()
+    assert e.value.exit_code == 4
+    assert "--control-plane-surge 2: the image k8simg-2026-11 does not say" in str(e.value)
+    assert cloud.log == [] and cd.state.upgrade is None  # nothing created, nothing begun
+    # a surge of 1 goes past this check (and on to etcd, which this double cannot reach)
+    with pytest.raises(UpgradeAborted) as e:
+        Upgrade(Deployment(cd, cloud), control_plane_surge=1).run()
+    assert "etcd cannot be reached" in str(e.value)
