@@ -62,7 +62,7 @@ def voter_urls(members: list[Member]) -> list[str]:
     return [u for m in members if m.started and not m.learner for u in m.client_urls]
 
 
-def _by_peer(members: list[Member], node: Node) -> Member | None:
+def by_peer(members: list[Member], node: Node) -> Member | None:
     return next((m for m in members if peer_url(node) in m.peer_urls), None)
 
 
@@ -87,7 +87,7 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
     :raises EtcdAbort: when the preflight finds etcd unfit (nothing changed).
     """
     members = etcd.members(endpoints())
-    mine, theirs = _by_peer(members, new), _by_peer(members, old)
+    mine, theirs = by_peer(members, new), by_peer(members, old)
     if theirs is None and mine is not None and mine.started and not mine.learner:
         hook("stop")
         stop(old)  # an earlier run removed the member; the node may still run
@@ -99,7 +99,7 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
     members = preflight(etcd, endpoints(), expected)
     _add_start_promote(etcd, new, members, start, endpoints, events, hook, timeout)
 
-    theirs = _by_peer(etcd.members(endpoints()), old)
+    theirs = by_peer(etcd.members(endpoints()), old)
     if theirs is not None:
         hook("before-remove")
         before_remove()
@@ -140,7 +140,7 @@ def _add_start_promote(etcd: Etcd, new: Node, members: list[Member],
                        hook: Callable[[str], None], timeout: float) -> None:
     """The member on ``new`` added as a learner (unless ``members`` lists it), started with
     the member list as it is, promoted once in sync, healthy."""
-    mine = _by_peer(members, new)
+    mine = by_peer(members, new)
     if mine is None:
         hook("add-learner")
         # A timed-out add may have been applied: then its retry finds the peer URL taken.
@@ -180,7 +180,7 @@ def listed(etcd: Etcd, endpoints: Callable[[], list[str]], node: Node,
     deadline = time.monotonic() + timeout
     while True:
         members = etcd.members(endpoints())
-        mine = _by_peer(members, node)
+        mine = by_peer(members, node)
         if mine is not None:
             return members, mine
         if time.monotonic() > deadline:

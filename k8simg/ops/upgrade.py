@@ -27,14 +27,14 @@ from k8simg.clouds.base import Infra, Preflight, problems_text
 from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
-from k8simg.model.plan import Node, client_url, etcd_members, next_node, peer_url
+from k8simg.model.plan import Node, client_url, etcd_members, next_node
 from k8simg.ops import desired
 from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import etcd_client, version_skew
 from k8simg.ops.lifecycle import Lifecycle
-from k8simg.ops.membership import preflight, replace_member
+from k8simg.ops.membership import by_peer, preflight, replace_member
 from k8simg.ops.skew import skew_problems
 from k8simg.ops.snapshot import SnapshotError, take
 from k8simg.pki import cluster_pki
@@ -424,8 +424,9 @@ class Upgrade:
             # this turn's replacement may be a voter already (an interrupted run's), beside
             # the old member or after its removal
             members = etcd.members(self.etcd_endpoints())
-            joined = any(peer_url(news[0]) in m.peer_urls and not m.learner for m in members)
-            old_listed = any(peer_url(olds[0]) in m.peer_urls for m in members)
+            mine = by_peer(members, news[0])
+            joined = mine is not None and not mine.learner
+            old_listed = by_peer(members, olds[0]) is not None
             preflight(etcd, self.etcd_endpoints(), self.voters() + (joined and old_listed))
         for old, new in zip(olds, news, strict=True):
             if new.name not in have:

@@ -65,12 +65,29 @@ def exec_start(unit: str) -> list[str]:
 
 def env_values(doc: dict, path: str) -> dict[str, str]:
     """The variables of an EnvironmentFile in the config."""
+    return parse_env(files(doc)[path][1].decode())
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """The variables of an EnvironmentFile's text."""
     import shlex
     out = {}
-    for line in files(doc)[path][1].decode().splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition("=")
         out[key] = " ".join(shlex.split(value))
     return out
+
+
+def etcd_command(doc: dict, root: Path, node, kubernetes_version: str,
+                 etcd_version: str | None = None, etcd: str = "etcd") -> list[str]:
+    """The image's etcd unit's command for ``doc``'s node, its paths rebased under ``root``
+    (and its metrics listener on the node's address: members sharing this machine's loopback
+    each need their own)."""
+    unit = unit_text(doc, "k8simg-etcd.service", kubernetes_version, etcd_version)
+    return [etcd] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
+                     .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
+                     .replace("//127.0.0.1:2381", f"//{node.address}:2381")
+                     for a in exec_start(unit)[1:]]
 
 
 def kube_objects(doc: dict, kubernetes_version: str | None = None) -> list[tuple[str, dict]]:

@@ -10,7 +10,6 @@ out the whole first replacement; etcd started with its rendered list is refused 
 """
 
 import os
-import shlex
 import subprocess
 import time
 
@@ -20,8 +19,9 @@ from k8simg.ignition.image import ETCD_ENV, ETCD_JOIN
 from k8simg.ignition.render import render_context, render_node
 from k8simg.model.plan import next_node, peer_url
 from k8simg.model.versions import DEBIAN_ETCD
+from k8simg.ops.etcd import Etcd, Member
 from k8simg.pki import cluster_pki
-from tests.ignition.support import env_values, exec_start, materialise, node_view, unit_text
+from tests.ignition.support import env_values, etcd_command, materialise, node_view, parse_env, unit_text
 from tests.support import etcd_available, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
@@ -31,20 +31,11 @@ NET = {"node_cidr": "127.78.0.0/24", "service_cidr": "10.96.0.0/12",
 
 
 def etcd_args(doc: dict, root, node, version: str) -> list[str]:
-    """The image's etcd command for ``doc``'s node, rebased under ``root``."""
-    unit = unit_text(doc, "k8simg-etcd.service", version, DEBIAN_ETCD)
-    return ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
-                       .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
-                       .replace("//127.0.0.1:2381", f"//{node.address}:2381")
-                       for a in exec_start(unit)[1:]]
+    return etcd_command(doc, root, node, version, DEBIAN_ETCD)
 
 
 def read_env(path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        out[key] = " ".join(shlex.split(value))
-    return out
+    return parse_env(path.read_text())
 
 
 @pytest.mark.slow  # five real members, two joins: about 30 s
@@ -82,32 +73,11 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
         (roots[name] / "etcd-join").write_bytes(script)
     pki = cd.pki_dir
 
-    def etcdctl(*args, endpoints):
-        return subprocess.run(
-            ["etcdctl", f"--endpoints={','.join(endpoints)}", f"--cacert={pki}/etcd/ca.crt",
-             f"--cert={pki}/etcd/healthcheck-client.crt",
-             f"--key={pki}/etcd/healthcheck-client.key", "--dial-timeout=2s",
-             "--command-timeout=5s", *args],
-            capture_output=True, text=True, timeout=30, env={"ETCDCTL_API": "3"})
+    etcd = Etcd(pki)  # the project's client: its membership changes retried as the roll's
 
-    def change(*args, endpoints) -> None:
-        """A membership change, retried as the upgrade retries it: while etcd 3.4 refuses
-        one for 5 s after a start or the change before ("unhealthy cluster", its strict
-        reconfiguration check), and after a timeout (then maybe applied already)."""
-        for _ in range(30):
-            r = etcdctl(*args, endpoints=endpoints)
-            if r.returncode == 0 or ("member not found" in r.stderr and args[1] == "remove") \
-                    or ("Peer URLs already exists" in r.stderr and args[1] == "add"):
-                return
-            assert "unhealthy cluster" in r.stderr or "deadline exceeded" in r.stderr, r.stderr
-            time.sleep(1)
-        raise AssertionError(f"{args}: {r.stderr}")
-
-    def member(ep: str, name: str) -> dict:
-        lines = etcdctl("member", "list", endpoints=[ep]).stdout.splitlines()
-        fields = [ln.split(", ") for ln in lines]
-        return next({"id": f[0], "status": f[1], "learner": f[-1] == "true"}
-                    for f in fields if f[2] == name or f[3] == peer_url(node_of[name]))
+    def member(ep: str, name: str) -> Member:
+        return next(m for m in etcd.members([ep])
+                    if m.name == name or peer_url(node_of[name]) in m.peer_urls)
 
     node_of = {n.name: n for n in nodes}
 
@@ -123,16 +93,18 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
                      stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, env=env)
 
     def promote(name: str, ep: str) -> None:
-        hexid = member(ep, name)["id"]
-        wait_until(lambda: etcdctl("member", "promote", hexid, endpoints=[ep]).returncode == 0,
-                   60, f"{name} promoted")
+        etcd.change(["member", "promote", member(ep, name).hex], [ep], f"promote {name}")
+
+    def add(node, ep: list[str]) -> None:
+        etcd.change(["member", "add", node.name, f"--peer-urls={peer_url(node)}", "--learner"],
+                    ep, f"add {node.name}", ok=lambda e: "Peer URLs already exists" in e)
 
     with processes(kill=True) as start:
         for n in olds:
             start_etcd(start, n.name, env_values(docs[n.name], ETCD_ENV), f"{n.name}.log")
         old_eps = [f"https://{n.address}:2379" for n in olds]
-        wait_until(lambda: etcdctl("endpoint", "health", endpoints=old_eps
-                                   ).stderr.count("is healthy") == 3, 60, "three old members")
+        wait_until(lambda: sum(e.healthy for e in etcd.health(old_eps)) == 3, 60,
+                   "three old members")
 
         # new2 boots ahead: its join step waits, and writes nothing, while it is not listed
         waiting = start(["sh", str(roots[new2.name] / "etcd-join")], env=join_env(new2.name),
@@ -140,8 +112,7 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
         out2 = roots[new2.name] / "run/k8simg/etcd-join.env"
 
         # new1's turn: added as a learner, its join step finds it at once
-        change("member", "add", new1.name, f"--peer-urls={peer_url(new1)}", "--learner",
-               endpoints=old_eps)
+        add(new1, old_eps)
         j1 = subprocess.run(["sh", str(roots[new1.name] / "etcd-join")], env=join_env(new1.name),
                             capture_output=True, text=True, timeout=60)
         assert j1.returncode == 0, j1.stdout + j1.stderr
@@ -152,9 +123,9 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
                    "new1.log")
         ep1 = f"https://{new1.address}:2379"
         promote(new1.name, old_eps[1])
-        wait_until(lambda: "is healthy" in etcdctl("endpoint", "health", endpoints=[ep1]).stderr,
-                   60, f"{new1.name} healthy")
-        change("member", "remove", member(ep1, olds[0].name)["id"], endpoints=[ep1])
+        wait_until(lambda: any(e.healthy for e in etcd.health([ep1])), 60, f"{new1.name} healthy")
+        etcd.change(["member", "remove", member(ep1, olds[0].name).hex], [ep1],
+                    f"remove {olds[0].name}", ok=lambda e: "member not found" in e)
         assert waiting.poll() is None and not out2.exists()  # still not its turn
 
         # The control: new2's etcd started with the list its config was rendered with (as
@@ -173,8 +144,7 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
         assert restarted.poll() is None and not out2.exists()
 
         # new2's turn: added, its waiting join step hands etcd the list as it is now
-        change("member", "add", new2.name, f"--peer-urls={peer_url(new2)}", "--learner",
-               endpoints=[ep1])
+        add(new2, [ep1])
         said, _ = waiting.communicate(timeout=60)
         assert waiting.returncode == 0, said
         again_said, _ = restarted.communicate(timeout=60)
@@ -189,12 +159,11 @@ def test_a_member_booted_ahead_waits_for_its_turn_and_joins_with_the_list_as_it_
                    "new2.log")
         promote(new2.name, ep1)
         ep2 = f"https://{new2.address}:2379"
-        assert etcdctl("put", "/joined", "ahead", endpoints=[ep1]).returncode == 0
-        wait_until(lambda: etcdctl("get", "/joined", "--print-value-only",
-                                   endpoints=[ep2]).stdout.strip() == "ahead", 30,
+        assert etcd.ctl(["put", "/joined", "ahead"], [ep1]).returncode == 0
+        wait_until(lambda: etcd.ctl(["get", "/joined", "--print-value-only",
+                                     "--consistency=s"], [ep2]).stdout.strip() == "ahead", 30,
                    f"{new2.name} serving the cluster's data")
-        assert {k: v["learner"] for k, v in
-                ((n.name, member(ep2, n.name)) for n in [new1, new2])} == {
+        assert {n.name: member(ep2, n.name).learner for n in [new1, new2]} == {
             new1.name: False, new2.name: False}
 
         # A member that has data never waits: the step is a no-op on its restarts

@@ -25,7 +25,7 @@ from k8simg.ops.etcd import Etcd
 from k8simg.ops.upgrade import Upgrade
 from k8simg.pki import cluster_pki
 from tests.conftest import write_cluster
-from tests.ignition.support import exec_start, materialise, node_view, unit_text
+from tests.ignition.support import etcd_command, materialise, node_view
 from tests.ops.upgrade.cloud_double import CloudDouble, Killed
 from tests.ops.upgrade.kubeapi import KubeApiDouble
 from tests.ops.upgrade.test_etcd_roll import Writer
@@ -62,11 +62,7 @@ class EtcdNodes(CloudDouble):
         version = self.cfg.kubernetes_version
         join = root / "etcd-join"
         join.write_bytes(node_view(doc, version, DEBIAN_ETCD)[ETCD_JOIN][1])
-        unit = unit_text(doc, "k8simg-etcd.service", version, DEBIAN_ETCD)
-        etcd = ["etcd"] + [a.replace("/etc/kubernetes/pki", f"{root}/etc/kubernetes/pki")
-                           .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
-                           .replace("//127.0.0.1:2381", f"//{node.address}:2381")
-                           for a in exec_start(unit)[1:]]
+        etcd = etcd_command(doc, root, node, version, DEBIAN_ETCD)
         env_file = root / ETCD_ENV.lstrip("/")
         joined = root / ETCD_JOIN_ENV.lstrip("/")
         # systemd: the config's environment file, then the join step, then etcd with both

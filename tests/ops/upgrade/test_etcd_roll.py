@@ -26,7 +26,7 @@ from k8simg.ops.etcd import Etcd, EtcdAbort, EtcdError
 from k8simg.ops.membership import move_leader_off, replace_member
 from k8simg.pki import Pki, PkiContext
 from tests.conftest import write_cluster
-from tests.ignition.support import env_values, exec_start, materialise, unit_text
+from tests.ignition.support import env_values, etcd_command, materialise
 from tests.support import etcd_available, etcd_lines, processes, wait_until
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd-server/etcd-client missing")
@@ -63,14 +63,8 @@ class Members:
         env = env_values(doc, "/etc/k8simg/etcd.env")
         self.rendered_initial[node.name] = env["ETCD_INITIAL_CLUSTER"]
         # the unit of an image carrying this etcd line (its flags go by that line's names)
-        args = exec_start(unit_text(doc, "k8simg-etcd.service", self.cfg.kubernetes_version,
-                                    self.etcd_line))
-        # the members share this machine's loopback: each its own metrics address
-        rebased = [self.etcd_binary] + [a.replace("/etc/kubernetes/pki",
-                                                  f"{root}/etc/kubernetes/pki")
-                              .replace("/var/lib/etcd", f"{root}/var/lib/etcd")
-                              .replace("//127.0.0.1:2381", f"//{node.address}:2381")
-                              for a in args[1:]]
+        rebased = etcd_command(doc, root, node, self.cfg.kubernetes_version, self.etcd_line,
+                               etcd=self.etcd_binary)
         log = open(self.tmp / f"{node.name}.log", "a")
         self.procs[node.name] = self.start_proc(rebased, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env)
