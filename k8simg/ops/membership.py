@@ -118,6 +118,69 @@ def replace_member(etcd: Etcd, old: Node, new: Node, *, voters: int,
     events("old-stopped", {"node": old.name})
 
 
+def remove_lost_members(etcd: Etcd, lost: list[Node], endpoints: list[str],
+                        events: Events = lambda _step, _detail: None,
+                        timeout: float = 30) -> list[Member]:
+    """Remove the members of ``lost``, nodes whose servers are gone for good (deleted outside
+    k8simg, or with their host), as etcd's guide has a failed member replaced: removed first,
+    while the others keep quorum; their replacements are added after. Returns those removed.
+
+    A turn of an upgrade removes a member before deleting its node; a member left behind by a
+    node that went another way can never answer again, counts against quorum for as long as
+    it is listed, and fails every later preflight.
+
+    :param endpoints: client URLs of the members that are not lost.
+    :raises EtcdAbort: when one of them still answers, or another voter is not healthy (then
+        too few may be left to commit the removal; with quorum lost the way back is a
+        restore); nothing is changed.
+    """
+    members = etcd.members(endpoints)
+    gone = [m for m in (by_peer(members, n) for n in lost) if m is not None]
+    if not gone:
+        return []
+    ids = {m.id for m in gone}
+    voting = [m for m in members if not m.learner]
+    others = [m for m in voting if m.id not in ids]
+    health = {e.endpoint: e for e in etcd.health(
+        [u for m in (*gone, *others) if m.started for u in m.client_urls])}
+
+    def answers(m: Member) -> bool:
+        return m.started and all(health.get(u) and health[u].healthy for u in m.client_urls)
+
+    def said(m: Member) -> str:
+        got = [health[u].detail for u in m.client_urls if u in health]
+        return f"{m.name or m.hex} ({'; '.join(got) or 'not started'})"
+
+    alive = [m for m in gone if answers(m)]
+    if alive:
+        raise EtcdAbort("etcd member " + ", ".join(m.name or m.hex for m in alive)
+                        + " still answers although the cloud has no server for it: it runs "
+                        "somewhere this cluster's cloud account does not see; stop it, or "
+                        "remove it with etcdctl, and run again; nothing was changed")
+    unwell = [m for m in others if not answers(m)]
+    if unwell or len(others) <= len(voting) // 2:
+        names = ", ".join(m.name or m.hex for m in gone)
+        raise EtcdAbort(f"etcd member {names} is lost with its server, and "
+                        + (f"{', '.join(said(m) for m in unwell)} not healthy either"
+                           if unwell else "too few voting members are left")
+                        + ": its removal needs the others whole (with quorum lost, restore "
+                        "from a snapshot: `k8simg restore`); nothing was changed")
+    for m in gone:
+        etcd.change(["member", "remove", m.hex], voter_urls(others),
+                    f"remove the lost member {m.name or m.hex}",
+                    ok=lambda e: "member not found" in e)
+        events("lost-member-removed", {"member": m.hex, "name": m.name})
+    # `member list` is each member's own view (etcd 3.4): wait until every voter has applied
+    # the removals, so the next preflight counts what it should
+    deadline = time.monotonic() + timeout
+    for m in others:
+        while ids & {x.id for x in etcd.members(list(m.client_urls))}:
+            if time.monotonic() > deadline:
+                raise EtcdError(f"{m.name} still lists a removed member {timeout:.0f} s on")
+            time.sleep(0.5)
+    return gone
+
+
 def _remove_stale_learners(etcd: Etcd, members: list[Member], mine: Member | None,
                            events: Events, hook: Callable[[str], None]) -> None:
     """Learners: ours (``mine``, added by an interrupted run) is kept; any other that never

@@ -27,14 +27,14 @@ from k8simg.clouds.base import Infra, Preflight, problems_text
 from k8simg.errors import K8simgError
 from k8simg.ignition.render import render_context, render_user_data
 from k8simg.model.cluster import ClusterDir
-from k8simg.model.plan import Node, client_url, etcd_members, next_node
+from k8simg.model.plan import Node, client_url, etcd_members, next_node, peer_url
 from k8simg.ops import desired
 from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
-from k8simg.ops.etcd import etcd_client, version_skew
+from k8simg.ops.etcd import Member, etcd_client, version_skew
 from k8simg.ops.lifecycle import Lifecycle
-from k8simg.ops.membership import by_peer, preflight, replace_member
+from k8simg.ops.membership import by_peer, preflight, remove_lost_members, replace_member
 from k8simg.ops.skew import skew_problems
 from k8simg.ops.snapshot import SnapshotError, take
 from k8simg.pki import cluster_pki
@@ -121,6 +121,9 @@ class Upgrade:
         self.allow_downgrade = allow_downgrade
         self.renew_certs_within = renew_certs_within
         self.found_service_network = None  # what the cloud's preflight found (see plan)
+        # control-plane nodes an interrupted run was replacing whose servers are gone (see
+        # lost_control_plane): left out of renders, voters, endpoints and the load balancer
+        self.lost: set[str] = set()
 
     def nodes(self) -> list[Node]:
         """The cluster's node set as it is now (every step of the upgrade changes it)."""
@@ -266,15 +269,17 @@ class Upgrade:
             state.begin_upgrade(target)
             self.finish_interrupted(life, infra, result)
             self.ensure_bastion(life, infra, result)
+            masters = self.lost_control_plane(masters)
         with contextlib.ExitStack() as open_:
             # What cannot be observed refuses here, before any node of this run is touched:
             # etcd first, then the Kubernetes API that drains and gates.
             etcd = self.etcd(life, open_) if masters else None
             if etcd is not None:
                 # the started members' (a replacement booted ahead by a killed run serves
-                # nothing until its turn: asking it costs etcdctl's whole deadline)
-                started = [u for m in etcd.members(self.etcd_endpoints()) if m.started
-                           for u in m.client_urls]
+                # nothing until its turn: asking it costs etcdctl's whole deadline; nor does
+                # a lost node's)
+                started = [u for m in self.live(etcd.members(self.etcd_endpoints()))
+                           if m.started for u in m.client_urls]
                 versions = [st.version for st in etcd.status(started)]
                 skew = version_skew(versions, pre.image.etcd_version)
                 if skew:
@@ -305,6 +310,11 @@ class Upgrade:
                                       "--control-plane-surge there)"})
             if etcd is not None:
                 self.snapshot(etcd)
+                lost = [self.node(n) for n in sorted(self.lost)]
+                remove_lost_members(etcd, [n for n in lost if n in etcd_members(self.nodes(),
+                                                                             self.cfg)],
+                                    self.etcd_endpoints(),
+                                    events=lambda e, d: self.emit(f"etcd-{e}", d))
             for i, step in enumerate(masters):
                 if self.control_plane_surge > 1:
                     self.boot_ahead(masters[i:i + self.control_plane_surge], etcd, infra)
@@ -347,7 +357,7 @@ class Upgrade:
         """
         # a started voter: on a re-run the first etcd node may be one whose member the killed
         # run removed already, or a replacement not through its turn
-        member = next((m for m in etcd.members(self.etcd_endpoints())
+        member = next((m for m in self.live(etcd.members(self.etcd_endpoints()))
                        if m.started and not m.learner), None)
         if member is None:
             raise SnapshotError("etcd lists no started voting member to take a snapshot from")
@@ -375,11 +385,12 @@ class Upgrade:
     def _drop_node(self, name: str) -> None:
         self.cluster.save_nodes([n for n in self.nodes() if n.name != name])
         self.cluster.state.set_replacing(name, None)
+        self.lost.discard(name)
 
     def user_data(self, node: Node) -> bytes:
         """``node``'s Ignition config against the node set as it is now (a new etcd member's joins
         the running cluster); the file digests of it are kept for later plans."""
-        nodes = self.nodes()
+        nodes = [n for n in self.nodes() if n.name not in self.lost]
         joining = frozenset({node.name}) if node in etcd_members(nodes, self.cfg) else frozenset()
         data = render_user_data(render_context(self.cluster, nodes=nodes, joining=joining), node)
         desired.record(self.cluster.state, {node.name: data}, self.cloud.nodes())
@@ -395,16 +406,46 @@ class Upgrade:
     def masters_now(self, without: str | None = None) -> list[Node]:
         """The masters in the node set as it is now, except the one named ``without``: the API
         load balancer's members."""
-        return [n for n in self.nodes() if n.role == "master" and n.name != without]
+        return [n for n in self.nodes()
+                if n.role == "master" and n.name != without and n.name not in self.lost]
 
     def voters(self) -> int:
         """The voting members etcd has when whole: the etcd nodes, less the replacements
-        chosen and not yet through their turn (at most one of them is a member: this turn's)."""
+        chosen and not yet through their turn (at most one of them is a member: this turn's)
+        and the lost ones (their members removed first)."""
         pending = set(self.cluster.state.upgrade.replacing.values())
-        return len([n for n in etcd_members(self.nodes(), self.cfg) if n.name not in pending])
+        return len([n for n in self.etcd_nodes() if n.name not in pending])
+
+    def etcd_nodes(self) -> list[Node]:
+        """The node set's etcd members, less the lost ones."""
+        return [n for n in etcd_members(self.nodes(), self.cfg) if n.name not in self.lost]
 
     def etcd_endpoints(self) -> list[str]:
-        return [client_url(n) for n in etcd_members(self.nodes(), self.cfg)]
+        return [client_url(n) for n in self.etcd_nodes()]
+
+    def live(self, members: list[Member]) -> list[Member]:
+        """``members`` less those of lost nodes (listed until their removal, never answering)."""
+        gone = {peer_url(self.node(n)) for n in self.lost}
+        return [m for m in members if not gone & set(m.peer_urls)]
+
+    def lost_control_plane(self, steps: list[Step]) -> list[Step]:
+        """``steps`` (the control plane's), with a turn for each master or etcd node an
+        interrupted run was replacing whose server is now gone, in the order the turns go.
+
+        A turn of this upgrade removes a node's member before deleting its server; a server
+        can also go another way (deleted by hand, lost with its host) while a killed run
+        waits to be run again, or a run can be killed between the deletion and the record of
+        it. Either way the node is lost: its member, if etcd still lists it, is removed
+        before the turns go on (:func:`remove_lost_members`, only while the others are
+        healthy), and its replacement joins in its turn, as any other."""
+        have = {n.name for n in self.cloud.nodes()}
+        for old, new in self.cluster.state.upgrade.replacing.items():
+            node = self.node(old)
+            if old not in have and node.role in ("master", "etcd"):
+                self.emit("resume", {"node": old, "with": new, "lost": True})
+                self.lost.add(old)
+                steps = [*steps, Step(old, node.role, "", None)]
+        return sorted(steps, key=lambda s: (ORDER[s.role], self.node(s.old).index))
 
     def boot_ahead(self, steps: list[Step], etcd, infra: Infra) -> None:
         """Boot the replacements of ``steps`` (the control plane's next ones, this turn's
@@ -447,7 +488,10 @@ class Upgrade:
         new = self._replacement_for(old.name, old.role)
         self.emit("replace", {"node": old.name, "with": new.name, "role": old.role})
 
+        swapped = []
+
         def swap_in_lb():
+            swapped.append(True)
             if old.role == "master":
                 life.ready_gate(new, gate="kubernetes-api")
                 self.cloud.ensure_api_members(self.masters_now(), infra)  # old and new
@@ -465,6 +509,10 @@ class Upgrade:
                 endpoints=self.etcd_endpoints,
                 before_remove=swap_in_lb,
                 events=lambda e, d: self.emit(f"etcd-{e}", d))
+            if not swapped:
+                # no member left to remove: a lost node's turn, or one whose removal a killed
+                # run made (after its swap: done again, the same members)
+                swap_in_lb()
         else:
             self.boot(new, life, infra)
             swap_in_lb()
@@ -530,14 +578,14 @@ class Upgrade:
             result.replaced.append((bastion[0].name, bastion[0].name))
 
     def finish_interrupted(self, life: Lifecycle, infra: Infra, result: UpgradeResult) -> None:
-        """A replacement chosen by an interrupted run whose old node is already gone."""
+        """A worker's replacement chosen by an interrupted run whose old node is already gone
+        (the control plane's: :meth:`lost_control_plane`)."""
         have = {n.name for n in self.cloud.nodes()}
         for old, new in list(self.cluster.state.upgrade.replacing.items()):
-            if old not in have:
-                node = self.node(new)
+            node = self.node(new)
+            if old not in have and node.role not in ("master", "etcd"):
                 self.emit("resume", {"node": old, "with": new})
                 self.boot(node, life, infra)
-                if node.role == "worker":
-                    life.ready_gate(node)
+                life.ready_gate(node)
                 self._drop_node(old)
                 result.replaced.append((old, new))

@@ -45,6 +45,8 @@ class EtcdNodes(CloudDouble):
         self.start_proc, self.tmp = start, tmp
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = []
+        self.api_members: list[list[str]] = []  # the API load balancer's members, each time
+        self.kill_lb = False
 
     def prepare(self, nodes) -> Preflight:
         return Preflight([], ImageFacts(self.image, self.image, has_kubernetes=False,
@@ -81,6 +83,12 @@ class EtcdNodes(CloudDouble):
         super().ensure_node(node, user_data, infra)
         if fresh and node.role == "master":
             self.boot_etcd(node, user_data)
+
+    def ensure_api_members(self, masters, infra) -> None:
+        if self.kill_lb:  # a run killed in a turn's load-balancer swap: promoted, not removed
+            self.kill_lb = False
+            raise Killed("killed in the load balancer's swap")
+        self.api_members.append(sorted(m.name for m in masters))
 
     def delete_node(self, name: str) -> None:
         super().delete_node(name)
@@ -191,6 +199,96 @@ def test_three_replacements_boot_at_once_and_join_one_by_one(surge_cluster, kill
         want = ",".join(sorted(f"{m}={peer_url(addresses[m])}" for m in listed))
         got = next(ln for ln in said.splitlines() if "the cluster lists" in ln)
         assert ",".join(sorted(got.rsplit("joining ", 1)[1].split(","))) == want, got
+
+
+@pytest.mark.slow  # six real members under writes: about a minute each
+@pytest.mark.parametrize("kill", ["booting-ahead", "head-promoted"])
+def test_a_master_lost_while_the_run_was_killed_leaves_etcd_first(surge_cluster, kill):
+    """A run killed, then master-1's server deleted outside k8simg (by hand, or lost with its
+    host): its etcd member stays listed, dead. Killed while booting ahead (master-3 and -4 up,
+    waiting, no membership changed), or in master-0's turn with master-3 promoted beside the
+    old three (the load balancer's swap, before master-0's removal). The re-run, after its
+    snapshot, removes master-1's member (the others hold quorum), then goes on turn by turn:
+    master-4 joins in master-1's turn, with the member list as it is then. Before, the re-run
+    took "old server gone" for "membership done": it dropped master-1 and aborted on the dead
+    member at the next preflight, for good, master-4 left waiting for a turn never to come."""
+    from k8simg.ops.etcd import EtcdAbort
+    from k8simg.ops.membership import remove_lost_members
+
+    cd, cloud, etcd = surge_cluster
+    nodes = {n.name: n for n in cd.nodes(cd.load())}
+    old = [f"cps-master-{i}" for i in range(3)]
+    new = [f"cps-master-{i}" for i in (3, 4, 5)]
+    # the control: a member whose server runs and answers is never taken for lost
+    with pytest.raises(EtcdAbort, match="cps-master-1 still answers"):
+        remove_lost_members(etcd, [nodes["cps-master-1"]],
+                            [client_url(nodes[n]) for n in ("cps-master-0", "cps-master-2")])
+    assert len(etcd.members([client_url(nodes["cps-master-0"])])) == 3
+
+    writer = Writer(cd.pki_dir, [f"https://127.79.0.1{i}:2379" for i in (3, 4, 5, 0, 2)],
+                    interval=0.05, sticky=True)
+    events: list[tuple[str, dict]] = []
+    writer.start()
+    try:
+        if kill == "booting-ahead":
+            cloud.kill_before = ("boot", "cps-master-5")
+        else:
+            cloud.kill_lb = True
+        with pytest.raises(Killed):
+            upgrade(cd, cloud, events)
+        cloud.delete_node("cps-master-1")  # not through k8simg: its etcd stops, its member stays
+        assert "cps-master-1" in {m.name for m in etcd.members([client_url(nodes[old[0]])])}
+        events.append(("killed-and-lost", {}))
+        swaps = len(cloud.api_members)
+        result = upgrade(cd, cloud, events)
+    finally:
+        writer.stop()
+
+    assert result.replaced == list(zip(old, new, strict=True))
+    after = events[[e for e, _ in events].index("killed-and-lost"):]
+    names = [e for e, _ in after]
+    lost = names.index("etcd-lost-member-removed")
+    assert after[lost][1]["name"] == "cps-master-1"
+    assert names.count("etcd-lost-member-removed") == 1
+    assert names.index("etcd-snapshot") < lost  # the restore point first
+    # then the turns: master-0's (finished where it was killed), master-1's, master-2's
+    assert lost < min(i for i, e in enumerate(names) if e in ("etcd-learner-added",
+                                                              "etcd-removed"))
+    assert [d["node"] for e, d in after if e == "etcd-promoted"] == (
+        new if kill == "booting-ahead" else new[1:])
+    assert [d["node"] for e, d in after if e == "etcd-removed"] == ["cps-master-0",
+                                                                    "cps-master-2"]
+    assert sorted(n for v, n, _ in cloud.log if v == "boot") == new  # each booted once
+    # the load balancer never again given the lost master, and left with the new three
+    assert all("cps-master-1" not in m for m in cloud.api_members[swaps:])
+    assert cloud.api_members[-1] == new
+
+    nodes.update({n.name: n for n in cd.nodes(cd.load())})
+    new_eps = [client_url(nodes[n]) for n in new]
+    assert sorted((m.name, m.learner) for m in etcd.members(new_eps)) == [(n, False)
+                                                                           for n in new]
+    assert all(e.healthy for e in etcd.health(new_eps))
+    assert sorted(cloud.servers) == new
+    assert cd.state.upgrade is None
+    # master-4 started with the list as the cluster had it in master-1's turn: never the lost
+    # member (the rendered list named it)
+    said = (cloud.tmp / "cps-master-4.log").read_text()
+    got = next(ln for ln in said.splitlines() if "the cluster lists" in ln)
+    assert "cps-master-1=" not in got and "cps-master-2=" in got, got
+    assert len(writer.acked) > 50
+    for ep in new_eps:
+        r = etcd.ctl(["get", "/roll/", "--prefix", "--keys-only", "--consistency=s"], [ep])
+        keys = {ln for ln in r.stdout.split() if ln.startswith("/roll/")}
+        assert [s for s, _ in writer.acked if f"/roll/{s:08d}" not in keys] == [], ep
+
+    # two of three lost: the one left has no quorum (nor health: no leader) and cannot commit
+    # a removal; refused, naming the way back
+    cloud.delete_node("cps-master-3")
+    cloud.delete_node("cps-master-4")
+    with pytest.raises(EtcdAbort, match=r"cps-master-5 .* not healthy either.*k8simg restore"):
+        remove_lost_members(etcd, [nodes["cps-master-3"], nodes["cps-master-4"]],
+                            [client_url(nodes["cps-master-5"])])
+    assert len(etcd.members([client_url(nodes["cps-master-5"])])) == 3
 
 
 def test_an_image_without_the_join_step_is_refused_a_surge(tmp_path):
