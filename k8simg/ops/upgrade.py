@@ -33,7 +33,7 @@ from k8simg.ops.deploy import RESTORE_MARK, Deployment
 from k8simg.ops.desired import Staleness
 from k8simg.ops.drain import DrainResult
 from k8simg.ops.etcd import Member, etcd_client, version_skew
-from k8simg.ops.lifecycle import Lifecycle
+from k8simg.ops.lifecycle import Lifecycle, boot_tasks
 from k8simg.ops.membership import by_peer, preflight, remove_lost_members, replace_member
 from k8simg.ops.skew import skew_problems
 from k8simg.ops.snapshot import SnapshotError, take
@@ -469,10 +469,17 @@ class Upgrade:
             joined = mine is not None and not mine.learner
             old_listed = by_peer(members, olds[0]) is not None
             preflight(etcd, self.etcd_endpoints(), self.voters() + (joined and old_listed))
-        for old, new in zip(olds, news, strict=True):
-            if new.name not in have:
-                self.emit("boot-ahead", {"node": new.name, "for": old.name})
-                self.cloud.ensure_node(new, self.user_data(new), infra)
+        ahead = [(old, new) for old, new in zip(olds, news, strict=True)
+                 if new.name not in have]
+        for old, new in ahead:
+            self.emit("boot-ahead", {"node": new.name, "for": old.name})
+        # rendered one by one (each records its digests in the state), booted side by side
+        # as a deploy boots: the cloud's boot groups (OpenStack: ports and volumes at once,
+        # servers of an anti-affinity group placed in turn, then each waited for at once)
+        data = {new.name: self.user_data(new) for _, new in ahead}
+        said = self.cloud.parallel(boot_tasks(self.cloud, [new for _, new in ahead], data, infra))
+        for warning in [w for group in said for w in group if w]:
+            self.emit("warning", {"message": warning})
 
     def replace_control_plane(self, step: Step, etcd, life: Lifecycle, infra: Infra,
                               result: UpgradeResult) -> None:
