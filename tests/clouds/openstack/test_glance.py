@@ -5,20 +5,21 @@ import hashlib
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import openstack
 import pytest
 
 from k8simg.clouds.base import CloudError
 from k8simg.clouds.openstack.connect import connect
-from k8simg.clouds.openstack.glance import TAG, find_uploaded, image_name, upload
+from k8simg.clouds.openstack.glance import TAG, find_uploaded, image_facts, image_name, upload
 from k8simg.model.manifest import Manifest
 from tests.ops.bake.conftest import baked_image  # noqa: F401  (the slow tier's image)
 
 pytestmark = pytest.mark.slow
 
 
-def small_bake(tmp_path, name="k8simg-1.35.2"):
+def small_bake(tmp_path, name="k8simg-1.35.2", etcd_join=True):
     """A real (tiny) qcow2 with a manifest as ``k8simg bake`` writes it; each test's differs
     (its virtual size comes from the name), as the tests share one cloud."""
     image = tmp_path / f"{name}.qcow2"
@@ -31,7 +32,7 @@ def small_bake(tmp_path, name="k8simg-1.35.2"):
                 "built_at": "2026-11-26T10:00:00+00:00",
                 "etcd": {"version": "3.6.6",
                          "source": "registry.k8s.io/etcd:3.6.6-0@sha256:" + "e" * 64,
-                         "join": True},
+                         **({"join": True} if etcd_join else {})},
                 "image": {"file": image.name, "sha256": digest,
                           "bytes": image.stat().st_size}}
     path = tmp_path / f"{name}.manifest.json"
@@ -71,6 +72,19 @@ def test_upload_is_idempotent_on_the_checksum(os_cloud, tmp_path):
     again = upload(conn, manifest)
     assert (again.id, again.created) == (first.id, False)
     assert [i.id for i in find_uploaded(conn, digest)] == [first.id]
+
+    # read back as the upgrade's preflight reads an image (a surge > 1 needs etcd_join); an
+    # image from a bake before etcd-join says nothing, and is read as without it
+    scope = SimpleNamespace(conn=conn, where=f"cloud {os_cloud}")  # what image_facts uses
+    facts, problems = image_facts(scope, first.id)
+    assert problems == []
+    assert (facts.ref, facts.has_kubernetes, facts.kubernetes_version, facts.etcd_version,
+            facts.etcd_join) == (first.id, True, "1.35.2", "3.6.6", True)
+    _, older, _ = small_bake(tmp_path, "k8simg-before-etcd-join", etcd_join=False)
+    before = upload(conn, older)
+    assert "k8simg_etcd_join" not in conn.image.get_image(before.id).properties
+    facts, problems = image_facts(scope, before.id)
+    assert problems == [] and facts.etcd_join is False
 
 
 def test_unfinished_upload_is_replaced(os_cloud, tmp_path):
