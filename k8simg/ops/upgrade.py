@@ -403,11 +403,15 @@ class Upgrade:
         """
         life.boot(node, self.user_data(node), infra)
 
-    def masters_now(self, without: str | None = None) -> list[Node]:
-        """The masters in the node set as it is now, except the one named ``without``: the API
-        load balancer's members."""
-        return [n for n in self.nodes()
-                if n.role == "master" and n.name != without and n.name not in self.lost]
+    def masters_now(self, without: str | None = None, joining: str | None = None
+                    ) -> list[Node]:
+        """The API load balancer's members: the masters in the node set as it is now, except
+        the one named ``without``, lost ones and replacements not through their turn but
+        ``joining`` (this turn's: one booted ahead serves no API until its etcd has joined,
+        and a load balancer may send it requests before its health check says so)."""
+        pending = set(self.cluster.state.upgrade.replacing.values()) - {joining}
+        return [n for n in self.nodes() if n.role == "master" and n.name != without
+                and n.name not in self.lost and n.name not in pending]
 
     def voters(self) -> int:
         """The voting members etcd has when whole: the etcd nodes, less the replacements
@@ -501,9 +505,11 @@ class Upgrade:
             swapped.append(True)
             if old.role == "master":
                 life.ready_gate(new, gate="kubernetes-api")
-                self.cloud.ensure_api_members(self.masters_now(), infra)  # old and new
+                self.cloud.ensure_api_members(self.masters_now(joining=new.name),
+                                              infra)  # old and new
                 self.emit("lb-member-added", {"node": new.name})
-                self.cloud.ensure_api_members(self.masters_now(without=old.name), infra)
+                self.cloud.ensure_api_members(
+                    self.masters_now(without=old.name, joining=new.name), infra)
                 self.emit("lb-member-removed", {"node": old.name})
 
         def stop(node):

@@ -191,6 +191,13 @@ def test_three_replacements_boot_at_once_and_join_one_by_one(surge_cluster, kill
     assert [e for e in writer.errors if "no leader" in e or "leader changed" in e] == []
     assert sorted(cloud.servers) == new
     assert all(cloud.procs[n].poll() is not None for n in old)
+    if kill is None:
+        # the API load balancer: each turn adds its own replacement, then drops its old
+        # master; never one booted ahead before its turn (its API cannot answer yet)
+        m = [f"cps-master-{i}" for i in range(6)]
+        assert cloud.api_members == [[m[0], m[1], m[2], m[3]], [m[1], m[2], m[3]],
+                                     [m[1], m[2], m[3], m[4]], [m[2], m[3], m[4]],
+                                     [m[2], m[3], m[4], m[5]], [m[3], m[4], m[5]]]
     # each new member started with the list as the cluster had it in its turn, not the
     # rendered one (which named all six)
     for i, n in enumerate(new):
