@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from k8simg.model.plan import Node, client_url, peer_url
-from k8simg.ops.etcd import Etcd, EtcdAbort, EtcdError, Member
+from k8simg.ops.etcd import Endpoint, Etcd, EtcdAbort, EtcdError, Member
 
 Events = Callable[[str, dict], None]
 
@@ -44,10 +44,9 @@ def preflight(etcd: Etcd, endpoints: list[str], voters: int) -> list[Member]:
                         + ", ".join(m.hex for m in voting if not m.started))
     health = {e.endpoint: e for e in etcd.health([u for m in started for u in m.client_urls])}
     for m in started:
-        bad = [health.get(u) for u in m.client_urls if not (health.get(u) and health[u].healthy)]
+        bad = _unhealthy(health, m)
         if bad:
-            problems.append(f"member {m.name} unhealthy: "
-                            + "; ".join(b.detail if b else "no answer" for b in bad))
+            problems.append(f"member {m.name} unhealthy: " + "; ".join(bad))
     alarms = etcd.alarms(endpoints) if not problems else []
     if alarms:
         problems.append("alarms: " + ", ".join(alarms))
@@ -55,6 +54,13 @@ def preflight(etcd: Etcd, endpoints: list[str], voters: int) -> list[Member]:
         raise EtcdAbort("etcd is not fit for a membership change; nothing was changed: "
                         + "; ".join(problems))
     return members
+
+
+def _unhealthy(health: dict[str, Endpoint], m: Member) -> list[str]:
+    """What each of ``m``'s client URLs that is not healthy said ("no answer" for one that
+    ``health``, an ``endpoint health`` by member URL, lacks)."""
+    return [health[u].detail if u in health else "no answer" for u in m.client_urls
+            if not (u in health and health[u].healthy)]
 
 
 def voter_urls(members: list[Member]) -> list[str]:
@@ -145,11 +151,10 @@ def remove_lost_members(etcd: Etcd, lost: list[Node], endpoints: list[str],
         [u for m in (*gone, *others) if m.started for u in m.client_urls])}
 
     def answers(m: Member) -> bool:
-        return m.started and all(health.get(u) and health[u].healthy for u in m.client_urls)
+        return m.started and not _unhealthy(health, m)
 
     def said(m: Member) -> str:
-        got = [health[u].detail for u in m.client_urls if u in health]
-        return f"{m.name or m.hex} ({'; '.join(got) or 'not started'})"
+        return f"{m.name or m.hex} ({'; '.join(_unhealthy(health, m)) or 'not started'})"
 
     alive = [m for m in gone if answers(m)]
     if alive:

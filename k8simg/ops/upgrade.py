@@ -310,9 +310,8 @@ class Upgrade:
                                       "--control-plane-surge there)"})
             if etcd is not None:
                 self.snapshot(etcd)
-                lost = [self.node(n) for n in sorted(self.lost)]
-                remove_lost_members(etcd, [n for n in lost if n in etcd_members(self.nodes(),
-                                                                             self.cfg)],
+                remove_lost_members(etcd, [n for n in etcd_members(self.nodes(), self.cfg)
+                                           if n.name in self.lost],
                                     self.etcd_endpoints(),
                                     events=lambda e, d: self.emit(f"etcd-{e}", d))
             for i, step in enumerate(masters):
@@ -409,7 +408,7 @@ class Upgrade:
         the one named ``without``, lost ones and replacements not through their turn but
         ``joining`` (this turn's: one booted ahead serves no API until its etcd has joined,
         and a load balancer may send it requests before its health check says so)."""
-        pending = set(self.cluster.state.upgrade.replacing.values()) - {joining}
+        pending = self.pending() - {joining}
         return [n for n in self.nodes() if n.role == "master" and n.name != without
                 and n.name not in self.lost and n.name not in pending]
 
@@ -417,8 +416,12 @@ class Upgrade:
         """The voting members etcd has when whole: the etcd nodes, less the replacements
         chosen and not yet through their turn (at most one of them is a member: this turn's)
         and the lost ones (their members removed first)."""
-        pending = set(self.cluster.state.upgrade.replacing.values())
+        pending = self.pending()
         return len([n for n in self.etcd_nodes() if n.name not in pending])
+
+    def pending(self) -> set[str]:
+        """The replacements chosen and not yet through their turn."""
+        return set(self.cluster.state.upgrade.replacing.values())
 
     def etcd_nodes(self) -> list[Node]:
         """The node set's etcd members, less the lost ones."""
