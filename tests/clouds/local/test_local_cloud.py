@@ -521,10 +521,7 @@ def roll_onto(cd, cloud, rebaked) -> list[int]:
     for ep in new:
         got = etcd.ctl(["get", "/k8simg/test", "--print-value-only", "--consistency=s"], [ep])
         assert got.stdout.strip() == "written-via-master-0", ep
-        keys = etcd.ctl(["get", "/roll/", "--prefix", "--keys-only", "--consistency=s"], [ep],
-                        timeout=120)
-        have = {ln for ln in keys.stdout.split() if ln.startswith("/roll/")}
-        missing = [seq for seq, _ in writer.acked if f"/roll/{seq:08d}" not in have]
+        missing = writer.missing(etcd, ep, timeout=120)
         assert missing == [], f"{ep}: {len(missing)} acknowledged writes missing"
     assert [e for e in writer.errors if "no leader" in e or "leader changed" in e] == []
 

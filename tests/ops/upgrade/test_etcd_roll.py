@@ -150,6 +150,13 @@ class Writer(threading.Thread):
         self.stopping.set()
         self.join(10)
 
+    def missing(self, etcd, endpoint: str, timeout: float = 30) -> list[int]:
+        """The acknowledged writes that ``endpoint``'s own copy of the data lacks."""
+        r = etcd.ctl(["get", self.prefix, "--prefix", "--keys-only", "--consistency=s"],
+                     [endpoint], timeout=timeout)
+        keys = {ln for ln in r.stdout.split() if ln.startswith(self.prefix)}
+        return [seq for seq, _ in self.acked if f"{self.prefix}{seq:08d}" not in keys]
+
     def acked_between(self, start: float, end: float) -> int:
         """How many writes were acknowledged between two wall-clock times.
 
@@ -254,9 +261,7 @@ def check_after_roll(cd, members, etcd, writer):
     # Every acknowledged write is there, read through each new member's own copy.
     assert len(writer.acked) > 500, f"only {len(writer.acked)} writes acknowledged"
     for ep in eps:
-        r = etcd.ctl(["get", "/roll/", "--prefix", "--keys-only", "--consistency=s"], [ep])
-        keys = {ln for ln in r.stdout.split() if ln.startswith("/roll/")}
-        missing = [seq for seq, _ in writer.acked if f"/roll/{seq:08d}" not in keys]
+        missing = writer.missing(etcd, ep)
         assert missing == [], f"{ep}: {len(missing)} acknowledged writes missing"
     # No write failed for want of a leader: quorum was never lost.
     assert [e for e in writer.errors if "no leader" in e or "leader changed" in e] == []
